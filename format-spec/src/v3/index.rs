@@ -1,0 +1,229 @@
+use std::cmp::Ordering;
+
+use bytes::Bytes;
+
+use super::{ENTRY_LEN, FLAG_EXTERNAL, HEADER_LEN, KNOWN_FLAGS, Trailer, entry as at};
+use crate::codec::Codec;
+use crate::digest::ContentDigest;
+use crate::error::{FormatError, Result, corrupt};
+use crate::le::{self, Cursor};
+use crate::timestamp::Timestamp;
+
+/// A borrowed view of a v3 index region (entries then heap). Lookups binary
+/// search the serialized bytes in place; nothing is allocated per entry.
+#[derive(Debug, Clone, Copy)]
+pub struct IndexView<'a> {
+    entries: &'a [u8],
+    heap: &'a [u8],
+}
+
+/// One entry, decoded lazily from the index bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryRef<'a> {
+    raw: &'a [u8],
+    pub uid: &'a str,
+    pub content_type: Option<&'a str>,
+    /// JSON object text, if any.
+    pub meta: Option<&'a str>,
+}
+
+impl<'a> EntryRef<'a> {
+    pub fn digest(&self) -> ContentDigest {
+        le::bytes::<32>(self.raw, at::DIGEST).unwrap_or([0; 32])
+    }
+    pub fn created_at(&self) -> Timestamp {
+        Timestamp::from_micros(le::i64_at(self.raw, at::CREATED_AT).unwrap_or(0))
+    }
+    pub fn crc32c(&self) -> u32 {
+        le::u32_at(self.raw, at::CRC32C).unwrap_or(0)
+    }
+    pub fn data_offset(&self) -> u64 {
+        le::u40_at(self.raw, at::DATA_OFFSET).unwrap_or(0)
+    }
+    pub fn stored_len(&self) -> u64 {
+        le::u40_at(self.raw, at::STORED_LEN).unwrap_or(0)
+    }
+    pub fn orig_len(&self) -> u64 {
+        le::u40_at(self.raw, at::ORIG_LEN).unwrap_or(0)
+    }
+    fn codec_flags(&self) -> u8 {
+        le::u8_at(self.raw, at::CODEC_FLAGS).unwrap_or(0)
+    }
+    /// Validated at parse time, so the fallback is unreachable for parsed indexes.
+    pub fn codec(&self) -> Codec {
+        Codec::from_code(self.codec_flags() & 0x0F).unwrap_or(Codec::None)
+    }
+    pub fn flags(&self) -> u8 {
+        self.codec_flags() >> 4
+    }
+    /// Payload lives in its own object (`_big/<digest>`), not in the shard.
+    pub fn is_external(&self) -> bool {
+        self.flags() & FLAG_EXTERNAL != 0
+    }
+}
+
+fn heap_record(heap: &[u8], off: u32) -> Option<(&str, Option<&str>, Option<&str>)> {
+    let mut c = Cursor::new(heap.get(usize::try_from(off).ok()?..)?);
+    let uid_len = usize::from(c.u16()?);
+    let uid = std::str::from_utf8(c.take(uid_len)?).ok()?;
+    let ct_len = usize::from(c.u8()?);
+    let ct = std::str::from_utf8(c.take(ct_len)?).ok()?;
+    let meta_len = usize::try_from(c.u32()?).ok()?;
+    let meta = std::str::from_utf8(c.take(meta_len)?).ok()?;
+    Some((uid, non_empty(ct), non_empty(meta)))
+}
+
+fn non_empty(s: &str) -> Option<&str> {
+    if s.is_empty() { None } else { Some(s) }
+}
+
+fn heap_uid(heap: &[u8], off: u32) -> Option<&[u8]> {
+    let start = usize::try_from(off).ok()?;
+    let len = usize::from(le::u16_at(heap, start)?);
+    heap.get(start + 2..start + 2 + len)
+}
+
+impl<'a> IndexView<'a> {
+    /// Builds a view without validation (for bytes already validated by
+    /// [`IndexView::parse`], e.g. from a cache). Accessors stay bounds-checked.
+    pub fn trusted(index: &'a [u8], entry_count: u32) -> Self {
+        let split = (entry_count as usize).saturating_mul(ENTRY_LEN).min(index.len());
+        let (entries, heap) = index.split_at(split);
+        Self { entries, heap }
+    }
+
+    /// Validates the whole index against its trailer: checksum, sort order,
+    /// uniqueness, heap references, codecs, and that every inline payload lies
+    /// inside the data region without overlapping another.
+    pub fn parse(index: &'a [u8], trailer: &Trailer) -> Result<Self> {
+        if index.len() as u64 != trailer.index_len {
+            return corrupt(format!(
+                "index is {} bytes, trailer says {}",
+                index.len(),
+                trailer.index_len
+            ));
+        }
+        if crc32c::crc32c(index) != trailer.index_crc32c {
+            return corrupt("index checksum mismatch");
+        }
+        let view = Self::trusted(index, trailer.entry_count);
+        if view.len() != trailer.entry_count as usize {
+            return corrupt("entry table truncated");
+        }
+        view.validate(trailer.data_end())?;
+        Ok(view)
+    }
+
+    fn validate(&self, data_end: u64) -> Result<()> {
+        let mut spans: Vec<(u64, u64)> = Vec::with_capacity(self.len());
+        let mut prev: Option<&str> = None;
+        for i in 0..self.len() {
+            let e = self.entry(i).ok_or_else(|| {
+                FormatError::Corrupt(format!("entry {i}: heap record out of range or not UTF-8"))
+            })?;
+            if prev.is_some_and(|p| p.as_bytes() >= e.uid.as_bytes()) {
+                return corrupt(format!("entry {i} ({:?}) is out of order or duplicated", e.uid));
+            }
+            prev = Some(e.uid);
+            Codec::from_code(e.codec_flags() & 0x0F)?;
+            if e.flags() & !KNOWN_FLAGS != 0 {
+                return corrupt(format!("entry {:?} has unknown flags {:#x}", e.uid, e.flags()));
+            }
+            if let Some(m) = e.meta {
+                serde_json::from_str::<serde_json::Value>(m)
+                    .map_err(|_| FormatError::Corrupt(format!("entry {:?}: metadata is not JSON", e.uid)))?;
+            }
+            if e.is_external() {
+                if e.data_offset() != 0 {
+                    return corrupt(format!("external entry {:?} has a data offset", e.uid));
+                }
+                continue;
+            }
+            let (start, len) = (e.data_offset(), e.stored_len());
+            if start < HEADER_LEN || start.saturating_add(len) > data_end {
+                return corrupt(format!(
+                    "entry {:?} at {start}+{len} is outside the data region",
+                    e.uid
+                ));
+            }
+            spans.push((start, len));
+        }
+        spans.sort_unstable();
+        for w in spans.windows(2) {
+            if let [(a, alen), (b, _)] = w {
+                if a + alen > *b {
+                    return corrupt(format!("payloads at {a} and {b} overlap"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len() / ENTRY_LEN
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn raw(&self, i: usize) -> Option<&'a [u8]> {
+        self.entries.get(i.checked_mul(ENTRY_LEN)?..(i + 1).checked_mul(ENTRY_LEN)?)
+    }
+
+    pub fn entry(&self, i: usize) -> Option<EntryRef<'a>> {
+        let raw = self.raw(i)?;
+        let (uid, content_type, meta) = heap_record(self.heap, le::u32_at(raw, at::HEAP_OFF)?)?;
+        Some(EntryRef { raw, uid, content_type, meta })
+    }
+
+    fn uid_at(&self, i: usize) -> Option<&'a [u8]> {
+        heap_uid(self.heap, le::u32_at(self.raw(i)?, at::HEAP_OFF)?)
+    }
+
+    /// Binary search by uid bytes directly on the serialized entries.
+    pub fn find(&self, uid: &str) -> Option<EntryRef<'a>> {
+        let (mut lo, mut hi) = (0usize, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.uid_at(mid)?.cmp(uid.as_bytes()) {
+                Ordering::Less => lo = mid + 1,
+                Ordering::Greater => hi = mid,
+                Ordering::Equal => return self.entry(mid),
+            }
+        }
+        None
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = EntryRef<'a>> + '_ {
+        (0..self.len()).filter_map(|i| self.entry(i))
+    }
+}
+
+/// An owned, validated index: the bytes exactly as stored, plus the trailer.
+/// This is what caches hold; its size is `index_len` plus a few words.
+#[derive(Debug, Clone)]
+pub struct ShardIndex {
+    bytes: Bytes,
+    trailer: Trailer,
+}
+
+impl ShardIndex {
+    pub fn parse(bytes: Bytes, trailer: Trailer) -> Result<Self> {
+        IndexView::parse(&bytes, &trailer)?;
+        Ok(Self { bytes, trailer })
+    }
+
+    pub fn view(&self) -> IndexView<'_> {
+        IndexView::trusted(&self.bytes, self.trailer.entry_count)
+    }
+
+    pub fn trailer(&self) -> &Trailer {
+        &self.trailer
+    }
+
+    /// Bytes held, for byte-bounded caches.
+    pub fn heap_size(&self) -> usize {
+        self.bytes.len() + std::mem::size_of::<Self>()
+    }
+}
