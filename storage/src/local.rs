@@ -1,0 +1,357 @@
+//! Local-directory backend. Keys map to files under the root; every write goes
+//! to a temp file in the target directory, is fsynced, then renamed (or
+//! hard-linked for create-only) and the directory fsynced, so a crash leaves
+//! the old object or the new one, never a partial one under the final name.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rand::Rng;
+
+use crate::error::{Error, Result};
+use crate::object::{
+    ByteRange, GetOptions, GetResult, LIST_PAGE, ListPage, ObjectMeta, ObjectStore, ObjectWriter,
+    PutMode, PutOptions, PutResult, check_key,
+};
+
+/// Temp files start with this; `list` hides them and `sweep_temp_files` removes leftovers.
+pub const TEMP_PREFIX: &str = ".des-tmp-";
+const READ_CHUNK: usize = 1 << 20;
+
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: Arc<PathBuf>,
+    /// Serialises conditional commits inside this process; across processes,
+    /// create-only is still atomic (hard link), update-if-match is not.
+    commit_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::other("blocking task failed", e))?
+}
+
+fn etag_of(md: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!("\"{:x}-{:x}-{:x}\"", md.ino(), md.mtime_nsec() + md.mtime() * 1_000_000_000, md.len())
+}
+
+fn meta_of(key: &str, md: &std::fs::Metadata) -> ObjectMeta {
+    ObjectMeta { key: key.to_string(), size: md.len(), etag: Some(etag_of(md)) }
+}
+
+pub(crate) fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+impl LocalStore {
+    /// Opens (and creates) a store rooted at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
+        let root: PathBuf = root.into();
+        std::fs::create_dir_all(&root).map_err(|e| Error::io(&root.display().to_string(), e))?;
+        Ok(Self { root: Arc::new(root), commit_lock: Arc::new(tokio::sync::Mutex::new(())) })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        check_key(key)?;
+        Ok(self.root.join(key))
+    }
+
+    fn temp_path(target: &Path) -> PathBuf {
+        let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("obj");
+        let tag: u64 = rand::thread_rng().r#gen();
+        target.with_file_name(format!("{TEMP_PREFIX}{tag:016x}-{name}"))
+    }
+
+    /// Removes temp files left by crashed writers (older than `min_age`).
+    pub fn sweep_temp_files(&self, min_age: std::time::Duration) -> Result<usize> {
+        let mut removed = 0;
+        let now = std::time::SystemTime::now();
+        let mut stack = vec![self.root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+            for ent in rd.flatten() {
+                let p = ent.path();
+                let Ok(ft) = ent.file_type() else { continue };
+                if ft.is_dir() {
+                    stack.push(p);
+                } else if ent.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                    let old = ent
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| now.duration_since(t).unwrap_or_default() >= min_age);
+                    if old && std::fs::remove_file(&p).is_ok() {
+                        removed += 1;
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Moves a finished temp file into place according to `mode`.
+fn commit_file(key: &str, tmp: &Path, dst: &Path, mode: &PutMode) -> Result<PutResult> {
+    let io = |e| Error::io(key, e);
+    match mode {
+        PutMode::Create => {
+            // link(2) fails if the target exists: an atomic create-if-absent.
+            let linked = std::fs::hard_link(tmp, dst);
+            let _ = std::fs::remove_file(tmp);
+            match linked {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Err(Error::PreconditionFailed { key: key.into() });
+                }
+                other => other.map_err(io)?,
+            }
+        }
+        PutMode::UpdateIfMatch(want) => {
+            let current = std::fs::metadata(dst).ok().map(|m| etag_of(&m));
+            if current.as_deref() != Some(want.as_str()) {
+                let _ = std::fs::remove_file(tmp);
+                return Err(Error::PreconditionFailed { key: key.into() });
+            }
+            std::fs::rename(tmp, dst).map_err(io)?;
+        }
+        PutMode::Overwrite => std::fs::rename(tmp, dst).map_err(io)?,
+    }
+    if let Some(dir) = dst.parent() {
+        fsync_dir(dir).map_err(io)?;
+    }
+    let md = std::fs::metadata(dst).map_err(io)?;
+    Ok(PutResult { etag: Some(etag_of(&md)), size: md.len() })
+}
+
+fn open_for_write(key: &str, dst: &Path) -> Result<(PathBuf, std::fs::File)> {
+    let dir = dst.parent().ok_or_else(|| Error::Invalid(format!("bad key {key}")))?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(key, e))?;
+    let tmp = LocalStore::temp_path(dst);
+    let f = std::fs::File::create(&tmp).map_err(|e| Error::io(key, e))?;
+    Ok((tmp, f))
+}
+
+fn read_chunk(file: &mut std::fs::File, key: &str, max: u64) -> Result<Bytes> {
+    let mut buf = vec![0u8; usize::try_from(max).unwrap_or(READ_CHUNK).min(READ_CHUNK)];
+    file.read_exact(&mut buf).map_err(|e| Error::io(key, e))?;
+    Ok(Bytes::from(buf))
+}
+
+#[async_trait]
+impl ObjectStore for LocalStore {
+    fn describe(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+
+    async fn get(&self, key: &str, opts: GetOptions) -> Result<GetResult> {
+        let path = self.path(key)?;
+        let k = key.to_string();
+        let (meta, range, file) = blocking(move || {
+            // Stat the open handle: a concurrent rename cannot mix two versions.
+            let mut f = std::fs::File::open(&path).map_err(|e| Error::io(&k, e))?;
+            let md = f.metadata().map_err(|e| Error::io(&k, e))?;
+            if md.is_dir() {
+                return Err(Error::not_found(&k));
+            }
+            let meta = meta_of(&k, &md);
+            if opts.if_match.as_ref().is_some_and(|m| Some(m) != meta.etag.as_ref()) {
+                return Err(Error::PreconditionFailed { key: k });
+            }
+            let range = opts
+                .range
+                .unwrap_or(ByteRange::All)
+                .resolve(md.len())
+                .ok_or_else(|| Error::Invalid(format!("{k}: range not satisfiable")))?;
+            f.seek(SeekFrom::Start(range.start)).map_err(|e| Error::io(&k, e))?;
+            Ok((meta, range, f))
+        })
+        .await?;
+        let key = key.to_string();
+        let remaining = range.end - range.start;
+        let body = futures::stream::try_unfold((file, remaining), move |(mut f, left)| {
+            let key = key.clone();
+            async move {
+                if left == 0 {
+                    return Ok(None);
+                }
+                let (f, chunk) = blocking(move || {
+                    let c = read_chunk(&mut f, &key, left)?;
+                    Ok((f, c))
+                })
+                .await?;
+                let n = chunk.len() as u64;
+                Ok(Some((chunk, (f, left - n))))
+            }
+        });
+        Ok(GetResult { meta, range, body: Box::pin(body) })
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta> {
+        let path = self.path(key)?;
+        let k = key.to_string();
+        blocking(move || {
+            let md = std::fs::metadata(&path).map_err(|e| Error::io(&k, e))?;
+            if md.is_dir() {
+                return Err(Error::not_found(&k));
+            }
+            Ok(meta_of(&k, &md))
+        })
+        .await
+    }
+
+    async fn put(&self, key: &str, data: Bytes, opts: PutOptions) -> Result<PutResult> {
+        let mut w = self.put_writer(key, opts).await?;
+        w.write(data).await?;
+        w.finish().await
+    }
+
+    async fn put_writer(&self, key: &str, opts: PutOptions) -> Result<Box<dyn ObjectWriter>> {
+        let dst = self.path(key)?;
+        let k = key.to_string();
+        let d = dst.clone();
+        let (tmp, file) = blocking(move || open_for_write(&k, &d)).await?;
+        Ok(Box::new(LocalWriter {
+            key: key.to_string(),
+            dst,
+            tmp: tmp.clone(),
+            file: Some(std::io::BufWriter::with_capacity(1 << 20, file)),
+            mode: opts.mode,
+            lock: Arc::clone(&self.commit_lock),
+            cleanup: TempGuard(Some(tmp)),
+        }))
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key)?;
+        let k = key.to_string();
+        blocking(move || match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(&k, e)),
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str, start_after: Option<&str>) -> Result<ListPage> {
+        let root = Arc::clone(&self.root);
+        let prefix = prefix.to_string();
+        let after = start_after.map(str::to_string);
+        blocking(move || list_blocking(&root, &prefix, after.as_deref())).await
+    }
+}
+
+fn list_blocking(root: &Path, prefix: &str, after: Option<&str>) -> Result<ListPage> {
+    // Only the directory named by the prefix's complete segments can hold matches.
+    let base = prefix.rfind('/').map_or("", |i| &prefix[..i]);
+    let mut keys = Vec::new();
+    let mut stack = vec![base.to_string()];
+    while let Some(rel) = stack.pop() {
+        let dir = if rel.is_empty() { root.to_path_buf() } else { root.join(&rel) };
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(&rel, e)),
+        };
+        for ent in rd {
+            let ent = ent.map_err(|e| Error::io(&rel, e))?;
+            let Some(name) = ent.file_name().to_str().map(str::to_string) else { continue };
+            if name.starts_with(TEMP_PREFIX) {
+                continue;
+            }
+            let key = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            let ft = ent.file_type().map_err(|e| Error::io(&key, e))?;
+            if ft.is_dir() {
+                // Descend only where keys under this directory can still match.
+                let as_prefix = format!("{key}/");
+                if as_prefix.starts_with(prefix) || prefix.starts_with(&as_prefix) {
+                    stack.push(key);
+                }
+            } else if key.starts_with(prefix) && after.is_none_or(|a| key.as_str() > a) {
+                keys.push((key, ent));
+            }
+        }
+    }
+    keys.sort_by(|a, b| a.0.cmp(&b.0));
+    let more = keys.len() > LIST_PAGE;
+    keys.truncate(LIST_PAGE);
+    let mut objects = Vec::with_capacity(keys.len());
+    for (key, ent) in keys {
+        match ent.metadata() {
+            Ok(md) => objects.push(meta_of(&key, &md)),
+            // Deleted between readdir and stat: simply not there any more.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&key, e)),
+        }
+    }
+    let next_start_after = if more { objects.last().map(|o| o.key.clone()) } else { None };
+    Ok(ListPage { objects, next_start_after })
+}
+
+/// Removes the temp file if the writer is dropped without finishing.
+struct TempGuard(Option<PathBuf>);
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+struct LocalWriter {
+    key: String,
+    dst: PathBuf,
+    tmp: PathBuf,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+    mode: PutMode,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    cleanup: TempGuard,
+}
+
+#[async_trait]
+impl ObjectWriter for LocalWriter {
+    async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        let mut f = self.file.take().ok_or_else(|| Error::Invalid("writer closed".into()))?;
+        let key = self.key.clone();
+        let f = blocking(move || {
+            f.write_all(&chunk).map_err(|e| Error::io(&key, e))?;
+            Ok(f)
+        })
+        .await?;
+        self.file = Some(f);
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<PutResult> {
+        let f = self.file.take().ok_or_else(|| Error::Invalid("writer closed".into()))?;
+        let _guard = self.lock.lock().await;
+        let (key, tmp, dst, mode) =
+            (self.key.clone(), self.tmp.clone(), self.dst.clone(), self.mode.clone());
+        let res = blocking(move || {
+            let f = f.into_inner().map_err(|e| Error::io(&key, e.into_error()))?;
+            f.sync_all().map_err(|e| Error::io(&key, e))?;
+            drop(f);
+            commit_file(&key, &tmp, &dst, &mode)
+        })
+        .await;
+        if res.is_ok() {
+            self.cleanup.0 = None;
+        }
+        res
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<()> {
+        self.file = None;
+        if let Some(p) = self.cleanup.0.take() {
+            let _ = tokio::fs::remove_file(p).await;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,220 @@
+//! A DES store on top of any [`ObjectStore`]: its settings (`_des/store.json`),
+//! key layout, and shard index / file reads that count their requests.
+
+mod index;
+mod read;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use des_format::routing::{self, ShardLocation};
+use des_format::{DigestAlgorithm, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::object::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions};
+
+pub use index::LoadedIndex;
+pub use read::verify_stream;
+
+pub const STORE_CONFIG_KEY: &str = "_des/store.json";
+/// One suffix read of this size returns trailer and index for typical shards.
+pub const DEFAULT_SUFFIX_LEN: u64 = 64 * 1024;
+pub const SHARD_EXT: &str = ".des";
+
+/// Written once when a store is created; every tool reads n_bits from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreConfig {
+    pub format_version: u8,
+    pub n_bits: u8,
+    pub digest: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `<root>/<YYYYMMDD>/<HEX>.des`, one object per (date, shard).
+    V3,
+    /// Flat `<root>/<YYYYMMDD>_<HEX>_<NNNN>.des` from the Python DES; read-only.
+    Legacy,
+}
+
+/// What to do when `open_or_create` finds no store.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CreateOptions {
+    /// Required to match an existing store; defaults to 8 for a new one.
+    pub n_bits: Option<u8>,
+    /// `Some(Sha256)` for FIPS stores; must match an existing store when given.
+    pub digest: Option<DigestAlgorithm>,
+}
+
+pub const DEFAULT_N_BITS: u8 = 8;
+
+#[derive(Debug, Clone)]
+pub struct DesStore {
+    objects: Arc<dyn ObjectStore>,
+    layout: Layout,
+    n_bits: u8,
+    digest: DigestAlgorithm,
+    suffix_len: u64,
+}
+
+impl DesStore {
+    /// Opens an existing v3 store.
+    pub async fn open(objects: Arc<dyn ObjectStore>) -> Result<Self> {
+        match Self::read_config(&objects).await? {
+            Some(cfg) => Self::from_config(objects, &cfg),
+            None => Err(Error::Invalid(format!(
+                "{} has no {STORE_CONFIG_KEY}: not a DES store (a Python DES store needs \
+                 --layout legacy --n-bits N)",
+                objects.describe()
+            ))),
+        }
+    }
+
+    /// Opens a Python-DES store, whose n_bits is not recorded anywhere.
+    pub fn legacy(objects: Arc<dyn ObjectStore>, n_bits: u8) -> Result<Self> {
+        routing::check_n_bits(n_bits).map_err(|e| Error::Invalid(e.to_string()))?;
+        Ok(Self {
+            objects,
+            layout: Layout::Legacy,
+            n_bits,
+            digest: DigestAlgorithm::Sha256,
+            suffix_len: DEFAULT_SUFFIX_LEN,
+        })
+    }
+
+    /// Opens a store, creating it (with `opts`) if there is none. Returns
+    /// whether it was created. Settings that contradict the store are errors,
+    /// so a wrong `--n-bits` can never silently route files to the wrong shard.
+    pub async fn open_or_create(
+        objects: Arc<dyn ObjectStore>,
+        opts: CreateOptions,
+    ) -> Result<(Self, bool)> {
+        if let Some(cfg) = Self::read_config(&objects).await? {
+            return Ok((Self::checked(objects, &cfg, opts)?, false));
+        }
+        let n_bits = opts.n_bits.unwrap_or(DEFAULT_N_BITS);
+        routing::check_n_bits(n_bits).map_err(|e| Error::Invalid(e.to_string()))?;
+        let cfg = StoreConfig {
+            format_version: des_format::v3::FORMAT_VERSION,
+            n_bits,
+            digest: opts.digest.unwrap_or_default().name().to_string(),
+            created_at: Timestamp::now().to_rfc3339(),
+        };
+        let body = serde_json::to_vec_pretty(&cfg).map_err(|e| Error::other("store.json", e))?;
+        let put = PutOptions { mode: PutMode::Create };
+        match objects.put(STORE_CONFIG_KEY, Bytes::from(body), put).await {
+            Ok(_) => Ok((Self::from_config(objects, &cfg)?, true)),
+            // Another packer created it first: use theirs, if compatible.
+            Err(e) if e.kind() == ErrorKind::PreconditionFailed => {
+                let cfg = Self::read_config(&objects).await?.ok_or(e)?;
+                Ok((Self::checked(objects, &cfg, opts)?, false))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn checked(objects: Arc<dyn ObjectStore>, cfg: &StoreConfig, opts: CreateOptions) -> Result<Self> {
+        let store = Self::from_config(objects, cfg)?;
+        if let Some(n) = opts.n_bits.filter(|n| *n != store.n_bits) {
+            return Err(Error::Invalid(format!(
+                "store {} was created with n_bits {}, not {n}",
+                store.objects.describe(),
+                store.n_bits
+            )));
+        }
+        if let Some(d) = opts.digest.filter(|d| *d != store.digest) {
+            return Err(Error::Invalid(format!(
+                "store {} uses digest {}, not {}",
+                store.objects.describe(),
+                store.digest.name(),
+                d.name()
+            )));
+        }
+        Ok(store)
+    }
+
+    async fn read_config(objects: &Arc<dyn ObjectStore>) -> Result<Option<StoreConfig>> {
+        match objects.get_range(STORE_CONFIG_KEY, crate::object::ByteRange::All).await {
+            Ok((_, body)) => serde_json::from_slice(&body)
+                .map(Some)
+                .map_err(|e| Error::corrupt(STORE_CONFIG_KEY, e)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn from_config(objects: Arc<dyn ObjectStore>, cfg: &StoreConfig) -> Result<Self> {
+        if cfg.format_version != des_format::v3::FORMAT_VERSION {
+            return Err(Error::Invalid(format!(
+                "store format version {} is not supported",
+                cfg.format_version
+            )));
+        }
+        routing::check_n_bits(cfg.n_bits).map_err(|e| Error::corrupt(STORE_CONFIG_KEY, e))?;
+        let digest = DigestAlgorithm::from_name(&cfg.digest)
+            .map_err(|e| Error::corrupt(STORE_CONFIG_KEY, e))?;
+        Ok(Self { objects, layout: Layout::V3, n_bits: cfg.n_bits, digest, suffix_len: DEFAULT_SUFFIX_LEN })
+    }
+
+    pub fn with_suffix_len(mut self, n: u64) -> Self {
+        // The trailer alone must fit, or every read would need a second request.
+        self.suffix_len = n.max(des_format::v3::TRAILER_LEN as u64 + 16);
+        self
+    }
+
+    pub fn objects(&self) -> &Arc<dyn ObjectStore> {
+        &self.objects
+    }
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+    pub fn n_bits(&self) -> u8 {
+        self.n_bits
+    }
+    pub fn digest(&self) -> DigestAlgorithm {
+        self.digest
+    }
+    pub fn suffix_len(&self) -> u64 {
+        self.suffix_len
+    }
+
+    pub fn locate(&self, uid: &str, created_at: Timestamp) -> Result<ShardLocation> {
+        routing::locate_ts(uid, created_at, self.n_bits).map_err(|e| Error::Invalid(e.to_string()))
+    }
+
+    /// The v3 key of a (date, shard).
+    pub fn shard_key(loc: &ShardLocation) -> String {
+        format!("{}/{}{SHARD_EXT}", loc.date_dir, loc.shard_hex)
+    }
+
+    /// Keys that may hold the shard: one for v3; every part for legacy.
+    pub async fn shard_keys(&self, loc: &ShardLocation) -> Result<Vec<String>> {
+        match self.layout {
+            Layout::V3 => Ok(vec![Self::shard_key(loc)]),
+            Layout::Legacy => {
+                let prefix = format!("{}_{}_", loc.date_dir, loc.shard_hex);
+                let metas = self.objects.list_all(&prefix).await?;
+                Ok(metas
+                    .into_iter()
+                    .map(|m| m.key)
+                    .filter(|k| k.ends_with(SHARD_EXT) && !k.contains('/'))
+                    .collect())
+            }
+        }
+    }
+
+    /// Every shard object in the store, in key order.
+    pub async fn list_shards(&self) -> Result<Vec<ObjectMeta>> {
+        let all = self.objects.list_all("").await?;
+        Ok(all
+            .into_iter()
+            .filter(|m| m.key.ends_with(SHARD_EXT) && !m.key.starts_with('_'))
+            .filter(|m| match self.layout {
+                Layout::V3 => m.key.split('/').count() == 2,
+                Layout::Legacy => !m.key.contains('/'),
+            })
+            .collect())
+    }
+}

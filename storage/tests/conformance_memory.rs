@@ -1,0 +1,9 @@
+mod conformance;
+
+use std::sync::Arc;
+
+fn store() -> conformance::Store {
+    Arc::new(des_storage::MemoryStore::new())
+}
+
+conformance_tests!(store());
