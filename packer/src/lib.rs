@@ -1,1 +1,17 @@
-//! placeholder
+//! The packer: sources → plan → shard building → publishing.
+//!
+//! `run::pack` is the whole job; the `des-pack` binary is a thin CLI over it.
+
+pub mod build;
+pub mod cli;
+pub mod ingest;
+pub mod options;
+pub mod plan;
+pub mod report;
+pub mod run;
+pub mod source;
+
+pub use options::PackOptions;
+pub use report::PackReport;
+pub use run::pack;
+pub use source::Input;

@@ -68,7 +68,8 @@ impl LocalStore {
     fn temp_path(target: &Path) -> PathBuf {
         let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("obj");
         let tag: u64 = rand::thread_rng().r#gen();
-        target.with_file_name(format!("{TEMP_PREFIX}{tag:016x}-{name}"))
+        // The random tail keeps temp names from ending in `.des`, so no tool mistakes them for shards.
+        target.with_file_name(format!("{TEMP_PREFIX}{name}-{tag:016x}"))
     }
 
     /// Removes temp files left by crashed writers (older than `min_age`).

@@ -1,0 +1,65 @@
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use des_packer::cli::{Args, EXIT_FATAL, EXIT_OK, EXIT_PARTIAL};
+use des_packer::PackReport;
+use std::io::IsTerminal;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("des-pack: error: {e:#}");
+            ExitCode::from(EXIT_FATAL as u8)
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<i32> {
+    let input = args.input()?;
+    let opts = args.options()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let progress = !args.quiet && !args.json && std::io::stderr().is_terminal();
+    let report = des_packer::pack(&input, &opts, rt.handle(), progress)?;
+    if let Some(path) = &args.report {
+        let body = serde_json::to_vec_pretty(&report)?;
+        std::fs::write(path, body).with_context(|| format!("writing report {}", path.display()))?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_summary(&report);
+    }
+    Ok(if report.files_failed > 0 { EXIT_PARTIAL } else { EXIT_OK })
+}
+
+fn print_summary(r: &PackReport) {
+    println!(
+        "{}: {} files packed, {} already present, {} failed; {} shards written, {} unchanged",
+        r.store, r.files_packed, r.files_already_present, r.files_failed, r.shards_written, r.shards_unchanged
+    );
+    println!(
+        "{:.1} MB in -> {:.1} MB stored (ratio {:.3}), {} big files, {:.1}s ({:.0} files/s)",
+        r.bytes_in as f64 / 1e6,
+        r.bytes_stored as f64 / 1e6,
+        r.ratio(),
+        r.big_files,
+        r.elapsed_seconds,
+        r.files_packed as f64 / r.elapsed_seconds.max(1e-9)
+    );
+    if r.files_outside_shard_range > 0 {
+        println!("{} files skipped: outside --shard-range", r.files_outside_shard_range);
+    }
+    for f in r.failures.iter().take(50) {
+        eprintln!("failed: line {} uid {:?}: {}", f.line, f.uid.as_deref().unwrap_or("?"), f.reason);
+    }
+    if r.files_failed > 50 {
+        eprintln!("... {} more failures (see --report)", r.files_failed - 50);
+    }
+}

@@ -1,0 +1,302 @@
+//! Building one (date, shard) object: the previous generation's entries
+//! (copied as stored bytes, CRC-checked, in one sequential read) plus the new
+//! files, published atomically with a conditional write so two packers can
+//! never silently drop each other's files.
+
+use std::io::Read;
+use std::time::Instant;
+
+use des_format::Timestamp;
+use des_format::shard::AnyIndex;
+use des_format::v3::{self, EntryRef, NewEntry, ShardIdent, ShardWriter};
+use des_storage::bridge::{BlockingStreamReader, SyncObjectWriter};
+use des_storage::{ByteRange, ErrorKind, GetOptions, LoadedIndex, PutMode, PutOptions};
+
+use crate::ingest::{Ingest, Prepared};
+use crate::options::UPLOAD_CHUNK;
+use crate::plan::ShardGroup;
+use crate::report::{Failure, ShardStat};
+use crate::source::FileRecord;
+
+#[derive(Debug, Default)]
+pub struct GroupResult {
+    /// `None` when the shard was left as it was.
+    pub stat: Option<ShardStat>,
+    pub packed: u64,
+    pub already_present: u64,
+    pub big_files: u64,
+    pub bytes_in: u64,
+    pub bytes_stored: u64,
+    pub failures: Vec<Failure>,
+}
+
+enum BuildError {
+    /// Someone else replaced the shard while we built ours: rebuild from theirs.
+    Conflict,
+    Fatal(String),
+}
+
+fn failure(rec: &FileRecord, reason: impl Into<String>) -> Failure {
+    Failure {
+        line: rec.line,
+        uid: Some(rec.uid.clone()),
+        source: Some(rec.source.display().to_string()),
+        reason: reason.into(),
+    }
+}
+
+pub fn build_group(ctx: &Ingest<'_>, group: &ShardGroup) -> GroupResult {
+    for _ in 0..=ctx.opts.conflict_retries {
+        match try_build(ctx, group) {
+            Ok(r) => return r,
+            Err(BuildError::Conflict) => continue,
+            Err(BuildError::Fatal(msg)) => return fail_all(group, &msg),
+        }
+    }
+    fail_all(
+        group,
+        "shard kept changing under concurrent packers; retry later",
+    )
+}
+
+fn fail_all(group: &ShardGroup, msg: &str) -> GroupResult {
+    GroupResult {
+        failures: group.files.iter().map(|r| failure(r, msg)).collect(),
+        ..GroupResult::default()
+    }
+}
+
+fn storage_err(e: des_storage::Error) -> BuildError {
+    if e.kind() == ErrorKind::PreconditionFailed {
+        BuildError::Conflict
+    } else {
+        BuildError::Fatal(e.to_string())
+    }
+}
+
+fn load_old(
+    ctx: &Ingest<'_>,
+    key: &str,
+    group: &ShardGroup,
+) -> Result<Option<LoadedIndex>, BuildError> {
+    let old = ctx
+        .handle
+        .block_on(ctx.store.load_index(key))
+        .map_err(|e| {
+            BuildError::Fatal(format!(
+                "existing shard {key} is unreadable ({e}); run des-verify"
+            ))
+        })?;
+    if let Some(o) = &old {
+        let Some(t) = o.index.trailer() else {
+            return Err(BuildError::Fatal(format!("{key} is not a v3 shard")));
+        };
+        let date: u32 = group.date_dir.parse().unwrap_or(0);
+        if t.date != date
+            || u32::from(t.shard_index) != group.shard_index
+            || t.n_bits != ctx.store.n_bits()
+        {
+            return Err(BuildError::Fatal(format!(
+                "{key} holds a different shard (trailer {t:?})"
+            )));
+        }
+    }
+    Ok(old)
+}
+
+fn try_build(ctx: &Ingest<'_>, group: &ShardGroup) -> Result<GroupResult, BuildError> {
+    let started = Instant::now();
+    let key = format!(
+        "{}/{}{}",
+        group.date_dir,
+        group.shard_hex,
+        des_storage::store::SHARD_EXT
+    );
+    let old = load_old(ctx, &key, group)?;
+    let mut out = GroupResult::default();
+    let to_add = partition(ctx, group, old.as_ref(), &mut out);
+    if to_add.is_empty() {
+        return Ok(out);
+    }
+    let mode = match old.as_ref().and_then(|o| o.object.etag.clone()) {
+        Some(etag) => PutMode::UpdateIfMatch(etag),
+        None if old.is_some() => PutMode::Overwrite,
+        None => PutMode::Create,
+    };
+    let upload = ctx
+        .handle
+        .block_on(ctx.store.objects().put_writer(&key, PutOptions { mode }))
+        .map_err(storage_err)?;
+    let sink = SyncObjectWriter::new(ctx.handle.clone(), upload, UPLOAD_CHUNK);
+    let ident = ShardIdent {
+        date: group.date_dir.parse().unwrap_or(0),
+        shard_index: u16::try_from(group.shard_index).unwrap_or(u16::MAX),
+        n_bits: ctx.store.n_bits(),
+        generation: old
+            .as_ref()
+            .and_then(|o| o.index.trailer())
+            .map_or(1, |t| t.generation + 1),
+        digest_alg: ctx.store.digest(),
+        written_at: Timestamp::now(),
+    };
+    let mut w = ShardWriter::new(sink, ident).map_err(|e| BuildError::Fatal(e.to_string()))?;
+    if let Some(o) = &old {
+        copy_old(ctx, o, &mut w)?;
+    }
+    let added = add_new(ctx, &to_add, &mut w, &mut out);
+    if added == 0 {
+        // Everything new failed: keep the old shard untouched (dropping `w` aborts the upload).
+        return Ok(out);
+    }
+    let (sink, summary) = w.finish().map_err(|e| BuildError::Fatal(e.to_string()))?;
+    let put = sink.finish().map_err(storage_err)?;
+    out.stat = Some(ShardStat {
+        key,
+        generation: summary.trailer.generation,
+        entries: u64::from(summary.entries),
+        new_entries: added,
+        bytes: put.size,
+        new_original_bytes: out.bytes_in,
+        new_stored_bytes: out.bytes_stored,
+        seconds: started.elapsed().as_secs_f64(),
+    });
+    Ok(out)
+}
+
+/// Splits the group into files to add and files already in the old shard
+/// (identical content: counted as present; different content: a failure,
+/// because stored files are immutable).
+fn partition<'g>(
+    ctx: &Ingest<'_>,
+    group: &'g ShardGroup,
+    old: Option<&LoadedIndex>,
+    out: &mut GroupResult,
+) -> Vec<&'g FileRecord> {
+    let mut to_add = Vec::with_capacity(group.files.len());
+    for rec in &group.files {
+        let Some(existing) = old.and_then(|o| o.find(&rec.uid)) else {
+            to_add.push(rec);
+            continue;
+        };
+        let same = match (&existing.check, ctx.digest_of(rec)) {
+            (des_format::shard::Check::V3 { digest, .. }, Ok(d)) => *digest == d,
+            (_, Err(reason)) => {
+                out.failures.push(failure(rec, reason));
+                continue;
+            }
+            _ => false,
+        };
+        if same {
+            out.already_present += 1;
+        } else {
+            out.failures.push(failure(
+                rec,
+                "uid already stored for this day with different content",
+            ));
+        }
+    }
+    to_add
+}
+
+fn old_entry(e: &EntryRef<'_>) -> NewEntry {
+    NewEntry {
+        uid: e.uid.to_string(),
+        created_at: e.created_at(),
+        content_type: e.content_type.map(str::to_string),
+        meta: e.meta.map(str::to_string),
+        codec: e.codec(),
+        orig_len: e.orig_len(),
+        digest: e.digest(),
+    }
+}
+
+/// Copies every entry of the previous generation with one sequential read
+/// of its data region, in offset order.
+fn copy_old(
+    ctx: &Ingest<'_>,
+    old: &LoadedIndex,
+    w: &mut ShardWriter<SyncObjectWriter>,
+) -> Result<(), BuildError> {
+    let AnyIndex::V3(ix) = &old.index else {
+        return Err(BuildError::Fatal(format!("{} is not a v3 shard", old.key)));
+    };
+    let view = ix.view();
+    let mut entries: Vec<EntryRef<'_>> = view.iter().collect();
+    entries.sort_by_key(|e| (e.is_external(), e.data_offset()));
+    let fatal = |e: des_format::FormatError| BuildError::Fatal(format!("copying {}: {e}", old.key));
+    let data_end = ix.trailer().data_end();
+    let opts = GetOptions {
+        range: Some(ByteRange::Bounded {
+            start: v3::HEADER_LEN,
+            end: data_end,
+        }),
+        if_match: old.object.etag.clone(),
+    };
+    let body = if data_end > v3::HEADER_LEN {
+        let got = ctx
+            .handle
+            .block_on(ctx.store.objects().get(&old.key, opts))
+            .map_err(storage_err)?;
+        Some(BlockingStreamReader::new(ctx.handle.clone(), got.body))
+    } else {
+        None
+    };
+    let mut reader = body;
+    let mut pos = v3::HEADER_LEN;
+    for e in entries {
+        if e.is_external() {
+            w.add_external(old_entry(&e), e.stored_len(), e.crc32c())
+                .map_err(fatal)?;
+            continue;
+        }
+        let r = reader
+            .as_mut()
+            .ok_or_else(|| BuildError::Fatal("empty data region".into()))?;
+        let gap = e.data_offset().saturating_sub(pos);
+        std::io::copy(&mut r.take(gap), &mut std::io::sink())
+            .map_err(|err| BuildError::Fatal(format!("reading {}: {err}", old.key)))?;
+        w.add_inline_from(old_entry(&e), e.stored_len(), e.crc32c(), &mut *r)
+            .map_err(fatal)?;
+        pos = e.data_offset() + e.stored_len();
+    }
+    Ok(())
+}
+
+fn add_new(
+    ctx: &Ingest<'_>,
+    to_add: &[&FileRecord],
+    w: &mut ShardWriter<SyncObjectWriter>,
+    out: &mut GroupResult,
+) -> u64 {
+    let mut added = 0;
+    for rec in to_add {
+        let prepared = match ctx.prepare(rec) {
+            Ok(p) => p,
+            Err(reason) => {
+                out.failures.push(failure(rec, reason));
+                continue;
+            }
+        };
+        let (orig, stored) = (prepared.entry().orig_len, prepared.stored_len());
+        let is_big = matches!(prepared, Prepared::External { .. });
+        let res = match prepared {
+            Prepared::Inline { entry, stored } => w.add_inline(entry, &stored),
+            Prepared::External {
+                entry,
+                stored_len,
+                crc32c,
+            } => w.add_external(entry, stored_len, crc32c),
+        };
+        match res {
+            Ok(()) => {
+                added += 1;
+                out.packed += 1;
+                out.bytes_in += orig;
+                out.bytes_stored += stored;
+                out.big_files += u64::from(is_big);
+            }
+            Err(e) => out.failures.push(failure(rec, e.to_string())),
+        }
+    }
+    added
+}

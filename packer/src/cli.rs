@@ -1,0 +1,149 @@
+//! Argument parsing for `des-pack`, kept in the library so it is testable.
+
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use des_format::{Compression, Timestamp};
+
+use crate::options::{DEFAULT_BIG_FILE_THRESHOLD, DEFAULT_PLAN_MEMORY, PackOptions};
+use crate::source::Input;
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_PARTIAL: i32 = 1;
+pub const EXIT_FATAL: i32 = 2;
+
+const AFTER_HELP: &str = "\
+EXIT CODES:
+    0  every input file is in the store (packed now or already present)
+    1  some files failed (listed in the summary/report); all others were packed
+    2  usage error, or the run could not proceed (store unreadable, manifest unreadable)
+
+Manifest formats: a JSON array of {uid, created_at, size_bytes, source_path} (the
+original DES format), or JSON Lines of {uid, created_at, source, content_type?, meta?}.
+Re-running the same input is idempotent. Parallel packers must work on disjoint
+--shard-range values (e.g. one per Kubernetes Indexed Job completion).";
+
+#[derive(Debug, Parser)]
+#[command(name = "des-pack", version, about = "Pack small files into DES shards", after_help = AFTER_HELP)]
+pub struct Args {
+    /// Manifest file (JSON array or JSON Lines)
+    #[arg(long, conflicts_with = "dir", required_unless_present = "dir")]
+    pub manifest: Option<PathBuf>,
+    /// Pack every file under DIR (uid = path relative to DIR)
+    #[arg(long, requires = "created_at")]
+    pub dir: Option<PathBuf>,
+    /// created_at (RFC 3339) for every file of --dir
+    #[arg(long)]
+    pub created_at: Option<String>,
+    /// Store location: a directory (created if missing)
+    #[arg(long, env = "DES_STORE")]
+    pub out: String,
+    /// Shard bits (4..=16), only when creating a store; must match an existing one
+    #[arg(long)]
+    pub n_bits: Option<u8>,
+    /// Create the store with SHA-256 content digests instead of BLAKE3
+    #[arg(long)]
+    pub fips: bool,
+    /// auto | zstd | lz4 | none
+    #[arg(long, default_value = "auto")]
+    pub compression: String,
+    #[arg(long, default_value_t = des_format::codec::DEFAULT_ZSTD_LEVEL)]
+    pub zstd_level: i32,
+    /// Files larger than this are stored as separate objects (bytes; K/M/G suffixes allowed)
+    #[arg(long, default_value_t = DEFAULT_BIG_FILE_THRESHOLD.to_string())]
+    pub big_file_threshold: String,
+    /// Shards built in parallel
+    #[arg(long, short = 'j', default_value_t = 2)]
+    pub jobs: usize,
+    /// Only pack shards START-END (inclusive shard indexes), e.g. 0-127
+    #[arg(long)]
+    pub shard_range: Option<String>,
+    /// Memory for planning before sorted runs spill to disk (bytes; K/M/G)
+    #[arg(long, default_value_t = DEFAULT_PLAN_MEMORY.to_string())]
+    pub plan_memory: String,
+    /// Where planning spills (default: a temp dir)
+    #[arg(long)]
+    pub spill_dir: Option<PathBuf>,
+    /// Write the JSON report here
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Print the JSON report on stdout instead of the text summary
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+/// `10485760`, `10M`, `10MiB`, `64k`: binary multiples.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().with_context(|| format!("bad size {s:?}"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => bail!("bad size unit {other:?} in {s:?}"),
+    };
+    n.checked_mul(mult).with_context(|| format!("size {s:?} overflows"))
+}
+
+pub fn parse_shard_range(s: &str) -> Result<RangeInclusive<u32>> {
+    let (a, b) = s.split_once('-').with_context(|| format!("shard range {s:?} is not START-END"))?;
+    let (a, b): (u32, u32) = (a.trim().parse()?, b.trim().parse()?);
+    if a > b {
+        bail!("shard range {s:?} is empty");
+    }
+    Ok(a..=b)
+}
+
+impl Args {
+    pub fn input(&self) -> Result<Input> {
+        match (&self.manifest, &self.dir) {
+            (Some(m), None) => Ok(Input::Manifest(m.clone())),
+            (None, Some(d)) => {
+                let ts = self.created_at.as_deref().context("--dir needs --created-at")?;
+                let created_at = Timestamp::parse_rfc3339(ts)?;
+                Ok(Input::Dir { root: d.clone(), created_at })
+            }
+            _ => bail!("give exactly one of --manifest or --dir"),
+        }
+    }
+
+    pub fn options(&self) -> Result<PackOptions> {
+        Ok(PackOptions {
+            out: self.out.clone(),
+            n_bits: self.n_bits,
+            fips: self.fips,
+            compression: Compression::parse(&self.compression, self.zstd_level)?,
+            big_file_threshold: parse_size(&self.big_file_threshold)?,
+            jobs: self.jobs.max(1),
+            plan_memory: usize::try_from(parse_size(&self.plan_memory)?)?,
+            spill_dir: self.spill_dir.clone(),
+            shard_range: self.shard_range.as_deref().map(parse_shard_range).transpose()?,
+            ..PackOptions::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_ranges() {
+        assert_eq!(parse_size("10M").unwrap(), 10 << 20);
+        assert_eq!(parse_size("64KiB").unwrap(), 64 << 10);
+        assert_eq!(parse_size("123").unwrap(), 123);
+        assert!(parse_size("1T").is_err());
+        assert!(parse_size("x").is_err());
+        assert_eq!(parse_shard_range("0-127").unwrap(), 0..=127);
+        assert!(parse_shard_range("5-1").is_err());
+        assert!(parse_shard_range("7").is_err());
+    }
+}

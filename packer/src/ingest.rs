@@ -1,0 +1,194 @@
+//! Turning one source file into what the shard writer needs. Inline files are
+//! read whole (they are at most `big_file_threshold` bytes, so memory is
+//! bounded by configuration); big files are streamed twice — once to learn
+//! their digest (their object name), once to upload — and never held.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
+
+use des_format::codec::{self, Codec};
+use des_format::v3::{NewEntry, external_key};
+use des_format::{ContentDigest, DigestAlgorithm};
+use des_storage::bridge::SyncObjectWriter;
+use des_storage::{DesStore, ErrorKind, PutOptions};
+use tokio::runtime::Handle;
+
+use crate::options::{PackOptions, UPLOAD_CHUNK};
+use crate::source::FileRecord;
+
+pub enum Prepared {
+    Inline {
+        entry: NewEntry,
+        stored: Vec<u8>,
+    },
+    /// Payload already uploaded to `_big/<digest>`, stored raw.
+    External {
+        entry: NewEntry,
+        stored_len: u64,
+        crc32c: u32,
+    },
+}
+
+impl Prepared {
+    pub fn entry(&self) -> &NewEntry {
+        match self {
+            Self::Inline { entry, .. } | Self::External { entry, .. } => entry,
+        }
+    }
+
+    pub fn stored_len(&self) -> u64 {
+        match self {
+            Self::Inline { stored, .. } => stored.len() as u64,
+            Self::External { stored_len, .. } => *stored_len,
+        }
+    }
+}
+
+pub struct Ingest<'a> {
+    pub store: &'a DesStore,
+    pub handle: &'a Handle,
+    pub opts: &'a PackOptions,
+}
+
+fn open(rec: &FileRecord) -> Result<(File, u64), String> {
+    let f = File::open(&rec.source)
+        .map_err(|e| format!("cannot open {}: {e}", rec.source.display()))?;
+    let md = f
+        .metadata()
+        .map_err(|e| format!("cannot stat {}: {e}", rec.source.display()))?;
+    if !md.is_file() {
+        return Err(format!("{} is not a regular file", rec.source.display()));
+    }
+    Ok((f, md.len()))
+}
+
+/// Streams `r`, returning (digest, crc32c, length). Raw storage makes the
+/// CRC of stored bytes the CRC of the original bytes.
+fn scan(
+    alg: DigestAlgorithm,
+    r: impl Read,
+    mut sink: Option<&mut dyn Write>,
+) -> std::io::Result<(ContentDigest, u32, u64)> {
+    let mut r = BufReader::with_capacity(1 << 20, r);
+    let mut h = alg.hasher();
+    let (mut crc, mut n) = (0u32, 0u64);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let k = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let chunk = buf.get(..k).unwrap_or_default();
+        h.update(chunk);
+        crc = crc32c::crc32c_append(crc, chunk);
+        if let Some(s) = sink.as_mut() {
+            s.write_all(chunk)?;
+        }
+        n += k as u64;
+    }
+    Ok((h.finalize(), crc, n))
+}
+
+fn new_entry(rec: &FileRecord, codec: Codec, orig_len: u64, digest: ContentDigest) -> NewEntry {
+    NewEntry {
+        uid: rec.uid.clone(),
+        created_at: rec.created_at,
+        content_type: rec.content_type.clone(),
+        meta: rec.meta.clone(),
+        codec,
+        orig_len,
+        digest,
+    }
+}
+
+impl Ingest<'_> {
+    fn alg(&self) -> DigestAlgorithm {
+        self.store.digest()
+    }
+
+    /// Digest of the file's current content (to compare with an existing entry).
+    pub fn digest_of(&self, rec: &FileRecord) -> Result<ContentDigest, String> {
+        let (f, _) = open(rec)?;
+        scan(self.alg(), f, None)
+            .map(|(d, _, _)| d)
+            .map_err(|e| format!("cannot read {}: {e}", rec.source.display()))
+    }
+
+    pub fn prepare(&self, rec: &FileRecord) -> Result<Prepared, String> {
+        let (mut f, len) = open(rec)?;
+        if len > self.opts.big_file_threshold {
+            return self.prepare_big(rec);
+        }
+        let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        // Cap the read: a file growing under us must not blow the memory bound.
+        (&mut f)
+            .take(self.opts.big_file_threshold + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| format!("cannot read {}: {e}", rec.source.display()))?;
+        if data.len() as u64 > self.opts.big_file_threshold {
+            return self.prepare_big(rec);
+        }
+        let digest = self.alg().digest(&data);
+        let (codec, stored) = codec::encode(
+            self.opts.compression,
+            &rec.uid,
+            rec.content_type.as_deref(),
+            &data,
+        )
+        .map_err(|e| format!("compressing {}: {e}", rec.uid))?;
+        let stored = stored.into_owned();
+        Ok(Prepared::Inline {
+            entry: new_entry(rec, codec, data.len() as u64, digest),
+            stored,
+        })
+    }
+
+    fn prepare_big(&self, rec: &FileRecord) -> Result<Prepared, String> {
+        let read_err = |e: std::io::Error| format!("cannot read {}: {e}", rec.source.display());
+        let (f, _) = open(rec)?;
+        let (digest, crc, len) = scan(self.alg(), f, None).map_err(read_err)?;
+        let key = external_key(&digest);
+        let existing = self.handle.block_on(self.store.objects().head(&key));
+        match existing {
+            // Content-addressed and stored raw: an object of the right size is this file.
+            Ok(meta) if meta.size == len => {}
+            Ok(_) => self.upload_big(rec, &key, digest)?,
+            Err(e) if e.kind() == ErrorKind::NotFound => self.upload_big(rec, &key, digest)?,
+            Err(e) => return Err(format!("checking {key}: {e}")),
+        }
+        Ok(Prepared::External {
+            entry: new_entry(rec, Codec::None, len, digest),
+            stored_len: len,
+            crc32c: crc,
+        })
+    }
+
+    fn upload_big(&self, rec: &FileRecord, key: &str, digest: ContentDigest) -> Result<(), String> {
+        let writer = self
+            .handle
+            .block_on(self.store.objects().put_writer(key, PutOptions::default()))
+            .map_err(|e| format!("uploading {key}: {e}"))?;
+        let mut sink = SyncObjectWriter::new(self.handle.clone(), writer, UPLOAD_CHUNK);
+        let (f, _) = open(rec)?;
+        let scanned = scan(self.alg(), f, Some(&mut sink));
+        match scanned {
+            Ok((d, _, _)) if d == digest => {
+                sink.finish().map_err(|e| format!("uploading {key}: {e}"))?;
+                Ok(())
+            }
+            Ok(_) => {
+                let _ = sink.abort();
+                Err(format!(
+                    "{} changed while it was being packed",
+                    rec.source.display()
+                ))
+            }
+            Err(e) => {
+                let _ = sink.abort();
+                Err(format!("uploading {key}: {e}"))
+            }
+        }
+    }
+}

@@ -1,0 +1,80 @@
+use serde::Serialize;
+
+use crate::source::RecordFailure;
+
+/// Per-file failure as it appears in the report.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Failure {
+    pub line: u64,
+    pub uid: Option<String>,
+    pub source: Option<String>,
+    pub reason: String,
+}
+
+impl From<RecordFailure> for Failure {
+    fn from(f: RecordFailure) -> Self {
+        Self {
+            line: f.line,
+            uid: f.uid,
+            source: f.source,
+            reason: f.reason,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ShardStat {
+    pub key: String,
+    pub generation: u64,
+    /// Entries in the shard after this run.
+    pub entries: u64,
+    pub new_entries: u64,
+    /// Object size after this run.
+    pub bytes: u64,
+    pub new_original_bytes: u64,
+    pub new_stored_bytes: u64,
+    pub seconds: f64,
+}
+
+/// The `--report` / `--json` document.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PackReport {
+    pub store: String,
+    pub store_created: bool,
+    pub n_bits: u8,
+    pub files_seen: u64,
+    pub files_packed: u64,
+    /// Already in the store with identical content (re-runs are idempotent).
+    pub files_already_present: u64,
+    pub files_failed: u64,
+    pub files_outside_shard_range: u64,
+    pub bytes_in: u64,
+    pub bytes_stored: u64,
+    pub big_files: u64,
+    pub shards_written: u64,
+    pub shards_unchanged: u64,
+    pub elapsed_seconds: f64,
+    pub shards: Vec<ShardStat>,
+    /// At most [`MAX_REPORTED_FAILURES`] entries; `files_failed` has the full count.
+    pub failures: Vec<Failure>,
+}
+
+pub const MAX_REPORTED_FAILURES: usize = 10_000;
+
+impl PackReport {
+    pub fn fail(&mut self, f: Failure) {
+        self.files_failed += 1;
+        if self.failures.len() < MAX_REPORTED_FAILURES {
+            self.failures.push(f);
+        }
+    }
+
+    /// Compression ratio of newly packed bytes (stored / original).
+    pub fn ratio(&self) -> f64 {
+        if self.bytes_in == 0 {
+            1.0
+        } else {
+            self.bytes_stored as f64 / self.bytes_in as f64
+        }
+    }
+}

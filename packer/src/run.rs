@@ -1,0 +1,200 @@
+//! A whole pack run: open (or create) the store, plan the input into
+//! per-shard groups, build groups on `jobs` threads, collect the report.
+
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use des_storage::{CreateOptions, DesStore, open_location};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::runtime::Handle;
+
+use crate::build::{GroupResult, build_group};
+use crate::ingest::Ingest;
+use crate::options::PackOptions;
+use crate::plan::{PlanConfig, PlanIter, Planner, ShardGroup};
+use crate::report::{Failure, PackReport};
+use crate::source::{Input, read_input};
+
+/// Runs a pack. Must be called outside the runtime's worker threads (it
+/// blocks on `handle`). Per-file problems land in the report; `Err` means the
+/// run as a whole could not proceed.
+pub fn pack(
+    input: &Input,
+    opts: &PackOptions,
+    handle: &Handle,
+    progress: bool,
+) -> Result<PackReport> {
+    let started = Instant::now();
+    let objects =
+        open_location(&opts.out).with_context(|| format!("opening store {}", opts.out))?;
+    let create = CreateOptions {
+        n_bits: opts.n_bits,
+        digest: opts.digest(),
+    };
+    let (store, created) = handle
+        .block_on(DesStore::open_or_create(objects, create))
+        .with_context(|| format!("opening store {}", opts.out))?;
+    let mut report = PackReport {
+        store: store.objects().describe(),
+        store_created: created,
+        n_bits: store.n_bits(),
+        ..PackReport::default()
+    };
+    let spill_holder;
+    let spill_dir = match &opts.spill_dir {
+        Some(d) => d.clone(),
+        None => {
+            spill_holder = tempfile::tempdir().context("creating a spill directory")?;
+            spill_holder.path().to_path_buf()
+        }
+    };
+    let plan = plan_input(input, opts, &store, spill_dir, &mut report)?;
+    let bar = progress_bar(progress, report.files_seen);
+    let ingest = Ingest {
+        store: &store,
+        handle,
+        opts,
+    };
+    run_groups(&ingest, plan, &bar, &mut report)?;
+    bar.finish_and_clear();
+    report.shards.sort_by(|a, b| a.key.cmp(&b.key));
+    report.elapsed_seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn plan_input(
+    input: &Input,
+    opts: &PackOptions,
+    store: &DesStore,
+    spill_dir: std::path::PathBuf,
+    report: &mut PackReport,
+) -> Result<PlanIter> {
+    let mut planner = Planner::new(PlanConfig {
+        n_bits: store.n_bits(),
+        memory_budget: opts.plan_memory,
+        spill_dir,
+        shard_filter: opts.shard_range.clone(),
+    })?;
+    read_input(input, |r| {
+        match r.map(|rec| planner.push(rec)) {
+            Ok(pushed) => {
+                if let Err(f) = pushed? {
+                    report.fail(f.into());
+                }
+            }
+            Err(f) => report.fail(f.into()),
+        }
+        Ok(())
+    })?;
+    let stats = planner.stats();
+    report.files_seen = stats.accepted;
+    report.files_outside_shard_range = stats.skipped_by_filter;
+    planner.finish()
+}
+
+fn progress_bar(enabled: bool, total: u64) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    let style = ProgressStyle::with_template(
+        "{elapsed_precise} [{bar:30}] {pos}/{len} files ({per_sec}, eta {eta}) {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar
+}
+
+enum Msg {
+    Done(usize, GroupResult),
+    Duplicates(Vec<Failure>),
+}
+
+fn run_groups(
+    ingest: &Ingest<'_>,
+    plan: PlanIter,
+    bar: &ProgressBar,
+    report: &mut PackReport,
+) -> Result<()> {
+    let jobs = ingest.opts.jobs.max(1);
+    // A small queue keeps at most a few groups' records in memory at once.
+    let (group_tx, group_rx) = mpsc::sync_channel::<ShardGroup>(jobs);
+    let group_rx = Arc::new(Mutex::new(group_rx));
+    let (res_tx, res_rx) = mpsc::channel::<Msg>();
+    let mut plan_error = None;
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            let rx = Arc::clone(&group_rx);
+            let tx = res_tx.clone();
+            s.spawn(move || worker(ingest, &rx, &tx));
+        }
+        let feeder_tx = res_tx.clone();
+        let feeder = s.spawn(move || feed(plan, &group_tx, &feeder_tx));
+        drop(res_tx);
+        for msg in res_rx {
+            merge(msg, bar, report);
+        }
+        plan_error = feeder.join().ok().and_then(|r| r.err());
+    });
+    match plan_error {
+        Some(e) => Err(e.context("reading the plan")),
+        None => Ok(()),
+    }
+}
+
+fn worker(ingest: &Ingest<'_>, rx: &Mutex<Receiver<ShardGroup>>, tx: &mpsc::Sender<Msg>) {
+    loop {
+        // Hold the lock only to receive, not while building.
+        let next = rx.lock().map(|r| r.recv());
+        let Ok(Ok(group)) = next else { return };
+        let n = group.files.len();
+        if tx.send(Msg::Done(n, build_group(ingest, &group))).is_err() {
+            return;
+        }
+    }
+}
+
+fn feed(
+    plan: PlanIter,
+    groups: &mpsc::SyncSender<ShardGroup>,
+    results: &mpsc::Sender<Msg>,
+) -> Result<()> {
+    for item in plan {
+        let (group, dups) = item?;
+        if !dups.is_empty() {
+            let _ = results.send(Msg::Duplicates(
+                dups.into_iter().map(Failure::from).collect(),
+            ));
+        }
+        if groups.send(group).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn merge(msg: Msg, bar: &ProgressBar, report: &mut PackReport) {
+    match msg {
+        Msg::Duplicates(fs) => fs.into_iter().for_each(|f| report.fail(f)),
+        Msg::Done(n, r) => {
+            report.files_packed += r.packed;
+            report.files_already_present += r.already_present;
+            report.big_files += r.big_files;
+            report.bytes_in += r.bytes_in;
+            report.bytes_stored += r.bytes_stored;
+            match r.stat {
+                Some(stat) => {
+                    report.shards_written += 1;
+                    report.shards.push(stat);
+                }
+                None => report.shards_unchanged += 1,
+            }
+            r.failures.into_iter().for_each(|f| report.fail(f));
+            bar.inc(n as u64);
+            bar.set_message(format!("{} MB in", report.bytes_in / 1_000_000));
+        }
+    }
+}
