@@ -914,24 +914,3 @@ mod tests {
         assert_eq!(files_in(dir.path()), 0);
     }
 }
-#[cfg(test)]
-mod scratch_perf {
-    use super::*;
-    #[test]
-    fn perf_200k() {
-        let dir = tempfile::tempdir().unwrap();
-        let m = dir.path().join("m.jsonl");
-        let mut s = String::new();
-        for i in 0..200_000 { s.push_str(&format!("{{\"uid\":\"file-{i}\",\"created_at\":\"2024-05-{:02}T10:00:00Z\",\"source\":\"x/{i}\",\"meta\":{{\"a\":{i}}}}}\n", i % 28 + 1)); }
-        std::fs::write(&m, s).unwrap();
-        let t = std::time::Instant::now();
-        let mut p = Planner::new(PlanConfig { n_bits: 8, memory_budget: 1 << 20, spill_dir: dir.path().join("sp"), shard_filter: None }).unwrap();
-        crate::source::read_input(&crate::source::Input::Manifest(m), |r| { p.push(r.unwrap())?.unwrap(); Ok(()) }).unwrap();
-        let st = p.stats();
-        let t1 = t.elapsed();
-        let mut n = 0; let mut g = 0;
-        for x in p.finish().unwrap() { let (gr, d) = x.unwrap(); assert!(d.is_empty()); n += gr.files.len(); g += 1; }
-        eprintln!("{st:?} read+push {t1:?} total {:?} groups {g} files {n}", t.elapsed());
-        assert_eq!(n, 200_000);
-    }
-}
