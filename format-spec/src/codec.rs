@@ -47,15 +47,21 @@ pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
     /// zstd unless the content is already compressed or does not shrink by 10%.
-    Auto { zstd_level: i32 },
-    Zstd { level: i32 },
+    Auto {
+        zstd_level: i32,
+    },
+    Zstd {
+        level: i32,
+    },
     Lz4,
     None,
 }
 
 impl Default for Compression {
     fn default() -> Self {
-        Self::Auto { zstd_level: DEFAULT_ZSTD_LEVEL }
+        Self::Auto {
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+        }
     }
 }
 
@@ -84,27 +90,29 @@ fn has_compressed_extension(name: &str) -> bool {
     let Some((_, ext)) = name.rsplit_once('.') else {
         return false;
     };
-    COMPRESSED_EXTENSIONS.iter().any(|c| c.eq_ignore_ascii_case(ext))
+    COMPRESSED_EXTENSIONS
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case(ext))
 }
 
 fn has_compressed_magic(data: &[u8]) -> bool {
     const MAGICS: &[&[u8]] = &[
-        b"\xFF\xD8\xFF",             // jpeg
-        b"\x89PNG\r\n\x1A\n",        // png
-        b"GIF8",                     // gif
-        b"\x1F\x8B",                 // gzip
-        b"PK\x03\x04",               // zip, docx, jar
-        b"BZh",                      // bzip2
-        b"\xFD7zXZ\x00",             // xz
-        b"\x28\xB5\x2F\xFD",         // zstd
-        b"\x04\x22\x4D\x18",         // lz4 frame
-        b"7z\xBC\xAF\x27\x1C",       // 7z
-        b"Rar!\x1A\x07",             // rar
-        b"%PDF",                     // pdf (internally deflated)
-        b"OggS",                     // ogg
-        b"fLaC",                     // flac
-        b"ID3",                      // mp3
-        b"wOF2",                     // woff2
+        b"\xFF\xD8\xFF",       // jpeg
+        b"\x89PNG\r\n\x1A\n",  // png
+        b"GIF8",               // gif
+        b"\x1F\x8B",           // gzip
+        b"PK\x03\x04",         // zip, docx, jar
+        b"BZh",                // bzip2
+        b"\xFD7zXZ\x00",       // xz
+        b"\x28\xB5\x2F\xFD",   // zstd
+        b"\x04\x22\x4D\x18",   // lz4 frame
+        b"7z\xBC\xAF\x27\x1C", // 7z
+        b"Rar!\x1A\x07",       // rar
+        b"%PDF",               // pdf (internally deflated)
+        b"OggS",               // ogg
+        b"fLaC",               // flac
+        b"ID3",                // mp3
+        b"wOF2",               // woff2
     ];
     if MAGICS.iter().any(|m| data.starts_with(m)) {
         return true;
@@ -170,20 +178,33 @@ fn zstd_compress(data: &[u8], level: i32) -> Result<Vec<u8>> {
 fn lz4_compress(data: &[u8]) -> Result<Vec<u8>> {
     let mut enc = lz4_flex::frame::FrameEncoder::new(Vec::with_capacity(data.len() / 2 + 64));
     enc.write_all(data)?;
-    enc.finish().map_err(|e| FormatError::Io(io::Error::other(e)))
+    enc.finish()
+        .map_err(|e| FormatError::Io(io::Error::other(e)))
 }
 
 /// Decodes a payload whose original length is known. Output is capped at
 /// `orig_len`, so a hostile stream cannot make us allocate more.
+///
+/// `orig_len` itself is not trusted for allocation: legacy indexes carry no
+/// checksum, so a flipped size byte would otherwise reserve up to 16 EiB (or
+/// 1 TiB in v3) before a single byte is decoded. The buffer starts small and
+/// grows only as real output arrives.
 pub fn decode(codec: Codec, stored: &[u8], orig_len: u64) -> Result<Vec<u8>> {
     let cap = usize::try_from(orig_len)
         .map_err(|_| FormatError::Corrupt(format!("original length {orig_len} too large")))?;
     let out = match codec {
         Codec::None => stored.to_vec(),
-        Codec::Zstd => zstd::bulk::decompress(stored, cap)
-            .map_err(|e| FormatError::Corrupt(format!("zstd: {e}")))?,
+        Codec::Zstd => {
+            let mut out = Vec::with_capacity(initial_capacity(cap, stored.len()));
+            zstd::stream::read::Decoder::with_buffer(stored)
+                .map_err(|e| FormatError::Corrupt(format!("zstd: {e}")))?
+                .take(orig_len.saturating_add(1))
+                .read_to_end(&mut out)
+                .map_err(|e| FormatError::Corrupt(format!("zstd: {e}")))?;
+            out
+        }
         Codec::Lz4 => {
-            let mut out = Vec::with_capacity(cap.min(stored.len().saturating_mul(4) + 1024));
+            let mut out = Vec::with_capacity(initial_capacity(cap, stored.len()));
             lz4_flex::frame::FrameDecoder::new(stored)
                 .take(orig_len.saturating_add(1))
                 .read_to_end(&mut out)
@@ -198,6 +219,12 @@ pub fn decode(codec: Codec, stored: &[u8], orig_len: u64) -> Result<Vec<u8>> {
         )));
     }
     Ok(out)
+}
+
+/// Enough for typical compression ratios in one allocation; larger outputs
+/// grow the buffer, bounded by `cap` through `take`.
+fn initial_capacity(cap: usize, stored_len: usize) -> usize {
+    cap.min(stored_len.saturating_mul(4).saturating_add(1024))
 }
 
 /// Streaming decoder for external (big) payloads.
@@ -284,13 +311,38 @@ mod tests {
     #[test]
     fn round_trips_and_caps() {
         let data = b"abcabcabcabcabcabcabcabc".repeat(100);
-        for policy in [Compression::Zstd { level: 3 }, Compression::Lz4, Compression::None] {
+        for policy in [
+            Compression::Zstd { level: 3 },
+            Compression::Lz4,
+            Compression::None,
+        ] {
             let (codec, stored) = encode(policy, "x", None, &data).unwrap();
             assert_eq!(decode(codec, &stored, data.len() as u64).unwrap(), data);
             assert!(decode(codec, &stored, data.len() as u64 - 1).is_err());
+            assert!(decode(codec, &stored, data.len() as u64 + 1).is_err());
             let mut streamed = Vec::new();
-            decoder(codec, &stored[..]).unwrap().read_to_end(&mut streamed).unwrap();
+            decoder(codec, &stored[..])
+                .unwrap()
+                .read_to_end(&mut streamed)
+                .unwrap();
             assert_eq!(streamed, data);
+        }
+    }
+
+    /// Found by the `shard_parser` fuzz target: a legacy index (no checksum)
+    /// claiming a huge uncompressed size used to make zstd reserve it up front,
+    /// aborting the process. It must be a plain error.
+    #[test]
+    fn huge_claimed_length_is_an_error_not_an_allocation() {
+        let data = b"abcabcabcabcabcabcabcabc".repeat(100);
+        for policy in [Compression::Zstd { level: 3 }, Compression::Lz4] {
+            let (codec, stored) = encode(policy, "x", None, &data).unwrap();
+            for claimed in [1 << 40, u64::MAX >> 1, u64::MAX] {
+                assert!(
+                    decode(codec, &stored, claimed).is_err(),
+                    "{codec:?} {claimed}"
+                );
+            }
         }
     }
 }

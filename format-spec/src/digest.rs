@@ -28,7 +28,9 @@ impl DigestAlgorithm {
         match code {
             1 => Ok(Self::Blake3),
             2 => Ok(Self::Sha256),
-            other => Err(FormatError::Unsupported(format!("digest algorithm code {other}"))),
+            other => Err(FormatError::Unsupported(format!(
+                "digest algorithm code {other}"
+            ))),
         }
     }
 
@@ -43,7 +45,9 @@ impl DigestAlgorithm {
         match name {
             "blake3" => Ok(Self::Blake3),
             "sha256" => Ok(Self::Sha256),
-            other => Err(FormatError::Unsupported(format!("digest algorithm {other:?}"))),
+            other => Err(FormatError::Unsupported(format!(
+                "digest algorithm {other:?}"
+            ))),
         }
     }
 

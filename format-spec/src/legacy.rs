@@ -32,7 +32,9 @@ pub fn parse_footer(tail: &[u8], object_len: u64) -> Result<Range<u64>> {
         .filter(|s| *s >= HEADER_LEN);
     match start {
         Some(s) => Ok(s..s + size),
-        None => corrupt(format!("legacy index of {size} bytes does not fit {object_len} bytes")),
+        None => corrupt(format!(
+            "legacy index of {size} bytes does not fit {object_len} bytes"
+        )),
     }
 }
 
@@ -43,16 +45,23 @@ pub fn parse_header(head: &[u8]) -> Result<u8> {
     }
     match (le::u8_at(head, 4), head.get(5..8)) {
         (Some(v @ (1 | 2)), Some([0, 0, 0])) => Ok(v),
-        (Some(v), _) => Err(FormatError::Unsupported(format!("legacy format version {v}"))),
+        (Some(v), _) => Err(FormatError::Unsupported(format!(
+            "legacy format version {v}"
+        ))),
         _ => corrupt("truncated legacy header"),
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LegacyPayload {
-    Inline { offset: u64, len: u64 },
+    Inline {
+        offset: u64,
+        len: u64,
+    },
     /// Stored raw at `_bigFiles/<sha256>` beside the shard.
-    BigFile { sha256_hex: String },
+    BigFile {
+        sha256_hex: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,20 +92,32 @@ fn utf8(b: &[u8], what: &str) -> Result<String> {
 fn read_meta(c: &mut Cursor<'_>) -> Result<Option<String>> {
     let len = usize::try_from(c.u32().ok_or_else(short)?).map_err(|_| short())?;
     let raw = utf8(c.take(len).ok_or_else(short)?, "metadata")?;
-    Ok(if raw.is_empty() || raw == "{}" || raw == "null" { None } else { Some(raw) })
+    Ok(if raw.is_empty() || raw == "{}" || raw == "null" {
+        None
+    } else {
+        Some(raw)
+    })
 }
 
-fn read_inline(c: &mut Cursor<'_>, uid: &str, data_end: u64) -> Result<(LegacyPayload, Codec, u64)> {
+fn read_inline(
+    c: &mut Cursor<'_>,
+    uid: &str,
+    data_end: u64,
+) -> Result<(LegacyPayload, Codec, u64)> {
     let offset = c.u64().ok_or_else(short)?;
     let len = c.u64().ok_or_else(short)?;
     let codec = Codec::from_code(c.u8().ok_or_else(short)?)?;
     let compressed = c.u64().ok_or_else(short)?;
     let orig = c.u64().ok_or_else(short)?;
     if compressed != len {
-        return corrupt(format!("{uid:?}: length {len} != compressed size {compressed}"));
+        return corrupt(format!(
+            "{uid:?}: length {len} != compressed size {compressed}"
+        ));
     }
     if offset < HEADER_LEN || offset.saturating_add(len) > data_end {
-        return corrupt(format!("{uid:?} at {offset}+{len} is outside the data region"));
+        return corrupt(format!(
+            "{uid:?} at {offset}+{len} is outside the data region"
+        ));
     }
     if codec == Codec::None && orig != len {
         return corrupt(format!("{uid:?}: uncompressed entry with two sizes"));
@@ -126,13 +147,19 @@ impl LegacyIndex {
                 _ => deduped.push(e),
             }
         }
-        Ok(Self { version, entries: deduped })
+        Ok(Self {
+            version,
+            entries: deduped,
+        })
     }
 
     /// When only a suffix was read the header (and so the version) is unknown:
     /// accept the one reading that consumes the index exactly. `None` when both do.
     pub fn parse_guessing_version(bytes: &[u8], data_end: u64) -> Result<Option<Self>> {
-        match (Self::parse(bytes, 2, data_end), Self::parse(bytes, 1, data_end)) {
+        match (
+            Self::parse(bytes, 2, data_end),
+            Self::parse(bytes, 1, data_end),
+        ) {
             (Ok(v2), Err(_)) => Ok(Some(v2)),
             (Err(_), Ok(v1)) => Ok(Some(v1)),
             (Ok(_), Ok(_)) => Ok(None),
@@ -155,12 +182,26 @@ impl LegacyIndex {
             }
             let size = c.u64().ok_or_else(short)?;
             let meta = read_meta(c)?;
-            let payload = LegacyPayload::BigFile { sha256_hex: sha.to_ascii_lowercase() };
-            return Ok(LegacyEntry { uid, payload, codec: Codec::None, orig_len: size, meta });
+            let payload = LegacyPayload::BigFile {
+                sha256_hex: sha.to_ascii_lowercase(),
+            };
+            return Ok(LegacyEntry {
+                uid,
+                payload,
+                codec: Codec::None,
+                orig_len: size,
+                meta,
+            });
         }
         let (payload, codec, orig_len) = read_inline(c, &uid, data_end)?;
         let meta = if version >= 2 { read_meta(c)? } else { None };
-        Ok(LegacyEntry { uid, payload, codec, orig_len, meta })
+        Ok(LegacyEntry {
+            uid,
+            payload,
+            codec,
+            orig_len,
+            meta,
+        })
     }
 
     pub fn find(&self, uid: &str) -> Option<&LegacyEntry> {
@@ -177,7 +218,12 @@ impl LegacyIndex {
     pub fn heap_size(&self) -> usize {
         self.entries
             .iter()
-            .map(|e| std::mem::size_of::<LegacyEntry>() + e.uid.len() + e.meta.as_ref().map_or(0, |m| m.len()) + 64)
+            .map(|e| {
+                std::mem::size_of::<LegacyEntry>()
+                    + e.uid.len()
+                    + e.meta.as_ref().map_or(0, |m| m.len())
+                    + 64
+            })
             .sum::<usize>()
             + std::mem::size_of::<Self>()
     }

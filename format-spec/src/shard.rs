@@ -26,7 +26,9 @@ impl Tail {
         if Trailer::has_magic(tail) {
             Ok(Self::V3(Trailer::parse(tail, object_len)?))
         } else if legacy::has_footer(tail) {
-            Ok(Self::Legacy { index: legacy::parse_footer(tail, object_len)? })
+            Ok(Self::Legacy {
+                index: legacy::parse_footer(tail, object_len)?,
+            })
         } else {
             corrupt("neither a v3 trailer nor a legacy footer at the end of the object")
         }
@@ -51,7 +53,11 @@ pub enum AnyIndex {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Check {
     /// CRC32C of the stored bytes and digest of the original bytes.
-    V3 { crc32c: u32, digest: ContentDigest, alg: DigestAlgorithm },
+    V3 {
+        crc32c: u32,
+        digest: ContentDigest,
+        alg: DigestAlgorithm,
+    },
     /// Legacy big files are named by the SHA-256 of their bytes.
     Sha256Hex(String),
     /// Legacy inline entries carry no checksum; decoding is the only check.
@@ -60,10 +66,15 @@ pub enum Check {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    InShard { offset: u64 },
+    InShard {
+        offset: u64,
+    },
     /// Key relative to the store root (v3: `_big/<hex>`) or to the shard's
     /// directory (legacy: `_bigFiles/<sha256>`).
-    External { key: String, relative_to_shard: bool },
+    External {
+        key: String,
+        relative_to_shard: bool,
+    },
 }
 
 /// One file found in an index: where its bytes are and how to check them.
@@ -83,9 +94,14 @@ pub struct Located {
 impl Located {
     pub fn from_v3(e: &EntryRef<'_>, alg: DigestAlgorithm) -> Self {
         let source = if e.is_external() {
-            Source::External { key: v3::external_key(&e.digest()), relative_to_shard: false }
+            Source::External {
+                key: v3::external_key(&e.digest()),
+                relative_to_shard: false,
+            }
         } else {
-            Source::InShard { offset: e.data_offset() }
+            Source::InShard {
+                offset: e.data_offset(),
+            }
         };
         Self {
             uid: e.uid.to_string(),
@@ -94,7 +110,11 @@ impl Located {
             stored_len: e.stored_len(),
             orig_len: e.orig_len(),
             source,
-            check: Check::V3 { crc32c: e.crc32c(), digest: e.digest(), alg },
+            check: Check::V3 {
+                crc32c: e.crc32c(),
+                digest: e.digest(),
+                alg,
+            },
             content_type: e.content_type.map(str::to_string),
             meta: e.meta.map(str::to_string),
         }
@@ -137,9 +157,16 @@ impl Located {
 
     /// Checks stored bytes and decodes them; never returns bytes that fail a check.
     pub fn decode(&self, stored: &[u8]) -> Result<Vec<u8>> {
-        let bad = |detail: String| FormatError::CorruptEntry { uid: self.uid.clone(), detail };
+        let bad = |detail: String| FormatError::CorruptEntry {
+            uid: self.uid.clone(),
+            detail,
+        };
         if stored.len() as u64 != self.stored_len {
-            return Err(bad(format!("got {} stored bytes, expected {}", stored.len(), self.stored_len)));
+            return Err(bad(format!(
+                "got {} stored bytes, expected {}",
+                stored.len(),
+                self.stored_len
+            )));
         }
         if let Check::V3 { crc32c, .. } = &self.check {
             let got = crc32c::crc32c(stored);
@@ -147,7 +174,8 @@ impl Located {
                 return Err(bad(format!("crc32c {got:08x} != {crc32c:08x}")));
             }
         }
-        let data = codec::decode(self.codec, stored, self.orig_len).map_err(|e| bad(e.to_string()))?;
+        let data =
+            codec::decode(self.codec, stored, self.orig_len).map_err(|e| bad(e.to_string()))?;
         self.check_original(&data)?;
         Ok(data)
     }
@@ -198,7 +226,10 @@ impl AnyIndex {
 
     pub fn find(&self, uid: &str) -> Option<Located> {
         match self {
-            Self::V3(ix) => ix.view().find(uid).map(|e| Located::from_v3(&e, ix.trailer().digest_alg)),
+            Self::V3(ix) => ix
+                .view()
+                .find(uid)
+                .map(|e| Located::from_v3(&e, ix.trailer().digest_alg)),
             Self::Legacy(ix) => ix.find(uid).map(Located::from_legacy),
         }
     }
@@ -219,7 +250,10 @@ impl AnyIndex {
         match self {
             Self::V3(ix) => {
                 let alg = ix.trailer().digest_alg;
-                ix.view().iter().map(|e| Located::from_v3(&e, alg)).collect()
+                ix.view()
+                    .iter()
+                    .map(|e| Located::from_v3(&e, alg))
+                    .collect()
             }
             Self::Legacy(ix) => ix.entries().iter().map(Located::from_legacy).collect(),
         }

@@ -27,7 +27,10 @@ impl Timestamp {
                 "created_at {s:?} is not RFC 3339 with Z or an offset: {e}"
             ))
         })?;
-        let us = dt.unix_timestamp_nanos() / 1_000;
+        // Floor, not `/`: dropping the sub-microsecond digits of an instant
+        // before 1970 must move it earlier, or 23:59:59.9999999 would land on
+        // the next day (and in the next day's shard).
+        let us = dt.unix_timestamp_nanos().div_euclid(1_000);
         i64::try_from(us)
             .map(Self)
             .map_err(|_| FormatError::InvalidInput(format!("created_at {s:?} out of range")))
@@ -96,5 +99,8 @@ mod tests {
         let t = Timestamp::parse_rfc3339("1969-12-31T23:59:59.5Z").unwrap();
         assert_eq!(t.date_dir(), "19691231");
         assert_eq!(t.unix_seconds(), -1);
+        let t = Timestamp::parse_rfc3339("1969-12-31T23:59:59.9999999Z").unwrap();
+        assert_eq!(t.micros(), -1);
+        assert_eq!(t.date_dir(), "19691231");
     }
 }

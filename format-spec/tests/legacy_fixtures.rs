@@ -1,5 +1,9 @@
 //! Every shard the Python DES wrote must read back with the expected SHA-256.
 
+// clippy.toml lets #[test] functions unwrap, but not the helpers they call;
+// in a test binary a panic is a failed test either way.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -21,7 +25,9 @@ fn read_all(path: &Path) -> (Vec<u8>, AnyIndex) {
     let range = tail.index_range();
     let index = Bytes::copy_from_slice(&bytes[range.start as usize..range.end as usize]);
     let version = legacy::parse_header(&bytes).unwrap();
-    let ix = AnyIndex::parse(&tail, index.clone(), Some(version)).unwrap().unwrap();
+    let ix = AnyIndex::parse(&tail, index.clone(), Some(version))
+        .unwrap()
+        .unwrap();
     // Reading from a suffix alone (version unknown) must give the same answer or ask for the header.
     if let Some(guess) = AnyIndex::parse(&tail, index, None).unwrap() {
         assert_eq!(guess.located(), ix.located());
@@ -42,12 +48,17 @@ fn every_legacy_entry_reads_back() {
         assert_eq!(ix.len(), entries.len(), "{file}");
         for e in entries {
             let uid = e["uid"].as_str().unwrap();
-            let loc = ix.find(uid).unwrap_or_else(|| panic!("{file}: {uid} missing"));
+            let loc = ix
+                .find(uid)
+                .unwrap_or_else(|| panic!("{file}: {uid} missing"));
             let stored = match &loc.source {
                 Source::InShard { offset } => {
                     bytes[*offset as usize..(*offset + loc.stored_len) as usize].to_vec()
                 }
-                Source::External { key, relative_to_shard } => {
+                Source::External {
+                    key,
+                    relative_to_shard,
+                } => {
                     assert!(relative_to_shard);
                     assert_eq!(e["bigfile"], Value::Bool(true));
                     std::fs::read(fixtures().join(key)).unwrap()
@@ -57,9 +68,12 @@ fn every_legacy_entry_reads_back() {
             assert_eq!(data.len() as u64, e["size"].as_u64().unwrap(), "{uid}");
             assert_eq!(sha256_hex(&data), e["sha256"].as_str().unwrap(), "{uid}");
             let meta_expected = &e["meta"];
-            let meta_got: Value = loc.meta.as_deref().map_or(Value::Object(Default::default()), |m| {
-                serde_json::from_str(m).unwrap()
-            });
+            let meta_got: Value = loc
+                .meta
+                .as_deref()
+                .map_or(Value::Object(Default::default()), |m| {
+                    serde_json::from_str(m).unwrap()
+                });
             assert_eq!(&meta_got, meta_expected, "{uid}");
             checked += 1;
         }
@@ -79,17 +93,39 @@ fn routing_matches_the_original() {
         let n = v["n_bits"].as_u64().unwrap() as u8;
         let created = v["created_at"].as_str().unwrap();
         let idx = shard_index(uid, n).unwrap();
-        assert_eq!(u64::from(idx), v["shard_index"].as_u64().unwrap(), "{uid} n={n}");
-        assert_eq!(shard_hex(idx, n), v["shard_hex"].as_str().unwrap(), "{uid} n={n}");
+        assert_eq!(
+            u64::from(idx),
+            v["shard_index"].as_u64().unwrap(),
+            "{uid} n={n}"
+        );
+        assert_eq!(
+            shard_hex(idx, n),
+            v["shard_hex"].as_str().unwrap(),
+            "{uid} n={n}"
+        );
         let loc = locate(uid, created, n).unwrap();
-        assert_eq!(loc.date_dir, v["date_dir"].as_str().unwrap(), "{uid} {created}");
+        assert_eq!(
+            loc.date_dir,
+            v["date_dir"].as_str().unwrap(),
+            "{uid} {created}"
+        );
     }
 }
 
 #[test]
 fn truncated_legacy_shards_are_errors_not_panics() {
     let bytes = std::fs::read(fixtures().join("20240517_NONE_0000.des")).unwrap();
-    for cut in [0, 1, 7, 8, 12, 100, bytes.len() / 2, bytes.len() - 13, bytes.len() - 1] {
+    for cut in [
+        0,
+        1,
+        7,
+        8,
+        12,
+        100,
+        bytes.len() / 2,
+        bytes.len() - 13,
+        bytes.len() - 1,
+    ] {
         let b = &bytes[..cut];
         let len = b.len() as u64;
         if let Ok(tail) = Tail::parse(b, len) {

@@ -31,9 +31,16 @@ async fn main() -> Result<()> {
             let store = Arc::clone(&store);
             let root = root.clone();
             async move {
-                let uid = path.strip_prefix(&root)?.to_str().context("non-UTF-8 path")?.to_string();
+                let uid = path
+                    .strip_prefix(&root)?
+                    .to_str()
+                    .context("non-UTF-8 path")?
+                    .to_string();
                 let want = tokio::fs::read(&path).await?;
-                let (_, got) = store.get_file(&uid, ts).await.with_context(|| uid.clone())?;
+                let (_, got) = store
+                    .get_file(&uid, ts)
+                    .await
+                    .with_context(|| uid.clone())?;
                 anyhow::ensure!(got == want, "{uid}: bytes differ");
                 Ok::<u64, anyhow::Error>(want.len() as u64)
             }

@@ -90,11 +90,14 @@ pub fn parse_size(s: &str) -> Result<u64> {
         "g" | "gb" | "gib" => 1 << 30,
         other => bail!("bad size unit {other:?} in {s:?}"),
     };
-    n.checked_mul(mult).with_context(|| format!("size {s:?} overflows"))
+    n.checked_mul(mult)
+        .with_context(|| format!("size {s:?} overflows"))
 }
 
 pub fn parse_shard_range(s: &str) -> Result<RangeInclusive<u32>> {
-    let (a, b) = s.split_once('-').with_context(|| format!("shard range {s:?} is not START-END"))?;
+    let (a, b) = s
+        .split_once('-')
+        .with_context(|| format!("shard range {s:?} is not START-END"))?;
     let (a, b): (u32, u32) = (a.trim().parse()?, b.trim().parse()?);
     if a > b {
         bail!("shard range {s:?} is empty");
@@ -107,9 +110,15 @@ impl Args {
         match (&self.manifest, &self.dir) {
             (Some(m), None) => Ok(Input::Manifest(m.clone())),
             (None, Some(d)) => {
-                let ts = self.created_at.as_deref().context("--dir needs --created-at")?;
+                let ts = self
+                    .created_at
+                    .as_deref()
+                    .context("--dir needs --created-at")?;
                 let created_at = Timestamp::parse_rfc3339(ts)?;
-                Ok(Input::Dir { root: d.clone(), created_at })
+                Ok(Input::Dir {
+                    root: d.clone(),
+                    created_at,
+                })
             }
             _ => bail!("give exactly one of --manifest or --dir"),
         }
@@ -125,7 +134,11 @@ impl Args {
             jobs: self.jobs.max(1),
             plan_memory: usize::try_from(parse_size(&self.plan_memory)?)?,
             spill_dir: self.spill_dir.clone(),
-            shard_range: self.shard_range.as_deref().map(parse_shard_range).transpose()?,
+            shard_range: self
+                .shard_range
+                .as_deref()
+                .map(parse_shard_range)
+                .transpose()?,
             ..PackOptions::default()
         })
     }

@@ -365,13 +365,13 @@ impl Merger {
         let Some(Reverse(item)) = self.heap.pop() else {
             return Ok(None);
         };
-        if let Some(src) = self.sources.get_mut(item.source) {
-            if let Some(entry) = src.next()? {
-                self.heap.push(Reverse(HeapItem {
-                    entry,
-                    source: item.source,
-                }));
-            }
+        if let Some(src) = self.sources.get_mut(item.source)
+            && let Some(entry) = src.next()?
+        {
+            self.heap.push(Reverse(HeapItem {
+                entry,
+                source: item.source,
+            }));
         }
         Ok(Some(item.entry))
     }

@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 //! End-to-end: the `des-pack` binary on real files, read back through the library.
 
 use std::collections::BTreeMap;
@@ -12,7 +14,10 @@ use serde_json::Value;
 const CREATED: &str = "2024-05-17T10:00:00Z";
 
 fn des_pack(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_des-pack")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_des-pack"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 /// Real files (this repository's sources and fixtures) plus seeded synthetic
@@ -20,11 +25,18 @@ fn des_pack(args: &[&str]) -> Output {
 fn corpus(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut files = BTreeMap::new();
-    for sub in ["format-spec/src", "storage/src", "testdata/legacy-des/format"] {
+    for sub in [
+        "format-spec/src",
+        "storage/src",
+        "testdata/legacy-des/format",
+    ] {
         for e in walkdir::WalkDir::new(repo.join(sub)).sort_by_file_name() {
             let e = e.unwrap();
             if e.file_type().is_file() {
-                let rel = format!("{sub}/{}", e.path().strip_prefix(repo.join(sub)).unwrap().display());
+                let rel = format!(
+                    "{sub}/{}",
+                    e.path().strip_prefix(repo.join(sub)).unwrap().display()
+                );
                 files.insert(rel, std::fs::read(e.path()).unwrap());
             }
         }
@@ -43,8 +55,14 @@ fn corpus(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     files.insert("synthetic/empty.bin".into(), Vec::new());
     files.insert("synthetic/noise.bin".into(), noise(20_000));
     files.insert("synthetic/big-noise.bin".into(), noise(300_000));
-    files.insert("synthetic/big-text.txt".into(), b"lorem ipsum dolor ".repeat(20_000));
-    files.insert("synthetic/photo.jpg".into(), [b"\xFF\xD8\xFF".as_slice(), &noise(5000)].concat());
+    files.insert(
+        "synthetic/big-text.txt".into(),
+        b"lorem ipsum dolor ".repeat(20_000),
+    );
+    files.insert(
+        "synthetic/photo.jpg".into(),
+        [b"\xFF\xD8\xFF".as_slice(), &noise(5000)].concat(),
+    );
     for (rel, data) in &files {
         let p = dir.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -55,7 +73,8 @@ fn corpus(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 
 fn open(root: &Path) -> DesStore {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(DesStore::open(Arc::new(LocalStore::new(root).unwrap()))).unwrap()
+    rt.block_on(DesStore::open(Arc::new(LocalStore::new(root).unwrap())))
+        .unwrap()
 }
 
 fn read_back(root: &Path, files: &BTreeMap<String, Vec<u8>>) {
@@ -63,7 +82,9 @@ fn read_back(root: &Path, files: &BTreeMap<String, Vec<u8>>) {
     let store = open(root);
     let ts = Timestamp::parse_rfc3339(CREATED).unwrap();
     for (uid, want) in files {
-        let (_, got) = rt.block_on(store.get_file(uid, ts)).unwrap_or_else(|e| panic!("{uid}: {e}"));
+        let (_, got) = rt
+            .block_on(store.get_file(uid, ts))
+            .unwrap_or_else(|e| panic!("{uid}: {e}"));
         assert!(got == *want, "{uid}: bytes differ");
     }
 }
@@ -88,29 +109,62 @@ fn pack_dir_read_back_and_rerun_is_idempotent() {
     let out = tempfile::tempdir().unwrap();
     let files = corpus(src.path());
     let store = out.path().to_str().unwrap();
-    let args = ["--dir", src.path().to_str().unwrap(), "--created-at", CREATED, "--out", store];
-    let first = des_pack(&[&args[..], &["--big-file-threshold", "64K", "--json", "-j", "3"]].concat());
-    assert_eq!(first.status.code(), Some(0), "{}", String::from_utf8_lossy(&first.stderr));
+    let args = [
+        "--dir",
+        src.path().to_str().unwrap(),
+        "--created-at",
+        CREATED,
+        "--out",
+        store,
+    ];
+    let first = des_pack(
+        &[
+            &args[..],
+            &["--big-file-threshold", "64K", "--json", "-j", "3"],
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     let r = report(&first);
     assert_eq!(r["files_packed"].as_u64(), Some(files.len() as u64));
     let big = files.values().filter(|d| d.len() > 64 * 1024).count() as u64;
     assert!(big >= 2);
     assert_eq!(r["big_files"].as_u64(), Some(big));
-    assert!(r["bytes_stored"].as_u64() < r["bytes_in"].as_u64(), "text must compress");
+    assert!(
+        r["bytes_stored"].as_u64() < r["bytes_in"].as_u64(),
+        "text must compress"
+    );
     read_back(out.path(), &files);
 
     let before: Vec<_> = shard_files(out.path())
         .into_iter()
-        .map(|p| (p.clone(), std::fs::metadata(&p).unwrap().modified().unwrap()))
+        .map(|p| {
+            (
+                p.clone(),
+                std::fs::metadata(&p).unwrap().modified().unwrap(),
+            )
+        })
         .collect();
     let again = des_pack(&[&args[..], &["--big-file-threshold", "64K", "--json"]].concat());
     assert_eq!(again.status.code(), Some(0));
     let r = report(&again);
     assert_eq!(r["files_packed"].as_u64(), Some(0));
-    assert_eq!(r["files_already_present"].as_u64(), Some(files.len() as u64));
+    assert_eq!(
+        r["files_already_present"].as_u64(),
+        Some(files.len() as u64)
+    );
     assert_eq!(r["shards_written"].as_u64(), Some(0));
     for (p, m) in before {
-        assert_eq!(std::fs::metadata(&p).unwrap().modified().unwrap(), m, "{p:?} rewritten");
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().modified().unwrap(),
+            m,
+            "{p:?} rewritten"
+        );
     }
 }
 
@@ -127,14 +181,33 @@ fn appending_makes_a_new_generation_with_old_and_new_entries() {
         for i in 0..40 {
             // Same uid space each round, disjoint names: shards receive appends.
             let uid = format!("{round}-{i}.txt");
-            let body = format!("round {round} file {i} ").repeat(i + 1).into_bytes();
+            let body = format!("round {round} file {i} ")
+                .repeat(i + 1)
+                .into_bytes();
             std::fs::write(dir.join(&uid), &body).unwrap();
             all.insert(uid, body);
         }
-        let o = des_pack(&["--dir", dir.to_str().unwrap(), "--created-at", CREATED, "--out", store, "--n-bits", "4", "--json"]);
-        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        let o = des_pack(&[
+            "--dir",
+            dir.to_str().unwrap(),
+            "--created-at",
+            CREATED,
+            "--out",
+            store,
+            "--n-bits",
+            "4",
+            "--json",
+        ]);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         for shard in report(&o)["shards"].as_array().unwrap() {
-            *writes.entry(shard["key"].as_str().unwrap().to_string()).or_default() += 1;
+            *writes
+                .entry(shard["key"].as_str().unwrap().to_string())
+                .or_default() += 1;
         }
     }
     read_back(out.path(), &all);
@@ -144,7 +217,10 @@ fn appending_makes_a_new_generation_with_old_and_new_entries() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let s = open(out.path());
     assert_eq!(shards.len(), writes.len());
-    assert!(writes.values().any(|w| *w > 1), "no shard was appended to: {writes:?}");
+    assert!(
+        writes.values().any(|w| *w > 1),
+        "no shard was appended to: {writes:?}"
+    );
     for (key, n) in &writes {
         let ix = rt.block_on(s.load_index(key)).unwrap().unwrap();
         assert_eq!(ix.index.trailer().unwrap().generation, *n, "{key}");
@@ -169,23 +245,51 @@ fn manifest_failures_are_reported_and_the_rest_is_packed() {
     std::fs::write(&manifest, lines.join("\n")).unwrap();
     let rep = src.path().join("report.json");
     let o = des_pack(&[
-        "--manifest", manifest.to_str().unwrap(), "--out", out.path().to_str().unwrap(),
-        "--report", rep.to_str().unwrap(), "-q",
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--out",
+        out.path().to_str().unwrap(),
+        "--report",
+        rep.to_str().unwrap(),
+        "-q",
     ]);
-    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let r: Value = serde_json::from_slice(&std::fs::read(rep).unwrap()).unwrap();
     assert_eq!(r["files_packed"].as_u64(), Some(2));
     assert_eq!(r["files_failed"].as_u64(), Some(4), "{r:#}");
-    let reasons: Vec<String> = r["failures"].as_array().unwrap().iter().map(|f| f.to_string()).collect();
-    assert!(reasons.iter().any(|f| f.contains("duplicate")), "{reasons:?}");
-    assert!(reasons.iter().any(|f| f.contains("nope.txt")), "{reasons:?}");
+    let reasons: Vec<String> = r["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
+    assert!(
+        reasons.iter().any(|f| f.contains("duplicate")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|f| f.contains("nope.txt")),
+        "{reasons:?}"
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let s = open(out.path());
-    let (loc, data) = rt.block_on(s.get_file("a", Timestamp::parse_rfc3339(CREATED).unwrap())).unwrap();
+    let (loc, data) = rt
+        .block_on(s.get_file("a", Timestamp::parse_rfc3339(CREATED).unwrap()))
+        .unwrap();
     assert_eq!(data, b"alpha");
     assert_eq!(loc.content_type.as_deref(), Some("text/plain"));
     assert_eq!(loc.meta.as_deref(), Some(r#"{"k":1}"#));
-    let (_, data) = rt.block_on(s.get_file("b", Timestamp::parse_rfc3339("2024-05-17T09:00:00Z").unwrap())).unwrap();
+    let (_, data) = rt
+        .block_on(s.get_file(
+            "b",
+            Timestamp::parse_rfc3339("2024-05-17T09:00:00Z").unwrap(),
+        ))
+        .unwrap();
     assert_eq!(data, b"bravo");
 }
 
@@ -196,10 +300,48 @@ fn wrong_n_bits_and_bad_usage_exit_2() {
     std::fs::write(src.path().join("x"), b"x").unwrap();
     let store = out.path().to_str().unwrap();
     let d = src.path().to_str().unwrap();
-    assert_eq!(des_pack(&["--dir", d, "--created-at", CREATED, "--out", store, "--n-bits", "6", "-q"]).status.code(), Some(0));
-    assert_eq!(des_pack(&["--dir", d, "--created-at", CREATED, "--out", store, "--n-bits", "7", "-q"]).status.code(), Some(2));
-    assert_eq!(des_pack(&["--dir", d, "--out", store]).status.code(), Some(2));
-    assert_eq!(des_pack(&["--manifest", "/nonexistent.json", "--out", store]).status.code(), Some(2));
+    assert_eq!(
+        des_pack(&[
+            "--dir",
+            d,
+            "--created-at",
+            CREATED,
+            "--out",
+            store,
+            "--n-bits",
+            "6",
+            "-q"
+        ])
+        .status
+        .code(),
+        Some(0)
+    );
+    assert_eq!(
+        des_pack(&[
+            "--dir",
+            d,
+            "--created-at",
+            CREATED,
+            "--out",
+            store,
+            "--n-bits",
+            "7",
+            "-q"
+        ])
+        .status
+        .code(),
+        Some(2)
+    );
+    assert_eq!(
+        des_pack(&["--dir", d, "--out", store]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        des_pack(&["--manifest", "/nonexistent.json", "--out", store])
+            .status
+            .code(),
+        Some(2)
+    );
 }
 
 #[test]
@@ -208,18 +350,43 @@ fn kill_9_mid_run_leaves_no_partial_shard_and_rerun_completes() {
     let out = tempfile::tempdir().unwrap();
     let mut files = BTreeMap::new();
     let mut x = 7u64;
-    for i in 0..400 {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let body: Vec<u8> = (0..(20_000 + (x >> 50) as usize)).map(|j| ((j as u64 ^ x) >> 3) as u8).collect();
+    // Half-entropy bytes keep zstd -19 busy for seconds, so every kill lands
+    // mid-run even on a fast machine.
+    for i in 0..600 {
+        let body: Vec<u8> = (0..(20_000 + (x >> 50) as usize))
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((x >> 60) as u8) | b'@'
+            })
+            .collect();
         let uid = format!("f{i:04}.bin");
         std::fs::write(src.path().join(&uid), &body).unwrap();
         files.insert(uid, body);
     }
     let store = out.path().to_str().unwrap();
-    let args = ["--dir", src.path().to_str().unwrap(), "--created-at", CREATED, "--out", store, "-q", "--n-bits", "4", "--compression", "zstd", "--zstd-level", "19"];
+    let args = [
+        "--dir",
+        src.path().to_str().unwrap(),
+        "--created-at",
+        CREATED,
+        "--out",
+        store,
+        "-q",
+        "--n-bits",
+        "4",
+        "--compression",
+        "zstd",
+        "--zstd-level",
+        "19",
+    ];
     let mut killed = 0;
     for delay_ms in [30u64, 120, 400] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_des-pack")).args(args).spawn().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_des-pack"))
+            .args(args)
+            .spawn()
+            .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         let _ = child.kill(); // SIGKILL
         let status = child.wait().unwrap();
@@ -231,12 +398,22 @@ fn kill_9_mid_run_leaves_no_partial_shard_and_rerun_completes() {
             // The store's own listing is what readers see; temp files are not in it.
             for meta in rt.block_on(s.list_shards()).unwrap() {
                 let key = meta.key;
-                rt.block_on(s.load_index(&key)).unwrap_or_else(|e| panic!("{key}: {e}")).unwrap();
+                rt.block_on(s.load_index(&key))
+                    .unwrap_or_else(|e| panic!("{key}: {e}"))
+                    .unwrap();
             }
         }
     }
-    assert!(killed >= 2, "runs finished before they could be killed; make the input bigger");
+    assert!(
+        killed >= 2,
+        "runs finished before they could be killed; make the input bigger"
+    );
     let o = des_pack(&args);
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     read_back(out.path(), &files);
 }

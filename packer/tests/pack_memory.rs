@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 //! Memory is bounded by configuration, not by file or shard size.
 
 use std::io::Write;
@@ -13,7 +15,11 @@ fn run_and_sample_peak_rss(cmd: &mut Command) -> (std::process::ExitStatus, u64)
         if let Ok(s) = std::fs::read_to_string(&status_path) {
             // VmHWM is the kernel's own high-water mark: no sample can miss the peak.
             for line in s.lines().filter(|l| l.starts_with("VmHWM:")) {
-                let kb = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+                let kb = line
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
                 peak_kb = peak_kb.max(kb);
             }
         }
@@ -26,7 +32,9 @@ fn run_and_sample_peak_rss(cmd: &mut Command) -> (std::process::ExitStatus, u64)
 
 fn write_pattern(path: &std::path::Path, len: usize, seed: u8) {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let block: Vec<u8> = (0..1 << 20).map(|i: usize| (i.wrapping_mul(31) as u8) ^ seed).collect();
+    let block: Vec<u8> = (0..1 << 20)
+        .map(|i: usize| (i.wrapping_mul(31) as u8) ^ seed)
+        .collect();
     let mut left = len;
     while left > 0 {
         let n = left.min(block.len());
@@ -46,12 +54,31 @@ fn peak_rss_stays_bounded_for_big_files_and_big_shards() {
         write_pattern(&src.path().join((i * 16).to_string()), 9 << 20, i as u8);
     }
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_des-pack"));
-    cmd.args(["--dir", src.path().to_str().unwrap(), "--created-at", "2024-05-17T10:00:00Z"])
-        .args(["--out", out.path().to_str().unwrap(), "--n-bits", "4", "--compression", "none", "-q"]);
+    cmd.args([
+        "--dir",
+        src.path().to_str().unwrap(),
+        "--created-at",
+        "2024-05-17T10:00:00Z",
+    ])
+    .args([
+        "--out",
+        out.path().to_str().unwrap(),
+        "--n-bits",
+        "4",
+        "--compression",
+        "none",
+        "-q",
+    ]);
     let (status, peak) = run_and_sample_peak_rss(&mut cmd);
     assert!(status.success());
-    let shard = std::fs::metadata(out.path().join("20240517/0.des")).unwrap().len();
+    let shard = std::fs::metadata(out.path().join("20240517/0.des"))
+        .unwrap()
+        .len();
     assert!(shard > 200 << 20, "shard is only {shard} bytes");
     assert!(peak < 200 << 20, "peak RSS {} MiB", peak >> 20);
-    eprintln!("peak RSS {} MiB for a {} MiB shard and a 384 MiB file", peak >> 20, shard >> 20);
+    eprintln!(
+        "peak RSS {} MiB for a {} MiB shard and a 384 MiB file",
+        peak >> 20,
+        shard >> 20
+    );
 }

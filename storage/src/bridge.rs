@@ -27,7 +27,13 @@ pub struct SyncObjectWriter {
 
 impl SyncObjectWriter {
     pub fn new(handle: Handle, inner: Box<dyn ObjectWriter>, chunk_size: usize) -> Self {
-        Self { handle, inner: Some(inner), buf: BytesMut::with_capacity(chunk_size), chunk_size, written: 0 }
+        Self {
+            handle,
+            inner: Some(inner),
+            buf: BytesMut::with_capacity(chunk_size),
+            chunk_size,
+            written: 0,
+        }
     }
 
     pub fn written(&self) -> u64 {
@@ -39,14 +45,20 @@ impl SyncObjectWriter {
             return Ok(());
         }
         let chunk = self.buf.split().freeze();
-        let w = self.inner.as_mut().ok_or_else(|| io::Error::other("writer already closed"))?;
+        let w = self
+            .inner
+            .as_mut()
+            .ok_or_else(|| io::Error::other("writer already closed"))?;
         self.handle.block_on(w.write(chunk)).map_err(to_io)
     }
 
     /// Flushes and commits the object.
     pub fn finish(mut self) -> Result<PutResult> {
         self.push().map_err(|e| Error::other("upload failed", e))?;
-        let w = self.inner.take().ok_or_else(|| Error::Invalid("writer already closed".into()))?;
+        let w = self
+            .inner
+            .take()
+            .ok_or_else(|| Error::Invalid("writer already closed".into()))?;
         self.handle.block_on(w.finish())
     }
 
@@ -93,7 +105,11 @@ pub struct BlockingStreamReader {
 
 impl BlockingStreamReader {
     pub fn new(handle: Handle, stream: BoxStream<'static, Result<Bytes>>) -> Self {
-        Self { handle, stream, current: Bytes::new() }
+        Self {
+            handle,
+            stream,
+            current: Bytes::new(),
+        }
     }
 }
 

@@ -26,9 +26,15 @@ pub enum Error {
     #[error("unauthorized: {0}")]
     Unauthorized(String),
     #[error("throttled: {msg}")]
-    Throttled { msg: String, retry_after: Option<Duration> },
+    Throttled {
+        msg: String,
+        retry_after: Option<Duration>,
+    },
     #[error("unavailable: {msg}")]
-    Unavailable { msg: String, retry_after: Option<Duration> },
+    Unavailable {
+        msg: String,
+        retry_after: Option<Duration>,
+    },
     #[error("timed out: {0}")]
     Timeout(String),
     #[error("corrupt object {key}: {detail}")]
@@ -63,7 +69,10 @@ impl Error {
 
     /// Worth retrying with backoff: transient by nature, and reads are idempotent.
     pub fn is_retryable(&self) -> bool {
-        matches!(self.kind(), ErrorKind::Throttled | ErrorKind::Unavailable | ErrorKind::Timeout)
+        matches!(
+            self.kind(),
+            ErrorKind::Throttled | ErrorKind::Unavailable | ErrorKind::Timeout
+        )
     }
 
     pub fn retry_after(&self) -> Option<Duration> {
@@ -80,14 +89,20 @@ impl Error {
     }
 
     pub fn corrupt(key: impl Into<String>, detail: impl std::fmt::Display) -> Self {
-        Self::Corrupt { key: key.into(), detail: detail.to_string() }
+        Self::Corrupt {
+            key: key.into(),
+            detail: detail.to_string(),
+        }
     }
 
     pub fn other(
         msg: impl Into<String>,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {
-        Self::Other { msg: msg.into(), source: source.into() }
+        Self::Other {
+            msg: msg.into(),
+            source: source.into(),
+        }
     }
 
     /// Maps an I/O error on `key`, keeping "not found" matchable.
@@ -97,9 +112,10 @@ impl Error {
             K::NotFound => Self::not_found(key),
             K::PermissionDenied => Self::Unauthorized(format!("{key}: {e}")),
             K::TimedOut => Self::Timeout(format!("{key}: {e}")),
-            K::Interrupted | K::WouldBlock => {
-                Self::Unavailable { msg: format!("{key}: {e}"), retry_after: None }
-            }
+            K::Interrupted | K::WouldBlock => Self::Unavailable {
+                msg: format!("{key}: {e}"),
+                retry_after: None,
+            },
             _ => Self::other(format!("i/o on {key}"), e),
         }
     }

@@ -6,26 +6,32 @@ mod error;
 pub mod local;
 pub mod memory;
 pub mod object;
+pub mod resilience;
+pub mod s3;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod zones;
 
 pub use error::{Error, ErrorKind, Result};
 pub use local::LocalStore;
 pub use memory::MemoryStore;
 pub use object::{
-    ByteRange, GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore, ObjectStoreExt,
-    ObjectWriter, PutMode, PutOptions, PutResult,
+    ByteRange, Capabilities, GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore,
+    ObjectStoreExt, ObjectWriter, PutMode, PutOptions, PutResult,
 };
+pub use s3::{S3Config, S3Store};
 pub use store::{CreateOptions, DesStore, Layout, LoadedIndex, StoreConfig};
 
 use std::sync::Arc;
 
-/// Opens an object store from a location string: a local path (or
-/// `file://` URL). `s3://bucket/prefix` arrives with the S3 backend.
+/// Opens an object store from a location string: a local path, a `file://`
+/// URL, or `s3://bucket/prefix` (settings from the AWS environment, see
+/// [`S3Config::from_url`]). S3 clients are built lazily on first use, so this
+/// stays synchronous.
 pub fn open_location(location: &str) -> Result<Arc<dyn ObjectStore>> {
-    if let Some(rest) = location.strip_prefix("s3://") {
-        return Err(Error::Invalid(format!(
-            "s3://{rest}: the S3 backend is not built into this version"
-        )));
+    if location.starts_with("s3://") {
+        return Ok(Arc::new(S3Store::new(S3Config::from_url(location)?)?));
     }
     let path = location.strip_prefix("file://").unwrap_or(location);
     Ok(Arc::new(LocalStore::new(path)?))

@@ -37,11 +37,20 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 
 fn etag_of(md: &std::fs::Metadata) -> String {
     use std::os::unix::fs::MetadataExt;
-    format!("\"{:x}-{:x}-{:x}\"", md.ino(), md.mtime_nsec() + md.mtime() * 1_000_000_000, md.len())
+    format!(
+        "\"{:x}-{:x}-{:x}\"",
+        md.ino(),
+        md.mtime_nsec() + md.mtime() * 1_000_000_000,
+        md.len()
+    )
 }
 
 fn meta_of(key: &str, md: &std::fs::Metadata) -> ObjectMeta {
-    ObjectMeta { key: key.to_string(), size: md.len(), etag: Some(etag_of(md)) }
+    ObjectMeta {
+        key: key.to_string(),
+        size: md.len(),
+        etag: Some(etag_of(md)),
+    }
 }
 
 pub(crate) fn fsync_dir(dir: &Path) -> std::io::Result<()> {
@@ -53,7 +62,10 @@ impl LocalStore {
     pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
         let root: PathBuf = root.into();
         std::fs::create_dir_all(&root).map_err(|e| Error::io(&root.display().to_string(), e))?;
-        Ok(Self { root: Arc::new(root), commit_lock: Arc::new(tokio::sync::Mutex::new(())) })
+        Ok(Self {
+            root: Arc::new(root),
+            commit_lock: Arc::new(tokio::sync::Mutex::new(())),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -78,7 +90,9 @@ impl LocalStore {
         let now = std::time::SystemTime::now();
         let mut stack = vec![self.root.to_path_buf()];
         while let Some(dir) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for ent in rd.flatten() {
                 let p = ent.path();
                 let Ok(ft) = ent.file_type() else { continue };
@@ -128,11 +142,16 @@ fn commit_file(key: &str, tmp: &Path, dst: &Path, mode: &PutMode) -> Result<PutR
         fsync_dir(dir).map_err(io)?;
     }
     let md = std::fs::metadata(dst).map_err(io)?;
-    Ok(PutResult { etag: Some(etag_of(&md)), size: md.len() })
+    Ok(PutResult {
+        etag: Some(etag_of(&md)),
+        size: md.len(),
+    })
 }
 
 fn open_for_write(key: &str, dst: &Path) -> Result<(PathBuf, std::fs::File)> {
-    let dir = dst.parent().ok_or_else(|| Error::Invalid(format!("bad key {key}")))?;
+    let dir = dst
+        .parent()
+        .ok_or_else(|| Error::Invalid(format!("bad key {key}")))?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(key, e))?;
     let tmp = LocalStore::temp_path(dst);
     let f = std::fs::File::create(&tmp).map_err(|e| Error::io(key, e))?;
@@ -162,7 +181,11 @@ impl ObjectStore for LocalStore {
                 return Err(Error::not_found(&k));
             }
             let meta = meta_of(&k, &md);
-            if opts.if_match.as_ref().is_some_and(|m| Some(m) != meta.etag.as_ref()) {
+            if opts
+                .if_match
+                .as_ref()
+                .is_some_and(|m| Some(m) != meta.etag.as_ref())
+            {
                 return Err(Error::PreconditionFailed { key: k });
             }
             let range = opts
@@ -170,7 +193,8 @@ impl ObjectStore for LocalStore {
                 .unwrap_or(ByteRange::All)
                 .resolve(md.len())
                 .ok_or_else(|| Error::Invalid(format!("{k}: range not satisfiable")))?;
-            f.seek(SeekFrom::Start(range.start)).map_err(|e| Error::io(&k, e))?;
+            f.seek(SeekFrom::Start(range.start))
+                .map_err(|e| Error::io(&k, e))?;
             Ok((meta, range, f))
         })
         .await?;
@@ -191,7 +215,11 @@ impl ObjectStore for LocalStore {
                 Ok(Some((chunk, (f, left - n))))
             }
         });
-        Ok(GetResult { meta, range, body: Box::pin(body) })
+        Ok(GetResult {
+            meta,
+            range,
+            body: Box::pin(body),
+        })
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
@@ -254,7 +282,11 @@ fn list_blocking(root: &Path, prefix: &str, after: Option<&str>) -> Result<ListP
     let mut keys = Vec::new();
     let mut stack = vec![base.to_string()];
     while let Some(rel) = stack.pop() {
-        let dir = if rel.is_empty() { root.to_path_buf() } else { root.join(&rel) };
+        let dir = if rel.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(&rel)
+        };
         let rd = match std::fs::read_dir(&dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -262,11 +294,17 @@ fn list_blocking(root: &Path, prefix: &str, after: Option<&str>) -> Result<ListP
         };
         for ent in rd {
             let ent = ent.map_err(|e| Error::io(&rel, e))?;
-            let Some(name) = ent.file_name().to_str().map(str::to_string) else { continue };
+            let Some(name) = ent.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
             if name.starts_with(TEMP_PREFIX) {
                 continue;
             }
-            let key = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            let key = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
             let ft = ent.file_type().map_err(|e| Error::io(&key, e))?;
             if ft.is_dir() {
                 // Descend only where keys under this directory can still match.
@@ -291,8 +329,15 @@ fn list_blocking(root: &Path, prefix: &str, after: Option<&str>) -> Result<ListP
             Err(e) => return Err(Error::io(&key, e)),
         }
     }
-    let next_start_after = if more { objects.last().map(|o| o.key.clone()) } else { None };
-    Ok(ListPage { objects, next_start_after })
+    let next_start_after = if more {
+        objects.last().map(|o| o.key.clone())
+    } else {
+        None
+    };
+    Ok(ListPage {
+        objects,
+        next_start_after,
+    })
 }
 
 /// Removes the temp file if the writer is dropped without finishing.
@@ -319,7 +364,10 @@ struct LocalWriter {
 #[async_trait]
 impl ObjectWriter for LocalWriter {
     async fn write(&mut self, chunk: Bytes) -> Result<()> {
-        let mut f = self.file.take().ok_or_else(|| Error::Invalid("writer closed".into()))?;
+        let mut f = self
+            .file
+            .take()
+            .ok_or_else(|| Error::Invalid("writer closed".into()))?;
         let key = self.key.clone();
         let f = blocking(move || {
             f.write_all(&chunk).map_err(|e| Error::io(&key, e))?;
@@ -331,12 +379,21 @@ impl ObjectWriter for LocalWriter {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<PutResult> {
-        let f = self.file.take().ok_or_else(|| Error::Invalid("writer closed".into()))?;
+        let f = self
+            .file
+            .take()
+            .ok_or_else(|| Error::Invalid("writer closed".into()))?;
         let _guard = self.lock.lock().await;
-        let (key, tmp, dst, mode) =
-            (self.key.clone(), self.tmp.clone(), self.dst.clone(), self.mode.clone());
+        let (key, tmp, dst, mode) = (
+            self.key.clone(),
+            self.tmp.clone(),
+            self.dst.clone(),
+            self.mode.clone(),
+        );
         let res = blocking(move || {
-            let f = f.into_inner().map_err(|e| Error::io(&key, e.into_error()))?;
+            let f = f
+                .into_inner()
+                .map_err(|e| Error::io(&key, e.into_error()))?;
             f.sync_all().map_err(|e| Error::io(&key, e))?;
             drop(f);
             commit_file(&key, &tmp, &dst, &mode)

@@ -2,8 +2,8 @@
 //! conformance suite runs against it), including conditional writes.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -32,7 +32,6 @@ impl MemoryStore {
 }
 
 impl Inner {
-
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (Bytes, String)>> {
         // A poisoned map is still consistent: every mutation is a single insert/remove.
         self.objects.lock().unwrap_or_else(|p| p.into_inner())
@@ -42,7 +41,9 @@ impl Inner {
         let mut map = self.lock();
         let current = map.get(key).map(|(_, e)| e.clone());
         match (mode, current) {
-            (PutMode::Create, Some(_)) => return Err(Error::PreconditionFailed { key: key.into() }),
+            (PutMode::Create, Some(_)) => {
+                return Err(Error::PreconditionFailed { key: key.into() });
+            }
             (PutMode::UpdateIfMatch(want), cur) if cur.as_deref() != Some(want.as_str()) => {
                 return Err(Error::PreconditionFailed { key: key.into() });
             }
@@ -51,7 +52,10 @@ impl Inner {
         let etag = format!("\"m{}\"", self.next_etag.fetch_add(1, Ordering::Relaxed));
         let size = data.len() as u64;
         map.insert(key.to_string(), (data, etag.clone()));
-        Ok(PutResult { etag: Some(etag), size })
+        Ok(PutResult {
+            etag: Some(etag),
+            size,
+        })
     }
 }
 
@@ -63,7 +67,12 @@ impl ObjectStore for MemoryStore {
 
     async fn get(&self, key: &str, opts: GetOptions) -> Result<GetResult> {
         check_key(key)?;
-        let (data, etag) = self.inner.lock().get(key).cloned().ok_or_else(|| Error::not_found(key))?;
+        let (data, etag) = self
+            .inner
+            .lock()
+            .get(key)
+            .cloned()
+            .ok_or_else(|| Error::not_found(key))?;
         if opts.if_match.as_ref().is_some_and(|m| *m != etag) {
             return Err(Error::PreconditionFailed { key: key.into() });
         }
@@ -74,15 +83,27 @@ impl ObjectStore for MemoryStore {
             .resolve(size)
             .ok_or_else(|| Error::Invalid(format!("{key}: range not satisfiable")))?;
         let slice = data.slice(range.start as usize..range.end as usize);
-        let meta = ObjectMeta { key: key.into(), size, etag: Some(etag) };
-        Ok(GetResult { meta, range, body: Box::pin(futures::stream::iter([Ok(slice)])) })
+        let meta = ObjectMeta {
+            key: key.into(),
+            size,
+            etag: Some(etag),
+        };
+        Ok(GetResult {
+            meta,
+            range,
+            body: Box::pin(futures::stream::iter([Ok(slice)])),
+        })
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
         check_key(key)?;
         let map = self.inner.lock();
         let (data, etag) = map.get(key).ok_or_else(|| Error::not_found(key))?;
-        Ok(ObjectMeta { key: key.into(), size: data.len() as u64, etag: Some(etag.clone()) })
+        Ok(ObjectMeta {
+            key: key.into(),
+            size: data.len() as u64,
+            etag: Some(etag.clone()),
+        })
     }
 
     async fn put(&self, key: &str, data: Bytes, opts: PutOptions) -> Result<PutResult> {
@@ -117,14 +138,24 @@ impl ObjectStore for MemoryStore {
             if !k.starts_with(prefix) {
                 break;
             }
-            objects.push(ObjectMeta { key: k.clone(), size: data.len() as u64, etag: Some(etag.clone()) });
+            objects.push(ObjectMeta {
+                key: k.clone(),
+                size: data.len() as u64,
+                etag: Some(etag.clone()),
+            });
             if objects.len() == LIST_PAGE {
                 break;
             }
         }
-        let next_start_after =
-            if objects.len() == LIST_PAGE { objects.last().map(|o| o.key.clone()) } else { None };
-        Ok(ListPage { objects, next_start_after })
+        let next_start_after = if objects.len() == LIST_PAGE {
+            objects.last().map(|o| o.key.clone())
+        } else {
+            None
+        };
+        Ok(ListPage {
+            objects,
+            next_start_after,
+        })
     }
 }
 
@@ -143,7 +174,8 @@ impl ObjectWriter for MemoryWriter {
     }
 
     async fn finish(self: Box<Self>) -> Result<PutResult> {
-        self.inner.commit(&self.key, self.buf.freeze(), &self.opts.mode)
+        self.inner
+            .commit(&self.key, self.buf.freeze(), &self.opts.mode)
     }
 
     async fn abort(self: Box<Self>) -> Result<()> {

@@ -16,7 +16,10 @@ use crate::error::{Error, Result};
 pub enum ByteRange {
     All,
     /// `start..end`, end exclusive; clipped to the object's size like HTTP.
-    Bounded { start: u64, end: u64 },
+    Bounded {
+        start: u64,
+        end: u64,
+    },
     /// The last `n` bytes (the whole object if it is shorter).
     Suffix(u64),
     /// From `start` to the end.
@@ -46,7 +49,10 @@ pub struct GetOptions {
 
 impl GetOptions {
     pub fn range(range: ByteRange) -> Self {
-        Self { range: Some(range), if_match: None }
+        Self {
+            range: Some(range),
+            if_match: None,
+        }
     }
 }
 
@@ -66,7 +72,10 @@ pub struct GetResult {
 
 impl fmt::Debug for GetResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GetResult").field("meta", &self.meta).field("range", &self.range).finish()
+        f.debug_struct("GetResult")
+            .field("meta", &self.meta)
+            .field("range", &self.range)
+            .finish()
     }
 }
 
@@ -80,7 +89,11 @@ impl GetResult {
         }
         if buf.len() as u64 != expected {
             return Err(Error::Unavailable {
-                msg: format!("{}: body ended after {} of {expected} bytes", self.meta.key, buf.len()),
+                msg: format!(
+                    "{}: body ended after {} of {expected} bytes",
+                    self.meta.key,
+                    buf.len()
+                ),
                 retry_after: None,
             });
         }
@@ -130,10 +143,32 @@ pub trait ObjectWriter: Send {
 /// Page size for `list`, as S3's ListObjectsV2.
 pub const LIST_PAGE: usize = 1000;
 
+/// What a backend guarantees beyond the basic operations. Some S3 servers
+/// (Garage) accept `PutMode::Create`/`UpdateIfMatch` but silently ignore the
+/// condition, so callers that rely on atomic create/compare-and-swap must check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `PutMode::Create` and `PutMode::UpdateIfMatch` are enforced atomically by the server.
+    pub conditional_put: bool,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Self {
+            conditional_put: true,
+        }
+    }
+}
+
 #[async_trait]
 pub trait ObjectStore: Send + Sync + fmt::Debug + 'static {
     /// A short description for logs and errors (`file:///data`, `s3://b/p`).
     fn describe(&self) -> String;
+
+    /// Guarantees of this backend; wrappers should forward their inner store's.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
 
     async fn get(&self, key: &str, opts: GetOptions) -> Result<GetResult>;
 
@@ -186,8 +221,14 @@ pub fn check_key(key: &str) -> Result<()> {
         && key.len() <= 1024
         && !key.contains('\0')
         && !key.contains('\\')
-        && key.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..");
-    if ok { Ok(()) } else { Err(Error::Invalid(format!("invalid object key {key:?}"))) }
+        && key
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!("invalid object key {key:?}")))
+    }
 }
 
 #[cfg(test)]
@@ -198,7 +239,10 @@ mod tests {
     fn ranges_resolve_like_http() {
         assert_eq!(ByteRange::Suffix(10).resolve(4), Some(0..4));
         assert_eq!(ByteRange::Suffix(0).resolve(4), Some(4..4));
-        assert_eq!(ByteRange::Bounded { start: 3, end: 100 }.resolve(4), Some(3..4));
+        assert_eq!(
+            ByteRange::Bounded { start: 3, end: 100 }.resolve(4),
+            Some(3..4)
+        );
         assert_eq!(ByteRange::Bounded { start: 4, end: 5 }.resolve(4), None);
         assert_eq!(ByteRange::Offset(4).resolve(4), Some(4..4));
         assert_eq!(ByteRange::Offset(5).resolve(4), None);

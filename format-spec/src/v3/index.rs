@@ -87,7 +87,9 @@ impl<'a> IndexView<'a> {
     /// Builds a view without validation (for bytes already validated by
     /// [`IndexView::parse`], e.g. from a cache). Accessors stay bounds-checked.
     pub fn trusted(index: &'a [u8], entry_count: u32) -> Self {
-        let split = (entry_count as usize).saturating_mul(ENTRY_LEN).min(index.len());
+        let split = (entry_count as usize)
+            .saturating_mul(ENTRY_LEN)
+            .min(index.len());
         let (entries, heap) = index.split_at(split);
         Self { entries, heap }
     }
@@ -122,16 +124,24 @@ impl<'a> IndexView<'a> {
                 FormatError::Corrupt(format!("entry {i}: heap record out of range or not UTF-8"))
             })?;
             if prev.is_some_and(|p| p.as_bytes() >= e.uid.as_bytes()) {
-                return corrupt(format!("entry {i} ({:?}) is out of order or duplicated", e.uid));
+                return corrupt(format!(
+                    "entry {i} ({:?}) is out of order or duplicated",
+                    e.uid
+                ));
             }
             prev = Some(e.uid);
             Codec::from_code(e.codec_flags() & 0x0F)?;
             if e.flags() & !KNOWN_FLAGS != 0 {
-                return corrupt(format!("entry {:?} has unknown flags {:#x}", e.uid, e.flags()));
+                return corrupt(format!(
+                    "entry {:?} has unknown flags {:#x}",
+                    e.uid,
+                    e.flags()
+                ));
             }
             if let Some(m) = e.meta {
-                serde_json::from_str::<serde_json::Value>(m)
-                    .map_err(|_| FormatError::Corrupt(format!("entry {:?}: metadata is not JSON", e.uid)))?;
+                serde_json::from_str::<serde_json::Value>(m).map_err(|_| {
+                    FormatError::Corrupt(format!("entry {:?}: metadata is not JSON", e.uid))
+                })?;
             }
             if e.is_external() {
                 if e.data_offset() != 0 {
@@ -150,10 +160,10 @@ impl<'a> IndexView<'a> {
         }
         spans.sort_unstable();
         for w in spans.windows(2) {
-            if let [(a, alen), (b, _)] = w {
-                if a + alen > *b {
-                    return corrupt(format!("payloads at {a} and {b} overlap"));
-                }
+            if let [(a, alen), (b, _)] = w
+                && a + alen > *b
+            {
+                return corrupt(format!("payloads at {a} and {b} overlap"));
             }
         }
         Ok(())
@@ -168,13 +178,19 @@ impl<'a> IndexView<'a> {
     }
 
     fn raw(&self, i: usize) -> Option<&'a [u8]> {
-        self.entries.get(i.checked_mul(ENTRY_LEN)?..(i + 1).checked_mul(ENTRY_LEN)?)
+        self.entries
+            .get(i.checked_mul(ENTRY_LEN)?..(i + 1).checked_mul(ENTRY_LEN)?)
     }
 
     pub fn entry(&self, i: usize) -> Option<EntryRef<'a>> {
         let raw = self.raw(i)?;
         let (uid, content_type, meta) = heap_record(self.heap, le::u32_at(raw, at::HEAP_OFF)?)?;
-        Some(EntryRef { raw, uid, content_type, meta })
+        Some(EntryRef {
+            raw,
+            uid,
+            content_type,
+            meta,
+        })
     }
 
     fn uid_at(&self, i: usize) -> Option<&'a [u8]> {

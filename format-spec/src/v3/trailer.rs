@@ -57,8 +57,15 @@ impl Trailer {
     /// Parses the last [`TRAILER_LEN`] bytes of `tail`, a suffix of an object of
     /// `object_len` bytes, and checks that the trailer describes that object.
     pub fn parse(tail: &[u8], object_len: u64) -> Result<Self> {
-        let Some(b) = tail.len().checked_sub(TRAILER_LEN).and_then(|s| tail.get(s..)) else {
-            return corrupt(format!("object of {} bytes is too short for a v3 trailer", tail.len()));
+        let Some(b) = tail
+            .len()
+            .checked_sub(TRAILER_LEN)
+            .and_then(|s| tail.get(s..))
+        else {
+            return corrupt(format!(
+                "object of {} bytes is too short for a v3 trailer",
+                tail.len()
+            ));
         };
         if le::bytes::<8>(b, at::MAGIC) != Some(TRAILER_MAGIC) {
             return corrupt("bad trailer magic");

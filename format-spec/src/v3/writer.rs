@@ -75,12 +75,21 @@ fn check_entry(e: &NewEntry) -> Result<()> {
     if e.uid.is_empty() || e.uid.len() > MAX_UID_LEN {
         return invalid(format!("uid must be 1..={MAX_UID_LEN} bytes: {:?}", e.uid));
     }
-    if e.content_type.as_ref().is_some_and(|c| c.len() > MAX_CONTENT_TYPE_LEN) {
-        return invalid(format!("content type of {:?} is over {MAX_CONTENT_TYPE_LEN} bytes", e.uid));
+    if e.content_type
+        .as_ref()
+        .is_some_and(|c| c.len() > MAX_CONTENT_TYPE_LEN)
+    {
+        return invalid(format!(
+            "content type of {:?} is over {MAX_CONTENT_TYPE_LEN} bytes",
+            e.uid
+        ));
     }
     if let Some(m) = &e.meta {
         if m.len() > MAX_META_LEN {
-            return invalid(format!("metadata of {:?} is over {MAX_META_LEN} bytes", e.uid));
+            return invalid(format!(
+                "metadata of {:?} is over {MAX_META_LEN} bytes",
+                e.uid
+            ));
         }
         if serde_json::from_str::<serde_json::Value>(m).is_err() {
             return invalid(format!("metadata of {:?} is not valid JSON", e.uid));
@@ -95,11 +104,26 @@ fn check_entry(e: &NewEntry) -> Result<()> {
 impl<W: Write> ShardWriter<W> {
     pub fn new(mut out: W, ident: ShardIdent) -> Result<Self> {
         crate::routing::check_n_bits(ident.n_bits)?;
+        // Readers reject a trailer whose shard index does not fit n_bits; refuse
+        // here rather than publish a shard nobody can open.
+        if u32::from(ident.shard_index) >> ident.n_bits != 0 {
+            return invalid(format!(
+                "shard index {} does not fit n_bits {}",
+                ident.shard_index, ident.n_bits
+            ));
+        }
         let mut header = [0u8; HEADER_LEN as usize];
         header[..4].copy_from_slice(&HEADER_MAGIC);
         header[4] = FORMAT_VERSION;
         out.write_all(&header)?;
-        Ok(Self { out, pos: HEADER_LEN, ident, placed: Vec::new(), uids: HashSet::new(), poisoned: false })
+        Ok(Self {
+            out,
+            pos: HEADER_LEN,
+            ident,
+            placed: Vec::new(),
+            uids: HashSet::new(),
+            poisoned: false,
+        })
     }
 
     pub fn contains(&self, uid: &str) -> bool {
@@ -133,9 +157,22 @@ impl<W: Write> ShardWriter<W> {
         Ok(())
     }
 
-    fn record(&mut self, e: NewEntry, external: bool, data_offset: u64, stored_len: u64, crc32c: u32) {
+    fn record(
+        &mut self,
+        e: NewEntry,
+        external: bool,
+        data_offset: u64,
+        stored_len: u64,
+        crc32c: u32,
+    ) {
         self.uids.insert(e.uid.clone());
-        self.placed.push(Placed { e, external, data_offset, stored_len, crc32c });
+        self.placed.push(Placed {
+            e,
+            external,
+            data_offset,
+            stored_len,
+            crc32c,
+        });
     }
 
     /// Adds a payload already encoded with `e.codec`.
@@ -203,7 +240,8 @@ impl<W: Write> ShardWriter<W> {
         if self.poisoned {
             return invalid("shard writer failed earlier; discard this shard".into());
         }
-        self.placed.sort_unstable_by(|a, b| a.e.uid.as_bytes().cmp(b.e.uid.as_bytes()));
+        self.placed
+            .sort_unstable_by(|a, b| a.e.uid.as_bytes().cmp(b.e.uid.as_bytes()));
         let count = u32::try_from(self.placed.len())
             .map_err(|_| FormatError::InvalidInput("too many entries for one shard".into()))?;
         let (index, inline_stored, orig) = self.encode_index()?;

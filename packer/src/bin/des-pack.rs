@@ -2,8 +2,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use des_packer::cli::{Args, EXIT_FATAL, EXIT_OK, EXIT_PARTIAL};
 use des_packer::PackReport;
+use des_packer::cli::{Args, EXIT_FATAL, EXIT_OK, EXIT_PARTIAL};
 use std::io::IsTerminal;
 
 fn main() -> ExitCode {
@@ -36,13 +36,22 @@ fn run(args: &Args) -> Result<i32> {
     } else {
         print_summary(&report);
     }
-    Ok(if report.files_failed > 0 { EXIT_PARTIAL } else { EXIT_OK })
+    Ok(if report.files_failed > 0 {
+        EXIT_PARTIAL
+    } else {
+        EXIT_OK
+    })
 }
 
 fn print_summary(r: &PackReport) {
     println!(
         "{}: {} files packed, {} already present, {} failed; {} shards written, {} unchanged",
-        r.store, r.files_packed, r.files_already_present, r.files_failed, r.shards_written, r.shards_unchanged
+        r.store,
+        r.files_packed,
+        r.files_already_present,
+        r.files_failed,
+        r.shards_written,
+        r.shards_unchanged
     );
     println!(
         "{:.1} MB in -> {:.1} MB stored (ratio {:.3}), {} big files, {:.1}s ({:.0} files/s)",
@@ -54,10 +63,18 @@ fn print_summary(r: &PackReport) {
         r.files_packed as f64 / r.elapsed_seconds.max(1e-9)
     );
     if r.files_outside_shard_range > 0 {
-        println!("{} files skipped: outside --shard-range", r.files_outside_shard_range);
+        println!(
+            "{} files skipped: outside --shard-range",
+            r.files_outside_shard_range
+        );
     }
     for f in r.failures.iter().take(50) {
-        eprintln!("failed: line {} uid {:?}: {}", f.line, f.uid.as_deref().unwrap_or("?"), f.reason);
+        eprintln!(
+            "failed: line {} uid {:?}: {}",
+            f.line,
+            f.uid.as_deref().unwrap_or("?"),
+            f.reason
+        );
     }
     if r.files_failed > 50 {
         eprintln!("... {} more failures (see --report)", r.files_failed - 50);

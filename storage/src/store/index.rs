@@ -1,6 +1,6 @@
 use bytes::Bytes;
-use des_format::shard::{AnyIndex, Located, Tail};
 use des_format::legacy;
+use des_format::shard::{AnyIndex, Located, Tail};
 
 use super::DesStore;
 use crate::error::{Error, ErrorKind, Result};
@@ -37,7 +37,11 @@ impl DesStore {
     }
 
     async fn load_index_once(&self, key: &str) -> Result<Option<LoadedIndex>> {
-        let got = match self.objects.get(key, GetOptions::range(ByteRange::Suffix(self.suffix_len))).await {
+        let objects = self.objects_for_key(key)?;
+        let got = match objects
+            .get(key, GetOptions::range(ByteRange::Suffix(self.suffix_len)))
+            .await
+        {
             Ok(g) => g,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
@@ -57,7 +61,8 @@ impl DesStore {
             tail.slice(from..to)
         } else {
             requests += 1;
-            self.read_exact(key, range.start, range.end, &object).await?
+            self.read_exact(key, range.start, range.end, &object)
+                .await?
         };
         // Legacy versions live in the header; the suffix alone covers it for small shards.
         let mut header_version = None;
@@ -77,7 +82,12 @@ impl DesStore {
                     .ok_or_else(|| Error::corrupt(key, "legacy index version undecidable"))?
             }
         };
-        Ok(Some(LoadedIndex { key: key.to_string(), object, index, requests }))
+        Ok(Some(LoadedIndex {
+            key: key.to_string(),
+            object,
+            index,
+            requests,
+        }))
     }
 
     /// Reads `start..end` of the same object version as `object`.
@@ -95,9 +105,12 @@ impl DesStore {
             range: Some(ByteRange::Bounded { start, end }),
             if_match: object.etag.clone(),
         };
-        let got = self.objects.get(key, opts).await?;
+        let got = self.objects_for_key(key)?.get(key, opts).await?;
         if got.range != (start..end) {
-            return Err(Error::corrupt(key, format!("asked for {start}..{end}, got {:?}", got.range)));
+            return Err(Error::corrupt(
+                key,
+                format!("asked for {start}..{end}, got {:?}", got.range),
+            ));
         }
         got.bytes().await
     }

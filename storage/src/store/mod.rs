@@ -2,6 +2,7 @@
 //! key layout, and shard index / file reads that count their requests.
 
 mod index;
+mod placement;
 mod read;
 
 use std::sync::Arc;
@@ -15,7 +16,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::object::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions};
 
 pub use index::LoadedIndex;
-pub use read::verify_stream;
+pub use placement::{Placement, Single, shard_index_of_key};
+pub use read::{external_key, verify_stream};
 
 pub const STORE_CONFIG_KEY: &str = "_des/store.json";
 /// One suffix read of this size returns trailer and index for typical shards.
@@ -52,7 +54,7 @@ pub const DEFAULT_N_BITS: u8 = 8;
 
 #[derive(Debug, Clone)]
 pub struct DesStore {
-    objects: Arc<dyn ObjectStore>,
+    placement: Arc<dyn Placement>,
     layout: Layout,
     n_bits: u8,
     digest: DigestAlgorithm,
@@ -60,23 +62,38 @@ pub struct DesStore {
 }
 
 impl DesStore {
-    /// Opens an existing v3 store.
+    /// Opens an existing v3 store in one object store.
     pub async fn open(objects: Arc<dyn ObjectStore>) -> Result<Self> {
-        match Self::read_config(&objects).await? {
-            Some(cfg) => Self::from_config(objects, &cfg),
+        Self::open_placed(Arc::new(Single(objects))).await
+    }
+
+    /// Opens an existing v3 store spread over a placement (zones).
+    pub async fn open_placed(placement: Arc<dyn Placement>) -> Result<Self> {
+        match Self::read_config(&placement).await? {
+            Some(cfg) => Self::from_config(placement, &cfg),
             None => Err(Error::Invalid(format!(
                 "{} has no {STORE_CONFIG_KEY}: not a DES store (a Python DES store needs \
                  --layout legacy --n-bits N)",
-                objects.describe()
+                placement.describe()
             ))),
         }
     }
 
     /// Opens a Python-DES store, whose n_bits is not recorded anywhere.
     pub fn legacy(objects: Arc<dyn ObjectStore>, n_bits: u8) -> Result<Self> {
+        Self::legacy_placed(Arc::new(Single(objects)), n_bits)
+    }
+
+    pub fn legacy_placed(placement: Arc<dyn Placement>, n_bits: u8) -> Result<Self> {
         routing::check_n_bits(n_bits).map_err(|e| Error::Invalid(e.to_string()))?;
+        if placement.n_bits().is_some_and(|z| z != n_bits) {
+            return Err(Error::Invalid(format!(
+                "zones say n_bits {:?}, not {n_bits}",
+                placement.n_bits()
+            )));
+        }
         Ok(Self {
-            objects,
+            placement,
             layout: Layout::Legacy,
             n_bits,
             digest: DigestAlgorithm::Sha256,
@@ -91,8 +108,21 @@ impl DesStore {
         objects: Arc<dyn ObjectStore>,
         opts: CreateOptions,
     ) -> Result<(Self, bool)> {
-        if let Some(cfg) = Self::read_config(&objects).await? {
-            return Ok((Self::checked(objects, &cfg, opts)?, false));
+        Self::open_or_create_placed(Arc::new(Single(objects)), opts).await
+    }
+
+    /// As [`DesStore::open_or_create`]; the settings object is written to every
+    /// store of the placement so each zone is self-describing.
+    pub async fn open_or_create_placed(
+        placement: Arc<dyn Placement>,
+        opts: CreateOptions,
+    ) -> Result<(Self, bool)> {
+        let opts = CreateOptions {
+            n_bits: opts.n_bits.or(placement.n_bits()),
+            ..opts
+        };
+        if let Some(cfg) = Self::read_config(&placement).await? {
+            return Ok((Self::checked(placement, &cfg, opts)?, false));
         }
         let n_bits = opts.n_bits.unwrap_or(DEFAULT_N_BITS);
         routing::check_n_bits(n_bits).map_err(|e| Error::Invalid(e.to_string()))?;
@@ -103,31 +133,45 @@ impl DesStore {
             created_at: Timestamp::now().to_rfc3339(),
         };
         let body = serde_json::to_vec_pretty(&cfg).map_err(|e| Error::other("store.json", e))?;
-        let put = PutOptions { mode: PutMode::Create };
-        match objects.put(STORE_CONFIG_KEY, Bytes::from(body), put).await {
-            Ok(_) => Ok((Self::from_config(objects, &cfg)?, true)),
-            // Another packer created it first: use theirs, if compatible.
-            Err(e) if e.kind() == ErrorKind::PreconditionFailed => {
-                let cfg = Self::read_config(&objects).await?.ok_or(e)?;
-                Ok((Self::checked(objects, &cfg, opts)?, false))
+        let body = Bytes::from(body);
+        let put = PutOptions {
+            mode: PutMode::Create,
+        };
+        let mut created = false;
+        for objects in placement.stores() {
+            match objects
+                .put(STORE_CONFIG_KEY, body.clone(), put.clone())
+                .await
+            {
+                Ok(_) => created = true,
+                // Another packer created it first: theirs must be compatible (checked below).
+                Err(e) if e.kind() == ErrorKind::PreconditionFailed => {}
+                Err(e) => return Err(e),
             }
-            Err(e) => Err(e),
         }
+        let cfg = Self::read_config(&placement)
+            .await?
+            .ok_or_else(|| Error::Invalid(format!("{STORE_CONFIG_KEY} vanished after creation")))?;
+        Ok((Self::checked(placement, &cfg, opts)?, created))
     }
 
-    fn checked(objects: Arc<dyn ObjectStore>, cfg: &StoreConfig, opts: CreateOptions) -> Result<Self> {
-        let store = Self::from_config(objects, cfg)?;
+    fn checked(
+        placement: Arc<dyn Placement>,
+        cfg: &StoreConfig,
+        opts: CreateOptions,
+    ) -> Result<Self> {
+        let store = Self::from_config(placement, cfg)?;
         if let Some(n) = opts.n_bits.filter(|n| *n != store.n_bits) {
             return Err(Error::Invalid(format!(
                 "store {} was created with n_bits {}, not {n}",
-                store.objects.describe(),
+                store.placement.describe(),
                 store.n_bits
             )));
         }
         if let Some(d) = opts.digest.filter(|d| *d != store.digest) {
             return Err(Error::Invalid(format!(
                 "store {} uses digest {}, not {}",
-                store.objects.describe(),
+                store.placement.describe(),
                 store.digest.name(),
                 d.name()
             )));
@@ -135,8 +179,14 @@ impl DesStore {
         Ok(store)
     }
 
-    async fn read_config(objects: &Arc<dyn ObjectStore>) -> Result<Option<StoreConfig>> {
-        match objects.get_range(STORE_CONFIG_KEY, crate::object::ByteRange::All).await {
+    async fn read_config(placement: &Arc<dyn Placement>) -> Result<Option<StoreConfig>> {
+        let Some(objects) = placement.stores().into_iter().next() else {
+            return Err(Error::Invalid("placement has no stores".into()));
+        };
+        match objects
+            .get_range(STORE_CONFIG_KEY, crate::object::ByteRange::All)
+            .await
+        {
             Ok((_, body)) => serde_json::from_slice(&body)
                 .map(Some)
                 .map_err(|e| Error::corrupt(STORE_CONFIG_KEY, e)),
@@ -145,7 +195,7 @@ impl DesStore {
         }
     }
 
-    fn from_config(objects: Arc<dyn ObjectStore>, cfg: &StoreConfig) -> Result<Self> {
+    fn from_config(placement: Arc<dyn Placement>, cfg: &StoreConfig) -> Result<Self> {
         if cfg.format_version != des_format::v3::FORMAT_VERSION {
             return Err(Error::Invalid(format!(
                 "store format version {} is not supported",
@@ -155,7 +205,20 @@ impl DesStore {
         routing::check_n_bits(cfg.n_bits).map_err(|e| Error::corrupt(STORE_CONFIG_KEY, e))?;
         let digest = DigestAlgorithm::from_name(&cfg.digest)
             .map_err(|e| Error::corrupt(STORE_CONFIG_KEY, e))?;
-        Ok(Self { objects, layout: Layout::V3, n_bits: cfg.n_bits, digest, suffix_len: DEFAULT_SUFFIX_LEN })
+        if placement.n_bits().is_some_and(|z| z != cfg.n_bits) {
+            return Err(Error::Invalid(format!(
+                "zones say n_bits {:?} but the store was created with {}",
+                placement.n_bits(),
+                cfg.n_bits
+            )));
+        }
+        Ok(Self {
+            placement,
+            layout: Layout::V3,
+            n_bits: cfg.n_bits,
+            digest,
+            suffix_len: DEFAULT_SUFFIX_LEN,
+        })
     }
 
     pub fn with_suffix_len(mut self, n: u64) -> Self {
@@ -164,8 +227,37 @@ impl DesStore {
         self
     }
 
-    pub fn objects(&self) -> &Arc<dyn ObjectStore> {
-        &self.objects
+    /// The first store of the placement (the only one unless zoned): where
+    /// store-wide objects such as `_des/store.json` are read.
+    pub fn objects(&self) -> Arc<dyn ObjectStore> {
+        self.placement
+            .stores()
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Arc::new(crate::memory::MemoryStore::new()) as Arc<dyn ObjectStore>)
+    }
+
+    pub fn placement(&self) -> &Arc<dyn Placement> {
+        &self.placement
+    }
+
+    pub fn describe(&self) -> String {
+        self.placement.describe()
+    }
+
+    /// The store holding shard `shard_index` and the big files it references.
+    pub fn objects_for_shard(&self, shard_index: u32) -> Result<Arc<dyn ObjectStore>> {
+        self.placement.for_shard(shard_index)
+    }
+
+    /// The store holding the shard object `key`.
+    pub fn objects_for_key(&self, shard_key: &str) -> Result<Arc<dyn ObjectStore>> {
+        // A single store holds every object, whether or not its name parses as
+        // a shard key (lone shard files such as `20240517_NONE_0000.des`).
+        if let [only] = self.placement.stores().as_slice() {
+            return Ok(Arc::clone(only));
+        }
+        self.placement.for_shard(shard_index_of_key(shard_key)?)
     }
     pub fn layout(&self) -> Layout {
         self.layout
@@ -195,7 +287,11 @@ impl DesStore {
             Layout::V3 => Ok(vec![Self::shard_key(loc)]),
             Layout::Legacy => {
                 let prefix = format!("{}_{}_", loc.date_dir, loc.shard_hex);
-                let metas = self.objects.list_all(&prefix).await?;
+                let metas = self
+                    .placement
+                    .for_shard(loc.shard_index)?
+                    .list_all(&prefix)
+                    .await?;
                 Ok(metas
                     .into_iter()
                     .map(|m| m.key)
@@ -205,16 +301,33 @@ impl DesStore {
         }
     }
 
-    /// Every shard object in the store, in key order.
+    /// Every shard object in the store, in key order. With zones, only the
+    /// shards each zone owns are listed from it.
     pub async fn list_shards(&self) -> Result<Vec<ObjectMeta>> {
-        let all = self.objects.list_all("").await?;
-        Ok(all
-            .into_iter()
-            .filter(|m| m.key.ends_with(SHARD_EXT) && !m.key.starts_with('_'))
-            .filter(|m| match self.layout {
-                Layout::V3 => m.key.split('/').count() == 2,
-                Layout::Legacy => !m.key.contains('/'),
-            })
-            .collect())
+        let mut out = Vec::new();
+        let stores = self.placement.stores();
+        for objects in &stores {
+            for m in objects.list_all("").await? {
+                let shape_ok = m.key.ends_with(SHARD_EXT)
+                    && !m.key.starts_with('_')
+                    && match self.layout {
+                        Layout::V3 => m.key.split('/').count() == 2,
+                        Layout::Legacy => !m.key.contains('/'),
+                    };
+                if !shape_ok {
+                    continue;
+                }
+                let owned =
+                    match shard_index_of_key(&m.key).and_then(|i| self.placement.for_shard(i)) {
+                        Ok(owner) => stores.len() == 1 || Arc::ptr_eq(&owner, objects),
+                        Err(_) => stores.len() == 1,
+                    };
+                if owned {
+                    out.push(m);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
     }
 }

@@ -2,9 +2,9 @@ use std::io::Read;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use des_format::Timestamp;
 use des_format::codec;
 use des_format::shard::{Check, Located, Source};
-use des_format::Timestamp;
 
 use super::{DesStore, LoadedIndex};
 use crate::bridge::BlockingStreamReader;
@@ -15,8 +15,14 @@ use crate::object::{ByteRange, GetOptions, ObjectStore, ObjectStoreExt};
 pub fn external_key(shard_key: &str, located: &Located) -> Option<String> {
     match &located.source {
         Source::InShard { .. } => None,
-        Source::External { key, relative_to_shard: false } => Some(key.clone()),
-        Source::External { key, relative_to_shard: true } => Some(match shard_key.rsplit_once('/') {
+        Source::External {
+            key,
+            relative_to_shard: false,
+        } => Some(key.clone()),
+        Source::External {
+            key,
+            relative_to_shard: true,
+        } => Some(match shard_key.rsplit_once('/') {
             Some((dir, _)) => format!("{dir}/{key}"),
             None => key.clone(),
         }),
@@ -32,11 +38,17 @@ impl DesStore {
     /// the shard version the index came from, or one read of the external object.
     pub async fn read_stored(&self, loaded: &LoadedIndex, located: &Located) -> Result<Bytes> {
         match located.shard_range() {
-            Some(r) => self.read_exact(&loaded.key, r.start, r.end, &loaded.object).await,
+            Some(r) => {
+                self.read_exact(&loaded.key, r.start, r.end, &loaded.object)
+                    .await
+            }
             None => {
                 let key = external_key(&loaded.key, located)
                     .ok_or_else(|| Error::corrupt(&loaded.key, "entry has no payload"))?;
-                let (_, body) = self.objects.get_range(&key, ByteRange::All).await?;
+                let (_, body) = self
+                    .objects_for_key(&loaded.key)?
+                    .get_range(&key, ByteRange::All)
+                    .await?;
                 Ok(body)
             }
         }
@@ -48,9 +60,11 @@ impl DesStore {
         let stored = self.read_stored(loaded, located).await?;
         let located = located.clone();
         let key = loaded.key.clone();
-        tokio::task::spawn_blocking(move || located.decode(&stored).map_err(|e| entry_error(&key, e)))
-            .await
-            .map_err(|e| Error::other("decode task failed", e))?
+        tokio::task::spawn_blocking(move || {
+            located.decode(&stored).map_err(|e| entry_error(&key, e))
+        })
+        .await
+        .map_err(|e| Error::other("decode task failed", e))?
     }
 
     /// Finds `uid` in the shard it routes to. Legacy stores may hold several
@@ -60,13 +74,16 @@ impl DesStore {
         let mut keys = self.shard_keys(&loc).await?;
         keys.sort();
         for key in keys.iter().rev() {
-            if let Some(loaded) = self.load_index(key).await? {
-                if let Some(found) = loaded.find(uid) {
-                    return Ok((loaded, found));
-                }
+            if let Some(loaded) = self.load_index(key).await?
+                && let Some(found) = loaded.find(uid)
+            {
+                return Ok((loaded, found));
             }
         }
-        Err(Error::not_found(format!("{uid} ({})", created_at.date_dir())))
+        Err(Error::not_found(format!(
+            "{uid} ({})",
+            created_at.date_dir()
+        )))
     }
 
     /// Library read of one file by (uid, created_at).
@@ -87,84 +104,144 @@ pub async fn verify_stream(
     located: &Located,
     if_match: Option<String>,
 ) -> Result<()> {
-    let range = range.map(|r| ByteRange::Bounded { start: r.start, end: r.end });
-    let got = objects.get(key, GetOptions { range: range.or(Some(ByteRange::All)), if_match }).await?;
+    let range = range.map(|r| ByteRange::Bounded {
+        start: r.start,
+        end: r.end,
+    });
+    let got = objects
+        .get(
+            key,
+            GetOptions {
+                range: range.or(Some(ByteRange::All)),
+                if_match,
+            },
+        )
+        .await?;
     if got.range.end - got.range.start != located.stored_len {
-        return Err(Error::corrupt(key, format!("{}: stored length mismatch", located.uid)));
+        return Err(Error::corrupt(
+            key,
+            format!("{}: stored length mismatch", located.uid),
+        ));
     }
     let handle = tokio::runtime::Handle::current();
     let located = located.clone();
     let key = key.to_string();
     tokio::task::spawn_blocking(move || {
-        let reader = CrcReader { inner: BlockingStreamReader::new(handle, got.body), crc: 0 };
+        let reader = CrcReader {
+            inner: BlockingStreamReader::new(handle, got.body),
+            crc: 0,
+            read: 0,
+            failed: None,
+        };
         check_stream(&key, &located, reader)
     })
     .await
     .map_err(|e| Error::other("verify task failed", e))?
 }
 
-fn check_stream(key: &str, located: &Located, reader: CrcReader<BlockingStreamReader>) -> Result<()> {
-    let bad = |d: String| Error::corrupt(key, format!("{}: {d}", located.uid));
+fn check_stream(
+    key: &str,
+    located: &Located,
+    reader: CrcReader<BlockingStreamReader>,
+) -> Result<()> {
     let mut reader = reader;
-    let (mut digester, mut sha) = match &located.check {
-        Check::V3 { alg, .. } => (Some(alg.hasher()), None),
-        Check::Sha256Hex(_) => (None, Some(des_format::DigestAlgorithm::Sha256.hasher())),
-        Check::None => (None, None),
-    };
-    let mut total = 0u64;
-    {
-        let mut dec = codec::decoder(located.codec, &mut reader).map_err(|e| bad(e.to_string()))?;
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = match dec.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) => return Err(bad(format!("decode: {e}"))),
-            };
-            let chunk = buf.get(..n).unwrap_or_default();
-            total += n as u64;
-            if total > located.orig_len {
-                return Err(bad("decodes to more bytes than the index says".into()));
-            }
-            if let Some(d) = digester.as_mut() {
-                d.update(chunk);
-            }
-            if let Some(d) = sha.as_mut() {
-                d.update(chunk);
-            }
-        }
+    let decoded = decode_digest(key, located, &mut reader);
+    // A broken or short transfer is not evidence of corruption: report it as
+    // retryable so a scrub does not flag a healthy shard after a network blip.
+    if let Some(e) = reader.failed.take() {
+        return Err(Error::Unavailable {
+            msg: format!("{key}: reading {}: {e}", located.uid),
+            retry_after: None,
+        });
     }
+    if reader.read < located.stored_len {
+        return Err(Error::Unavailable {
+            msg: format!(
+                "{key}: body of {} ended after {} of {} bytes",
+                located.uid, reader.read, located.stored_len
+            ),
+            retry_after: None,
+        });
+    }
+    let (total, digest) = decoded?;
+    let bad = |d: String| Error::corrupt(key, format!("{}: {d}", located.uid));
     if total != located.orig_len {
-        return Err(bad(format!("decoded {total} bytes, index says {}", located.orig_len)));
+        return Err(bad(format!(
+            "decoded {total} bytes, index says {}",
+            located.orig_len
+        )));
     }
-    match &located.check {
-        Check::V3 { crc32c, digest, .. } => {
+    match (&located.check, digest) {
+        (Check::V3 { crc32c, digest, .. }, Some(got)) => {
             if reader.crc != *crc32c {
                 return Err(bad("crc32c mismatch".into()));
             }
-            if digester.map(|d| d.finalize()) != Some(*digest) {
+            if got.as_slice() != digest.as_slice() {
                 return Err(bad("content digest mismatch".into()));
             }
         }
-        Check::Sha256Hex(h) => {
-            if sha.map(|d| hex::encode(d.finalize())).as_deref() != Some(h.as_str()) {
-                return Err(bad("sha256 mismatch".into()));
-            }
+        (Check::Sha256Hex(h), Some(got)) if hex::encode(&got) != *h => {
+            return Err(bad("sha256 mismatch".into()));
         }
-        Check::None => {}
+        _ => {}
     }
     Ok(())
 }
 
+/// Decodes the stored bytes, returning the decoded length and the digest the
+/// entry's check calls for.
+fn decode_digest(
+    key: &str,
+    located: &Located,
+    reader: &mut CrcReader<BlockingStreamReader>,
+) -> Result<(u64, Option<Vec<u8>>)> {
+    let bad = |d: String| Error::corrupt(key, format!("{}: {d}", located.uid));
+    let mut hasher = match &located.check {
+        Check::V3 { alg, .. } => Some(alg.hasher()),
+        Check::Sha256Hex(_) => Some(des_format::DigestAlgorithm::Sha256.hasher()),
+        Check::None => None,
+    };
+    let mut total = 0u64;
+    let mut dec = codec::decoder(located.codec, reader).map_err(|e| bad(e.to_string()))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match dec.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => return Err(bad(format!("decode: {e}"))),
+        };
+        total += n as u64;
+        if total > located.orig_len {
+            return Err(bad("decodes to more bytes than the index says".into()));
+        }
+        if let Some(d) = hasher.as_mut() {
+            d.update(buf.get(..n).unwrap_or_default());
+        }
+    }
+    Ok((total, hasher.map(|d| d.finalize().to_vec())))
+}
+
+/// Counts and checksums the stored bytes, and remembers a transport error so
+/// it is not mistaken for corruption once the decoder has wrapped it.
 struct CrcReader<R> {
     inner: R,
     crc: u32,
+    read: u64,
+    failed: Option<std::io::Error>,
 }
 
 impl<R: Read> Read for CrcReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) => {
+                let copy = std::io::Error::new(e.kind(), e.to_string());
+                self.failed = Some(e);
+                return Err(copy);
+            }
+        };
         self.crc = crc32c::crc32c_append(self.crc, buf.get(..n).unwrap_or_default());
+        self.read += n as u64;
         Ok(n)
     }
 }

@@ -1,0 +1,229 @@
+//! Single-byte damage anywhere in a shard must never yield wrong bytes: the
+//! reader either reports an error or returns exactly what was written. Every
+//! position is tried with each single-bit flip and with a full-byte inversion.
+
+// clippy.toml lets #[test] functions unwrap, but not the helpers they call;
+// in a test binary a panic is a failed test either way.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use bytes::Bytes;
+use des_format::codec::{self, Codec, Compression};
+use des_format::legacy;
+use des_format::shard::Source;
+use des_format::v3::{NewEntry, ShardIdent, ShardWriter};
+use des_format::{AnyIndex, DigestAlgorithm, Tail, Timestamp};
+
+struct Fixture {
+    shard: Vec<u8>,
+    /// uid -> original bytes.
+    files: BTreeMap<String, Vec<u8>>,
+    /// The one external payload, kept outside the shard and never damaged.
+    external: (String, Vec<u8>),
+}
+
+fn fixture() -> Fixture {
+    let alg = DigestAlgorithm::Blake3;
+    let ident = ShardIdent {
+        date: 20240517,
+        shard_index: 3,
+        n_bits: 4,
+        generation: 2,
+        digest_alg: alg,
+        written_at: Timestamp::from_micros(1_715_947_200_000_000),
+    };
+    let text = |s: &str, n: usize| s.repeat(n).into_bytes();
+    // (uid, original bytes, policy, content type, metadata)
+    type File = (
+        &'static str,
+        Vec<u8>,
+        Compression,
+        Option<&'static str>,
+        Option<&'static str>,
+    );
+    let files: Vec<File> = vec![
+        (
+            "a.txt",
+            text("alpha beta gamma ", 12),
+            Compression::Zstd { level: 3 },
+            None,
+            None,
+        ),
+        (
+            "b.log",
+            text("lz4 line\n", 16),
+            Compression::Lz4,
+            Some("text/plain"),
+            None,
+        ),
+        (
+            "c.bin",
+            (0u8..=200).collect(),
+            Compression::None,
+            None,
+            Some(r#"{"k":"v"}"#),
+        ),
+        ("d", Vec::new(), Compression::None, None, None),
+        (
+            "12345",
+            b"short".to_vec(),
+            Compression::default(),
+            Some("text/x"),
+            None,
+        ),
+        (
+            "ext",
+            text("external ", 40),
+            Compression::Zstd { level: 3 },
+            None,
+            None,
+        ),
+    ];
+    let mut w = ShardWriter::new(Vec::new(), ident).unwrap();
+    let mut external = None;
+    let mut map = BTreeMap::new();
+    for (uid, data, policy, ct, meta) in files {
+        let (codec, stored) = codec::encode(policy, uid, ct, &data).unwrap();
+        let e = NewEntry {
+            uid: uid.to_string(),
+            created_at: Timestamp::from_micros(1_715_940_000_000_000),
+            content_type: ct.map(str::to_string),
+            meta: meta.map(str::to_string),
+            codec,
+            orig_len: data.len() as u64,
+            digest: alg.digest(&data),
+        };
+        if uid == "ext" {
+            let key = format!("_big/{}", hex::encode(e.digest));
+            w.add_external(e, stored.len() as u64, crc32c::crc32c(&stored))
+                .unwrap();
+            external = Some((key, stored.into_owned()));
+        } else {
+            w.add_inline(e, &stored).unwrap();
+        }
+        map.insert(uid.to_string(), data);
+    }
+    let (shard, _) = w.finish().unwrap();
+    Fixture {
+        shard,
+        files: map,
+        external: external.unwrap(),
+    }
+}
+
+/// A complete read as a client does it: detect the layout from the tail, parse
+/// the index (asking for the header only if a legacy index is ambiguous), then
+/// fetch and decode every entry it lists.
+fn read_everything(
+    shard: &[u8],
+    external: &(String, Vec<u8>),
+) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    let len = shard.len() as u64;
+    let tail = Tail::parse(shard, len).map_err(|e| e.to_string())?;
+    let r = tail.index_range();
+    let index = Bytes::copy_from_slice(&shard[r.start as usize..r.end as usize]);
+    let ix = match AnyIndex::parse(&tail, index.clone(), None).map_err(|e| e.to_string())? {
+        Some(ix) => ix,
+        None => {
+            let v = legacy::parse_header(shard).map_err(|e| e.to_string())?;
+            AnyIndex::parse(&tail, index, Some(v))
+                .map_err(|e| e.to_string())?
+                .ok_or("ambiguous")?
+        }
+    };
+    let mut out = BTreeMap::new();
+    for loc in ix.located() {
+        let stored: &[u8] = match &loc.source {
+            Source::InShard { .. } => {
+                let r = loc.shard_range().ok_or("no range")?;
+                &shard[r.start as usize..r.end as usize]
+            }
+            Source::External { key, .. } if *key == external.0 => &external.1,
+            Source::External { key, .. } => return Err(format!("no such object {key}")),
+        };
+        let data = loc.decode(stored).map_err(|e| e.to_string())?;
+        out.insert(loc.uid, data);
+    }
+    Ok(out)
+}
+
+fn check(f: &Fixture, damaged: &[u8], what: &str) -> bool {
+    let result = catch_unwind(AssertUnwindSafe(|| read_everything(damaged, &f.external)))
+        .unwrap_or_else(|_| panic!("reader panicked on {what}"));
+    match result {
+        Err(_) => false,
+        Ok(files) => {
+            assert_eq!(files, f.files, "{what}: reader returned wrong content");
+            true
+        }
+    }
+}
+
+#[test]
+fn fixture_is_small_and_mixed() {
+    let f = fixture();
+    assert!(
+        (600..=2048).contains(&f.shard.len()),
+        "shard is {} bytes",
+        f.shard.len()
+    );
+    assert_eq!(read_everything(&f.shard, &f.external).unwrap(), f.files);
+    let tail = Tail::parse(&f.shard, f.shard.len() as u64).unwrap();
+    let r = tail.index_range();
+    let ix = AnyIndex::parse(
+        &tail,
+        Bytes::copy_from_slice(&f.shard[r.start as usize..]),
+        None,
+    );
+    // The trailer is not part of the index; slicing past it must be refused.
+    assert!(ix.is_err());
+    let index = Bytes::copy_from_slice(&f.shard[r.start as usize..r.end as usize]);
+    let ix = AnyIndex::parse(&tail, index, None).unwrap().unwrap();
+    let codecs: Vec<Codec> = ix.located().iter().map(|l| l.codec).collect();
+    for c in [Codec::None, Codec::Zstd, Codec::Lz4] {
+        assert!(codecs.contains(&c), "fixture lacks {c:?}");
+    }
+}
+
+#[test]
+fn single_byte_damage_never_returns_wrong_bytes() {
+    let f = fixture();
+    let mut survived = Vec::new();
+    let mut damaged = f.shard.clone();
+    for pos in 0..f.shard.len() {
+        let masks = (0..8).map(|bit| 1u8 << bit).chain([0xFF]);
+        for mask in masks {
+            damaged[pos] ^= mask;
+            if check(&f, &damaged, &format!("byte {pos} ^ {mask:#04x}")) {
+                survived.push(pos);
+            }
+            damaged[pos] ^= mask;
+        }
+    }
+    // Only the header is outside every checksum, and it carries no entry data;
+    // everything else (payloads, index, trailer) must detect any change.
+    survived.dedup();
+    assert!(
+        survived.iter().all(|&p| p < 8),
+        "undetected damage at {survived:?}"
+    );
+}
+
+#[test]
+fn truncation_and_extension_are_errors() {
+    let f = fixture();
+    for cut in 0..f.shard.len() {
+        assert!(
+            !check(&f, &f.shard[..cut], &format!("truncated to {cut}")),
+            "cut {cut}"
+        );
+    }
+    let mut longer = f.shard.clone();
+    longer.push(0);
+    assert!(!check(&f, &longer, "one byte appended"));
+    let mut prefixed = vec![0];
+    prefixed.extend_from_slice(&f.shard);
+    assert!(!check(&f, &prefixed, "one byte prepended"));
+}

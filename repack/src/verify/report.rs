@@ -1,0 +1,215 @@
+//! What a verification found, per shard and for a whole run. Everything
+//! serializes, since `--json` output and later tools consume it as is.
+
+use std::collections::BTreeSet;
+
+use des_storage::{DesStore, Layout};
+use serde::Serialize;
+
+use super::sample::Sample;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    /// An object where shards live that is not a shard key of this store.
+    Stray,
+    /// The object is not a readable shard: trailer, footer or index is bad.
+    Shard,
+    /// The trailer (or format) contradicts the key or the store settings.
+    Placement,
+    /// An entry whose uid and date route to a different shard.
+    Misrouted,
+    /// An entry's payload fails its length, CRC32C, decoding or digest.
+    Entry,
+    /// An entry's external payload object does not exist.
+    MissingExternal,
+}
+
+/// Evidence of corruption; any finding makes the run exit 1.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Finding {
+    /// The shard (or stray object) key.
+    pub key: String,
+    pub uid: Option<String>,
+    pub kind: FindingKind,
+    pub reason: String,
+}
+
+/// Something that could not be checked (I/O failure, payload out of reach).
+/// Not evidence of corruption, but the run was incomplete.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Problem {
+    pub key: String,
+    pub uid: Option<String>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShardFormat {
+    V3,
+    Legacy,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ShardReport {
+    pub key: String,
+    /// `None` when the object could not be parsed (or vanished).
+    pub format: Option<ShardFormat>,
+    pub generation: Option<u64>,
+    /// Listed, then gone before it could be read (e.g. replaced and removed).
+    pub vanished: bool,
+    pub entries: u64,
+    pub checked: u64,
+    /// Bytes fetched for the index suffix and for the checked payloads.
+    pub bytes_read: u64,
+    pub findings: Vec<Finding>,
+    pub problems: Vec<Problem>,
+}
+
+impl ShardReport {
+    pub fn new(key: &str) -> Self {
+        Self {
+            key: key.to_string(),
+            ..Self::default()
+        }
+    }
+
+    pub fn is_clean(&self) -> bool {
+        self.findings.is_empty() && self.problems.is_empty()
+    }
+
+    pub(crate) fn find(&mut self, uid: Option<&str>, kind: FindingKind, reason: impl Into<String>) {
+        self.findings.push(Finding {
+            key: self.key.clone(),
+            uid: uid.map(str::to_string),
+            kind,
+            reason: reason.into(),
+        });
+    }
+
+    pub(crate) fn problem(&mut self, uid: Option<&str>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            key: self.key.clone(),
+            uid: uid.map(str::to_string),
+            message: message.into(),
+        });
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// Where the store is (`file:///…`).
+    pub store: String,
+    pub layout: &'static str,
+    /// `None` for a lone shard file outside any v3 store.
+    pub n_bits: Option<u8>,
+    /// Set when a single shard was verified rather than the whole store.
+    pub only_key: Option<String>,
+    pub sample: Option<Sample>,
+    pub shards: u64,
+    pub shards_vanished: u64,
+    pub entries_total: u64,
+    pub entries_checked: u64,
+    pub bytes_read: u64,
+    pub stray_objects: u64,
+    /// Shards with at least one finding.
+    pub corrupt_shards: u64,
+    /// Distinct (shard, uid) pairs with at least one finding.
+    pub corrupt_entries: u64,
+    pub findings: Vec<Finding>,
+    pub problems: Vec<Problem>,
+    pub clean: bool,
+}
+
+impl VerifyReport {
+    /// `standalone`: the store is only the directory of a lone shard file, so
+    /// its n_bits means nothing.
+    pub fn new(store: &DesStore, sample: Option<Sample>, standalone: bool) -> Self {
+        Self {
+            store: store.describe(),
+            layout: match store.layout() {
+                Layout::V3 => "v3",
+                Layout::Legacy => "legacy",
+            },
+            n_bits: (!standalone || store.layout() == Layout::V3).then(|| store.n_bits()),
+            only_key: None,
+            sample,
+            shards: 0,
+            shards_vanished: 0,
+            entries_total: 0,
+            entries_checked: 0,
+            bytes_read: 0,
+            stray_objects: 0,
+            corrupt_shards: 0,
+            corrupt_entries: 0,
+            findings: Vec::new(),
+            problems: Vec::new(),
+            clean: true,
+        }
+    }
+
+    pub fn add_shard(&mut self, shard: ShardReport) {
+        if shard.vanished {
+            self.shards_vanished += 1;
+        } else {
+            self.shards += 1;
+        }
+        self.entries_total += shard.entries;
+        self.entries_checked += shard.checked;
+        self.bytes_read += shard.bytes_read;
+        self.findings.extend(shard.findings);
+        self.problems.extend(shard.problems);
+    }
+
+    pub fn add_finding(&mut self, finding: Finding) {
+        self.findings.push(finding);
+    }
+
+    pub fn add_problem(&mut self, key: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            key: key.to_string(),
+            uid: None,
+            message: message.into(),
+        });
+    }
+
+    /// Sorts the lists (shards finish in any order) and derives the counts
+    /// from them, so the two can never disagree. Call once all is added.
+    pub fn finish(&mut self) {
+        self.findings.sort();
+        self.problems.sort();
+        let not_stray = || {
+            self.findings
+                .iter()
+                .filter(|f| f.kind != FindingKind::Stray)
+        };
+        self.stray_objects = self
+            .findings
+            .iter()
+            .filter(|f| f.kind == FindingKind::Stray)
+            .count() as u64;
+        self.corrupt_shards = not_stray().map(|f| &f.key).collect::<BTreeSet<_>>().len() as u64;
+        self.corrupt_entries = not_stray()
+            .filter_map(|f| f.uid.as_ref().map(|u| (&f.key, u)))
+            .collect::<BTreeSet<_>>()
+            .len() as u64;
+        self.clean = self.findings.is_empty() && self.problems.is_empty();
+    }
+
+    pub fn has_corruption(&self) -> bool {
+        !self.findings.is_empty()
+    }
+
+    /// 0 clean, 1 corruption, 2 incomplete. Corruption wins over an incomplete
+    /// run: a confirmed bad shard is the more urgent thing to act on.
+    pub fn exit_code(&self) -> u8 {
+        if self.has_corruption() {
+            1
+        } else if !self.problems.is_empty() {
+            2
+        } else {
+            0
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! Every failure the service reports, and the single table that turns an
+//! error kind into an HTTP status and a stable JSON `error` code.
+
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use des_storage::ErrorKind as StorageKind;
+
+/// Clients decide on `error` codes, so these names are part of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    BadRequest,
+    NotFound,
+    RangeNotSatisfiable,
+    Corrupt,
+    Unavailable,
+    Throttled,
+    Internal,
+}
+
+/// Retry-After sent when storage gave no hint: long enough to shed load,
+/// short enough that a blip does not look like an outage.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// THE table. Status and code for each kind; nothing else maps errors to statuses.
+pub const fn describe(kind: ErrorKind) -> (StatusCode, &'static str) {
+    match kind {
+        ErrorKind::BadRequest => (StatusCode::BAD_REQUEST, "bad_request"),
+        ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        ErrorKind::RangeNotSatisfiable => {
+            (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
+        }
+        ErrorKind::Corrupt => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt"),
+        ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        ErrorKind::Throttled => (StatusCode::TOO_MANY_REQUESTS, "throttled"),
+        ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
+/// How a storage failure looks to a client.
+pub const fn kind_of_storage(kind: StorageKind) -> ErrorKind {
+    match kind {
+        StorageKind::NotFound => ErrorKind::NotFound,
+        StorageKind::Corrupt => ErrorKind::Corrupt,
+        StorageKind::Throttled => ErrorKind::Throttled,
+        // A shard that keeps being replaced under us is a transient condition.
+        StorageKind::Unavailable | StorageKind::Timeout | StorageKind::PreconditionFailed => {
+            ErrorKind::Unavailable
+        }
+        // Our credentials or our keys being wrong is the server's fault, not the client's.
+        StorageKind::Unauthorized | StorageKind::Invalid | StorageKind::Other => {
+            ErrorKind::Internal
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+    retry_after: Option<Duration>,
+    /// For 416: the representation length, sent as `Content-Range: bytes */len`.
+    range_len: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            retry_after: None,
+            range_len: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::BadRequest, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, message)
+    }
+
+    pub fn corrupt(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Corrupt, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+
+    pub fn range_not_satisfiable(len: u64) -> Self {
+        let mut e = Self::new(
+            ErrorKind::RangeNotSatisfiable,
+            format!("file has {len} bytes"),
+        );
+        e.range_len = Some(len);
+        e
+    }
+
+    pub fn unavailable(message: impl Into<String>, retry_after: Option<Duration>) -> Self {
+        let mut e = Self::new(ErrorKind::Unavailable, message);
+        e.retry_after = retry_after;
+        e
+    }
+
+    pub fn code(&self) -> &'static str {
+        describe(self.kind).1
+    }
+
+    fn retry_after_secs(&self) -> Option<u64> {
+        match self.kind {
+            ErrorKind::Unavailable | ErrorKind::Throttled => {
+                let d = self.retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
+                // Retry-After has whole seconds; never tell a client "0".
+                Some(d.as_secs().max(1))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl From<&des_storage::Error> for ApiError {
+    fn from(e: &des_storage::Error) -> Self {
+        let mut api = Self::new(kind_of_storage(e.kind()), e.to_string());
+        api.retry_after = e.retry_after();
+        api
+    }
+}
+
+impl From<des_storage::Error> for ApiError {
+    fn from(e: des_storage::Error) -> Self {
+        Self::from(&e)
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    message: &'a str,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        describe(self.kind).0
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut resp = HttpResponse::build(self.status_code());
+        // Errors are about this moment (an outage, a file not yet packed): never cache them.
+        resp.insert_header((header::CACHE_CONTROL, "no-store"));
+        if let Some(secs) = self.retry_after_secs() {
+            resp.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        if let Some(len) = self.range_len {
+            resp.insert_header((header::CONTENT_RANGE, format!("bytes */{len}")));
+            resp.insert_header((header::ACCEPT_RANGES, HeaderValue::from_static("bytes")));
+        }
+        resp.json(Body {
+            error: self.code(),
+            message: &self.message,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table() {
+        let rows = [
+            (ErrorKind::BadRequest, 400, "bad_request"),
+            (ErrorKind::NotFound, 404, "not_found"),
+            (ErrorKind::RangeNotSatisfiable, 416, "range_not_satisfiable"),
+            (ErrorKind::Corrupt, 500, "corrupt"),
+            (ErrorKind::Unavailable, 503, "unavailable"),
+            (ErrorKind::Throttled, 429, "throttled"),
+            (ErrorKind::Internal, 500, "internal"),
+        ];
+        for (kind, status, code) in rows {
+            assert_eq!(
+                describe(kind),
+                (StatusCode::from_u16(status).unwrap(), code),
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn storage_kinds() {
+        let rows = [
+            (StorageKind::NotFound, ErrorKind::NotFound),
+            (StorageKind::Corrupt, ErrorKind::Corrupt),
+            (StorageKind::Throttled, ErrorKind::Throttled),
+            (StorageKind::Unavailable, ErrorKind::Unavailable),
+            (StorageKind::Timeout, ErrorKind::Unavailable),
+            (StorageKind::PreconditionFailed, ErrorKind::Unavailable),
+            (StorageKind::Unauthorized, ErrorKind::Internal),
+            (StorageKind::Invalid, ErrorKind::Internal),
+            (StorageKind::Other, ErrorKind::Internal),
+        ];
+        for (storage, kind) in rows {
+            assert_eq!(kind_of_storage(storage), kind, "{storage:?}");
+        }
+    }
+
+    #[test]
+    fn responses_carry_retry_after_and_content_range() {
+        let throttled = ApiError::from(des_storage::Error::Throttled {
+            msg: "slow down".into(),
+            retry_after: Some(Duration::from_secs(7)),
+        });
+        let r = throttled.error_response();
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers().get(header::RETRY_AFTER).unwrap(), "7");
+
+        let down = ApiError::from(des_storage::Error::Timeout("slow disk".into()));
+        let r = down.error_response();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers().get(header::RETRY_AFTER).unwrap(), "1");
+
+        let r = ApiError::range_not_satisfiable(42).error_response();
+        assert_eq!(r.status(), 416);
+        assert_eq!(
+            r.headers().get(header::CONTENT_RANGE).unwrap(),
+            "bytes */42"
+        );
+        assert!(r.headers().get(header::RETRY_AFTER).is_none());
+
+        let r = ApiError::not_found("nope").error_response();
+        assert_eq!(r.headers().get(header::CACHE_CONTROL).unwrap(), "no-store");
+    }
+}

@@ -1,0 +1,299 @@
+//! From (uid, created_at) to a verified payload: routing, the shard index
+//! cache, the negative cache, and one refresh-and-retry when a cached index
+//! has gone stale.
+//!
+//! Request budget (index within the suffix read): a cold GET costs 2 storage
+//! requests (suffix read, payload range read), a warm one 1. HEAD, 304 and 416
+//! answers need only the index, so they cost 1 cold and 0 warm.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use des_format::Timestamp;
+use des_format::routing::ShardLocation;
+use des_format::shard::Located;
+use des_storage::{DesStore, ErrorKind as StorageKind, Layout, LoadedIndex};
+use moka::future::Cache;
+
+use crate::error::ApiError;
+use crate::payload::{self, Payload};
+
+/// Long enough to absorb a flood of requests for a file or shard that does
+/// not exist, short enough that newly packed files are served soon after.
+pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
+/// Legacy part lists: the Python DES may still add parts while a store migrates.
+pub const DEFAULT_PARTS_TTL: Duration = Duration::from_secs(60);
+const PARTS_CAPACITY: u64 = 100_000;
+const NEGATIVE_CAPACITY: u64 = 100_000;
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Upper bound on the heap held by cached shard indexes.
+    pub index_bytes: u64,
+    /// Drop cached indexes this long after loading (none: only on eviction or staleness).
+    pub index_ttl: Option<Duration>,
+    /// How long "no such shard" is remembered, and how old a cached index must
+    /// be before a uid missing from it makes us read the shard again.
+    pub negative_ttl: Duration,
+    pub parts_ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            index_bytes: 512 << 20,
+            index_ttl: None,
+            negative_ttl: DEFAULT_NEGATIVE_TTL,
+            parts_ttl: DEFAULT_PARTS_TTL,
+        }
+    }
+}
+
+/// A file found in a (cached) index.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub loaded: Arc<LoadedIndex>,
+    pub located: Located,
+}
+
+/// Why a cache fill did not produce a value. Shared between coalesced waiters.
+#[derive(Debug)]
+enum FillError {
+    Missing,
+    Storage(des_storage::Error),
+}
+
+/// A cached index and when it was read.
+#[derive(Debug, Clone)]
+struct Cached {
+    loaded: Arc<LoadedIndex>,
+    at: Instant,
+}
+
+#[derive(Debug, Clone)]
+pub struct Retriever {
+    store: DesStore,
+    negative_ttl: Duration,
+    indexes: Cache<String, Cached>,
+    /// Shard keys (v3) or part prefixes (legacy) known not to exist.
+    missing: Cache<String, ()>,
+    /// Legacy only: part keys of a (date, shard), highest part first.
+    parts: Cache<String, Arc<Vec<String>>>,
+}
+
+/// Cache weight: what an index holds on the heap, so `index_bytes` bounds memory.
+fn weight(key: &str, ix: &Cached) -> u32 {
+    let bytes = ix.loaded.index.heap_size() + key.len() + std::mem::size_of::<LoadedIndex>();
+    u32::try_from(bytes).unwrap_or(u32::MAX)
+}
+
+impl Retriever {
+    pub fn new(store: DesStore, cfg: &CacheConfig) -> Self {
+        let mut indexes = Cache::builder()
+            .max_capacity(cfg.index_bytes)
+            .weigher(|k: &String, v: &Cached| weight(k, v));
+        if let Some(ttl) = cfg.index_ttl {
+            indexes = indexes.time_to_live(ttl);
+        }
+        Self {
+            store,
+            negative_ttl: cfg.negative_ttl,
+            indexes: indexes.build(),
+            missing: Cache::builder()
+                .max_capacity(NEGATIVE_CAPACITY)
+                .time_to_live(cfg.negative_ttl)
+                .build(),
+            parts: Cache::builder()
+                .max_capacity(PARTS_CAPACITY)
+                .time_to_live(cfg.parts_ttl)
+                .build(),
+        }
+    }
+
+    pub fn store(&self) -> &DesStore {
+        &self.store
+    }
+
+    /// Finds `uid` in the shard it routes to. `created_at` only routes (its
+    /// date picks the day); legacy entries do not even record it.
+    pub async fn locate(&self, uid: &str, created_at: Timestamp) -> Result<Hit, ApiError> {
+        let loc = self
+            .store
+            .locate(uid, created_at)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let keys = self.shard_keys(&loc).await?;
+        // Legacy: the highest-numbered part holding the uid wins, as in DesStore::find.
+        for key in keys.iter() {
+            let Some(mut cached) = self.index(key).await? else {
+                continue;
+            };
+            // Files may have been packed into a v3 shard since we read it; look
+            // again, but at most once per negative TTL so 404 floods stay cheap.
+            // (Legacy parts are written once; new parts show up via the part list.)
+            let v3 = self.store.layout() == Layout::V3;
+            if v3 && cached.loaded.find(uid).is_none() && cached.at.elapsed() >= self.negative_ttl {
+                self.forget(&cached.loaded).await;
+                match self.index(key).await? {
+                    Some(fresh) => cached = fresh,
+                    None => continue,
+                }
+            }
+            if let Some(located) = cached.loaded.find(uid) {
+                return Ok(Hit {
+                    loaded: cached.loaded,
+                    located,
+                });
+            }
+        }
+        Err(ApiError::not_found(format!(
+            "no file {uid:?} on {}",
+            loc.date_dir
+        )))
+    }
+
+    /// Reads the payload of `hit`. If storage says the shard changed since its
+    /// index was cached, or the bytes fail their check, the index is reloaded
+    /// once and the read retried; a second failure is final. Bytes that fail a
+    /// check are never returned.
+    pub async fn fetch(
+        &self,
+        uid: &str,
+        created_at: Timestamp,
+        hit: Hit,
+    ) -> Result<(Hit, Payload), ApiError> {
+        let first = match payload::open(&self.store, &hit).await {
+            Ok(p) => return Ok((hit, p)),
+            Err(e) => e,
+        };
+        if !worth_refreshing(&first) {
+            return Err(first.into());
+        }
+        tracing::warn!(shard = %hit.loaded.key, uid, error = %first, "cached index stale or payload bad; reloading once");
+        self.forget(&hit.loaded).await;
+        let hit = self.locate(uid, created_at).await?;
+        match payload::open(&self.store, &hit).await {
+            Ok(p) => Ok((hit, p)),
+            Err(e) => {
+                tracing::error!(shard = %hit.loaded.key, uid, error = %e, "payload read failed after index reload");
+                Err(final_error(&hit, e))
+            }
+        }
+    }
+
+    /// Drops a cached index (and, for legacy, its part list) so the next
+    /// lookup reads the shard again; a no-op if someone already refreshed it.
+    pub async fn forget(&self, stale: &Arc<LoadedIndex>) {
+        if let Some(current) = self.indexes.get(&stale.key).await
+            && Arc::ptr_eq(&current.loaded, stale)
+        {
+            self.indexes.invalidate(&stale.key).await;
+        }
+        if self.store.layout() == Layout::Legacy
+            && let Some((prefix, _)) = stale.key.rsplit_once('_')
+        {
+            self.parts.invalidate(&format!("{prefix}_")).await;
+        }
+    }
+
+    /// The shard's index, loading it (once, however many requests wait) on a miss.
+    async fn index(&self, key: &str) -> Result<Option<Cached>, ApiError> {
+        if self.missing.contains_key(key) {
+            return Ok(None);
+        }
+        let store = self.store.clone();
+        let owned = key.to_string();
+        let filled = self
+            .indexes
+            .try_get_with(key.to_string(), async move {
+                match store.load_index(&owned).await {
+                    Ok(Some(ix)) => Ok(Cached {
+                        loaded: Arc::new(ix),
+                        at: Instant::now(),
+                    }),
+                    Ok(None) => Err(FillError::Missing),
+                    Err(e) => Err(FillError::Storage(e)),
+                }
+            })
+            .await;
+        self.settle(key, filled).await
+    }
+
+    async fn shard_keys(&self, loc: &ShardLocation) -> Result<Arc<Vec<String>>, ApiError> {
+        if self.store.layout() == Layout::V3 {
+            return Ok(Arc::new(vec![DesStore::shard_key(loc)]));
+        }
+        let prefix = format!("{}_{}_", loc.date_dir, loc.shard_hex);
+        if self.missing.contains_key(&prefix) {
+            return Ok(Arc::default());
+        }
+        let store = self.store.clone();
+        let loc = loc.clone();
+        let filled = self
+            .parts
+            .try_get_with(prefix.clone(), async move {
+                let mut keys = store.shard_keys(&loc).await.map_err(FillError::Storage)?;
+                if keys.is_empty() {
+                    return Err(FillError::Missing);
+                }
+                keys.sort_unstable_by(|a, b| b.cmp(a));
+                Ok(Arc::new(keys))
+            })
+            .await;
+        Ok(self.settle(&prefix, filled).await?.unwrap_or_default())
+    }
+
+    /// Turns a cache fill result into a lookup result, remembering absences.
+    async fn settle<T>(
+        &self,
+        key: &str,
+        filled: Result<T, Arc<FillError>>,
+    ) -> Result<Option<T>, ApiError> {
+        match filled {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => match e.as_ref() {
+                FillError::Missing => {
+                    self.missing.insert(key.to_string(), ()).await;
+                    Ok(None)
+                }
+                FillError::Storage(err) => Err(ApiError::from(err)),
+            },
+        }
+    }
+
+    /// Answers the readiness probe with one cheap request.
+    pub async fn probe(&self) -> Result<(), des_storage::Error> {
+        let objects = self.store.objects();
+        match self.store.layout() {
+            Layout::V3 => objects
+                .head(des_storage::store::STORE_CONFIG_KEY)
+                .await
+                .map(drop),
+            // Legacy stores have no fixed object; list a prefix that only
+            // reads the root (one page at most), which fails if the root is gone.
+            Layout::Legacy => objects
+                .list(&Timestamp::now().date_dir(), None)
+                .await
+                .map(drop),
+        }
+    }
+}
+
+/// Failures a fresh index can cure: the shard was replaced or removed under
+/// the cached one, or the bytes we were pointed at are not the entry's.
+fn worth_refreshing(e: &des_storage::Error) -> bool {
+    matches!(
+        e.kind(),
+        StorageKind::PreconditionFailed | StorageKind::Corrupt | StorageKind::NotFound
+    )
+}
+
+fn final_error(hit: &Hit, e: des_storage::Error) -> ApiError {
+    let external = hit.located.shard_range().is_none();
+    match e.kind() {
+        // The index is fresh and names a payload object that is not there.
+        StorageKind::NotFound if external => {
+            ApiError::corrupt(format!("{}: payload object missing: {e}", hit.located.uid))
+        }
+        _ => ApiError::from(e),
+    }
+}

@@ -1,0 +1,240 @@
+//! The `des-retriever` binary: exit codes, settings precedence, real HTTP on
+//! a socket, and graceful shutdown on SIGTERM.
+// Helpers outside #[test] fns unwrap too: a panic there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_des-retriever");
+
+fn exit_code(args: &[&str], env: &[(&str, &str)]) -> i32 {
+    let out = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("DES_STORE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    out.status.code().unwrap()
+}
+
+#[test]
+fn exit_codes_for_bad_configuration() {
+    let empty = tempfile::tempdir().unwrap();
+    let e = empty.path().to_str().unwrap();
+    assert_eq!(exit_code(&[], &[]), 2, "no store");
+    assert_eq!(
+        exit_code(&["--layout", "v9", "--store", e], &[]),
+        2,
+        "bad value"
+    );
+    assert_eq!(exit_code(&["--no-such-flag"], &[]), 2, "unknown flag");
+    assert_eq!(exit_code(&["--store", e], &[]), 2, "not a DES store");
+    assert_eq!(
+        exit_code(&["--store", e, "--layout", "legacy"], &[]),
+        2,
+        "legacy without n_bits"
+    );
+    assert_eq!(
+        exit_code(&["--store", e, "--config", "/nonexistent.toml"], &[]),
+        2
+    );
+    assert_eq!(
+        exit_code(&["--store", e], &[("DES_CACHE_BYTES", "many")]),
+        2
+    );
+    let store = tempfile::tempdir().unwrap();
+    pack(store.path(), &[Spec::new("a.txt", text(10))], 4, 1 << 20);
+    let s = store.path().to_str().unwrap();
+    assert_eq!(
+        exit_code(&["--store", s, "--listen", "256.1.1.1:80"], &[]),
+        2,
+        "listen address not usable"
+    );
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("server exited before listening")
+                .unwrap();
+            // Text logs say `addr=…`, JSON logs `"addr":"…"`.
+            if let Some(rest) = line.split("addr=").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+            if let Some(rest) = line.split("\"addr\":\"").nth(1) {
+                break rest.split('"').next().unwrap().to_string();
+            }
+        };
+        // Keep draining the logs so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Self { child, addr }
+    }
+
+    fn request(&self, head: &str) -> (String, Vec<u8>) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(s, "{head}\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
+        let mut raw = Vec::new();
+        // A reset after an aborted body still leaves what was received.
+        let _ = s.read_to_end(&mut raw);
+        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        (
+            String::from_utf8_lossy(&raw[..split]).to_lowercase(),
+            raw[split + 4..].to_vec(),
+        )
+    }
+
+    fn terminate(mut self) -> i32 {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "no exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+}
+
+#[test]
+fn serves_over_http_and_shuts_down_cleanly() {
+    let store = tempfile::tempdir().unwrap();
+    let big = noise(600_000, 4);
+    let files = [
+        Spec::new("docs/page.html", text(5000)),
+        Spec::new("big.bin", big.clone()),
+    ];
+    pack(store.path(), &files, 4, 100_000);
+    let conf = tempfile::tempdir().unwrap();
+    let conf_file = conf.path().join("retriever.toml");
+    // The file's listen address is unusable; the environment's must win over it.
+    std::fs::write(
+        &conf_file,
+        "listen = \"256.0.0.1:1\"\nworkers = 1\nsuffix_bytes = 4096\n",
+    )
+    .unwrap();
+    let server = Server::start(
+        &[
+            "--config",
+            conf_file.to_str().unwrap(),
+            "--shutdown-timeout-secs",
+            "5",
+        ],
+        &[
+            ("DES_LISTEN", "127.0.0.1:0"),
+            ("DES_STORE", store.path().to_str().unwrap()),
+        ],
+    );
+
+    let (head, body) = server.request("GET /files/docs/page.html?created_at=2024-05-17T10:00:00Z HTTP/1.1\r\nX-Request-Id: wire-1");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(header(&head, "content-length"), Some("5000"));
+    assert_eq!(header(&head, "content-type"), Some("text/html"));
+    assert_eq!(header(&head, "x-request-id"), Some("wire-1"));
+    assert_eq!(body, text(5000));
+
+    let (head, body) =
+        server.request("HEAD /files/docs/page.html?created_at=2024-05-17T10:00:00Z HTTP/1.1");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(
+        header(&head, "content-length"),
+        Some("5000"),
+        "HEAD announces the length"
+    );
+    assert!(body.is_empty());
+
+    let (head, body) = server.request(
+        "GET /files/big.bin?created_at=2024-05-17T10:00:00Z HTTP/1.1\r\nRange: bytes=100-199",
+    );
+    assert!(head.starts_with("http/1.1 206"), "{head}");
+    assert_eq!(header(&head, "content-range"), Some("bytes 100-199/600000"));
+    assert_eq!(body, &big[100..200]);
+
+    let (head, body) =
+        server.request("GET /files/big.bin?created_at=2024-05-17T10:00:00Z HTTP/1.1");
+    assert_eq!(header(&head, "content-length"), Some("600000"));
+    assert_eq!(body, big);
+
+    // Damage the big file: the response starts, but the connection is cut short.
+    let key = des_format::v3::external_key(&des_format::DigestAlgorithm::Blake3.digest(&big));
+    let path = store.path().join(key);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[599_000] ^= 0xFF;
+    std::fs::write(&path, bytes).unwrap();
+    let (head, body) =
+        server.request("GET /files/big.bin?created_at=2024-05-17T10:00:00Z HTTP/1.1");
+    assert_eq!(header(&head, "content-length"), Some("600000"));
+    assert!(
+        body.len() < 600_000,
+        "a response failing its check must not complete"
+    );
+
+    let (head, _) = server.request("GET /ready HTTP/1.1");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(server.terminate(), 0, "SIGTERM is a clean shutdown");
+}
+
+#[test]
+fn legacy_layout_from_the_command_line() {
+    let root = workspace_root().join("testdata/legacy-des/store/shards");
+    let server = Server::start(
+        &[
+            "--store",
+            root.to_str().unwrap(),
+            "--layout",
+            "legacy",
+            "--n-bits",
+            "4",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-json",
+        ],
+        &[("DES_LISTEN", "127.0.0.1:1")],
+    );
+    let (head, body) =
+        server.request("GET /files/637328188?created_at=2025-03-01T00:15:00Z HTTP/1.1");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(
+        sha256_hex(&body),
+        "b614d582759ec0a880fce92e224a8437a89693b8f74e70762015ecc825c7487e"
+    );
+    assert_eq!(server.terminate(), 0);
+}

@@ -1,0 +1,277 @@
+//! Shared fixtures: stores packed with the real packer, a request-counting
+//! backend, a backend that fails on demand, and small HTTP helpers.
+// Not every test crate uses every helper; helpers unwrap as tests do.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Service, ServiceResponse};
+use actix_web::http::header::HeaderMap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use des_retriever::{CountingStore, Retriever, Settings};
+use des_storage::{
+    GetOptions, GetResult, ListPage, LocalStore, ObjectMeta, ObjectStore, ObjectWriter, PutOptions,
+    PutResult,
+};
+
+pub const CREATED: &str = "2024-05-17T10:00:00Z";
+
+/// One file to pack.
+pub struct Spec {
+    pub uid: String,
+    pub created_at: String,
+    pub data: Vec<u8>,
+    pub content_type: Option<String>,
+}
+
+impl Spec {
+    pub fn new(uid: &str, data: impl Into<Vec<u8>>) -> Self {
+        Self {
+            uid: uid.into(),
+            created_at: CREATED.into(),
+            data: data.into(),
+            content_type: None,
+        }
+    }
+
+    pub fn typed(mut self, ct: &str) -> Self {
+        self.content_type = Some(ct.into());
+        self
+    }
+}
+
+/// Deterministic incompressible bytes.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Compressible text of exactly `len` bytes.
+pub fn text(len: usize) -> Vec<u8> {
+    let line = b"The quick brown fox jumps over the lazy dog. 0123456789\n";
+    line.iter().copied().cycle().take(len).collect()
+}
+
+/// Packs `files` into the store at `out` with the real packer (a separate
+/// runtime on its own thread, since `pack` blocks).
+pub fn pack(out: &Path, files: &[Spec], n_bits: u8, big_file_threshold: u64) {
+    let src = tempfile::tempdir().unwrap();
+    let mut manifest = String::new();
+    for (i, f) in files.iter().enumerate() {
+        let name = format!("f{i}");
+        std::fs::write(src.path().join(&name), &f.data).unwrap();
+        let mut rec = serde_json::json!({
+            "uid": f.uid, "created_at": f.created_at, "source_path": name,
+        });
+        if let Some(ct) = &f.content_type {
+            rec["content_type"] = ct.clone().into();
+        }
+        manifest.push_str(&rec.to_string());
+        manifest.push('\n');
+    }
+    let manifest_path = src.path().join("manifest.jsonl");
+    std::fs::write(&manifest_path, manifest).unwrap();
+    let opts = des_packer::PackOptions {
+        out: out.display().to_string(),
+        n_bits: Some(n_bits),
+        big_file_threshold,
+        jobs: 1,
+        ..Default::default()
+    };
+    let report = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        des_packer::pack(
+            &des_packer::Input::Manifest(manifest_path),
+            &opts,
+            rt.handle(),
+            false,
+        )
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    assert_eq!(report.files_failed, 0, "{report:?}");
+}
+
+pub fn settings(store: &Path) -> Settings {
+    Settings {
+        store: store.display().to_string(),
+        layout: des_storage::Layout::V3,
+        n_bits: None,
+        listen: "127.0.0.1:0".into(),
+        cache_bytes: 64 << 20,
+        cache_ttl: None,
+        negative_ttl: std::time::Duration::from_secs(5),
+        suffix_bytes: 64 << 10,
+        workers: Some(1),
+        shutdown_timeout: std::time::Duration::from_secs(5),
+        log_json: false,
+    }
+}
+
+/// A retriever over `root` whose requests are counted.
+pub async fn counted(root: &Path, settings: &Settings) -> (Retriever, CountingStore) {
+    let local: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(root).unwrap());
+    let counting = CountingStore::new(local);
+    let r = des_retriever::server::open_retriever(Arc::new(counting.clone()), settings)
+        .await
+        .unwrap();
+    (r, counting)
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub headers: HeaderMap,
+    /// `Err` if the body stream failed (the server would abort the connection).
+    pub body: Result<Bytes, String>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.body.as_ref().unwrap()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(self.bytes()).unwrap()
+    }
+}
+
+pub async fn call<S, R, B>(app: &S, req: R) -> Resp
+where
+    S: Service<R, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let res = actix_web::test::call_service(app, req).await;
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let body = actix_web::body::to_bytes(res.into_body())
+        .await
+        .map_err(|e| e.into().to_string());
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub fn file_uri(uid: &str, created_at: &str) -> String {
+    format!("/files/{}?created_at={}", encode(uid), encode(created_at))
+}
+
+/// Percent-encodes everything but unreserved characters and `/`.
+pub fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// What [`Faulty`] does to reads.
+pub const HEALTHY: u8 = 0;
+pub const UNAVAILABLE: u8 = 1;
+pub const THROTTLED: u8 = 2;
+
+/// Passes everything through until told to fail reads.
+#[derive(Debug, Clone)]
+pub struct Faulty {
+    pub inner: Arc<dyn ObjectStore>,
+    pub mode: Arc<AtomicU8>,
+}
+
+impl Faulty {
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            inner,
+            mode: Arc::default(),
+        }
+    }
+
+    pub fn set(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> des_storage::Result<()> {
+        match self.mode.load(Ordering::SeqCst) {
+            UNAVAILABLE => Err(des_storage::Error::Unavailable {
+                msg: "injected outage".into(),
+                retry_after: Some(std::time::Duration::from_secs(3)),
+            }),
+            THROTTLED => Err(des_storage::Error::Throttled {
+                msg: "injected slow down".into(),
+                retry_after: None,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectStore for Faulty {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn capabilities(&self) -> des_storage::Capabilities {
+        self.inner.capabilities()
+    }
+    async fn get(&self, key: &str, opts: GetOptions) -> des_storage::Result<GetResult> {
+        self.check()?;
+        self.inner.get(key, opts).await
+    }
+    async fn head(&self, key: &str) -> des_storage::Result<ObjectMeta> {
+        self.check()?;
+        self.inner.head(key).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        data: Bytes,
+        opts: PutOptions,
+    ) -> des_storage::Result<PutResult> {
+        self.inner.put(key, data, opts).await
+    }
+    async fn put_writer(
+        &self,
+        key: &str,
+        opts: PutOptions,
+    ) -> des_storage::Result<Box<dyn ObjectWriter>> {
+        self.inner.put_writer(key, opts).await
+    }
+    async fn delete(&self, key: &str) -> des_storage::Result<()> {
+        self.inner.delete(key).await
+    }
+    async fn list(&self, prefix: &str, start_after: Option<&str>) -> des_storage::Result<ListPage> {
+        self.check()?;
+        self.inner.list(prefix, start_after).await
+    }
+}

@@ -1,0 +1,339 @@
+//! The zones file: which S3 location holds which shard indexes. YAML or TOML
+//! (by extension), compatible with the original DES format
+//!
+//! ```yaml
+//! n_bits: 8
+//! zones:
+//!   - name: a
+//!     range: {start: 0, end: 127}
+//!     s3: {bucket: des-a, prefix: des, region_name: eu-west-1, endpoint_url: "https://..."}
+//! ```
+//!
+//! and extended with per-zone `replicas` (more `s3`-like locations, read in
+//! order after the primary), `allow_gaps`, `fallback_on_not_found`, and
+//! resilience settings (`retry`, `breaker`, `rate_limit`, `hedge_after_ms`)
+//! at the top level or per zone. A zone's setting replaces the top-level one
+//! as a whole (fields it leaves out take their defaults, not the top
+//! level's), so what a zone runs with can be read off the zone alone.
+//!
+//! Unknown keys are errors: a misspelt `alow_gaps` or `retires` must not
+//! be silently ignored in a file that decides where data goes.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::resilience::{BreakerConfig, RateLimit, RetryPolicy};
+
+pub const MIN_N_BITS: u32 = 4;
+pub const MAX_N_BITS: u32 = 16;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZonesFile {
+    pub n_bits: u32,
+    #[serde(default)]
+    pub allow_gaps: bool,
+    #[serde(default)]
+    pub fallback_on_not_found: bool,
+    #[serde(default)]
+    pub retry: Option<RetryPolicy>,
+    #[serde(default)]
+    pub breaker: Option<BreakerConfig>,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+    #[serde(default)]
+    pub hedge_after_ms: Option<u64>,
+    pub zones: Vec<ZoneSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneSpec {
+    pub name: String,
+    pub range: ShardRange,
+    pub s3: S3Location,
+    #[serde(default)]
+    pub replicas: Vec<S3Location>,
+    #[serde(default)]
+    pub fallback_on_not_found: Option<bool>,
+    #[serde(default)]
+    pub retry: Option<RetryPolicy>,
+    #[serde(default)]
+    pub breaker: Option<BreakerConfig>,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+    #[serde(default)]
+    pub hedge_after_ms: Option<u64>,
+}
+
+/// Shard indexes `start..=end` (both inclusive, as in the original format).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardRange {
+    pub start: u32,
+    pub end: u32,
+}
+
+impl ShardRange {
+    pub fn contains(&self, index: u32) -> bool {
+        self.start <= index && index <= self.end
+    }
+}
+
+impl std::fmt::Display for ShardRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}..={}", self.start, self.end)
+    }
+}
+
+/// One bucket (and key prefix) on one S3 endpoint; turning it into a client
+/// is the job of the factory handed to [`super::Zones::build`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Location {
+    pub bucket: String,
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default)]
+    pub region_name: Option<String>,
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+}
+
+impl S3Location {
+    /// `s3://bucket/prefix`, plus `@endpoint` when not AWS's default; used
+    /// as the location's label in metrics and errors.
+    pub fn label(&self) -> String {
+        let prefix = self.prefix.trim_matches('/');
+        let mut s = format!("s3://{}", self.bucket);
+        if !prefix.is_empty() {
+            s = format!("{s}/{prefix}");
+        }
+        match &self.endpoint_url {
+            Some(url) => format!("{s}@{url}"),
+            None => s,
+        }
+    }
+}
+
+/// What one zone runs with, after top-level defaults are applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZoneSettings {
+    pub retry: RetryPolicy,
+    pub breaker: BreakerConfig,
+    pub rate_limit: Option<RateLimit>,
+    pub hedge_after: Option<Duration>,
+    pub fallback_on_not_found: bool,
+}
+
+enum Format {
+    Yaml,
+    Toml,
+}
+
+impl ZonesFile {
+    /// Reads, parses (`.yaml`/`.yml` or `.toml`) and validates a zones file.
+    pub fn from_path(path: &Path) -> Result<Self> {
+        let shown = path.display();
+        let format = match path.extension().and_then(|e| e.to_str()) {
+            Some("yaml" | "yml") => Format::Yaml,
+            Some("toml") => Format::Toml,
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "{shown}: zones file must end in .yaml, .yml or .toml"
+                )));
+            }
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(&shown.to_string(), e))?;
+        let parsed = match format {
+            Format::Yaml => Self::from_yaml_str(&text),
+            Format::Toml => Self::from_toml_str(&text),
+        };
+        parsed.map_err(|e| Error::Invalid(format!("{shown}: {e}")))
+    }
+
+    pub fn from_yaml_str(text: &str) -> Result<Self> {
+        let file: Self = serde_norway::from_str(text)
+            .map_err(|e| Error::Invalid(format!("zones file (YAML): {e}")))?;
+        file.validate()?;
+        Ok(file)
+    }
+
+    pub fn from_toml_str(text: &str) -> Result<Self> {
+        let file: Self =
+            toml::from_str(text).map_err(|e| Error::Invalid(format!("zones file (TOML): {e}")))?;
+        file.validate()?;
+        Ok(file)
+    }
+
+    /// The highest shard index, `2^n_bits - 1` (n_bits must be valid).
+    pub fn max_shard(&self) -> u32 {
+        (1u32 << self.n_bits.clamp(MIN_N_BITS, MAX_N_BITS)) - 1
+    }
+
+    pub fn settings(&self, zone: &ZoneSpec) -> ZoneSettings {
+        ZoneSettings {
+            retry: zone
+                .retry
+                .clone()
+                .or_else(|| self.retry.clone())
+                .unwrap_or_default(),
+            breaker: zone
+                .breaker
+                .clone()
+                .or_else(|| self.breaker.clone())
+                .unwrap_or_default(),
+            rate_limit: zone.rate_limit.clone().or_else(|| self.rate_limit.clone()),
+            hedge_after: zone
+                .hedge_after_ms
+                .or(self.hedge_after_ms)
+                .map(Duration::from_millis),
+            fallback_on_not_found: zone
+                .fallback_on_not_found
+                .unwrap_or(self.fallback_on_not_found),
+        }
+    }
+
+    fn n_bits_ok(&self) -> bool {
+        (MIN_N_BITS..=MAX_N_BITS).contains(&self.n_bits)
+    }
+
+    /// Every problem in the file, each naming its zone, in one `Invalid`.
+    pub fn validate(&self) -> Result<()> {
+        let mut problems = Vec::new();
+        if !(MIN_N_BITS..=MAX_N_BITS).contains(&self.n_bits) {
+            problems.push(format!(
+                "n_bits {} is outside {MIN_N_BITS}..={MAX_N_BITS}",
+                self.n_bits
+            ));
+        }
+        if self.zones.is_empty() {
+            problems.push("no zones".into());
+        }
+        let top = [
+            self.retry.as_ref().map(RetryPolicy::validate),
+            self.breaker.as_ref().map(BreakerConfig::validate),
+            self.rate_limit.as_ref().map(RateLimit::validate),
+        ];
+        problems.extend(
+            top.into_iter()
+                .flatten()
+                .filter_map(|r| r.err())
+                .map(|e| format!("top level: {e}")),
+        );
+        if self.hedge_after_ms == Some(0) {
+            problems.push(
+                "top level: hedge_after_ms must be positive (omit it to disable hedging)".into(),
+            );
+        }
+        let mut seen = HashSet::new();
+        for zone in &self.zones {
+            if !seen.insert(zone.name.as_str()) {
+                problems.push(format!("zone {:?}: duplicate name", zone.name));
+            }
+            self.check_zone(zone, &mut problems);
+        }
+        if self.n_bits_ok() {
+            self.check_layout(&mut problems);
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid(format!(
+                "zones file: {}",
+                problems.join("; ")
+            )))
+        }
+    }
+
+    fn check_zone(&self, zone: &ZoneSpec, problems: &mut Vec<String>) {
+        let mut say = |what: String| problems.push(format!("zone {:?}: {what}", zone.name));
+        if zone.name.trim().is_empty() {
+            say("empty name".into());
+        }
+        if zone.range.start > zone.range.end {
+            say(format!(
+                "range start {} is after end {}",
+                zone.range.start, zone.range.end
+            ));
+        }
+        if self.n_bits_ok() && zone.range.end > self.max_shard() {
+            say(format!(
+                "range {} is outside 0..={} (n_bits {})",
+                zone.range,
+                self.max_shard(),
+                self.n_bits
+            ));
+        }
+        if zone.s3.bucket.trim().is_empty() {
+            say("s3.bucket is empty".into());
+        }
+        for (i, r) in zone.replicas.iter().enumerate() {
+            if r.bucket.trim().is_empty() {
+                say(format!("replicas[{i}].bucket is empty"));
+            }
+            if *r == zone.s3 || zone.replicas[..i].contains(r) {
+                say(format!("replicas[{i}] ({}) is listed twice", r.label()));
+            }
+        }
+        let own = [
+            zone.retry.as_ref().map(RetryPolicy::validate),
+            zone.breaker.as_ref().map(BreakerConfig::validate),
+            zone.rate_limit.as_ref().map(RateLimit::validate),
+        ];
+        for e in own.into_iter().flatten().filter_map(|r| r.err()) {
+            say(e.to_string());
+        }
+        if zone.hedge_after_ms == Some(0) {
+            say("hedge_after_ms must be positive (omit it to disable hedging)".into());
+        }
+    }
+
+    /// Overlaps always, gaps unless `allow_gaps`; on the zones sorted by start.
+    fn check_layout(&self, problems: &mut Vec<String>) {
+        let mut sorted: Vec<&ZoneSpec> = self
+            .zones
+            .iter()
+            .filter(|z| z.range.start <= z.range.end)
+            .collect();
+        sorted.sort_by_key(|z| (z.range.start, z.range.end));
+        // The zone reaching furthest so far, and the first index after it.
+        let mut reach: Option<(&ZoneSpec, u32)> = None;
+        for zone in sorted {
+            let next = reach.map_or(0, |(_, n)| n);
+            match reach {
+                Some((prev, _)) if zone.range.start < next => problems.push(format!(
+                    "zone {:?}: range {} overlaps zone {:?} ({})",
+                    zone.name, zone.range, prev.name, prev.range
+                )),
+                _ if zone.range.start > next && !self.allow_gaps => {
+                    let after =
+                        reach.map_or(String::new(), |(p, _)| format!(" after zone {:?}", p.name));
+                    problems.push(format!(
+                        "shards {next}..={} are in no zone (gap before zone {:?}{after})",
+                        zone.range.start - 1,
+                        zone.name
+                    ));
+                }
+                _ => {}
+            }
+            if reach.is_none_or(|(_, n)| zone.range.end >= n) {
+                reach = Some((zone, zone.range.end.saturating_add(1)));
+            }
+        }
+        let max = self.max_shard();
+        if let Some((last, next)) = reach
+            && next <= max
+            && !self.allow_gaps
+        {
+            problems.push(format!(
+                "shards {next}..={max} are in no zone (gap after zone {:?})",
+                last.name
+            ));
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! Zones file parsing, validation and routing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::error::{ErrorKind, Result};
+use crate::memory::MemoryStore;
+use crate::resilience::{BreakerConfig, RetryPolicy};
+
+const YAML: &str = r#"
+n_bits: 8
+retry: {max_attempts: 3, base_delay_ms: 20}
+zones:
+  - name: low
+    range: {start: 0, end: 99}
+    s3: {bucket: des-low, prefix: des, region_name: eu-west-1, endpoint_url: "http://127.0.0.1:9000"}
+    replicas:
+      - {bucket: des-low-copy, prefix: des}
+  - name: high
+    range: {start: 100, end: 255}
+    s3: {bucket: des-high}
+    retry: {max_attempts: 7}
+    breaker: {consecutive_failures: 2, cool_down_ms: 500}
+    rate_limit: {requests_per_second: 50}
+    hedge_after_ms: 250
+"#;
+
+const TOML: &str = r#"
+n_bits = 8
+retry = { max_attempts = 3, base_delay_ms = 20 }
+
+[[zones]]
+name = "low"
+range = { start = 0, end = 99 }
+s3 = { bucket = "des-low", prefix = "des", region_name = "eu-west-1", endpoint_url = "http://127.0.0.1:9000" }
+replicas = [{ bucket = "des-low-copy", prefix = "des" }]
+
+[[zones]]
+name = "high"
+range = { start = 100, end = 255 }
+s3 = { bucket = "des-high" }
+retry = { max_attempts = 7 }
+breaker = { consecutive_failures = 2, cool_down_ms = 500 }
+rate_limit = { requests_per_second = 50 }
+hedge_after_ms = 250
+"#;
+
+#[test]
+fn yaml_and_toml_parse_to_the_same_file() {
+    let y = ZonesFile::from_yaml_str(YAML).unwrap();
+    let t = ZonesFile::from_toml_str(TOML).unwrap();
+    assert_eq!(y, t);
+    assert_eq!(y.n_bits, 8);
+    assert!(!y.allow_gaps);
+    let low = &y.zones[0];
+    assert_eq!(low.range, ShardRange { start: 0, end: 99 });
+    assert_eq!(low.s3.region_name.as_deref(), Some("eu-west-1"));
+    assert_eq!(low.s3.label(), "s3://des-low/des@http://127.0.0.1:9000");
+    assert_eq!(low.replicas[0].label(), "s3://des-low-copy/des");
+}
+
+#[test]
+fn original_format_without_extensions_parses() {
+    let f = ZonesFile::from_yaml_str(
+        "n_bits: 4\nzones:\n  - name: all\n    range: {start: 0, end: 15}\n    s3:\n      bucket: b\n      prefix: p\n      region_name: us-east-1\n      endpoint_url: https://s3.example\n",
+    )
+    .unwrap();
+    let s = f.settings(&f.zones[0]);
+    assert_eq!(s.retry, RetryPolicy::default());
+    assert_eq!(s.breaker, BreakerConfig::default());
+    assert_eq!(
+        (s.rate_limit, s.hedge_after, s.fallback_on_not_found),
+        (None, None, false)
+    );
+}
+
+#[test]
+fn zone_settings_replace_top_level_ones() {
+    let f = ZonesFile::from_yaml_str(YAML).unwrap();
+    let low = f.settings(&f.zones[0]);
+    assert_eq!(low.retry.max_attempts, 3);
+    assert_eq!(low.retry.base_delay, Duration::from_millis(20));
+    assert_eq!(low.hedge_after, None);
+    let high = f.settings(&f.zones[1]);
+    assert_eq!(high.retry.max_attempts, 7);
+    // Replaced as a whole: the zone's retry does not inherit base_delay_ms.
+    assert_eq!(high.retry.base_delay, RetryPolicy::default().base_delay);
+    assert_eq!(high.breaker.consecutive_failures, 2);
+    assert_eq!(high.breaker.cool_down, Duration::from_millis(500));
+    assert_eq!(high.rate_limit.map(|r| r.requests_per_second), Some(50));
+    assert_eq!(high.hedge_after, Some(Duration::from_millis(250)));
+}
+
+fn zone(name: &str, start: u32, end: u32) -> String {
+    format!(
+        "  - name: {name}\n    range: {{start: {start}, end: {end}}}\n    s3: {{bucket: b-{name}}}\n"
+    )
+}
+
+fn file(n_bits: u32, extra: &str, zones: &[String]) -> String {
+    format!("n_bits: {n_bits}\n{extra}zones:\n{}", zones.concat())
+}
+
+fn invalid(yaml: &str) -> String {
+    let e = ZonesFile::from_yaml_str(yaml).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Invalid);
+    e.to_string()
+}
+
+#[test]
+fn overlap_names_both_zones() {
+    let msg = invalid(&file(4, "", &[zone("a", 0, 8), zone("b", 8, 15)]));
+    assert!(
+        msg.contains(r#"zone "b": range 8..=15 overlaps zone "a" (0..=8)"#),
+        "{msg}"
+    );
+}
+
+#[test]
+fn zone_inside_another_overlaps() {
+    let msg = invalid(&file(4, "", &[zone("outer", 0, 15), zone("inner", 3, 4)]));
+    assert!(
+        msg.contains(r#"zone "inner""#) && msg.contains(r#"overlaps zone "outer""#),
+        "{msg}"
+    );
+}
+
+#[test]
+fn gaps_are_errors_unless_allowed() {
+    let zones = [zone("a", 2, 5), zone("b", 9, 12)];
+    let msg = invalid(&file(4, "", &zones));
+    assert!(
+        msg.contains(r#"shards 0..=1 are in no zone (gap before zone "a")"#),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(r#"shards 6..=8 are in no zone (gap before zone "b" after zone "a")"#),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(r#"shards 13..=15 are in no zone (gap after zone "b")"#),
+        "{msg}"
+    );
+    assert!(ZonesFile::from_yaml_str(&file(4, "allow_gaps: true\n", &zones)).is_ok());
+}
+
+#[test]
+fn range_outside_the_shard_space() {
+    let msg = invalid(&file(4, "", &[zone("a", 0, 7), zone("big", 8, 16)]));
+    assert!(
+        msg.contains(r#"zone "big": range 8..=16 is outside 0..=15 (n_bits 4)"#),
+        "{msg}"
+    );
+}
+
+#[test]
+fn start_after_end() {
+    let msg = invalid(&file(4, "allow_gaps: true\n", &[zone("backwards", 9, 3)]));
+    assert!(
+        msg.contains(r#"zone "backwards": range start 9 is after end 3"#),
+        "{msg}"
+    );
+}
+
+#[test]
+fn bad_n_bits() {
+    for n in [0, 3, 17, 32] {
+        let msg = invalid(&file(n, "", &[zone("a", 0, 15)]));
+        assert!(
+            msg.contains(&format!("n_bits {n} is outside 4..=16")),
+            "{msg}"
+        );
+    }
+    assert!(ZonesFile::from_yaml_str(&file(16, "", &[zone("a", 0, 65535)])).is_ok());
+}
+
+#[test]
+fn duplicate_names() {
+    let msg = invalid(&file(4, "", &[zone("twin", 0, 7), zone("twin", 8, 15)]));
+    assert!(msg.contains(r#"zone "twin": duplicate name"#), "{msg}");
+}
+
+#[test]
+fn empty_buckets_and_repeated_replicas() {
+    let yaml = "n_bits: 4\nzones:\n  - name: z\n    range: {start: 0, end: 15}\n    s3: {bucket: \"\"}\n    replicas: [{bucket: \" \"}, {bucket: r}, {bucket: r}]\n";
+    let msg = invalid(yaml);
+    assert!(msg.contains(r#"zone "z": s3.bucket is empty"#), "{msg}");
+    assert!(
+        msg.contains(r#"zone "z": replicas[0].bucket is empty"#),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(r#"zone "z": replicas[2] (s3://r) is listed twice"#),
+        "{msg}"
+    );
+}
+
+#[test]
+fn bad_resilience_settings_name_the_zone() {
+    let extra = "    retry: {max_attempts: 0}\n    hedge_after_ms: 0\n    rate_limit: {requests_per_second: 0}\n    breaker: {failure_rate: 1.5}\n";
+    let msg = invalid(&file(4, "", &[zone("a", 0, 15) + extra]));
+    for what in [
+        "max_attempts",
+        "hedge_after_ms",
+        "requests_per_second",
+        "failure_rate",
+    ] {
+        let problem = msg.split("; ").find(|p| p.contains(what));
+        assert!(
+            problem.is_some_and(|p| p.contains(r#"zone "a": "#)),
+            "{what}: {msg}"
+        );
+    }
+    let msg = invalid(&file(4, "retry: {max_attempts: 0}\n", &[zone("a", 0, 15)]));
+    assert!(msg.contains("top level: retry: max_attempts"), "{msg}");
+}
+
+#[test]
+fn unknown_keys_and_empty_lists_are_rejected() {
+    assert!(invalid(&file(4, "alow_gaps: true\n", &[zone("a", 0, 15)])).contains("alow_gaps"));
+    assert!(invalid("n_bits: 4\nzones: []\n").contains("no zones"));
+    let toml_err = ZonesFile::from_toml_str("n_bits = 4\nzones = []\nretires = 3\n").unwrap_err();
+    assert!(toml_err.to_string().contains("retires"), "{toml_err}");
+}
+
+#[test]
+fn from_path_picks_the_format_by_extension() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in [("z.yaml", YAML), ("z.yml", YAML), ("z.toml", TOML)] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(
+            ZonesFile::from_path(&path).unwrap().zones.len(),
+            2,
+            "{name}"
+        );
+    }
+    let wrong = dir.path().join("z.json");
+    std::fs::write(&wrong, "{}").unwrap();
+    assert!(
+        ZonesFile::from_path(&wrong)
+            .unwrap_err()
+            .to_string()
+            .contains(".yaml, .yml or .toml")
+    );
+    // YAML content under a .toml name fails to parse, naming the file.
+    let mislabelled = dir.path().join("y.toml");
+    std::fs::write(&mislabelled, YAML).unwrap();
+    assert!(
+        ZonesFile::from_path(&mislabelled)
+            .unwrap_err()
+            .to_string()
+            .contains("y.toml")
+    );
+}
+
+fn memory_factory(_: &S3Location) -> Result<Arc<dyn crate::ObjectStore>> {
+    Ok(Arc::new(MemoryStore::new()))
+}
+
+#[test]
+fn for_shard_routes_by_range() {
+    let zones = [zone("c", 10, 15), zone("a", 0, 3), zone("b", 4, 9)];
+    let f = ZonesFile::from_yaml_str(&file(4, "", &zones)).unwrap();
+    let built = Zones::build(&f, memory_factory).unwrap();
+    assert_eq!(built.n_bits(), 4);
+    let names: Vec<&str> = built.iter().map(|z| z.name.as_str()).collect();
+    assert_eq!(names, ["a", "b", "c"], "sorted by range");
+    let route = |i| built.for_shard(i).map(|z| z.name.as_str());
+    let expected = [(0, "a"), (3, "a"), (4, "b"), (9, "b"), (10, "c"), (15, "c")];
+    for (i, name) in expected {
+        assert_eq!(route(i), Some(name), "shard {i}");
+    }
+    assert_eq!(route(16), None);
+    assert_eq!(
+        built.get("b").map(|z| z.range),
+        Some(ShardRange { start: 4, end: 9 })
+    );
+    assert_eq!((&built).into_iter().count(), 3);
+}
+
+#[test]
+fn for_shard_in_a_gap_is_none() {
+    let f = ZonesFile::from_yaml_str(&file(
+        4,
+        "allow_gaps: true\n",
+        &[zone("a", 2, 3), zone("b", 8, 9)],
+    ))
+    .unwrap();
+    let built = Zones::build(&f, memory_factory).unwrap();
+    for (i, want) in [
+        (0, None),
+        (2, Some("a")),
+        (5, None),
+        (9, Some("b")),
+        (10, None),
+    ] {
+        assert_eq!(
+            built.for_shard(i).map(|z| z.name.as_str()),
+            want,
+            "shard {i}"
+        );
+    }
+}
+
+#[test]
+fn build_reports_factory_failures_with_the_zone() {
+    let f = ZonesFile::from_yaml_str(YAML).unwrap();
+    let err = Zones::build(&f, |loc: &S3Location| {
+        if loc.bucket == "des-low-copy" {
+            Err(crate::Error::Invalid("no credentials".into()))
+        } else {
+            memory_factory(loc)
+        }
+    })
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(r#"zone "low""#)
+            && msg.contains("s3://des-low-copy/des")
+            && msg.contains("no credentials"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn build_keeps_one_breaker_per_location() {
+    let f = ZonesFile::from_yaml_str(YAML).unwrap();
+    let built = Zones::build(&f, memory_factory).unwrap();
+    let labels: Vec<&str> = built
+        .iter()
+        .flat_map(|z| z.breakers.iter().map(|(l, _)| l.as_str()))
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "s3://des-low/des@http://127.0.0.1:9000",
+            "s3://des-low-copy/des",
+            "s3://des-high"
+        ]
+    );
+    let off =
+        ZonesFile::from_yaml_str(&file(4, "breaker: {enabled: false}\n", &[zone("a", 0, 15)]))
+            .unwrap();
+    assert!(
+        Zones::build(&off, memory_factory)
+            .unwrap()
+            .iter()
+            .all(|z| z.breakers.is_empty())
+    );
+}
