@@ -70,14 +70,14 @@ fn build_zone(
 }
 
 /// One location's wrapped store and its breaker (if enabled).
-struct LocationStack {
-    store: Arc<dyn ObjectStore>,
-    breaker: Option<Arc<CircuitBreaker>>,
+pub(super) struct LocationStack {
+    pub(super) store: Arc<dyn ObjectStore>,
+    pub(super) breaker: Option<Arc<CircuitBreaker>>,
 }
 
 /// backend → rate limit → retry → breaker → hedge, each only if configured
 /// (retry always: `max_attempts: 1` turns it off).
-fn location_stack(
+pub(super) fn location_stack(
     zone: &str,
     label: &str,
     backend: Arc<dyn ObjectStore>,

@@ -130,6 +130,20 @@ pub struct ZoneSettings {
     pub fallback_on_not_found: bool,
 }
 
+impl ZoneSettings {
+    /// What a single `s3://` store runs with: the same defaults as a zone
+    /// that sets nothing.
+    pub fn default_for_single() -> Self {
+        Self {
+            retry: RetryPolicy::default(),
+            breaker: BreakerConfig::default(),
+            rate_limit: None,
+            hedge_after: None,
+            fallback_on_not_found: false,
+        }
+    }
+}
+
 enum Format {
     Yaml,
     Toml,

@@ -350,3 +350,50 @@ fn build_keeps_one_breaker_per_location() {
             .all(|z| z.breakers.is_empty())
     );
 }
+
+#[tokio::test]
+async fn zones_place_a_des_store_per_shard_and_each_zone_is_self_describing() {
+    use crate::store::{CreateOptions, DesStore, Placement};
+    let f = ZonesFile::from_yaml_str(&file(4, "", &[zone("a", 0, 7), zone("b", 8, 15)])).unwrap();
+    let zones = Arc::new(Zones::build(&f, memory_factory).unwrap());
+    let placement: Arc<dyn Placement> = zones.clone();
+    assert_eq!(placement.n_bits(), Some(4));
+    assert_eq!(placement.describe(), "zones a[0-7],b[8-15]");
+    assert!(Arc::ptr_eq(
+        &placement.for_shard(9).unwrap(),
+        &zones.get("b").unwrap().store
+    ));
+
+    // n_bits comes from the zones file when the caller leaves it out.
+    let (s, created) = DesStore::open_or_create_placed(placement.clone(), CreateOptions::default())
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!(s.n_bits(), 4);
+    // Every zone got its own store.json, so any zone alone is readable.
+    for z in zones.iter() {
+        assert!(z.store.head("_des/store.json").await.is_ok(), "{}", z.name);
+    }
+    let key = s.objects_for_key("20240517/A.des").unwrap();
+    assert!(Arc::ptr_eq(&key, &zones.get("b").unwrap().store));
+
+    // A mismatched n_bits is refused rather than silently misrouting.
+    let wrong = CreateOptions {
+        n_bits: Some(8),
+        ..CreateOptions::default()
+    };
+    let err = DesStore::open_or_create_placed(placement, wrong)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+}
+
+#[test]
+fn open_placement_needs_exactly_one_source() {
+    let both = open_placement(Some("/tmp/x"), Some(std::path::Path::new("z.yaml")));
+    assert_eq!(both.unwrap_err().kind(), ErrorKind::Invalid);
+    assert_eq!(
+        open_placement(None, None).unwrap_err().kind(),
+        ErrorKind::Invalid
+    );
+}

@@ -1,0 +1,96 @@
+//! Zones as a [`Placement`], and opening stores from the command line's
+//! `--store`/`--zones` options with the production (S3) backend.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::build::location_stack;
+use super::file::{S3Location, ZoneSettings, ZonesFile};
+use super::{ZoneCounters, Zones};
+use crate::error::{Error, Result};
+use crate::object::ObjectStore;
+use crate::s3::{S3Config, S3Store};
+use crate::store::{Placement, Single};
+
+impl Placement for Zones {
+    fn for_shard(&self, shard_index: u32) -> Result<Arc<dyn ObjectStore>> {
+        // A gap (allow_gaps) holds nothing by configuration, so it reads as
+        // "not found" rather than as a broken store.
+        self.for_shard(shard_index)
+            .map(|z| Arc::clone(&z.store))
+            .ok_or_else(|| Error::not_found(format!("shard index {shard_index} (in no zone)")))
+    }
+
+    fn stores(&self) -> Vec<Arc<dyn ObjectStore>> {
+        self.iter().map(|z| Arc::clone(&z.store)).collect()
+    }
+
+    fn describe(&self) -> String {
+        let zones: Vec<String> = self
+            .iter()
+            .map(|z| format!("{}[{}-{}]", z.name, z.range.start, z.range.end))
+            .collect();
+        format!("zones {}", zones.join(","))
+    }
+
+    fn n_bits(&self) -> Option<u8> {
+        Some(Zones::n_bits(self))
+    }
+}
+
+impl S3Config {
+    /// The client settings for one zone location: the location's own bucket,
+    /// prefix, region and endpoint, and the same `DES_S3_*` environment
+    /// overrides as `s3://` URLs.
+    pub fn from_location(loc: &S3Location) -> Result<Self> {
+        let mut cfg = Self::from_url(&format!("s3://{}", loc.bucket))?.with_prefix(&loc.prefix);
+        cfg.region.clone_from(&loc.region_name);
+        if let Some(endpoint) = &loc.endpoint_url {
+            cfg.endpoint = Some(endpoint.clone());
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// The production backend for a zone location.
+pub fn s3_factory(loc: &S3Location) -> Result<Arc<dyn ObjectStore>> {
+    Ok(Arc::new(S3Store::new(S3Config::from_location(loc)?)?))
+}
+
+/// Reads, validates and builds a zones file over S3.
+pub fn open_zones_file(path: &Path) -> Result<Zones> {
+    let file = ZonesFile::from_path(path)?;
+    Zones::build(&file, s3_factory)
+}
+
+/// Where a tool's shards live: `--store LOCATION` (a directory, `file://`
+/// or `s3://` URL) or `--zones FILE`, exactly one of them. A single S3
+/// location gets the default retry and breaker stack; a local directory
+/// needs neither.
+pub fn open_placement(store: Option<&str>, zones: Option<&Path>) -> Result<Arc<dyn Placement>> {
+    match (store, zones) {
+        (Some(_), Some(_)) => Err(Error::Invalid(
+            "give either a store location or a zones file, not both".into(),
+        )),
+        (None, None) => Err(Error::Invalid(
+            "no store: give a store location or a zones file".into(),
+        )),
+        (None, Some(path)) => Ok(Arc::new(open_zones_file(path)?)),
+        (Some(location), None) => {
+            let backend = crate::open_location(location)?;
+            if !location.starts_with("s3://") {
+                return Ok(Arc::new(Single(backend)));
+            }
+            let settings = ZoneSettings::default_for_single();
+            let stack = location_stack(
+                "default",
+                location,
+                backend,
+                &settings,
+                &ZoneCounters::default(),
+            )?;
+            Ok(Arc::new(Single(stack.store)))
+        }
+    }
+}
