@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Packing throughput: des-pack (--compression none and auto) against
+# `tar -cf -` and `tar -cf - | zstd -3 -T0` over the same files, in the same
+# run, page cache warm for everyone. Prints a table with ratios to tar.
+#
+#   bench/pack.sh DIR [OUT_PARENT]
+#
+# OUT_PARENT (default: a temp dir) should be on the disk you care about;
+# outputs are deleted after each measurement.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dir=${1:?usage: bench/pack.sh DIR [OUT_PARENT]}
+parent=${2:-$(mktemp -d "${TMPDIR:-/tmp}/des-bench-pack.XXXXXX")}
+created_at=2024-05-17T10:00:00Z
+jobs=$(nproc)
+
+cargo build --release --locked -q -p des-packer
+pack=target/release/des-pack
+
+files=$(find "$dir" -type f | wc -l)
+bytes=$(find "$dir" -type f -printf '%s\n' | awk '{s+=$1} END {print s}')
+echo "input: $dir: $files files, $bytes bytes; $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB RAM"
+# Warm the page cache so every contender reads from memory.
+tar -cf - "$dir" >/dev/null 2>&1
+
+# name, command (reads $dir, writes under $out); prints "seconds peak_kb out_bytes"
+measure() {
+    local out=$parent/out
+    rm -rf "$out"
+    mkdir -p "$out"
+    sync
+    local t
+    t=$( { /usr/bin/time -f '%e %M' bash -c "$1" >/dev/null 2>/dev/null; } 2>&1 | tail -1)
+    sync
+    echo "$t $(du -sb "$out" | cut -f1)"
+    rm -rf "$out"
+}
+
+declare -A result
+run() {
+    local name=$1 cmd=$2
+    result[$name]=$(measure "$cmd")
+}
+
+export dir parent pack created_at jobs
+run tar "tar -cf \$parent/out/x.tar \"\$dir\""
+run tar+zstd "tar -cf - \"\$dir\" | zstd -3 -T0 -q -o \$parent/out/x.tar.zst"
+run des-pack-none "\$pack --dir \"\$dir\" --created-at \$created_at --out \$parent/out/store --compression none --jobs \$jobs -q"
+run des-pack-auto "\$pack --dir \"\$dir\" --created-at \$created_at --out \$parent/out/store --compression auto --jobs \$jobs -q"
+
+read -r tar_s _ _ <<<"${result[tar]}"
+printf '%-15s %9s %10s %9s %11s %13s %8s %12s\n' tool seconds files/s MB/s peak_RSS_MB out_bytes ratio vs_tar_speed
+for name in tar tar+zstd des-pack-none des-pack-auto; do
+    read -r s kb out <<<"${result[$name]}"
+    awk -v n="$name" -v s="$s" -v kb="$kb" -v out="$out" -v f="$files" -v b="$bytes" -v t="$tar_s" 'BEGIN {
+        printf "%-15s %9.2f %10.0f %9.1f %11.1f %13d %8.3f %12.2f\n", n, s, f/s, b/s/1e6, kb/1024, out, out/b, t/s
+    }'
+done
+rm -rf "$parent"

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what the tests need beyond the Rust toolchain, each only when
+# missing, so a second run costs seconds:
+#   - Garage 2.5.0 and s3s-fs 0.14.1 (real S3 servers for the S3 tests;
+#     the first build of Garage takes ~15-25 min on 2 cores),
+#   - promtool (Debian's `prometheus` package) to check /metrics output
+#     and alert rules.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+apt_install() {
+    local sudo=
+    [[ $(id -u) -ne 0 ]] && sudo=sudo
+    # Only refresh the package lists when a first attempt cannot find the package.
+    $sudo apt-get install -y -q --no-install-recommends "$@" >/dev/null 2>&1 || {
+        $sudo apt-get update -q >/dev/null
+        $sudo apt-get install -y -q --no-install-recommends "$@" >/dev/null
+    }
+}
+
+if ! command -v promtool >/dev/null; then
+    echo "== installing promtool (apt: prometheus)" >&2
+    apt_install prometheus
+    # The package starts a Prometheus server on installation; tests need only the tool.
+    (service prometheus stop || pkill -x prometheus) >/dev/null 2>&1 || true
+fi
+
+# Both builds at once would fight over 2 cores; one after the other is faster overall.
+scripts/garage.sh install
+scripts/s3s-fs.sh install
