@@ -194,6 +194,7 @@ pub fn decode(codec: Codec, stored: &[u8], orig_len: u64) -> Result<Vec<u8>> {
         .map_err(|_| FormatError::Corrupt(format!("original length {orig_len} too large")))?;
     let out = match codec {
         Codec::None => stored.to_vec(),
+        Codec::Zstd if cap <= BULK_DECODE_LIMIT => zstd_bulk(stored, cap)?,
         Codec::Zstd => {
             let mut out = Vec::with_capacity(initial_capacity(cap, stored.len()));
             zstd::stream::read::Decoder::with_buffer(stored)
@@ -219,6 +220,31 @@ pub fn decode(codec: Codec, stored: &[u8], orig_len: u64) -> Result<Vec<u8>> {
         )));
     }
     Ok(out)
+}
+
+/// Payloads up to this size are decoded in one call into a buffer of their
+/// declared size: small enough that a corrupt length cannot hurt, and it
+/// covers every inline entry with the default big-file threshold.
+const BULK_DECODE_LIMIT: usize = 16 << 20;
+
+thread_local! {
+    /// Creating a zstd context costs more than decoding a 1 KiB payload, so
+    /// each thread keeps one.
+    static ZSTD_DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn zstd_bulk(stored: &[u8], cap: usize) -> Result<Vec<u8>> {
+    let corrupt = |e: std::io::Error| FormatError::Corrupt(format!("zstd: {e}"));
+    ZSTD_DCTX.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let dctx = match slot.as_mut() {
+            Some(d) => d,
+            None => slot.insert(zstd::bulk::Decompressor::new().map_err(corrupt)?),
+        };
+        // Output beyond `cap` is an error here, not a reallocation.
+        dctx.decompress(stored, cap).map_err(corrupt)
+    })
 }
 
 /// Enough for typical compression ratios in one allocation; larger outputs
