@@ -1,23 +1,30 @@
 //! Reads every file under DIR back from a store and compares bytes:
 //! `cargo run --release -p des-packer --example readback -- STORE DIR CREATED_AT`
-//! (the uid of each file is its path relative to DIR, as `des-pack --dir` assigns).
-//! Prints counts and exits non-zero on any difference.
+//! where STORE is a directory, `s3://bucket/prefix` (AWS environment, as for
+//! des-pack) or `--zones FILE` (the uid of each file is its path relative to
+//! DIR, as `des-pack --dir` assigns). Prints counts and exits non-zero on any
+//! difference.
 
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use des_format::Timestamp;
-use des_storage::{DesStore, open_location};
+use des_storage::DesStore;
+use des_storage::zones::open_placement;
 use futures::StreamExt;
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [store, dir, created] = args.as_slice() else {
-        bail!("usage: readback STORE DIR CREATED_AT");
+    let (location, zones, dir, created) = match args.as_slice() {
+        [flag, zones, dir, created] if flag == "--zones" => {
+            (None, Some(std::path::Path::new(zones)), dir, created)
+        }
+        [store, dir, created] => (Some(store.as_str()), None, dir, created),
+        _ => bail!("usage: readback (STORE | --zones FILE) DIR CREATED_AT"),
     };
     let ts = Timestamp::parse_rfc3339(created)?;
-    let store = Arc::new(DesStore::open(open_location(store)?).await?);
+    let store = Arc::new(DesStore::open_placed(open_placement(location, zones)?).await?);
     let root = std::path::PathBuf::from(dir);
     let files: Vec<std::path::PathBuf> = walkdir::WalkDir::new(&root)
         .into_iter()

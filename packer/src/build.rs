@@ -1,20 +1,22 @@
 //! Building one (date, shard) object: the previous generation's entries
 //! (copied as stored bytes, CRC-checked, in one sequential read) plus the new
-//! files, published atomically with a conditional write so two packers can
-//! never silently drop each other's files.
+//! files, published atomically (see `publish` for how a concurrent writer is
+//! detected) in the store of the zone owning the shard.
 
 use std::io::Read;
+use std::sync::Arc;
 use std::time::Instant;
 
 use des_format::Timestamp;
 use des_format::shard::AnyIndex;
 use des_format::v3::{self, EntryRef, NewEntry, ShardIdent, ShardWriter};
 use des_storage::bridge::{BlockingStreamReader, SyncObjectWriter};
-use des_storage::{ByteRange, ErrorKind, GetOptions, LoadedIndex, PutMode, PutOptions};
+use des_storage::{ByteRange, ErrorKind, GetOptions, LoadedIndex, ObjectStore, PutOptions};
 
 use crate::ingest::{Ingest, Prepared};
 use crate::options::UPLOAD_CHUNK;
 use crate::plan::ShardGroup;
+use crate::publish::Publish;
 use crate::report::{Failure, ShardStat};
 use crate::source::FileRecord;
 
@@ -30,7 +32,7 @@ pub struct GroupResult {
     pub failures: Vec<Failure>,
 }
 
-enum BuildError {
+pub(crate) enum BuildError {
     /// Someone else replaced the shard while we built ours: rebuild from theirs.
     Conflict,
     Fatal(String),
@@ -40,7 +42,7 @@ fn failure(rec: &FileRecord, reason: impl Into<String>) -> Failure {
     Failure {
         line: rec.line,
         uid: Some(rec.uid.clone()),
-        source: Some(rec.source.display().to_string()),
+        source: Some(rec.source.to_string()),
         reason: reason.into(),
     }
 }
@@ -66,7 +68,7 @@ fn fail_all(group: &ShardGroup, msg: &str) -> GroupResult {
     }
 }
 
-fn storage_err(e: des_storage::Error) -> BuildError {
+pub(crate) fn storage_err(e: des_storage::Error) -> BuildError {
     if e.kind() == ErrorKind::PreconditionFailed {
         BuildError::Conflict
     } else {
@@ -112,20 +114,25 @@ fn try_build(ctx: &Ingest<'_>, group: &ShardGroup) -> Result<GroupResult, BuildE
         group.shard_hex,
         des_storage::store::SHARD_EXT
     );
+    let objects = ctx
+        .store
+        .objects_for_shard(group.shard_index)
+        .map_err(|e| BuildError::Fatal(format!("no store for {key}: {e}")))?;
     let old = load_old(ctx, &key, group)?;
     let mut out = GroupResult::default();
     let to_add = partition(ctx, group, old.as_ref(), &mut out);
     if to_add.is_empty() {
         return Ok(out);
     }
-    let mode = match old.as_ref().and_then(|o| o.object.etag.clone()) {
-        Some(etag) => PutMode::UpdateIfMatch(etag),
-        None if old.is_some() => PutMode::Overwrite,
-        None => PutMode::Create,
-    };
+    let publish = Publish::new(ctx, &objects, &key, old.as_ref());
     let upload = ctx
         .handle
-        .block_on(ctx.store.objects().put_writer(&key, PutOptions { mode }))
+        .block_on(objects.put_writer(
+            &key,
+            PutOptions {
+                mode: publish.mode(),
+            },
+        ))
         .map_err(storage_err)?;
     let sink = SyncObjectWriter::new(ctx.handle.clone(), upload, UPLOAD_CHUNK);
     let ident = ShardIdent {
@@ -141,20 +148,20 @@ fn try_build(ctx: &Ingest<'_>, group: &ShardGroup) -> Result<GroupResult, BuildE
     };
     let mut w = ShardWriter::new(sink, ident).map_err(|e| BuildError::Fatal(e.to_string()))?;
     if let Some(o) = &old {
-        copy_old(ctx, o, &mut w)?;
+        copy_old(ctx, &objects, o, &mut w)?;
     }
-    let added = add_new(ctx, &to_add, &mut w, &mut out);
-    if added == 0 {
+    let added = add_new(ctx, &objects, &to_add, &mut w, &mut out);
+    if added.is_empty() {
         // Everything new failed: keep the old shard untouched (dropping `w` aborts the upload).
         return Ok(out);
     }
     let (sink, summary) = w.finish().map_err(|e| BuildError::Fatal(e.to_string()))?;
-    let put = sink.finish().map_err(storage_err)?;
+    let put = publish.commit(sink, &added)?;
     out.stat = Some(ShardStat {
         key,
         generation: summary.trailer.generation,
         entries: u64::from(summary.entries),
-        new_entries: added,
+        new_entries: added.len() as u64,
         bytes: put.size,
         new_original_bytes: out.bytes_in,
         new_stored_bytes: out.bytes_stored,
@@ -214,6 +221,7 @@ fn old_entry(e: &EntryRef<'_>) -> NewEntry {
 /// of its data region, in offset order.
 fn copy_old(
     ctx: &Ingest<'_>,
+    objects: &Arc<dyn ObjectStore>,
     old: &LoadedIndex,
     w: &mut ShardWriter<SyncObjectWriter>,
 ) -> Result<(), BuildError> {
@@ -235,7 +243,7 @@ fn copy_old(
     let body = if data_end > v3::HEADER_LEN {
         let got = ctx
             .handle
-            .block_on(ctx.store.objects().get(&old.key, opts))
+            .block_on(objects.get(&old.key, opts))
             .map_err(storage_err)?;
         Some(BlockingStreamReader::new(ctx.handle.clone(), got.body))
     } else {
@@ -262,15 +270,17 @@ fn copy_old(
     Ok(())
 }
 
-fn add_new(
+/// Adds what can be added; returns the uids that made it into the shard.
+fn add_new<'g>(
     ctx: &Ingest<'_>,
-    to_add: &[&FileRecord],
+    objects: &Arc<dyn ObjectStore>,
+    to_add: &[&'g FileRecord],
     w: &mut ShardWriter<SyncObjectWriter>,
     out: &mut GroupResult,
-) -> u64 {
-    let mut added = 0;
+) -> Vec<&'g str> {
+    let mut added = Vec::with_capacity(to_add.len());
     for rec in to_add {
-        let prepared = match ctx.prepare(rec) {
+        let prepared = match ctx.prepare(rec, objects) {
             Ok(p) => p,
             Err(reason) => {
                 out.failures.push(failure(rec, reason));
@@ -289,7 +299,7 @@ fn add_new(
         };
         match res {
             Ok(()) => {
-                added += 1;
+                added.push(rec.uid.as_str());
                 out.packed += 1;
                 out.bytes_in += orig;
                 out.bytes_stored += stored;

@@ -2,6 +2,7 @@
 
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -21,9 +22,12 @@ EXIT CODES:
     2  usage error, or the run could not proceed (store unreadable, manifest unreadable)
 
 Manifest formats: a JSON array of {uid, created_at, size_bytes, source_path} (the
-original DES format), or JSON Lines of {uid, created_at, source, content_type?, meta?}.
-Re-running the same input is idempotent. Parallel packers must work on disjoint
---shard-range values (e.g. one per Kubernetes Indexed Job completion).";
+original DES format), or JSON Lines of {uid, created_at, source, content_type?, meta?};
+a source is a path (relative ones resolve against the manifest's directory) or
+s3://bucket/key. Re-running the same input is idempotent. Parallel packers must work on disjoint
+--shard-range values (e.g. one per Kubernetes Indexed Job completion); see
+docs/CONCURRENCY.md. S3 settings come from the AWS environment (AWS_REGION,
+AWS_ENDPOINT_URL, credentials) plus DES_S3_FORCE_PATH_STYLE and DES_S3_PART_SIZE.";
 
 #[derive(Debug, Parser)]
 #[command(name = "des-pack", version, about = "Pack small files into DES shards", after_help = AFTER_HELP)]
@@ -37,9 +41,18 @@ pub struct Args {
     /// created_at (RFC 3339) for every file of --dir
     #[arg(long)]
     pub created_at: Option<String>,
-    /// Store location: a directory (created if missing)
-    #[arg(long, env = "DES_STORE")]
-    pub out: String,
+    /// Store location: a directory (created if missing) or s3://bucket/prefix
+    #[arg(long, env = "DES_STORE", required_unless_present = "zones")]
+    pub out: Option<String>,
+    /// Zones file (YAML or TOML): each shard goes to the zone owning its index
+    /// (and that zone's replicas)
+    #[arg(long, conflicts_with = "out")]
+    pub zones: Option<PathBuf>,
+    /// At start, abort S3 multipart uploads older than this (left by crashed
+    /// runs); must exceed the longest upload of any packer still running.
+    /// Units s, m, h, d
+    #[arg(long, default_value = "24h", value_name = "DURATION")]
+    pub abort_stale_uploads_after: String,
     /// Shard bits (4..=16), only when creating a store; must match an existing one
     #[arg(long)]
     pub n_bits: Option<u8>,
@@ -60,6 +73,10 @@ pub struct Args {
     /// Only pack shards START-END (inclusive shard indexes), e.g. 0-127
     #[arg(long)]
     pub shard_range: Option<String>,
+    /// Only pack part I of N equal parts of the shard space, e.g. 3/8 (N must
+    /// divide 2^n_bits); for Kubernetes Indexed Jobs: `--shard-partition $(JOB_COMPLETION_INDEX)/8`
+    #[arg(long, conflicts_with = "shard_range", env = "DES_SHARD_PARTITION")]
+    pub shard_partition: Option<String>,
     /// Memory for planning before sorted runs spill to disk (bytes; K/M/G)
     #[arg(long, default_value_t = DEFAULT_PLAN_MEMORY.to_string())]
     pub plan_memory: String,
@@ -94,6 +111,38 @@ pub fn parse_size(s: &str) -> Result<u64> {
         .with_context(|| format!("size {s:?} overflows"))
 }
 
+/// `90s`, `30m`, `1h`, `2d`, or `0`.
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().with_context(|| format!("bad duration {s:?}"))?;
+    let secs: u64 = match unit.trim() {
+        "s" => 1,
+        "" if n == 0 => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => bail!("bad duration unit {other:?} in {s:?} (use s, m, h or d)"),
+    };
+    n.checked_mul(secs)
+        .map(Duration::from_secs)
+        .with_context(|| format!("duration {s:?} overflows"))
+}
+
+/// `I/N`: part I (0-based) of N.
+pub fn parse_shard_partition(s: &str) -> Result<(u32, u32)> {
+    let (i, n) = s
+        .split_once('/')
+        .with_context(|| format!("shard partition {s:?} is not INDEX/COUNT"))?;
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .with_context(|| format!("shard partition {s:?} is not INDEX/COUNT"))
+    };
+    Ok((parse(i)?, parse(n)?))
+}
+
 pub fn parse_shard_range(s: &str) -> Result<RangeInclusive<u32>> {
     let (a, b) = s
         .split_once('-')
@@ -125,8 +174,14 @@ impl Args {
     }
 
     pub fn options(&self) -> Result<PackOptions> {
+        if self.out.is_some() && self.zones.is_some() {
+            // DES_STORE in the environment is not an explicit choice clap can see.
+            bail!("give either --out (or DES_STORE) or --zones, not both");
+        }
         Ok(PackOptions {
-            out: self.out.clone(),
+            out: self.out.clone().unwrap_or_default(),
+            zones: self.zones.clone(),
+            abort_stale_uploads_after: parse_duration(&self.abort_stale_uploads_after)?,
             n_bits: self.n_bits,
             fips: self.fips,
             compression: Compression::parse(&self.compression, self.zstd_level)?,
@@ -138,6 +193,11 @@ impl Args {
                 .shard_range
                 .as_deref()
                 .map(parse_shard_range)
+                .transpose()?,
+            shard_partition: self
+                .shard_partition
+                .as_deref()
+                .map(parse_shard_partition)
                 .transpose()?,
             ..PackOptions::default()
         })
@@ -158,5 +218,64 @@ mod tests {
         assert_eq!(parse_shard_range("0-127").unwrap(), 0..=127);
         assert!(parse_shard_range("5-1").is_err());
         assert!(parse_shard_range("7").is_err());
+        assert_eq!(parse_shard_partition("3/8").unwrap(), (3, 8));
+        assert!(parse_shard_partition("3").is_err());
+        assert!(parse_shard_partition("a/8").is_err());
+    }
+
+    #[test]
+    fn partitions_tile_the_shard_space() {
+        use crate::options::partition_range;
+        for (n_bits, count) in [(8u8, 1u32), (8, 4), (8, 256), (4, 2), (16, 8)] {
+            let mut next = 0;
+            for i in 0..count {
+                let r = partition_range(i, count, n_bits).unwrap();
+                assert_eq!(*r.start(), next, "{n_bits} bits, {i}/{count}");
+                next = r.end() + 1;
+            }
+            assert_eq!(next, 1 << n_bits);
+        }
+        assert!(partition_range(4, 4, 8).is_err());
+        assert!(partition_range(0, 3, 8).is_err(), "3 does not divide 256");
+        assert!(partition_range(0, 0, 8).is_err());
+        assert!(partition_range(0, 512, 8).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert!(parse_duration("10").is_err(), "a unit is required");
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn out_and_zones_are_exclusive() {
+        let parse = |args: &[&str]| {
+            Args::try_parse_from(
+                [
+                    &[
+                        "des-pack",
+                        "--dir",
+                        "d",
+                        "--created-at",
+                        "2024-05-17T10:00:00Z",
+                    ][..],
+                    args,
+                ]
+                .concat(),
+            )
+        };
+        let zones = parse(&["--zones", "z.yaml"]).unwrap();
+        let opts = zones.options().unwrap();
+        assert_eq!((opts.out_location(), opts.zones.is_some()), (None, true));
+        let out = parse(&["--out", "s3://b/p", "--abort-stale-uploads-after", "1h"]).unwrap();
+        let opts = out.options().unwrap();
+        assert_eq!(opts.out_location(), Some("s3://b/p"));
+        assert_eq!(opts.abort_stale_uploads_after, Duration::from_secs(3600));
+        assert!(parse(&["--out", "x", "--zones", "z.yaml"]).is_err());
     }
 }

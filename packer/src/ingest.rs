@@ -3,17 +3,18 @@
 //! bounded by configuration); big files are streamed twice — once to learn
 //! their digest (their object name), once to upload — and never held.
 
-use std::fs::File;
 use std::io::{BufReader, Read, Write};
+use std::sync::Arc;
 
 use des_format::codec::{self, Codec};
 use des_format::v3::{NewEntry, external_key};
 use des_format::{ContentDigest, DigestAlgorithm};
 use des_storage::bridge::SyncObjectWriter;
-use des_storage::{DesStore, ErrorKind, PutOptions};
+use des_storage::{DesStore, ErrorKind, ObjectStore, PutOptions};
 use tokio::runtime::Handle;
 
 use crate::options::{PackOptions, UPLOAD_CHUNK};
+use crate::reader::{OpenSource, SourceStores};
 use crate::source::FileRecord;
 
 pub enum Prepared {
@@ -48,18 +49,7 @@ pub struct Ingest<'a> {
     pub store: &'a DesStore,
     pub handle: &'a Handle,
     pub opts: &'a PackOptions,
-}
-
-fn open(rec: &FileRecord) -> Result<(File, u64), String> {
-    let f = File::open(&rec.source)
-        .map_err(|e| format!("cannot open {}: {e}", rec.source.display()))?;
-    let md = f
-        .metadata()
-        .map_err(|e| format!("cannot stat {}: {e}", rec.source.display()))?;
-    if !md.is_file() {
-        return Err(format!("{} is not a regular file", rec.source.display()));
-    }
-    Ok((f, md.len()))
+    pub sources: &'a SourceStores,
 }
 
 /// Streams `r`, returning (digest, crc32c, length). Raw storage makes the
@@ -108,27 +98,38 @@ impl Ingest<'_> {
         self.store.digest()
     }
 
-    /// Digest of the file's current content (to compare with an existing entry).
-    pub fn digest_of(&self, rec: &FileRecord) -> Result<ContentDigest, String> {
-        let (f, _) = open(rec)?;
-        scan(self.alg(), f, None)
-            .map(|(d, _, _)| d)
-            .map_err(|e| format!("cannot read {}: {e}", rec.source.display()))
+    fn open(&self, rec: &FileRecord) -> Result<OpenSource, String> {
+        self.sources.open(&rec.source, self.handle)
     }
 
-    pub fn prepare(&self, rec: &FileRecord) -> Result<Prepared, String> {
-        let (mut f, len) = open(rec)?;
-        if len > self.opts.big_file_threshold {
-            return self.prepare_big(rec);
+    /// Digest of the file's current content (to compare with an existing entry).
+    pub fn digest_of(&self, rec: &FileRecord) -> Result<ContentDigest, String> {
+        let src = self.open(rec)?;
+        scan(self.alg(), src.reader, None)
+            .map(|(d, _, _)| d)
+            .map_err(|e| format!("cannot read {}: {e}", rec.source))
+    }
+
+    /// Reads an inline file, or uploads a big one to `objects` (the store of
+    /// the shard that will reference it).
+    pub fn prepare(
+        &self,
+        rec: &FileRecord,
+        objects: &Arc<dyn ObjectStore>,
+    ) -> Result<Prepared, String> {
+        let src = self.open(rec)?;
+        if src.len > self.opts.big_file_threshold {
+            return self.prepare_big(rec, objects, src);
         }
-        let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        let mut data = Vec::with_capacity(usize::try_from(src.len).unwrap_or(0));
         // Cap the read: a file growing under us must not blow the memory bound.
-        (&mut f)
+        src.reader
             .take(self.opts.big_file_threshold + 1)
             .read_to_end(&mut data)
-            .map_err(|e| format!("cannot read {}: {e}", rec.source.display()))?;
+            .map_err(|e| format!("cannot read {}: {e}", rec.source))?;
         if data.len() as u64 > self.opts.big_file_threshold {
-            return self.prepare_big(rec);
+            // It grew while we read it: start over as a big file.
+            return self.prepare_big(rec, objects, self.open(rec)?);
         }
         let digest = self.alg().digest(&data);
         let (codec, stored) = codec::encode(
@@ -145,17 +146,24 @@ impl Ingest<'_> {
         })
     }
 
-    fn prepare_big(&self, rec: &FileRecord) -> Result<Prepared, String> {
-        let read_err = |e: std::io::Error| format!("cannot read {}: {e}", rec.source.display());
-        let (f, _) = open(rec)?;
-        let (digest, crc, len) = scan(self.alg(), f, None).map_err(read_err)?;
+    /// `src` is the freshly opened source, read here for the digest.
+    fn prepare_big(
+        &self,
+        rec: &FileRecord,
+        objects: &Arc<dyn ObjectStore>,
+        src: OpenSource,
+    ) -> Result<Prepared, String> {
+        let read_err = |e: std::io::Error| format!("cannot read {}: {e}", rec.source);
+        let (digest, crc, len) = scan(self.alg(), src.reader, None).map_err(read_err)?;
         let key = external_key(&digest);
-        let existing = self.handle.block_on(self.store.objects().head(&key));
+        let existing = self.handle.block_on(objects.head(&key));
         match existing {
             // Content-addressed and stored raw: an object of the right size is this file.
             Ok(meta) if meta.size == len => {}
-            Ok(_) => self.upload_big(rec, &key, digest)?,
-            Err(e) if e.kind() == ErrorKind::NotFound => self.upload_big(rec, &key, digest)?,
+            Ok(_) => self.upload_big(rec, objects, &key, digest)?,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                self.upload_big(rec, objects, &key, digest)?;
+            }
             Err(e) => return Err(format!("checking {key}: {e}")),
         }
         Ok(Prepared::External {
@@ -165,14 +173,22 @@ impl Ingest<'_> {
         })
     }
 
-    fn upload_big(&self, rec: &FileRecord, key: &str, digest: ContentDigest) -> Result<(), String> {
+    /// Streams the file a second time, into `_big/<digest>`; the object only
+    /// becomes visible if the bytes still hash to `digest`.
+    fn upload_big(
+        &self,
+        rec: &FileRecord,
+        objects: &Arc<dyn ObjectStore>,
+        key: &str,
+        digest: ContentDigest,
+    ) -> Result<(), String> {
+        let src = self.open(rec)?;
         let writer = self
             .handle
-            .block_on(self.store.objects().put_writer(key, PutOptions::default()))
+            .block_on(objects.put_writer(key, PutOptions::default()))
             .map_err(|e| format!("uploading {key}: {e}"))?;
         let mut sink = SyncObjectWriter::new(self.handle.clone(), writer, UPLOAD_CHUNK);
-        let (f, _) = open(rec)?;
-        let scanned = scan(self.alg(), f, Some(&mut sink));
+        let scanned = scan(self.alg(), src.reader, Some(&mut sink));
         match scanned {
             Ok((d, _, _)) if d == digest => {
                 sink.finish().map_err(|e| format!("uploading {key}: {e}"))?;
@@ -180,10 +196,7 @@ impl Ingest<'_> {
             }
             Ok(_) => {
                 let _ = sink.abort();
-                Err(format!(
-                    "{} changed while it was being packed",
-                    rec.source.display()
-                ))
+                Err(format!("{} changed while it was being packed", rec.source))
             }
             Err(e) => {
                 let _ = sink.abort();

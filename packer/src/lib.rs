@@ -7,11 +7,15 @@ pub mod cli;
 pub mod ingest;
 pub mod options;
 pub mod plan;
+mod publish;
+pub mod reader;
 pub mod report;
 pub mod run;
 pub mod source;
+pub mod target;
 
 pub use options::PackOptions;
 pub use report::PackReport;
-pub use run::pack;
-pub use source::Input;
+pub use run::{pack, pack_into};
+pub use source::{Input, SourceRef};
+pub use target::Target;

@@ -1,5 +1,6 @@
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use des_format::{Compression, DigestAlgorithm};
 
@@ -7,12 +8,22 @@ pub const DEFAULT_BIG_FILE_THRESHOLD: u64 = 10 << 20;
 pub const DEFAULT_PLAN_MEMORY: usize = 64 << 20;
 /// Chunk handed to the object writer; S3 multipart parts are at least this big.
 pub const UPLOAD_CHUNK: usize = 8 << 20;
+/// Multipart uploads older than this are taken for a crashed packer's and aborted.
+pub const DEFAULT_ABORT_STALE_UPLOADS_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// Everything a pack run needs besides its input.
 #[derive(Debug, Clone)]
 pub struct PackOptions {
-    /// Store location: a directory (or `file://`), later `s3://bucket/prefix`.
+    /// Store location: a directory, `file://` or `s3://bucket/prefix`; empty
+    /// when `zones` is given.
     pub out: String,
+    /// Zones file (YAML/TOML) instead of `out`: shards go to the zone owning
+    /// their index, and to its replicas.
+    pub zones: Option<PathBuf>,
+    /// At the start of a run, S3 multipart uploads older than this are
+    /// aborted: they can only be left over from a packer that died. Must be
+    /// longer than any shard upload of a packer still running.
+    pub abort_stale_uploads_after: Duration,
     /// Only when creating a store; must match an existing one.
     pub n_bits: Option<u8>,
     /// Create the store with SHA-256 digests (FIPS mode).
@@ -28,6 +39,9 @@ pub struct PackOptions {
     /// Only pack files whose shard index is in this range (to split work
     /// across parallel packers without two of them writing one shard).
     pub shard_range: Option<RangeInclusive<u32>>,
+    /// Part `index` of `count` equal parts of the shard space (a Kubernetes
+    /// Indexed Job's completion index); resolved once n_bits is known.
+    pub shard_partition: Option<(u32, u32)>,
     /// How many times to rebuild a shard that another packer replaced under us.
     pub conflict_retries: u32,
 }
@@ -36,6 +50,8 @@ impl Default for PackOptions {
     fn default() -> Self {
         Self {
             out: String::new(),
+            zones: None,
+            abort_stale_uploads_after: DEFAULT_ABORT_STALE_UPLOADS_AFTER,
             n_bits: None,
             fips: false,
             compression: Compression::default(),
@@ -44,13 +60,53 @@ impl Default for PackOptions {
             plan_memory: DEFAULT_PLAN_MEMORY,
             spill_dir: None,
             shard_range: None,
+            shard_partition: None,
             conflict_retries: 5,
         }
     }
 }
 
 impl PackOptions {
+    /// `out`, unless it is empty (zones are used instead).
+    pub fn out_location(&self) -> Option<&str> {
+        Some(self.out.as_str()).filter(|o| !o.is_empty())
+    }
+
     pub fn digest(&self) -> Option<DigestAlgorithm> {
         self.fips.then_some(DigestAlgorithm::Sha256)
     }
+}
+
+impl PackOptions {
+    /// The shard indexes this run packs, if restricted: `--shard-range`, or
+    /// `--shard-partition` turned into a range for a store with `n_bits`.
+    pub fn shard_filter(&self, n_bits: u8) -> anyhow::Result<Option<RangeInclusive<u32>>> {
+        match (&self.shard_range, self.shard_partition) {
+            (Some(_), Some(_)) => {
+                anyhow::bail!("give --shard-range or --shard-partition, not both")
+            }
+            (Some(r), None) => Ok(Some(r.clone())),
+            (None, Some((index, count))) => partition_range(index, count, n_bits).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// Part `index` (0-based) of `count` equal parts of `0..2^n_bits`. `count`
+/// must divide the shard space so every packer gets the same share and the
+/// parts tile it exactly.
+pub fn partition_range(index: u32, count: u32, n_bits: u8) -> anyhow::Result<RangeInclusive<u32>> {
+    let shards = 1u32
+        .checked_shl(u32::from(n_bits))
+        .ok_or_else(|| anyhow::anyhow!("n_bits {n_bits} out of range"))?;
+    if count == 0 || index >= count {
+        anyhow::bail!("shard partition {index}/{count}: need 0 <= index < count");
+    }
+    if shards % count != 0 {
+        anyhow::bail!(
+            "shard partition count {count} does not divide the {shards} shards of this store (use a power of two up to {shards})"
+        );
+    }
+    let size = shards / count;
+    Ok(index * size..=(index + 1) * size - 1)
 }

@@ -19,7 +19,7 @@ use des_format::routing::{check_n_bits, locate_ts, shard_hex};
 use serde::{Deserialize, Serialize};
 use tempfile::TempPath;
 
-use crate::source::{FileRecord, RecordFailure};
+use crate::source::{FileRecord, RecordFailure, SourceRef};
 
 /// More runs than this are merged in passes, bounding open files.
 const DEFAULT_FAN_IN: usize = 64;
@@ -87,9 +87,16 @@ impl Entry {
         std::mem::size_of::<Self>()
             + self.date_dir.len()
             + r.uid.len()
-            + r.source.as_os_str().len()
+            + source_len(&r.source)
             + r.content_type.as_ref().map_or(0, String::len)
             + r.meta.as_ref().map_or(0, String::len)
+    }
+}
+
+fn source_len(s: &SourceRef) -> usize {
+    match s {
+        SourceRef::Local(p) => p.as_os_str().len(),
+        SourceRef::S3 { bucket, key } => bucket.len() + key.len(),
     }
 }
 
@@ -213,7 +220,7 @@ fn failure_of(rec: &FileRecord, reason: String) -> RecordFailure {
     RecordFailure {
         line: rec.line,
         uid: Some(rec.uid.clone()),
-        source: Some(rec.source.display().to_string()),
+        source: Some(rec.source.to_string()),
         reason,
     }
 }
@@ -516,6 +523,8 @@ enum SpillPath<'a> {
     Utf8(Cow<'a, str>),
     #[serde(rename = "x")]
     Hex(String),
+    #[serde(rename = "3")]
+    S3 { b: Cow<'a, str>, k: Cow<'a, str> },
 }
 
 impl<'a> SpillRecord<'a> {
@@ -554,7 +563,16 @@ impl<'a> SpillRecord<'a> {
 }
 
 impl<'a> SpillPath<'a> {
-    fn encode(p: &'a Path) -> anyhow::Result<Self> {
+    fn encode(source: &'a SourceRef) -> anyhow::Result<Self> {
+        let p = match source {
+            SourceRef::Local(p) => p,
+            SourceRef::S3 { bucket, key } => {
+                return Ok(Self::S3 {
+                    b: Cow::Borrowed(bucket),
+                    k: Cow::Borrowed(key),
+                });
+            }
+        };
         if let Some(s) = p.to_str() {
             return Ok(Self::Utf8(Cow::Borrowed(s)));
         }
@@ -572,10 +590,14 @@ impl<'a> SpillPath<'a> {
         anyhow::bail!("cannot spill non-UTF-8 path {}", p.display())
     }
 
-    fn decode(self) -> anyhow::Result<PathBuf> {
+    fn decode(self) -> anyhow::Result<SourceRef> {
         match self {
-            Self::Utf8(s) => Ok(PathBuf::from(s.into_owned())),
-            Self::Hex(h) => decode_raw(&h),
+            Self::Utf8(s) => Ok(SourceRef::Local(PathBuf::from(s.into_owned()))),
+            Self::Hex(h) => decode_raw(&h).map(SourceRef::Local),
+            Self::S3 { b, k } => Ok(SourceRef::S3 {
+                bucket: b.into_owned(),
+                key: k.into_owned(),
+            }),
         }
     }
 }
@@ -612,7 +634,7 @@ mod tests {
         FileRecord {
             uid: uid.to_string(),
             created_at: Timestamp::from_micros(base + day * DAY_US),
-            source: PathBuf::from(format!("/data/{uid}")),
+            source: SourceRef::Local(PathBuf::from(format!("/data/{uid}"))),
             content_type: None,
             meta: None,
             size_hint: Some(line),
@@ -885,15 +907,22 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::ffi::OsStrExt;
-            b.source = PathBuf::from(std::ffi::OsStr::from_bytes(b"/data/\xFF\xFEb"));
+            b.source = SourceRef::Local(PathBuf::from(std::ffi::OsStr::from_bytes(
+                b"/data/\xFF\xFEb",
+            )));
         }
+        let mut c = rec("c", 1, 3);
+        c.source = SourceRef::S3 {
+            bucket: "bkt".into(),
+            key: "in/c \"q\".bin".into(),
+        };
         let (groups, stats) = plan(
             Planner::new(config(dir.path(), 0)).unwrap(),
-            &[a.clone(), b.clone()],
+            &[a.clone(), b.clone(), c.clone()],
         );
-        assert_eq!(stats.runs_spilled, 2);
+        assert_eq!(stats.runs_spilled, 3);
         let got: Vec<&FileRecord> = groups.iter().flat_map(|g| &g.0.files).collect();
-        assert_eq!(got, [&a, &b]);
+        assert_eq!(got, [&a, &b, &c]);
     }
 
     #[test]

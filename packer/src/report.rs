@@ -53,6 +53,10 @@ pub struct PackReport {
     pub big_files: u64,
     pub shards_written: u64,
     pub shards_unchanged: u64,
+    /// S3 multipart uploads of crashed runs aborted at the start of this one.
+    pub stale_uploads_aborted: u64,
+    /// Problems that did not stop the run.
+    pub warnings: Vec<String>,
     pub elapsed_seconds: f64,
     pub shards: Vec<ShardStat>,
     /// At most [`MAX_REPORTED_FAILURES`] entries; `files_failed` has the full count.

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use des_storage::{CreateOptions, DesStore, open_location};
+use des_storage::{CreateOptions, DesStore};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::runtime::Handle;
 
@@ -14,32 +14,52 @@ use crate::build::{GroupResult, build_group};
 use crate::ingest::Ingest;
 use crate::options::PackOptions;
 use crate::plan::{PlanConfig, PlanIter, Planner, ShardGroup};
+use crate::reader::SourceStores;
 use crate::report::{Failure, PackReport};
 use crate::source::{Input, read_input};
+use crate::target::Target;
 
-/// Runs a pack. Must be called outside the runtime's worker threads (it
-/// blocks on `handle`). Per-file problems land in the report; `Err` means the
-/// run as a whole could not proceed.
+/// Runs a pack into `opts.out` or `opts.zones`. Must be called outside the
+/// runtime's worker threads (it blocks on `handle`). Per-file problems land
+/// in the report; `Err` means the run as a whole could not proceed.
 pub fn pack(
     input: &Input,
     opts: &PackOptions,
     handle: &Handle,
     progress: bool,
 ) -> Result<PackReport> {
+    let target = Target::open(opts.out_location(), opts.zones.as_deref())?;
+    pack_into(input, opts, &target, handle, progress)
+}
+
+/// As [`pack`], into a target opened by the caller (`opts.out`/`zones` are
+/// not used).
+pub fn pack_into(
+    input: &Input,
+    opts: &PackOptions,
+    target: &Target,
+    handle: &Handle,
+    progress: bool,
+) -> Result<PackReport> {
     let started = Instant::now();
-    let objects =
-        open_location(&opts.out).with_context(|| format!("opening store {}", opts.out))?;
+    let housekeeping = handle.block_on(target.housekeeping(opts.abort_stale_uploads_after))?;
     let create = CreateOptions {
         n_bits: opts.n_bits,
         digest: opts.digest(),
     };
+    let shown = target.placement.describe();
     let (store, created) = handle
-        .block_on(DesStore::open_or_create(objects, create))
-        .with_context(|| format!("opening store {}", opts.out))?;
+        .block_on(DesStore::open_or_create_placed(
+            Arc::clone(&target.placement),
+            create,
+        ))
+        .with_context(|| format!("opening store {shown}"))?;
     let mut report = PackReport {
-        store: store.objects().describe(),
+        store: shown,
         store_created: created,
         n_bits: store.n_bits(),
+        stale_uploads_aborted: housekeeping.stale_uploads_aborted,
+        warnings: housekeeping.warnings,
         ..PackReport::default()
     };
     let spill_holder;
@@ -52,10 +72,12 @@ pub fn pack(
     };
     let plan = plan_input(input, opts, &store, spill_dir, &mut report)?;
     let bar = progress_bar(progress, report.files_seen);
+    let sources = SourceStores::default();
     let ingest = Ingest {
         store: &store,
         handle,
         opts,
+        sources: &sources,
     };
     run_groups(&ingest, plan, &bar, &mut report)?;
     bar.finish_and_clear();
@@ -75,7 +97,7 @@ fn plan_input(
         n_bits: store.n_bits(),
         memory_budget: opts.plan_memory,
         spill_dir,
-        shard_filter: opts.shard_range.clone(),
+        shard_filter: opts.shard_filter(store.n_bits())?,
     })?;
     read_input(input, |r| {
         match r.map(|rec| planner.push(rec)) {

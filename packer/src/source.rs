@@ -22,8 +22,7 @@ use walkdir::WalkDir;
 pub struct FileRecord {
     pub uid: String,
     pub created_at: Timestamp,
-    /// Local file path (S3 sources come later).
-    pub source: PathBuf,
+    pub source: SourceRef,
     pub content_type: Option<String>,
     /// Compact JSON text of an object, keys in their original order.
     pub meta: Option<String>,
@@ -33,6 +32,54 @@ pub struct FileRecord {
     /// JSON Lines, the element number in a JSON array, the entry number in a
     /// directory walk.
     pub line: u64,
+}
+
+/// Where a file's bytes are read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceRef {
+    Local(PathBuf),
+    /// An object read through `des_storage` (`s3://bucket/key` in manifests).
+    S3 {
+        bucket: String,
+        key: String,
+    },
+}
+
+impl SourceRef {
+    /// Parses `s3://bucket/key`. The key must be one `des_storage` can address
+    /// (no empty, `.` or `..` segments), so a bad one fails here, with its
+    /// manifest line, rather than at upload time.
+    pub fn parse_s3(url: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| format!("{url:?} is not an s3:// URL"))?;
+        let (bucket, key) = rest
+            .split_once('/')
+            .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+            .ok_or_else(|| format!("source {url:?} is not s3://bucket/key"))?;
+        des_storage::object::check_key(key)
+            .map_err(|_| format!("source {url:?}: object key {key:?} is not supported"))?;
+        Ok(Self::S3 {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+        })
+    }
+
+    pub fn local_path(&self) -> Option<&Path> {
+        match self {
+            Self::Local(p) => Some(p),
+            Self::S3 { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for SourceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Local(p) => write!(f, "{}", p.display()),
+            Self::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
+        }
+    }
 }
 
 /// A record that could not be used; the rest of the input goes on.
@@ -519,7 +566,7 @@ fn source_path(
     source: Option<Value>,
     source_path: Option<Value>,
     base: &Path,
-) -> Result<PathBuf, String> {
+) -> Result<SourceRef, String> {
     let text = match (source, source_path) {
         (Some(a), Some(b)) if a != b => return Err("source and source_path disagree".into()),
         (Some(v), _) | (None, Some(v)) => match v {
@@ -528,12 +575,17 @@ fn source_path(
         },
         (None, None) => return Err("missing field \"source\" (or \"source_path\")".into()),
     };
-    // Resolving `s3://…` against the manifest directory would silently look
+    if text.starts_with("s3://") {
+        return SourceRef::parse_s3(&text);
+    }
+    // Resolving `http://…` against the manifest directory would silently look
     // for a local file of that name.
     if text.contains("://") {
-        return Err(format!("remote source {text:?} is not supported yet"));
+        return Err(format!(
+            "source {text:?}: only local paths and s3:// are supported"
+        ));
     }
-    Ok(base.join(text))
+    Ok(SourceRef::Local(base.join(text)))
 }
 
 fn optional_string(v: Option<Value>, key: &str) -> Result<Option<String>, String> {
@@ -637,7 +689,7 @@ impl Walk<'_> {
             Ok(size) => Ok(FileRecord {
                 uid,
                 created_at: self.created_at,
-                source: path.to_path_buf(),
+                source: SourceRef::Local(path.to_path_buf()),
                 content_type: None,
                 meta: None,
                 size_hint: Some(size),
@@ -750,7 +802,7 @@ mod tests {
         let a = ok(&items[0]);
         assert_eq!(a.uid, "12345");
         assert_eq!(a.line, 1);
-        assert_eq!(a.source, dir.path().join("files/a.bin"));
+        assert_eq!(a.source, SourceRef::Local(dir.path().join("files/a.bin")));
         assert_eq!(a.size_hint, Some(10));
         assert_eq!(a.created_at, ts("2024-05-17T10:00:00Z"));
         assert_eq!(a.meta, None);
@@ -766,7 +818,7 @@ mod tests {
         assert!(failed(&items[2]).reason.contains("object"));
 
         let m = ok(&items[3]);
-        assert_eq!(m.source, PathBuf::from("/abs/m.json"));
+        assert_eq!(m.source, SourceRef::Local(PathBuf::from("/abs/m.json")));
         assert_eq!(m.content_type.as_deref(), Some("application/json"));
         assert_eq!(
             m.meta.as_deref(),
@@ -823,7 +875,7 @@ mod tests {
             "{\"uid\":1.5,\"created_at\":\"2024-05-17T10:00:00Z\",\"source\":\"f\"}\n",
             "{\"uid\":\"g\",\"uid\":\"h\",\"created_at\":\"2024-05-17T10:00:00Z\",\"source\":\"g\"}\n",
             "{\"uid\":\"i\",\"created_at\":\"2024-05-17T10:00:00Z\",\"source\":\"i\",\"size_bytes\":-1}\n",
-            "{\"uid\":\"j\",\"created_at\":\"2024-05-17T10:00:00Z\",\"source\":\"s3://b/j\"}\n",
+            "{\"uid\":\"j\",\"created_at\":\"2024-05-17T10:00:00Z\",\"source\":\"https://b/j\"}\n",
             "{\"uid\":\"k\",\"created_at\":\"2024-05-17T10:00:00Z\",\"source\":\"k\",\"meta\":null,\"extra\":[1]}",
         );
         let input = manifest(dir.path(), "m.jsonl", text);
@@ -850,7 +902,10 @@ mod tests {
                 (12, true)
             ]
         );
-        assert_eq!(ok(&items[0]).source, dir.path().join("x/a"));
+        assert_eq!(
+            ok(&items[0]).source,
+            SourceRef::Local(dir.path().join("x/a"))
+        );
         assert!(failed(&items[1]).reason.contains("invalid JSON"));
         let c = ok(&items[2]);
         assert_eq!((c.uid.as_str(), c.size_hint), ("7", Some(3)));
@@ -860,8 +915,33 @@ mod tests {
         assert!(failed(&items[5]).reason.contains("uid must be"));
         assert!(failed(&items[6]).reason.contains("duplicate field"));
         assert!(failed(&items[7]).reason.contains("size_bytes"));
-        assert!(failed(&items[8]).reason.contains("not supported"));
+        assert!(failed(&items[8]).reason.contains("s3:// are supported"));
         assert_eq!(ok(&items[9]).meta, None);
+    }
+
+    #[test]
+    fn s3_sources_are_not_resolved_against_the_manifest_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = concat!(
+            "{\"uid\":\"a\",\"created_at\":\"2024-05-17T10:00:00Z\",\"source\":\"s3://bkt/in/a.bin\"}\n",
+            "{\"uid\":\"b\",\"created_at\":\"2024-05-17T10:00:00Z\",\"source\":\"s3://bkt\"}\n",
+            "{\"uid\":\"c\",\"created_at\":\"2024-05-17T10:00:00Z\",\"source\":\"s3://bkt/x//y\"}\n",
+            "{\"uid\":\"d\",\"created_at\":\"2024-05-17T10:00:00Z\",\"source\":\"s3:///k\"}\n",
+        );
+        let input = manifest(dir.path(), "m.jsonl", text);
+        let items = collect(&input).unwrap();
+        let a = ok(&items[0]);
+        assert_eq!(
+            a.source,
+            SourceRef::S3 {
+                bucket: "bkt".into(),
+                key: "in/a.bin".into()
+            }
+        );
+        assert_eq!(a.source.to_string(), "s3://bkt/in/a.bin");
+        assert!(failed(&items[1]).reason.contains("s3://bucket/key"));
+        assert!(failed(&items[2]).reason.contains("not supported"));
+        assert!(failed(&items[3]).reason.contains("s3://bucket/key"));
     }
 
     #[test]
@@ -938,7 +1018,10 @@ mod tests {
             ]
         );
         assert!(items.iter().all(|i| ok(i).created_at == created_at));
-        assert_eq!(ok(&items[2]).source, root.join("sub/c/d.txt"));
+        assert_eq!(
+            ok(&items[2]).source,
+            SourceRef::Local(root.join("sub/c/d.txt"))
+        );
     }
 
     #[cfg(unix)]

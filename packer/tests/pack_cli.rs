@@ -2,74 +2,17 @@
 
 //! End-to-end: the `des-pack` binary on real files, read back through the library.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Arc;
 
+use common::{CREATED, corpus, des_pack, report};
 use des_format::Timestamp;
 use des_storage::{DesStore, LocalStore};
 use serde_json::Value;
-
-const CREATED: &str = "2024-05-17T10:00:00Z";
-
-fn des_pack(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_des-pack"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-/// Real files (this repository's sources and fixtures) plus seeded synthetic
-/// ones, including incompressible and larger-than-threshold files.
-fn corpus(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut files = BTreeMap::new();
-    for sub in [
-        "format-spec/src",
-        "storage/src",
-        "testdata/legacy-des/format",
-    ] {
-        for e in walkdir::WalkDir::new(repo.join(sub)).sort_by_file_name() {
-            let e = e.unwrap();
-            if e.file_type().is_file() {
-                let rel = format!(
-                    "{sub}/{}",
-                    e.path().strip_prefix(repo.join(sub)).unwrap().display()
-                );
-                files.insert(rel, std::fs::read(e.path()).unwrap());
-            }
-        }
-    }
-    let mut x = 42u64;
-    let mut noise = |n: usize| -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    };
-    files.insert("synthetic/empty.bin".into(), Vec::new());
-    files.insert("synthetic/noise.bin".into(), noise(20_000));
-    files.insert("synthetic/big-noise.bin".into(), noise(300_000));
-    files.insert(
-        "synthetic/big-text.txt".into(),
-        b"lorem ipsum dolor ".repeat(20_000),
-    );
-    files.insert(
-        "synthetic/photo.jpg".into(),
-        [b"\xFF\xD8\xFF".as_slice(), &noise(5000)].concat(),
-    );
-    for (rel, data) in &files {
-        let p = dir.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, data).unwrap();
-    }
-    files
-}
 
 fn open(root: &Path) -> DesStore {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -87,11 +30,6 @@ fn read_back(root: &Path, files: &BTreeMap<String, Vec<u8>>) {
             .unwrap_or_else(|e| panic!("{uid}: {e}"));
         assert!(got == *want, "{uid}: bytes differ");
     }
-}
-
-fn report(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 fn shard_files(root: &Path) -> Vec<PathBuf> {
@@ -416,4 +354,112 @@ fn kill_9_mid_run_leaves_no_partial_shard_and_rerun_completes() {
         String::from_utf8_lossy(&o.stderr)
     );
     read_back(out.path(), &files);
+}
+
+#[test]
+fn shard_ranges_split_the_work_and_skip_the_rest() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    // All-digit uids route by value: uid i lands in shard i mod 16.
+    let files: BTreeMap<String, Vec<u8>> = (0..64)
+        .map(|i| {
+            (
+                i.to_string(),
+                format!("file {i} ").repeat(i + 1).into_bytes(),
+            )
+        })
+        .collect();
+    for (uid, data) in &files {
+        std::fs::write(src.path().join(uid), data).unwrap();
+    }
+    let run = |range: &str| {
+        let o = des_pack(&[
+            "--dir",
+            src.path().to_str().unwrap(),
+            "--created-at",
+            CREATED,
+            "--out",
+            out.path().to_str().unwrap(),
+            "--n-bits",
+            "4",
+            "--shard-range",
+            range,
+            "--json",
+        ]);
+        common::assert_exit(&o, 0);
+        report(&o)
+    };
+    let low = run("0-5");
+    assert_eq!(low["files_packed"].as_u64(), Some(24));
+    assert_eq!(low["files_outside_shard_range"].as_u64(), Some(40));
+    assert_eq!(low["files_failed"].as_u64(), Some(0));
+    let mut shards: Vec<String> = shard_files(out.path())
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    shards.sort();
+    assert_eq!(
+        shards,
+        ["0.des", "1.des", "2.des", "3.des", "4.des", "5.des"]
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = open(out.path());
+    let ts = Timestamp::parse_rfc3339(CREATED).unwrap();
+    let e = rt.block_on(store.get_file("6", ts)).unwrap_err();
+    assert_eq!(e.kind(), des_storage::ErrorKind::NotFound);
+
+    let high = run("6-15");
+    assert_eq!(high["files_packed"].as_u64(), Some(40));
+    assert_eq!(high["files_outside_shard_range"].as_u64(), Some(24));
+    assert_eq!(high["shards_written"].as_u64(), Some(10));
+    read_back(out.path(), &files);
+}
+
+#[test]
+fn shard_partitions_from_an_indexed_job_cover_every_file_once() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    // All-digit uids route by value: uid i lands in shard i mod 16.
+    for i in 0..64 {
+        std::fs::write(src.path().join(i.to_string()), format!("file {i}")).unwrap();
+    }
+    let run = |part: &str| {
+        let o = des_pack(&[
+            "--dir",
+            src.path().to_str().unwrap(),
+            "--created-at",
+            CREATED,
+            "--out",
+            out.path().to_str().unwrap(),
+            "--n-bits",
+            "4",
+            "--shard-partition",
+            part,
+            "--json",
+        ]);
+        common::assert_exit(&o, 0);
+        report(&o)
+    };
+    let mut packed = 0;
+    for part in ["0/4", "1/4", "2/4", "3/4"] {
+        let r = run(part);
+        // Each of 4 parts owns 4 of the 16 shards, so 16 of the 64 files.
+        assert_eq!(r["files_packed"].as_u64(), Some(16), "{part}");
+        assert_eq!(r["files_outside_shard_range"].as_u64(), Some(48), "{part}");
+        packed += 16;
+    }
+    assert_eq!(packed, 64);
+    assert_eq!(shard_files(out.path()).len(), 16);
+    // A count that does not divide the shard space is a usage error.
+    let o = des_pack(&[
+        "--dir",
+        src.path().to_str().unwrap(),
+        "--created-at",
+        CREATED,
+        "--out",
+        out.path().to_str().unwrap(),
+        "--shard-partition",
+        "0/3",
+    ]);
+    common::assert_exit(&o, 2);
 }

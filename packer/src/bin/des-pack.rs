@@ -62,6 +62,15 @@ fn print_summary(r: &PackReport) {
         r.elapsed_seconds,
         r.files_packed as f64 / r.elapsed_seconds.max(1e-9)
     );
+    if r.stale_uploads_aborted > 0 {
+        println!(
+            "{} stale multipart uploads of crashed runs aborted",
+            r.stale_uploads_aborted
+        );
+    }
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
     if r.files_outside_shard_range > 0 {
         println!(
             "{} files skipped: outside --shard-range",

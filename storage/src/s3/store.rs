@@ -222,9 +222,25 @@ impl S3Store {
     /// Uploads of unknown age are aborted only when `older_than` is zero.
     /// Returns how many were aborted.
     pub async fn abort_stale_uploads(&self, prefix: &str, older_than: Duration) -> Result<usize> {
+        self.abort_stale_uploads_where(prefix, older_than, |_| true)
+            .await
+    }
+
+    /// As [`S3Store::abort_stale_uploads`], only for uploads whose store key
+    /// passes `ours`: a store at the root of a shared bucket must not abort
+    /// other applications' uploads.
+    pub async fn abort_stale_uploads_where(
+        &self,
+        prefix: &str,
+        older_than: Duration,
+        ours: impl Fn(&str) -> bool,
+    ) -> Result<usize> {
         let now = SystemTime::now();
         let mut aborted = 0;
         for u in self.list_uploads(prefix).await? {
+            if !ours(&u.key) {
+                continue;
+            }
             let old = match u.initiated {
                 Some(t) => now.duration_since(t).unwrap_or_default() >= older_than,
                 None => older_than.is_zero(),

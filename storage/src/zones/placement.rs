@@ -69,6 +69,20 @@ pub fn open_zones_file(path: &Path) -> Result<Zones> {
 /// location gets the default retry and breaker stack; a local directory
 /// needs neither.
 pub fn open_placement(store: Option<&str>, zones: Option<&Path>) -> Result<Arc<dyn Placement>> {
+    open_placement_with(store, zones, s3_factory)
+}
+
+/// As [`open_placement`], with `factory` building every S3 backend (a single
+/// `s3://` location is handed to it as an [`S3Location`] without region or
+/// endpoint, so both come from the environment as for [`crate::open_location`]).
+/// Lets a caller keep the raw [`S3Store`]s for S3-only housekeeping (probing
+/// conditional writes, aborting stale multipart uploads) while every other
+/// request goes through the resilience stack.
+pub fn open_placement_with(
+    store: Option<&str>,
+    zones: Option<&Path>,
+    factory: impl Fn(&S3Location) -> Result<Arc<dyn ObjectStore>>,
+) -> Result<Arc<dyn Placement>> {
     match (store, zones) {
         (Some(_), Some(_)) => Err(Error::Invalid(
             "give either a store location or a zones file, not both".into(),
@@ -76,12 +90,21 @@ pub fn open_placement(store: Option<&str>, zones: Option<&Path>) -> Result<Arc<d
         (None, None) => Err(Error::Invalid(
             "no store: give a store location or a zones file".into(),
         )),
-        (None, Some(path)) => Ok(Arc::new(open_zones_file(path)?)),
+        (None, Some(path)) => Ok(Arc::new(Zones::build(
+            &ZonesFile::from_path(path)?,
+            factory,
+        )?)),
         (Some(location), None) => {
-            let backend = crate::open_location(location)?;
             if !location.starts_with("s3://") {
-                return Ok(Arc::new(Single(backend)));
+                return Ok(Arc::new(Single(crate::open_location(location)?)));
             }
+            let cfg = S3Config::from_url(location)?;
+            let backend = factory(&S3Location {
+                bucket: cfg.bucket,
+                prefix: cfg.prefix,
+                region_name: None,
+                endpoint_url: None,
+            })?;
             let settings = ZoneSettings::default_for_single();
             let stack = location_stack(
                 "default",

@@ -1,0 +1,82 @@
+//! Opening a record's source for streaming: a local file, or an object read
+//! through `des_storage` (`s3://bucket/key` in manifests).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use des_storage::bridge::BlockingStreamReader;
+use des_storage::resilience::{RetryPolicy, RetryStore};
+use des_storage::s3::{S3Config, S3Store};
+use des_storage::{GetOptions, ObjectStore};
+use tokio::runtime::Handle;
+
+use crate::source::SourceRef;
+
+/// A source opened for reading: its bytes and its length when opened.
+pub struct OpenSource {
+    pub reader: Box<dyn Read + Send>,
+    pub len: u64,
+}
+
+/// One store per source bucket, opened on first use and shared by every
+/// worker thread (an S3 client pools its connections).
+#[derive(Default)]
+pub struct SourceStores {
+    buckets: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+}
+
+impl SourceStores {
+    /// Must be called from a blocking thread (it parks on `handle`).
+    pub fn open(&self, source: &SourceRef, handle: &Handle) -> Result<OpenSource, String> {
+        match source {
+            SourceRef::Local(path) => open_local(path),
+            SourceRef::S3 { bucket, key } => {
+                let store = self.bucket(bucket)?;
+                // Retries cover getting the response; a body that breaks
+                // mid-stream fails this file, and a re-run picks it up.
+                let got = handle
+                    .block_on(store.get(key, GetOptions::default()))
+                    .map_err(|e| format!("cannot read {source}: {e}"))?;
+                Ok(OpenSource {
+                    len: got.meta.size,
+                    reader: Box::new(BlockingStreamReader::new(handle.clone(), got.body)),
+                })
+            }
+        }
+    }
+
+    fn bucket(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, String> {
+        let mut buckets = self
+            .buckets
+            .lock()
+            .map_err(|_| "source store cache poisoned".to_string())?;
+        if let Some(s) = buckets.get(bucket) {
+            return Ok(Arc::clone(s));
+        }
+        let url = format!("s3://{bucket}");
+        let s3 = S3Config::from_url(&url)
+            .and_then(S3Store::new)
+            .map_err(|e| format!("cannot open source bucket {url}: {e}"))?;
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(RetryStore::new(Arc::new(s3), RetryPolicy::default()));
+        buckets.insert(bucket.to_string(), Arc::clone(&store));
+        Ok(store)
+    }
+}
+
+fn open_local(path: &Path) -> Result<OpenSource, String> {
+    let f = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let md = f
+        .metadata()
+        .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+    if !md.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    Ok(OpenSource {
+        reader: Box::new(f),
+        len: md.len(),
+    })
+}

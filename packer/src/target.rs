@@ -1,0 +1,111 @@
+//! Where a run writes: the placement every shard and big-file request goes
+//! through (with retries and breakers for S3), plus the bare S3 stores behind
+//! it for the S3-only housekeeping done once per run.
+
+use std::cell::RefCell;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use des_storage::ObjectStore;
+use des_storage::s3::{S3Config, S3Store};
+use des_storage::store::Single;
+use des_storage::store::{Placement, shard_index_of_key};
+use des_storage::zones::open_placement_with;
+use serde::Serialize;
+
+pub struct Target {
+    pub placement: Arc<dyn Placement>,
+    /// Every S3 location of the placement (zone primaries and replicas).
+    s3: Vec<S3Store>,
+}
+
+/// What the start-of-run housekeeping found and did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Housekeeping {
+    /// Multipart uploads aborted as left over from crashed runs.
+    pub stale_uploads_aborted: u64,
+    /// Problems that did not stop the run (e.g. no permission to list uploads).
+    pub warnings: Vec<String>,
+}
+
+impl Target {
+    /// Opens `--out LOCATION` or `--zones FILE` (exactly one).
+    pub fn open(out: Option<&str>, zones: Option<&Path>) -> Result<Self> {
+        let s3 = RefCell::new(Vec::new());
+        let placement = open_placement_with(out, zones, |loc| {
+            let store = S3Store::new(S3Config::from_location(loc)?)?;
+            // A clone shares the client and the probed capabilities.
+            s3.borrow_mut().push(store.clone());
+            Ok(Arc::new(store) as Arc<dyn ObjectStore>)
+        });
+        let shown = match (out, zones) {
+            (Some(o), _) => o.to_string(),
+            (None, Some(z)) => format!("zones file {}", z.display()),
+            (None, None) => "(none)".into(),
+        };
+        let placement = placement.with_context(|| format!("opening store {shown}"))?;
+        Ok(Self {
+            placement,
+            s3: s3.into_inner(),
+        })
+    }
+
+    /// A placement built by the caller; `s3` lists the S3 stores inside it
+    /// (clones share their state) for housekeeping, if any.
+    pub fn new(placement: Arc<dyn Placement>, s3: Vec<S3Store>) -> Self {
+        Self { placement, s3 }
+    }
+
+    /// One object store, no housekeeping.
+    pub fn single(objects: Arc<dyn ObjectStore>) -> Self {
+        Self::new(Arc::new(Single(objects)), Vec::new())
+    }
+
+    /// Finds out whether each S3 location enforces conditional writes (the
+    /// answer drives how shards are published, see `build`), and aborts
+    /// multipart uploads older than `stale_after`.
+    pub async fn housekeeping(&self, stale_after: Duration) -> Result<Housekeeping> {
+        let mut done = Housekeeping::default();
+        for s3 in &self.s3 {
+            if s3.config().conditional_put.is_none() {
+                s3.probe_conditional_put()
+                    .await
+                    .with_context(|| format!("probing conditional writes on {}", s3.describe()))?;
+            }
+            // Not being allowed to clean up must not stop packing: the
+            // leftovers cost storage, not correctness.
+            match s3
+                .abort_stale_uploads_where("", stale_after, is_des_object)
+                .await
+            {
+                Ok(n) => done.stale_uploads_aborted += n as u64,
+                Err(e) => done.warnings.push(format!(
+                    "{}: could not abort stale multipart uploads: {e}",
+                    s3.describe()
+                )),
+            }
+        }
+        Ok(done)
+    }
+}
+
+/// What a packer uploads in parts: shards and big files. Other keys may be
+/// another application's, when the store sits at the root of a shared bucket.
+fn is_des_object(key: &str) -> bool {
+    key.starts_with("_big/") || shard_index_of_key(key).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_des_object;
+
+    #[test]
+    fn only_shards_and_big_files_are_ours() {
+        assert!(is_des_object("20240517/5C.des"));
+        assert!(is_des_object("_big/0123abcd"));
+        assert!(!is_des_object("backups/db.tar"));
+        assert!(!is_des_object("_des/store.json"));
+    }
+}
