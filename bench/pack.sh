@@ -30,10 +30,13 @@ measure() {
     rm -rf "$out"
     mkdir -p "$out"
     sync
-    local t
-    t=$( { /usr/bin/time -f '%e %M' bash -c "$1" >/dev/null 2>/dev/null; } 2>&1 | tail -1)
+    /usr/bin/time -o "$parent/time" -f '%e %M' bash -c "$1" >/dev/null 2>"$parent/stderr" || {
+        echo "failed: $1" >&2
+        cat "$parent/stderr" >&2
+        return 1
+    }
     sync
-    echo "$t $(du -sb "$out" | cut -f1)"
+    echo "$(tail -1 "$parent/time") $(du -sb "$out" | cut -f1)"
     rm -rf "$out"
 }
 

@@ -1,5 +1,17 @@
-//! Maintenance tools for DES stores. So far: `verify`, which checks shards
-//! (trailer, index, every or a sample of the payloads) and reports corruption
-//! by shard key and uid; the repacker and scrubber are meant to reuse it.
+//! Maintenance tools for DES stores: `verify` (corruption checks), tombstone
+//! management and retention (`des-tombstones`), and the repacker
+//! (`des-repack`), which physically removes deleted files from their shards.
 
+pub mod crash;
+pub mod error;
+pub mod holds;
+pub mod lease;
+pub mod metrics;
+pub mod open;
+pub mod repack;
+pub mod retention;
+pub mod tombstones_cli;
+pub mod units;
 pub mod verify;
+
+pub use error::{RepackError, Result};

@@ -1,12 +1,14 @@
-//! Settings from the command line, `DES_*` environment variables and a TOML
-//! file, in that order of precedence, then defaults.
+//! Settings from the command line, `DES_RETRIEVER_*` environment variables
+//! and a TOML file, in that order of precedence, then defaults. This is the
+//! one place that knows every setting and how it is spelt in each source.
 
 use std::fmt::Display;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use des_storage::Layout;
 use serde::Deserialize;
 
@@ -15,6 +17,9 @@ pub const DEFAULT_CACHE_BYTES: u64 = 512 << 20;
 pub const DEFAULT_SUFFIX_BYTES: u64 = 64 << 10;
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_NEGATIVE_TTL_SECS: u64 = 5;
+pub const DEFAULT_TOMBSTONE_POLL_SECS: u64 = 10;
+/// Prefix of every environment variable the retriever reads.
+pub const ENV_PREFIX: &str = "DES_RETRIEVER_";
 
 pub const EXIT_OK: u8 = 0;
 /// The server stopped with an I/O error after it had started.
@@ -22,17 +27,60 @@ pub const EXIT_RUNTIME: u8 = 1;
 /// Bad usage or configuration, the store could not be opened, or the listen address could not be bound.
 pub const EXIT_CONFIG: u8 = 2;
 
-const EXIT_HELP: &str = "Every option can also be set as DES_<OPTION> (e.g. DES_CACHE_BYTES) or as \
-<option> (e.g. cache_bytes) in the --config TOML file; precedence is command line > environment > \
-file > default.\n\nExit codes: 0 clean shutdown (SIGTERM/SIGINT), 1 server error after start, \
-2 bad usage or configuration, store not openable, or listen address not bindable.";
+const AFTER_HELP: &str = "Every option can also be set as DES_RETRIEVER_<OPTION> (e.g. \
+DES_RETRIEVER_CACHE_BYTES) or as <option> (e.g. cache_bytes) in the --config TOML file; precedence \
+is command line > environment > file > default. S3 credentials and endpoints come from the usual \
+AWS_* variables (and DES_S3_*).\n\nExit codes: 0 clean shutdown (SIGTERM/SIGINT), 1 server error \
+after start, 2 bad usage or configuration, store not openable, or listen address not bindable.";
 
-#[derive(Debug, Clone, Default, Parser)]
-#[command(name = "des-retriever", about = "Serves files from a DES store over HTTP", after_help = EXIT_HELP)]
+#[derive(Debug, Clone, Parser)]
+#[command(name = "des-retriever", about = "Serves files from a DES store over HTTP", after_help = AFTER_HELP)]
 pub struct Cli {
-    /// Store location: a directory or file:// URL.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub opts: Options,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Make a new API key and print the entry to add to the keys file.
+    HashKey(HashKeyArgs),
+    /// GET a URL once; exit 0 on a 2xx answer, 1 otherwise (container HEALTHCHECK).
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckArgs {
+    /// Plain http:// URL to check.
+    #[arg(long, default_value = "http://127.0.0.1:8080/health")]
+    pub url: String,
+    /// Seconds allowed for connecting and for the answer.
+    #[arg(long, default_value_t = 2)]
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HashKeyArgs {
+    /// Name of the key's holder (shown in logs and metrics).
     #[arg(long)]
+    pub name: String,
+    /// Scopes to grant (read, delete); repeat for several [default: read].
+    #[arg(long = "scope")]
+    pub scopes: Vec<String>,
+    /// Hash the key read from standard input instead of making a random one.
+    #[arg(long)]
+    pub stdin: bool,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct Options {
+    /// Store location: a directory, file:// or s3://bucket/prefix URL.
+    #[arg(long, conflicts_with = "zones")]
     pub store: Option<String>,
+    /// Zones file (YAML or TOML): shards spread over several S3 locations.
+    #[arg(long)]
+    pub zones: Option<PathBuf>,
     /// Store layout: v3 (n_bits read from the store) or legacy (Python DES; needs --n-bits).
     #[arg(long)]
     pub layout: Option<LayoutName>,
@@ -61,9 +109,31 @@ pub struct Cli {
     /// Seconds in-flight requests get to finish after SIGTERM [default: 30].
     #[arg(long)]
     pub shutdown_timeout_secs: Option<u64>,
-    /// Log JSON lines instead of text.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
-    pub log_json: Option<Switch>,
+    /// Seconds between polls of the tombstone log, so deletes made through
+    /// other replicas take effect here [default: 10].
+    #[arg(long)]
+    pub tombstone_poll_interval_secs: Option<u64>,
+    /// API keys file (TOML or YAML); reloaded on SIGHUP.
+    #[arg(long)]
+    pub api_keys: Option<PathBuf>,
+    /// `off` serves everyone without a key; `on` (the default) needs --api-keys.
+    #[arg(long)]
+    pub auth: Option<AuthMode>,
+    /// Same as --auth off.
+    #[arg(long, conflicts_with = "auth")]
+    pub no_auth: bool,
+    /// Requests per second allowed per API key (burst: --rate-limit-burst) [default: unlimited].
+    #[arg(long)]
+    pub rate_limit_per_key: Option<u32>,
+    /// Requests per second allowed per client IP address [default: unlimited].
+    #[arg(long)]
+    pub rate_limit_per_ip: Option<u32>,
+    /// Requests a key or address may make at once before its rate applies [default: the rate].
+    #[arg(long)]
+    pub rate_limit_burst: Option<u32>,
+    /// Log format: text or json [default: text].
+    #[arg(long)]
+    pub log_format: Option<LogFormat>,
     /// TOML file with any of the settings above (keys in snake_case).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -83,34 +153,59 @@ impl FromStr for LayoutName {
     }
 }
 
-impl<'de> Deserialize<'de> for LayoutName {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    On,
+    Off,
 }
 
-/// A boolean that also accepts the spellings people put in environments.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub struct Switch(pub bool);
-
-impl FromStr for Switch {
+impl FromStr for AuthMode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s.trim().to_ascii_lowercase().as_str() {
-            "1" | "true" | "yes" | "on" => Ok(Self(true)),
-            "0" | "false" | "no" | "off" | "" => Ok(Self(false)),
-            other => Err(format!("expected true or false, not {other:?}")),
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            other => Err(format!("auth must be on or off, not {other:?}")),
         }
     }
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("log format must be text or json, not {other:?}")),
+        }
+    }
+}
+
+/// Deserializes any of the `FromStr` values above from a TOML string.
+macro_rules! deserialize_via_from_str {
+    ($($t:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+deserialize_via_from_str!(LayoutName, AuthMode, LogFormat);
 
 /// The TOML file: the same settings as the command line.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     store: Option<String>,
+    zones: Option<PathBuf>,
     layout: Option<LayoutName>,
     n_bits: Option<u8>,
     listen: Option<String>,
@@ -120,16 +215,61 @@ struct FileConfig {
     suffix_bytes: Option<u64>,
     workers: Option<usize>,
     shutdown_timeout_secs: Option<u64>,
-    log_json: Option<Switch>,
+    tombstone_poll_interval_secs: Option<u64>,
+    api_keys: Option<PathBuf>,
+    auth: Option<AuthMode>,
+    rate_limit_per_key: Option<u32>,
+    rate_limit_per_ip: Option<u32>,
+    rate_limit_burst: Option<u32>,
+    log_format: Option<LogFormat>,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(String);
 
+/// Where the shards are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A directory, `file://` or `s3://` URL.
+    Location(String),
+    /// A zones file.
+    Zones(PathBuf),
+}
+
+impl Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Location(l) => f.write_str(l),
+            Self::Zones(p) => write!(f, "zones {}", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthSetting {
+    /// Explicitly switched off: every request is served.
+    Off,
+    /// Keys from this file.
+    Keys(PathBuf),
+}
+
+/// A token bucket: `per_second` refill, up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub per_second: NonZeroU32,
+    pub burst: NonZeroU32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RateLimits {
+    pub per_key: Option<Rate>,
+    pub per_ip: Option<Rate>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
-    pub store: String,
+    pub source: Source,
     pub layout: Layout,
     /// Only for legacy stores; v3 stores record their own.
     pub n_bits: Option<u8>,
@@ -140,31 +280,58 @@ pub struct Settings {
     pub suffix_bytes: u64,
     pub workers: Option<usize>,
     pub shutdown_timeout: Duration,
-    pub log_json: bool,
+    pub tombstone_poll_interval: Duration,
+    pub auth: AuthSetting,
+    pub rate_limits: RateLimits,
+    pub log_format: LogFormat,
 }
 
-/// CLI value, else the environment variable `DES_<NAME>`, else the file's.
-fn pick<T>(
-    name: &str,
-    cli: Option<T>,
-    env: &dyn Fn(&str) -> Option<String>,
-    file: Option<T>,
-) -> Result<Option<T>, ConfigError>
-where
-    T: FromStr,
-    T::Err: Display,
-{
-    if cli.is_some() {
-        return Ok(cli);
+impl Settings {
+    /// Defaults for a store location, auth off: a starting point for tests and tools.
+    pub fn for_location(location: impl Into<String>) -> Self {
+        Self {
+            source: Source::Location(location.into()),
+            layout: Layout::V3,
+            n_bits: None,
+            listen: DEFAULT_LISTEN.into(),
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            cache_ttl: None,
+            negative_ttl: Duration::from_secs(DEFAULT_NEGATIVE_TTL_SECS),
+            suffix_bytes: DEFAULT_SUFFIX_BYTES,
+            workers: None,
+            shutdown_timeout: Duration::from_secs(DEFAULT_SHUTDOWN_TIMEOUT_SECS),
+            tombstone_poll_interval: Duration::from_secs(DEFAULT_TOMBSTONE_POLL_SECS),
+            auth: AuthSetting::Off,
+            rate_limits: RateLimits::default(),
+            log_format: LogFormat::Text,
+        }
     }
-    let var = format!("DES_{}", name.to_ascii_uppercase());
-    match env(&var) {
-        Some(v) => v
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|e| ConfigError(format!("{var}={v:?}: {e}"))),
-        None => Ok(file),
+}
+
+/// Looks settings up in the three sources in precedence order.
+struct Sources<'a> {
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Sources<'_> {
+    /// CLI value, else `DES_RETRIEVER_<NAME>`, else the file's.
+    fn pick<T>(&self, name: &str, cli: Option<T>, file: Option<T>) -> Result<Option<T>, ConfigError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        if cli.is_some() {
+            return Ok(cli);
+        }
+        let var = format!("{ENV_PREFIX}{}", name.to_ascii_uppercase());
+        match (self.env)(&var) {
+            Some(v) => v
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|e| ConfigError(format!("{var}={v:?}: {e}"))),
+            None => Ok(file),
+        }
     }
 }
 
@@ -176,180 +343,188 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
 
 impl Settings {
     /// `env` looks up environment variables (injected so tests need not touch the process's).
-    pub fn resolve(cli: Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let file = match pick("config", cli.config.clone(), env, None)? {
+    pub fn resolve(
+        cli: Options,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let src = Sources { env };
+        let file = match src.pick("config", cli.config.clone(), None)? {
             Some(path) => read_file(&path)?,
             None => FileConfig::default(),
         };
-        let store = pick("store", cli.store, env, file.store)?.ok_or_else(|| {
-            ConfigError("no store given (--store, DES_STORE or `store` in the config file)".into())
-        })?;
-        let layout = pick("layout", cli.layout, env, file.layout)?.map_or(Layout::V3, |l| l.0);
-        let n_bits = pick("n_bits", cli.n_bits, env, file.n_bits)?;
-        match (layout, n_bits) {
-            (Layout::Legacy, None) => {
-                return Err(ConfigError(
-                    "a legacy store needs --n-bits (it does not record it)".into(),
-                ));
-            }
-            (Layout::Legacy, Some(n)) => {
-                des_format::routing::check_n_bits(n).map_err(|e| ConfigError(e.to_string()))?
-            }
-            (Layout::V3, Some(_)) => {
-                return Err(ConfigError(
-                    "--n-bits is for legacy stores; a v3 store records its own".into(),
-                ));
-            }
-            (Layout::V3, None) => {}
-        }
-        let workers = pick("workers", cli.workers, env, file.workers)?;
+        let source = source(&src, &cli, &file)?;
+        let (layout, n_bits) = layout(&src, &cli, &file)?;
+        let auth = auth(&src, &cli, &file)?;
+        let rate_limits = rate_limits(&src, &cli, &file)?;
+        let workers = src.pick("workers", cli.workers, file.workers)?;
         if workers == Some(0) {
             return Err(ConfigError("workers must be at least 1".into()));
         }
-        let secs = |s: u64| Duration::from_secs(s);
+        let poll = src
+            .pick(
+                "tombstone_poll_interval_secs",
+                cli.tombstone_poll_interval_secs,
+                file.tombstone_poll_interval_secs,
+            )?
+            .unwrap_or(DEFAULT_TOMBSTONE_POLL_SECS);
+        if poll == 0 {
+            return Err(ConfigError(
+                "tombstone_poll_interval_secs must be at least 1".into(),
+            ));
+        }
+        let secs = Duration::from_secs;
         Ok(Self {
-            store,
+            source,
             layout,
             n_bits,
-            listen: pick("listen", cli.listen, env, file.listen)?
+            listen: src
+                .pick("listen", cli.listen, file.listen)?
                 .unwrap_or_else(|| DEFAULT_LISTEN.into()),
-            cache_bytes: pick("cache_bytes", cli.cache_bytes, env, file.cache_bytes)?
+            cache_bytes: src
+                .pick("cache_bytes", cli.cache_bytes, file.cache_bytes)?
                 .unwrap_or(DEFAULT_CACHE_BYTES),
-            cache_ttl: pick(
-                "cache_ttl_secs",
-                cli.cache_ttl_secs,
-                env,
-                file.cache_ttl_secs,
-            )?
-            .map(secs),
+            cache_ttl: src
+                .pick("cache_ttl_secs", cli.cache_ttl_secs, file.cache_ttl_secs)?
+                .map(secs),
             negative_ttl: secs(
-                pick(
+                src.pick(
                     "negative_ttl_secs",
                     cli.negative_ttl_secs,
-                    env,
                     file.negative_ttl_secs,
                 )?
                 .unwrap_or(DEFAULT_NEGATIVE_TTL_SECS),
             ),
-            suffix_bytes: pick("suffix_bytes", cli.suffix_bytes, env, file.suffix_bytes)?
+            suffix_bytes: src
+                .pick("suffix_bytes", cli.suffix_bytes, file.suffix_bytes)?
                 .unwrap_or(DEFAULT_SUFFIX_BYTES),
             workers,
             shutdown_timeout: secs(
-                pick(
+                src.pick(
                     "shutdown_timeout_secs",
                     cli.shutdown_timeout_secs,
-                    env,
                     file.shutdown_timeout_secs,
                 )?
                 .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_SECS),
             ),
-            log_json: pick("log_json", cli.log_json, env, file.log_json)?.is_some_and(|s| s.0),
+            tombstone_poll_interval: secs(poll),
+            auth,
+            rate_limits,
+            log_format: src
+                .pick("log_format", cli.log_format, file.log_format)?
+                .unwrap_or_default(),
         })
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::collections::HashMap;
-
-    use super::*;
-
-    fn resolve(args: &[&str], env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let cli = Cli::try_parse_from(std::iter::once("des-retriever").chain(args.iter().copied()))
-            .unwrap();
-        let env: HashMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Settings::resolve(cli, &|k| env.get(k).cloned())
-    }
-
-    #[test]
-    fn defaults() {
-        let s = resolve(&["--store", "/data"], &[]).unwrap();
-        assert_eq!(s.store, "/data");
-        assert_eq!(s.layout, Layout::V3);
-        assert_eq!(s.listen, DEFAULT_LISTEN);
-        assert_eq!(s.cache_bytes, 512 << 20);
-        assert_eq!(s.suffix_bytes, 64 << 10);
-        assert_eq!(s.cache_ttl, None);
-        assert_eq!(s.workers, None);
-        assert!(!s.log_json);
-    }
-
-    #[test]
-    fn precedence_cli_env_file_default() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("r.toml");
-        std::fs::write(
-            &file,
-            "store = \"/from-file\"\nlisten = \"0.0.0.0:1\"\ncache_bytes = 1\nsuffix_bytes = 2\nlog_json = true\n",
-        )
-        .unwrap();
-        let f = file.to_str().unwrap();
-        let s = resolve(
-            &["--config", f, "--listen", "127.0.0.1:3"],
-            &[
-                ("DES_LISTEN", "127.0.0.1:2"),
-                ("DES_CACHE_BYTES", "20"),
-                ("DES_CACHE_TTL_SECS", "9"),
-            ],
-        )
-        .unwrap();
-        assert_eq!(s.listen, "127.0.0.1:3", "cli beats env and file");
-        assert_eq!(s.cache_bytes, 20, "env beats file");
-        assert_eq!(s.suffix_bytes, 2, "file beats default");
-        assert_eq!(s.store, "/from-file");
-        assert_eq!(s.cache_ttl, Some(Duration::from_secs(9)));
-        assert!(s.log_json);
-        // The config file itself can come from the environment.
-        let s = resolve(&[], &[("DES_CONFIG", f), ("DES_LOG_JSON", "0")]).unwrap();
-        assert_eq!(s.store, "/from-file");
-        assert!(!s.log_json);
-    }
-
-    #[test]
-    fn invalid() {
-        assert!(resolve(&[], &[]).is_err(), "store is required");
-        assert!(
-            resolve(&["--store", "x", "--layout", "legacy"], &[]).is_err(),
-            "legacy needs n_bits"
-        );
-        assert!(
-            resolve(&["--store", "x", "--n-bits", "8"], &[]).is_err(),
-            "v3 records n_bits"
-        );
-        assert!(
-            resolve(
-                &["--store", "x", "--layout", "legacy", "--n-bits", "3"],
-                &[]
-            )
-            .is_err()
-        );
-        assert!(resolve(&["--store", "x", "--workers", "0"], &[]).is_err());
-        assert!(resolve(&["--store", "x"], &[("DES_CACHE_BYTES", "lots")]).is_err());
-        assert!(resolve(&["--store", "x"], &[("DES_LAYOUT", "v2")]).is_err());
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("r.toml");
-        std::fs::write(&file, "stor = \"typo\"\n").unwrap();
-        assert!(resolve(&["--store", "x", "--config", file.to_str().unwrap()], &[]).is_err());
-        assert!(resolve(&["--store", "x", "--config", "/nonexistent.toml"], &[]).is_err());
-        let s = resolve(
-            &[
-                "--store",
-                "x",
-                "--layout",
-                "legacy",
-                "--n-bits",
-                "4",
-                "--log-json",
-            ],
-            &[],
-        )
-        .unwrap();
-        assert_eq!(
-            (s.layout, s.n_bits, s.log_json),
-            (Layout::Legacy, Some(4), true)
-        );
+/// Exactly one of store and zones; a CLI or environment value of one
+/// overrides the file's value of the other, so a file can hold a default.
+fn source(src: &Sources<'_>, cli: &Options, file: &FileConfig) -> Result<Source, ConfigError> {
+    let store = src.pick("store", cli.store.clone(), None)?;
+    let zones = src.pick("zones", cli.zones.clone(), None)?;
+    let (store, zones) = match (store, zones) {
+        (None, None) => (file.store.clone(), file.zones.clone()),
+        given => given,
+    };
+    match (store, zones) {
+        (Some(s), None) => Ok(Source::Location(s)),
+        (None, Some(z)) => Ok(Source::Zones(z)),
+        (Some(_), Some(_)) => Err(ConfigError(
+            "give either a store (--store) or a zones file (--zones), not both".into(),
+        )),
+        (None, None) => Err(ConfigError(
+            "no store given (--store or --zones, DES_RETRIEVER_STORE/ZONES, or `store`/`zones` \
+             in the config file)"
+                .into(),
+        )),
     }
 }
+
+fn layout(
+    src: &Sources<'_>,
+    cli: &Options,
+    file: &FileConfig,
+) -> Result<(Layout, Option<u8>), ConfigError> {
+    let layout = src
+        .pick("layout", cli.layout, file.layout)?
+        .map_or(Layout::V3, |l| l.0);
+    let n_bits = src.pick("n_bits", cli.n_bits, file.n_bits)?;
+    match (layout, n_bits) {
+        (Layout::Legacy, None) => Err(ConfigError(
+            "a legacy store needs --n-bits (it does not record it)".into(),
+        )),
+        (Layout::Legacy, Some(n)) => des_format::routing::check_n_bits(n)
+            .map(|()| (layout, Some(n)))
+            .map_err(|e| ConfigError(e.to_string())),
+        (Layout::V3, Some(_)) => Err(ConfigError(
+            "--n-bits is for legacy stores; a v3 store records its own".into(),
+        )),
+        (Layout::V3, None) => Ok((layout, None)),
+    }
+}
+
+/// Auth is off only when asked for; no keys file and no `off` is an error,
+/// so a forgotten setting can never publish a store.
+fn auth(src: &Sources<'_>, cli: &Options, file: &FileConfig) -> Result<AuthSetting, ConfigError> {
+    let flag = cli.no_auth.then_some(AuthMode::Off);
+    let mode = src.pick("auth", cli.auth.or(flag), file.auth)?;
+    let keys = src.pick("api_keys", cli.api_keys.clone(), file.api_keys.clone())?;
+    match (mode, keys) {
+        (Some(AuthMode::Off), None) => Ok(AuthSetting::Off),
+        (Some(AuthMode::Off), Some(_)) => Err(ConfigError(
+            "auth is off but an API keys file is given: drop one of them".into(),
+        )),
+        (_, Some(path)) => Ok(AuthSetting::Keys(path)),
+        (_, None) => Err(ConfigError(
+            "no API keys file (--api-keys): give one, or switch auth off explicitly with \
+             --no-auth / auth = \"off\""
+                .into(),
+        )),
+    }
+}
+
+fn rate_limits(
+    src: &Sources<'_>,
+    cli: &Options,
+    file: &FileConfig,
+) -> Result<RateLimits, ConfigError> {
+    let burst = src.pick(
+        "rate_limit_burst",
+        cli.rate_limit_burst,
+        file.rate_limit_burst,
+    )?;
+    let rate = |name: &str, value: Option<u32>| -> Result<Option<Rate>, ConfigError> {
+        let Some(per_second) = value else {
+            return Ok(None);
+        };
+        let positive = |what: &str, n: u32| {
+            NonZeroU32::new(n).ok_or_else(|| ConfigError(format!("{what} must be at least 1")))
+        };
+        let per_second = positive(name, per_second)?;
+        let burst = match burst {
+            Some(b) => positive("rate_limit_burst", b)?,
+            None => per_second,
+        };
+        Ok(Some(Rate { per_second, burst }))
+    };
+    Ok(RateLimits {
+        per_key: rate(
+            "rate_limit_per_key",
+            src.pick(
+                "rate_limit_per_key",
+                cli.rate_limit_per_key,
+                file.rate_limit_per_key,
+            )?,
+        )?,
+        per_ip: rate(
+            "rate_limit_per_ip",
+            src.pick(
+                "rate_limit_per_ip",
+                cli.rate_limit_per_ip,
+                file.rate_limit_per_ip,
+            )?,
+        )?,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -12,12 +12,19 @@ use des_storage::ErrorKind as StorageKind;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
     BadRequest,
+    /// No usable API key: missing, unknown or expired.
+    Unauthorized,
+    /// A valid key that may not do this (scope) or see this uid (prefix).
+    Forbidden,
     NotFound,
+    /// The file existed and was deleted (tombstoned).
+    Gone,
     RangeNotSatisfiable,
     Corrupt,
     Unavailable,
     Throttled,
     Internal,
+    NotImplemented,
 }
 
 /// Retry-After sent when storage gave no hint: long enough to shed load,
@@ -28,7 +35,10 @@ pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 pub const fn describe(kind: ErrorKind) -> (StatusCode, &'static str) {
     match kind {
         ErrorKind::BadRequest => (StatusCode::BAD_REQUEST, "bad_request"),
+        ErrorKind::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+        ErrorKind::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
         ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        ErrorKind::Gone => (StatusCode::GONE, "gone"),
         ErrorKind::RangeNotSatisfiable => {
             (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
         }
@@ -36,6 +46,7 @@ pub const fn describe(kind: ErrorKind) -> (StatusCode, &'static str) {
         ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         ErrorKind::Throttled => (StatusCode::TOO_MANY_REQUESTS, "throttled"),
         ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        ErrorKind::NotImplemented => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
     }
 }
 
@@ -92,6 +103,24 @@ impl ApiError {
         Self::new(ErrorKind::Internal, message)
     }
 
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unauthorized, message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Forbidden, message)
+    }
+
+    pub fn gone(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Gone, message)
+    }
+
+    pub fn throttled(message: impl Into<String>, retry_after: Duration) -> Self {
+        let mut e = Self::new(ErrorKind::Throttled, message);
+        e.retry_after = Some(retry_after);
+        e
+    }
+
     pub fn range_not_satisfiable(len: u64) -> Self {
         let mut e = Self::new(
             ErrorKind::RangeNotSatisfiable,
@@ -115,8 +144,10 @@ impl ApiError {
         match self.kind {
             ErrorKind::Unavailable | ErrorKind::Throttled => {
                 let d = self.retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
-                // Retry-After has whole seconds; never tell a client "0".
-                Some(d.as_secs().max(1))
+                // Retry-After has whole seconds: round up (a client retrying
+                // early is refused again) and never say "0".
+                let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+                Some(secs.max(1))
             }
             _ => None,
         }
@@ -155,6 +186,10 @@ impl ResponseError for ApiError {
         if let Some(secs) = self.retry_after_secs() {
             resp.insert_header((header::RETRY_AFTER, secs.to_string()));
         }
+        if self.kind == ErrorKind::Unauthorized {
+            // RFC 6750 §3: say which scheme would work.
+            resp.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"des\""));
+        }
         if let Some(len) = self.range_len {
             resp.insert_header((header::CONTENT_RANGE, format!("bytes */{len}")));
             resp.insert_header((header::ACCEPT_RANGES, HeaderValue::from_static("bytes")));
@@ -174,12 +209,16 @@ mod tests {
     fn table() {
         let rows = [
             (ErrorKind::BadRequest, 400, "bad_request"),
+            (ErrorKind::Unauthorized, 401, "unauthorized"),
+            (ErrorKind::Forbidden, 403, "forbidden"),
             (ErrorKind::NotFound, 404, "not_found"),
+            (ErrorKind::Gone, 410, "gone"),
             (ErrorKind::RangeNotSatisfiable, 416, "range_not_satisfiable"),
             (ErrorKind::Corrupt, 500, "corrupt"),
             (ErrorKind::Unavailable, 503, "unavailable"),
             (ErrorKind::Throttled, 429, "throttled"),
             (ErrorKind::Internal, 500, "internal"),
+            (ErrorKind::NotImplemented, 501, "not_implemented"),
         ];
         for (kind, status, code) in rows {
             assert_eq!(
@@ -230,6 +269,31 @@ mod tests {
             "bytes */42"
         );
         assert!(r.headers().get(header::RETRY_AFTER).is_none());
+
+        let r = ApiError::throttled("slow", Duration::from_millis(1500)).error_response();
+        assert_eq!(
+            r.headers().get(header::RETRY_AFTER).unwrap(),
+            "2",
+            "rounded up"
+        );
+
+        let r = ApiError::unauthorized("who?").error_response();
+        assert_eq!(r.status(), 401);
+        assert!(
+            r.headers()
+                .get(header::WWW_AUTHENTICATE)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer")
+        );
+        assert!(
+            ApiError::forbidden("no")
+                .error_response()
+                .headers()
+                .get(header::WWW_AUTHENTICATE)
+                .is_none()
+        );
 
         let r = ApiError::not_found("nope").error_response();
         assert_eq!(r.headers().get(header::CACHE_CONTROL).unwrap(), "no-store");

@@ -1,19 +1,21 @@
-//! Request handlers: `GET|HEAD /files/{uid}`, `/health`, `/ready`.
+//! Request handlers: `GET|HEAD /files/{uid}`, `/health`, `/ready`, `/metrics`.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use actix_web::body::SizedStream;
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::http::{Method, StatusCode};
-use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
+use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError, web};
 use bytes::Bytes;
 use des_format::Timestamp;
 use des_format::shard::Located;
 
+use crate::auth::Scope;
 use crate::error::ApiError;
-use crate::lookup::Retriever;
+use crate::metrics::{self, breaker_name};
 use crate::payload::Payload;
 use crate::range::{self, RangeRequest};
+use crate::state::AppState;
 
 /// Files are immutable under their (uid, created_at) address.
 pub const CACHE_FOREVER: &str = "public, max-age=31536000, immutable";
@@ -76,19 +78,20 @@ fn http_date(t: Timestamp) -> Option<String> {
 
 /// `created_at` from the query string. A literal `+` in an offset arrives as a
 /// space (form decoding); no valid RFC 3339 value contains one there, so put it back.
-fn created_at(query: &str) -> Result<Timestamp, ApiError> {
+pub(crate) fn created_at(query: &str) -> Result<Timestamp, ApiError> {
     #[derive(serde::Deserialize)]
     struct Q {
         created_at: Option<String>,
     }
     let q = web::Query::<Q>::from_query(query).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let raw = q
-        .into_inner()
-        .created_at
-        .filter(|s| !s.trim().is_empty())
-        .ok_or_else(|| {
-            ApiError::bad_request("query parameter created_at (RFC 3339) is required")
-        })?;
+    parse_created_at(q.into_inner().created_at)
+}
+
+/// The `created_at` query value, required.
+pub(crate) fn parse_created_at(raw: Option<String>) -> Result<Timestamp, ApiError> {
+    let raw = raw.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+        ApiError::bad_request("query parameter created_at (RFC 3339) is required")
+    })?;
     let fixed = raw.trim().replace(' ', "+");
     Timestamp::parse_rfc3339(&fixed).map_err(|e| ApiError::bad_request(e.to_string()))
 }
@@ -122,19 +125,48 @@ fn wanted_range(headers: &HeaderMap, rep: &Representation) -> RangeRequest {
     range::parse(header_str(headers, header::RANGE), rep.len)
 }
 
+/// `GET|HEAD /files/{uid}`, counted in `des_retrievals_total` and timed.
 pub async fn get_file(
     req: HttpRequest,
     uid: web::Path<String>,
-    state: web::Data<Retriever>,
+    state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
     let uid = uid.into_inner();
+    let result = serve_file(&req, &uid, &state).await;
+    let status = match &result {
+        Ok(r) => r.status(),
+        Err(e) => e.status_code(),
+    };
+    let r = &state.retriever;
+    let backend = created_at(req.query_string())
+        .ok()
+        .and_then(|t| r.backend_for(&uid, t))
+        .unwrap_or("none");
+    let m = r.metrics();
+    m.retrievals
+        .with_label_values(&[backend, status.as_str()])
+        .inc();
+    m.retrieval_seconds.observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn serve_file(
+    req: &HttpRequest,
+    uid: &str,
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
     if uid.is_empty() {
         return Err(ApiError::bad_request(
             "missing uid: use /files/{uid}?created_at=…",
         ));
     }
+    state.admit(req, Scope::Read, uid)?;
     let created_at = created_at(req.query_string())?;
-    let hit = state.locate(&uid, created_at).await?;
+    // Before the lookup: a deleted file costs no storage request.
+    state.check_not_deleted(uid, created_at)?;
+    let retriever = &state.retriever;
+    let hit = retriever.locate(uid, created_at).await?;
     let rep = Representation::of(&hit.located);
     // Everything up to here needed only the index: no payload read for these answers.
     if not_modified(req.headers(), &rep) {
@@ -153,7 +185,7 @@ pub async fn get_file(
         b.no_chunking(rep.len);
         return Ok(b.streaming(futures::stream::empty::<Result<Bytes, std::io::Error>>()));
     }
-    let (hit, payload) = state.fetch(&uid, created_at, hit).await?;
+    let (hit, payload) = retriever.fetch(uid, created_at, hit).await?;
     // The index may have been reloaded: describe what is actually sent.
     let rep = Representation::of(&hit.located);
     let span = match wanted_range(req.headers(), &rep) {
@@ -184,9 +216,10 @@ pub async fn get_file(
         }
         Payload::External(ext) => {
             let len = window.end - window.start;
+            let corruption = retriever.metrics().corruption.clone();
             b.body(SizedStream::new(
                 len,
-                Box::pin(crate::stream::verified(ext, window)),
+                Box::pin(crate::stream::verified(ext, window, corruption)),
             ))
         }
     })
@@ -211,21 +244,61 @@ pub async fn health() -> HttpResponse {
         .json(serde_json::json!({"status": "ok"}))
 }
 
-/// Readiness: the store answers one cheap request in time.
-pub async fn ready(state: web::Data<Retriever>) -> Result<HttpResponse, ApiError> {
-    match tokio::time::timeout(READY_TIMEOUT, state.probe()).await {
-        Ok(Ok(())) => Ok(HttpResponse::Ok()
-            .insert_header((header::CACHE_CONTROL, "no-store"))
-            .json(serde_json::json!({"status": "ready"}))),
-        Ok(Err(e)) => Err(ApiError::unavailable(
-            format!("store not ready: {e}"),
-            e.retry_after(),
-        )),
-        Err(_) => Err(ApiError::unavailable(
-            format!("store did not answer within {READY_TIMEOUT:?}"),
-            None,
-        )),
+/// Readiness: every store (each zone) is asked one cheap question, and each
+/// zone's circuit breakers are reported. Ready while at least one store
+/// answers: with zones, a replica that is taken out of rotation because one
+/// zone is down would not help (every replica sees the same zone), and
+/// would stop serving the zones that work. A partial outage is "degraded".
+pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let r = &state.retriever;
+    let probes = r.probe(READY_TIMEOUT).await;
+    let up = probes.iter().filter(|p| p.result.is_ok()).count();
+    let zones = r.backends().zones();
+    let report: Vec<serde_json::Value> = probes
+        .iter()
+        .map(|p| {
+            let breakers: Vec<serde_json::Value> = zones
+                .and_then(|z| z.get(&p.backend))
+                .map(|zone| {
+                    zone.breakers
+                        .iter()
+                        .map(|(location, b)| {
+                            serde_json::json!({"location": location, "state": breaker_name(b.state())})
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            serde_json::json!({
+                "backend": p.backend,
+                "ok": p.result.is_ok(),
+                "error": p.result.as_ref().err().map(ToString::to_string),
+                "breakers": breakers,
+            })
+        })
+        .collect();
+    let (mut b, status) = match up {
+        0 => (HttpResponse::ServiceUnavailable(), "unavailable"),
+        n if n == probes.len() => (HttpResponse::Ok(), "ready"),
+        _ => (HttpResponse::Ok(), "degraded"),
+    };
+    if up == 0 {
+        b.insert_header((header::RETRY_AFTER, "1"));
     }
+    b.insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(serde_json::json!({"status": status, "backends": report}))
+}
+
+/// Prometheus text exposition.
+pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let r = &state.retriever;
+    let text = r
+        .metrics()
+        .render(r.cache_bytes().await, r.backends().zones())
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, metrics::CONTENT_TYPE))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(text))
 }
 
 pub async fn no_route(req: HttpRequest) -> Result<HttpResponse, ApiError> {

@@ -8,18 +8,33 @@
 //!   bytes that fail their CRC or digest.
 //! * [`http`] maps requests to responses; [`error`] holds the one table from
 //!   error kinds to HTTP statuses; [`server`] wires routes, request ids and logs.
+//! * [`auth`] checks API keys, [`limits`] rate-limits clients; [`state`]
+//!   applies both before any lookup. [`delete`] logs deletes as tombstones;
+//!   [`tombstones`] keeps the set of deleted files current (410 Gone).
+//! * [`backend`] opens one store or zones and meters their reads;
+//!   [`metrics`] is the Prometheus registry behind `/metrics`.
 
+pub mod auth;
+pub mod backend;
 pub mod config;
 pub mod counting;
+pub mod delete;
 pub mod error;
+pub mod healthcheck;
 pub mod http;
+pub mod limits;
 pub mod lookup;
+pub mod metrics;
 pub mod payload;
 pub mod range;
 pub mod server;
+pub mod state;
 pub mod stream;
+pub mod tombstones;
 
+pub use backend::Storage;
 pub use config::Settings;
 pub use counting::{CountingStore, Counts};
 pub use error::{ApiError, ErrorKind};
 pub use lookup::{CacheConfig, Hit, Retriever};
+pub use state::AppState;

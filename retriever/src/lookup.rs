@@ -14,8 +14,11 @@ use des_format::routing::ShardLocation;
 use des_format::shard::Located;
 use des_storage::{DesStore, ErrorKind as StorageKind, Layout, LoadedIndex};
 use moka::future::Cache;
+use moka::notification::RemovalCause;
 
+use crate::backend::Backends;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::payload::{self, Payload};
 
 /// Long enough to absorb a flood of requests for a file or shard that does
@@ -73,6 +76,8 @@ struct Cached {
 #[derive(Debug, Clone)]
 pub struct Retriever {
     store: DesStore,
+    backends: Backends,
+    metrics: Arc<Metrics>,
     negative_ttl: Duration,
     indexes: Cache<String, Cached>,
     /// Shard keys (v3) or part prefixes (legacy) known not to exist.
@@ -87,16 +92,46 @@ fn weight(key: &str, ix: &Cached) -> u32 {
     u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
+fn cause_name(cause: RemovalCause) -> &'static str {
+    match cause {
+        RemovalCause::Size => "size",
+        RemovalCause::Expired => "expired",
+        RemovalCause::Explicit => "explicit",
+        RemovalCause::Replaced => "replaced",
+    }
+}
+
+/// The result of one storage check in [`Retriever::probe`].
+#[derive(Debug)]
+pub struct Probe {
+    /// Metrics label of the store (zone name, `local`, `s3`).
+    pub backend: String,
+    pub result: Result<(), des_storage::Error>,
+}
+
 impl Retriever {
-    pub fn new(store: DesStore, cfg: &CacheConfig) -> Self {
+    /// `store` should read through `backends`' stores (metered or not);
+    /// `backends` names them for metrics and readiness.
+    pub fn new(
+        store: DesStore,
+        backends: Backends,
+        metrics: Arc<Metrics>,
+        cfg: &CacheConfig,
+    ) -> Self {
+        let evictions = metrics.cache_evictions.clone();
         let mut indexes = Cache::builder()
             .max_capacity(cfg.index_bytes)
-            .weigher(|k: &String, v: &Cached| weight(k, v));
+            .weigher(|k: &String, v: &Cached| weight(k, v))
+            .eviction_listener(move |_key, _value, cause| {
+                evictions.with_label_values(&[cause_name(cause)]).inc();
+            });
         if let Some(ttl) = cfg.index_ttl {
             indexes = indexes.time_to_live(ttl);
         }
         Self {
             store,
+            backends,
+            metrics,
             negative_ttl: cfg.negative_ttl,
             indexes: indexes.build(),
             missing: Cache::builder()
@@ -112,6 +147,27 @@ impl Retriever {
 
     pub fn store(&self) -> &DesStore {
         &self.store
+    }
+
+    pub fn backends(&self) -> &Backends {
+        &self.backends
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Heap bytes of the cached indexes (as the cache weighs them).
+    pub async fn cache_bytes(&self) -> u64 {
+        // The size is updated by housekeeping moka runs lazily; catch up first.
+        self.indexes.run_pending_tasks().await;
+        self.indexes.weighted_size()
+    }
+
+    /// The metrics label of the store `uid` routes to, if it routes at all.
+    pub fn backend_for(&self, uid: &str, created_at: Timestamp) -> Option<&str> {
+        let loc = self.store.locate(uid, created_at).ok()?;
+        Some(self.backends.label_for_shard(loc.shard_index))
     }
 
     /// Finds `uid` in the shard it routes to. `created_at` only routes (its
@@ -165,6 +221,7 @@ impl Retriever {
             Ok(p) => return Ok((hit, p)),
             Err(e) => e,
         };
+        self.count_corruption(&first);
         if !worth_refreshing(&first) {
             return Err(first.into());
         }
@@ -174,9 +231,16 @@ impl Retriever {
         match payload::open(&self.store, &hit).await {
             Ok(p) => Ok((hit, p)),
             Err(e) => {
+                self.count_corruption(&e);
                 tracing::error!(shard = %hit.loaded.key, uid, error = %e, "payload read failed after index reload");
                 Err(final_error(&hit, e))
             }
+        }
+    }
+
+    fn count_corruption(&self, e: &des_storage::Error) {
+        if e.kind() == StorageKind::Corrupt {
+            self.metrics.corruption.inc();
         }
     }
 
@@ -204,7 +268,8 @@ impl Retriever {
         let owned = key.to_string();
         let filled = self
             .indexes
-            .try_get_with(key.to_string(), async move {
+            .entry_by_ref(key)
+            .or_try_insert_with(async move {
                 match store.load_index(&owned).await {
                     Ok(Some(ix)) => Ok(Cached {
                         loaded: Arc::new(ix),
@@ -215,7 +280,19 @@ impl Retriever {
                 }
             })
             .await;
-        self.settle(key, filled).await
+        // Fresh: this call read storage. Requests that waited on it count as
+        // hits, so misses equal index reads however many requests coalesced.
+        match &filled {
+            Ok(entry) if entry.is_fresh() => self.metrics.cache_misses.inc(),
+            Ok(_) => self.metrics.cache_hits.inc(),
+            Err(_) => self.metrics.cache_misses.inc(),
+        }
+        if let Err(e) = &filled
+            && let FillError::Storage(err) = e.as_ref()
+        {
+            self.count_corruption(err);
+        }
+        self.settle(key, filled.map(moka::Entry::into_value)).await
     }
 
     async fn shard_keys(&self, loc: &ShardLocation) -> Result<Arc<Vec<String>>, ApiError> {
@@ -260,21 +337,47 @@ impl Retriever {
         }
     }
 
-    /// Answers the readiness probe with one cheap request.
-    pub async fn probe(&self) -> Result<(), des_storage::Error> {
-        let objects = self.store.objects();
-        match self.store.layout() {
-            Layout::V3 => objects
-                .head(des_storage::store::STORE_CONFIG_KEY)
-                .await
-                .map(drop),
-            // Legacy stores have no fixed object; list a prefix that only
-            // reads the root (one page at most), which fails if the root is gone.
-            Layout::Legacy => objects
-                .list(&Timestamp::now().date_dir(), None)
-                .await
-                .map(drop),
-        }
+    /// One cheap request to every store (each zone), concurrently, each
+    /// given `timeout`: what `/ready` reports.
+    pub async fn probe(&self, timeout: Duration) -> Vec<Probe> {
+        let labels = match &self.backends {
+            Backends::Single(label) => vec![label.clone()],
+            Backends::Zones(z) => z.iter().map(|z| z.name.clone()).collect(),
+        };
+        let stores = self.store.placement().stores();
+        let checks = stores.into_iter().zip(labels).map(|(objects, backend)| {
+            let layout = self.store.layout();
+            async move {
+                let result = match tokio::time::timeout(timeout, probe_one(&*objects, layout)).await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(des_storage::Error::Timeout(format!(
+                        "no answer within {timeout:?}"
+                    ))),
+                };
+                Probe { backend, result }
+            }
+        });
+        futures::future::join_all(checks).await
+    }
+}
+
+async fn probe_one(
+    objects: &dyn des_storage::ObjectStore,
+    layout: Layout,
+) -> Result<(), des_storage::Error> {
+    match layout {
+        // Every store (each zone) holds the store settings.
+        Layout::V3 => objects
+            .head(des_storage::store::STORE_CONFIG_KEY)
+            .await
+            .map(drop),
+        // Legacy stores have no fixed object; list a prefix that only
+        // reads the root (one page at most), which fails if the root is gone.
+        Layout::Legacy => objects
+            .list(&Timestamp::now().date_dir(), None)
+            .await
+            .map(drop),
     }
 }
 

@@ -8,13 +8,14 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{App, HttpServer, web};
-use des_storage::{DesStore, Layout, ObjectStore};
+use prometheus::IntCounterVec;
 use std::sync::Arc;
 use tracing::Instrument;
 
-use crate::config::Settings;
+use crate::auth::Auth;
+use crate::config::{LogFormat, Settings};
 use crate::http;
-use crate::lookup::{CacheConfig, Retriever};
+use crate::state::AppState;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const MAX_REQUEST_ID_LEN: usize = 128;
@@ -35,7 +36,7 @@ pub fn request_id(incoming: Option<&HeaderValue>) -> String {
 
 /// Routes and middleware; used by the binary and by tests alike.
 pub fn app(
-    retriever: web::Data<Retriever>,
+    state: web::Data<AppState>,
 ) -> App<
     impl ServiceFactory<
         ServiceRequest,
@@ -45,22 +46,25 @@ pub fn app(
         InitError = (),
     >,
 > {
+    let requests = state.retriever.metrics().http_requests.clone();
     App::new()
-        .app_data(retriever)
+        .app_data(state)
         .route("/health", web::get().to(http::health))
         .route("/ready", web::get().to(http::ready))
+        .route("/metrics", web::get().to(http::metrics))
         .service(
             web::resource("/files/{uid:.*}")
                 .route(web::get().to(http::get_file))
-                .route(web::head().to(http::get_file)),
+                .route(web::head().to(http::get_file))
+                .route(web::delete().to(crate::delete::delete_route)),
         )
         .default_service(web::to(http::no_route))
-        .wrap_fn(|req, srv| {
+        .wrap_fn(move |req, srv| {
             let id = request_id(req.headers().get(&REQUEST_ID));
             let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.path());
             let started = Instant::now();
             let fut = span.in_scope(|| srv.call(req));
-            access_log(fut, id, started).instrument(span)
+            access_log(fut, id, started, requests.clone()).instrument(span)
         })
 }
 
@@ -68,12 +72,22 @@ async fn access_log<B>(
     fut: impl Future<Output = Result<ServiceResponse<B>, actix_web::Error>>,
     id: String,
     started: Instant,
+    requests: IntCounterVec,
 ) -> Result<ServiceResponse<B>, actix_web::Error> {
     let mut res = fut.await?;
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(REQUEST_ID, v);
     }
-    let status = res.status().as_u16();
+    let status = res.status();
+    // The route pattern, never the raw path: label values must stay few.
+    let route = res
+        .request()
+        .match_pattern()
+        .map_or_else(|| "unmatched".to_string(), |p| route_label(&p));
+    requests
+        .with_label_values(&[route.as_str(), status.as_str()])
+        .inc();
+    let status = status.as_u16();
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     match res.response().error() {
         Some(e) if status >= 500 => tracing::error!(status, ms, error = %e, "request failed"),
@@ -83,36 +97,29 @@ async fn access_log<B>(
     Ok(res)
 }
 
-/// Opens the configured store on `objects` (the caller may wrap the backend).
-pub async fn open_retriever(
-    objects: Arc<dyn ObjectStore>,
-    settings: &Settings,
-) -> Result<Retriever, des_storage::Error> {
-    let store = match (settings.layout, settings.n_bits) {
-        (Layout::Legacy, Some(n)) => DesStore::legacy(objects, n)?,
-        (Layout::Legacy, None) => {
-            return Err(des_storage::Error::Invalid(
-                "a legacy store needs n_bits".into(),
-            ));
+/// A route pattern without its segment regexes: `/files/{uid:.*}` → `/files/{uid}`.
+/// (Our patterns' regexes contain no braces.)
+pub fn route_label(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    let (mut in_segment, mut in_regex) = (false, false);
+    for c in pattern.chars() {
+        match c {
+            '{' => in_segment = true,
+            ':' if in_segment => in_regex = true,
+            '}' => (in_segment, in_regex) = (false, false),
+            _ => {}
         }
-        (Layout::V3, _) => DesStore::open(objects).await?,
-    };
-    let cache = CacheConfig {
-        index_bytes: settings.cache_bytes,
-        index_ttl: settings.cache_ttl,
-        negative_ttl: settings.negative_ttl,
-        ..CacheConfig::default()
-    };
-    Ok(Retriever::new(
-        store.with_suffix_len(settings.suffix_bytes),
-        &cache,
-    ))
+        if !in_regex {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Binds and runs until SIGTERM/SIGINT, then lets in-flight requests finish
 /// for `shutdown_timeout`. Bind errors come back before anything is served.
-pub fn bind(settings: &Settings, retriever: Retriever) -> std::io::Result<actix_web::dev::Server> {
-    let data = web::Data::new(retriever);
+pub fn bind(settings: &Settings, state: AppState) -> std::io::Result<actix_web::dev::Server> {
+    let data = web::Data::new(state);
     let mut server = HttpServer::new(move || app(data.clone()))
         .shutdown_timeout(settings.shutdown_timeout.as_secs())
         .bind(&settings.listen)?;
@@ -120,13 +127,31 @@ pub fn bind(settings: &Settings, retriever: Retriever) -> std::io::Result<actix_
         server = server.workers(n);
     }
     for addr in server.addrs() {
-        tracing::info!(%addr, store = %settings.store, "listening");
+        tracing::info!(%addr, store = %settings.source, "listening");
     }
     Ok(server.run())
 }
 
+/// Reloads the API keys on every SIGHUP until the runtime stops. Requests
+/// in flight keep the keys they started with; a bad file keeps the old keys.
+pub fn reload_keys_on_sighup(auth: Arc<Auth>) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup())?;
+    actix_web::rt::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match auth.reload() {
+                Ok(n) => tracing::info!(keys = n, "API keys reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "API keys not reloaded; keeping the previous keys")
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
 /// Installs the global subscriber: `RUST_LOG` filter (default info), text or JSON on stderr.
-pub fn init_tracing(json: bool) {
+pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -134,9 +159,19 @@ pub fn init_tracing(json: bool) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     // Another subscriber (a test harness) may already be installed; keep it.
-    let _ = if json {
+    let _ = if format == LogFormat::Json {
         builder.json().try_init()
     } else {
         builder.try_init()
     };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn route_labels_drop_regexes() {
+        assert_eq!(super::route_label("/files/{uid:.*}"), "/files/{uid}");
+        assert_eq!(super::route_label("/a/{x}/b:c"), "/a/{x}/b:c");
+        assert_eq!(super::route_label("/health"), "/health");
+    }
 }

@@ -32,9 +32,11 @@ const QUEUE: usize = 2;
 
 /// The bytes `window` (of the original file) of `ext`, checked as described above.
 /// Must be called inside the runtime.
+/// Check failures are counted in `corruption`.
 pub fn verified(
     ext: Box<External>,
     window: Range<u64>,
+    corruption: prometheus::IntCounter,
 ) -> impl Stream<Item = io::Result<Bytes>> + 'static {
     let (tx, rx) = mpsc::channel(QUEUE);
     let handle = tokio::runtime::Handle::current();
@@ -48,13 +50,17 @@ pub fn verified(
             inner: BlockingStreamReader::new(handle, object.body),
             crc: 0,
             len: 0,
+            io_failed: false,
         };
         let mut pump = Pump {
             tx,
             window,
             held: None,
         };
-        if let Err(detail) = pump.run(reader, &located) {
+        if let Err((detail, corrupt)) = pump.run(reader, &located) {
+            if corrupt {
+                corruption.inc();
+            }
             tracing::error!(object = %key, uid = %located.uid, %detail, "external payload failed its check; aborting response");
             // The receiver may be gone already (client hung up); nothing else to tell.
             let _ = pump
@@ -81,21 +87,23 @@ enum Stop {
 }
 
 impl Pump {
+    /// On failure: what went wrong, and whether the stored bytes are to
+    /// blame (rather than storage failing to deliver them).
     fn run(
         &mut self,
         mut reader: Counting<BlockingStreamReader>,
         located: &Located,
-    ) -> Result<(), String> {
+    ) -> Result<(), (String, bool)> {
         match self.decode_all(&mut reader, located) {
             Ok(digest) => {
-                check(located, &reader, digest)?;
+                check(located, &reader, digest).map_err(|d| (d, true))?;
                 if let Some(last) = self.held.take() {
                     let _ = self.tx.blocking_send(Ok(last));
                 }
                 Ok(())
             }
             Err(Stop::ClientGone) => Ok(()),
-            Err(Stop::Bad(detail)) => Err(detail),
+            Err(Stop::Bad(detail)) => Err((detail, !reader.io_failed)),
         }
     }
 
@@ -214,11 +222,17 @@ struct Counting<R> {
     inner: R,
     crc: u32,
     len: u64,
+    /// Storage failed to deliver bytes: a failure that is not corruption.
+    io_failed: bool,
 }
 
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = self.inner.read(buf).inspect_err(|e| {
+            if e.kind() != io::ErrorKind::Interrupted {
+                self.io_failed = true;
+            }
+        })?;
         let got = buf.get(..n).unwrap_or_default();
         self.crc = crc32c::crc32c_append(self.crc, got);
         self.len += n as u64;

@@ -5,20 +5,25 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
+use common::process::{BIN, Server, header};
 use common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_des-retriever");
-
+/// Exit code of the binary run with `args` and, unless `args` configure
+/// auth, `--no-auth` (so each case fails for the reason it names).
 fn exit_code(args: &[&str], env: &[(&str, &str)]) -> i32 {
+    let mut args = args.to_vec();
+    if !args
+        .iter()
+        .any(|a| a.starts_with("--api-keys") || *a == "--auth")
+    {
+        args.push("--no-auth");
+    }
     let out = Command::new(BIN)
         .args(args)
         .envs(env.iter().copied())
-        .env_remove("DES_STORE")
+        .env_remove("DES_RETRIEVER_STORE")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output()
@@ -48,90 +53,28 @@ fn exit_codes_for_bad_configuration() {
         2
     );
     assert_eq!(
-        exit_code(&["--store", e], &[("DES_CACHE_BYTES", "many")]),
+        exit_code(&["--store", e], &[("DES_RETRIEVER_CACHE_BYTES", "many")]),
         2
     );
     let store = tempfile::tempdir().unwrap();
     pack(store.path(), &[Spec::new("a.txt", text(10))], 4, 1 << 20);
     let s = store.path().to_str().unwrap();
     assert_eq!(
+        exit_code(&["--store", s, "--auth", "on"], &[]),
+        2,
+        "auth neither configured nor explicitly off"
+    );
+    let keys = store.path().join("no-such-keys.toml");
+    assert_eq!(
+        exit_code(&["--store", s, "--api-keys", keys.to_str().unwrap()], &[]),
+        2,
+        "keys file missing"
+    );
+    assert_eq!(
         exit_code(&["--store", s, "--listen", "256.1.1.1:80"], &[]),
         2,
         "listen address not usable"
     );
-}
-
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Server {
-    fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("server exited before listening")
-                .unwrap();
-            // Text logs say `addr=…`, JSON logs `"addr":"…"`.
-            if let Some(rest) = line.split("addr=").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_string();
-            }
-            if let Some(rest) = line.split("\"addr\":\"").nth(1) {
-                break rest.split('"').next().unwrap().to_string();
-            }
-        };
-        // Keep draining the logs so the server never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        Self { child, addr }
-    }
-
-    fn request(&self, head: &str) -> (String, Vec<u8>) {
-        let mut s = TcpStream::connect(&self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        write!(s, "{head}\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
-        let mut raw = Vec::new();
-        // A reset after an aborted body still leaves what was received.
-        let _ = s.read_to_end(&mut raw);
-        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-        (
-            String::from_utf8_lossy(&raw[..split]).to_lowercase(),
-            raw[split + 4..].to_vec(),
-        )
-    }
-
-    fn terminate(mut self) -> i32 {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(Instant::now() < deadline, "no exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
 }
 
 #[test]
@@ -148,7 +91,7 @@ fn serves_over_http_and_shuts_down_cleanly() {
     // The file's listen address is unusable; the environment's must win over it.
     std::fs::write(
         &conf_file,
-        "listen = \"256.0.0.1:1\"\nworkers = 1\nsuffix_bytes = 4096\n",
+        "listen = \"256.0.0.1:1\"\nworkers = 1\nsuffix_bytes = 4096\nauth = \"off\"\n",
     )
     .unwrap();
     let server = Server::start(
@@ -159,8 +102,8 @@ fn serves_over_http_and_shuts_down_cleanly() {
             "5",
         ],
         &[
-            ("DES_LISTEN", "127.0.0.1:0"),
-            ("DES_STORE", store.path().to_str().unwrap()),
+            ("DES_RETRIEVER_LISTEN", "127.0.0.1:0"),
+            ("DES_RETRIEVER_STORE", store.path().to_str().unwrap()),
         ],
     );
 
@@ -225,9 +168,11 @@ fn legacy_layout_from_the_command_line() {
             "4",
             "--listen",
             "127.0.0.1:0",
-            "--log-json",
+            "--log-format",
+            "json",
+            "--no-auth",
         ],
-        &[("DES_LISTEN", "127.0.0.1:1")],
+        &[("DES_RETRIEVER_LISTEN", "127.0.0.1:1")],
     );
     let (head, body) =
         server.request("GET /files/637328188?created_at=2025-03-01T00:15:00Z HTTP/1.1");

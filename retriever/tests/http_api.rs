@@ -368,7 +368,16 @@ async fn health_and_ready() {
     std::fs::remove_file(f.root.join("_des/store.json")).unwrap();
     let r = call(&app, TestRequest::get().uri("/ready").to_request()).await;
     assert_eq!(r.status, 503);
-    assert_eq!(r.json()["error"], "unavailable");
+    let body = r.json();
+    assert_eq!(body["status"], "unavailable");
+    assert_eq!(body["backends"][0]["backend"], "local");
+    assert_eq!(body["backends"][0]["ok"], false);
+    assert!(
+        body["backends"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("store.json")
+    );
     assert!(r.header("retry-after").is_some());
 }
 
@@ -376,9 +385,7 @@ async fn health_and_ready() {
 async fn storage_outage_and_throttling() {
     let f = fixture();
     let faulty = Faulty::new(Arc::new(LocalStore::new(&f.root).unwrap()) as Arc<dyn ObjectStore>);
-    let r = des_retriever::server::open_retriever(Arc::new(faulty.clone()), &settings(&f.root))
-        .await
-        .unwrap();
+    let r = state_on(Arc::new(faulty.clone()), &settings(&f.root)).await;
     let app = init_service(des_retriever::server::app(web::Data::new(r))).await;
     let uri = file_uri("notes.txt", CREATED);
 

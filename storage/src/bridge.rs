@@ -101,6 +101,10 @@ pub struct BlockingStreamReader {
     handle: Handle,
     stream: BoxStream<'static, Result<Bytes>>,
     current: Bytes,
+    /// The stream has ended. `Read` may be called again after returning 0
+    /// (`io::copy` after a decoder stopped), but many streams (`unfold`,
+    /// the S3 body) panic when polled after their end.
+    ended: bool,
 }
 
 impl BlockingStreamReader {
@@ -109,6 +113,7 @@ impl BlockingStreamReader {
             handle,
             stream,
             current: Bytes::new(),
+            ended: false,
         }
     }
 }
@@ -116,8 +121,14 @@ impl BlockingStreamReader {
 impl Read for BlockingStreamReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         while self.current.is_empty() {
+            if self.ended {
+                return Ok(0);
+            }
             match self.handle.block_on(self.stream.next()) {
-                None => return Ok(0),
+                None => {
+                    self.ended = true;
+                    return Ok(0);
+                }
                 Some(Ok(b)) => self.current = b,
                 Some(Err(e)) => return Err(to_io(e)),
             }

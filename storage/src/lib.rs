@@ -11,6 +11,7 @@ pub mod s3;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tombstones;
 pub mod zones;
 
 pub use error::{Error, ErrorKind, Result};

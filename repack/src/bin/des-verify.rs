@@ -1,14 +1,19 @@
 //! `des-verify`: checks a DES store or one shard file for corruption.
 
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
+use des_repack::units::parse_size;
 use des_repack::verify::open::{self, Scope};
-use des_repack::verify::{DEFAULT_JOBS, Progress, Sample, VerifyOptions, verify_key, verify_store};
-use des_storage::Layout;
+use des_repack::verify::{
+    ByteRate, DEFAULT_JOBS, Progress, Sample, VerifyOptions, verify_key, verify_store,
+};
+use des_storage::{DesStore, Layout};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
 const EXIT_CODES: &str = "\
@@ -42,11 +47,22 @@ impl From<LayoutArg> for Layout {
 /// from its tail; v3 big files are looked up at its store root (two levels
 /// up), legacy ones in `_bigFiles/` beside it. Legacy inline entries carry no
 /// checksums, so for them only structure and decoding can be checked.
+///
+/// For v3 stores the report also lists shards that still hold deleted files
+/// (pending tombstones) with their garbage ratio; those are not errors.
 #[derive(Debug, Parser)]
 #[command(name = "des-verify", version, after_help = EXIT_CODES)]
 struct Cli {
     /// Shard file or store root.
-    path: String,
+    #[arg(required_unless_present = "zones", conflicts_with = "zones")]
+    path: Option<String>,
+    /// Verify every zone of a zones file (YAML/TOML) instead of PATH.
+    #[arg(long, value_name = "FILE")]
+    zones: Option<PathBuf>,
+    /// Read at most this many bytes per second, over all concurrent shards
+    /// (e.g. 50M), to leave bandwidth to readers.
+    #[arg(long, value_name = "BYTES_PER_SEC", value_parser = parse_rate)]
+    rate: Option<u64>,
     /// Store layout; without it the store must be v3 (`_des/store.json`).
     #[arg(long, value_enum, requires_if("legacy", "n_bits"))]
     layout: Option<LayoutArg>,
@@ -69,6 +85,13 @@ struct Cli {
     /// Print a machine-readable report on stdout instead of the summary.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_rate(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        0 => Err("--rate must be positive".into()),
+        n => Ok(n),
+    }
 }
 
 fn parse_percent(s: &str) -> Result<f64, String> {
@@ -109,9 +132,26 @@ async fn verify(cli: &Cli) -> Result<u8> {
     let mut opts = VerifyOptions::default();
     opts.sample = sample;
     opts.jobs = cli.jobs;
-    let opened = open::open(&cli.path, cli.layout.map(Layout::from), cli.n_bits)
-        .await
-        .with_context(|| format!("cannot open {}", cli.path))?;
+    opts.rate = cli.rate.and_then(ByteRate::new).map(Arc::new);
+    let opened = match (&cli.path, &cli.zones) {
+        (Some(path), _) => open::open(path, cli.layout.map(Layout::from), cli.n_bits)
+            .await
+            .with_context(|| format!("cannot open {path}"))?,
+        (None, Some(zones)) => {
+            if cli.layout.is_some() {
+                anyhow::bail!("--layout does not apply to --zones (zoned stores are v3)");
+            }
+            let placement = des_storage::zones::open_placement(None, Some(zones))
+                .with_context(|| format!("cannot open {}", zones.display()))?;
+            open::Opened {
+                store: DesStore::open_placed(placement)
+                    .await
+                    .with_context(|| format!("cannot open the store of {}", zones.display()))?,
+                scope: Scope::Store,
+            }
+        }
+        (None, None) => anyhow::bail!("give a PATH or --zones"),
+    };
     let bar = progress_bar(cli.quiet);
     let (entries, bytes) = (AtomicU64::new(0), AtomicU64::new(0));
     let on_progress = |p: Progress<'_>| match p {

@@ -6,24 +6,32 @@
 //! against their CRC32C, codec and content digest. Findings name the shard
 //! key and uid; nothing is modified.
 
+mod deleted;
 mod entry;
 pub mod layout;
 mod listing;
 pub mod open;
+mod rate;
 mod report;
 mod sample;
 mod shard;
 mod summary;
 
+use std::sync::Arc;
+
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
-use des_storage::{DesStore, Result};
+use des_storage::{DesStore, Layout, Result};
 
+pub use deleted::Deleted;
 pub use entry::MAX_BUFFERED;
 pub use layout::{Listed, ShardPlace, ShardTarget, classify, place_of};
 pub use listing::list_targets;
-pub use report::{Finding, FindingKind, Problem, ShardFormat, ShardReport, VerifyReport};
+pub use rate::ByteRate;
+pub use report::{
+    Finding, FindingKind, PendingShard, Problem, ShardFormat, ShardReport, VerifyReport,
+};
 pub use sample::Sample;
 pub use shard::verify_shard;
 
@@ -38,6 +46,10 @@ pub struct VerifyOptions {
     pub sample: Option<Sample>,
     /// Shards checked concurrently.
     pub jobs: usize,
+    /// Shared read budget (bytes per second) over all concurrent shards.
+    pub rate: Option<Arc<ByteRate>>,
+    /// Deletion state to report per shard; v3 store runs load it when unset.
+    pub deleted: Option<Arc<Deleted>>,
 }
 
 impl Default for VerifyOptions {
@@ -45,8 +57,31 @@ impl Default for VerifyOptions {
         Self {
             sample: None,
             jobs: DEFAULT_JOBS,
+            rate: None,
+            deleted: None,
         }
     }
+}
+
+/// `opts` with the store's deletion state loaded, when it is a v3 store. A
+/// log that cannot be read leaves the run incomplete, not wrong.
+async fn with_deletions(
+    store: &DesStore,
+    opts: &VerifyOptions,
+    report: &mut VerifyReport,
+) -> VerifyOptions {
+    let mut opts = opts.clone();
+    if opts.deleted.is_none() && store.layout() == Layout::V3 {
+        match Deleted::load(store).await {
+            Ok(d) => opts.deleted = Some(Arc::new(d)),
+            Err(e) => report.add_problem(
+                des_storage::tombstones::LOG_PREFIX,
+                format!("tombstones could not be read: {e}"),
+            ),
+        }
+    }
+    report.tombstones_pending = opts.deleted.as_ref().map_or(0, |d| d.pending_total);
+    opts
 }
 
 /// Reported while a run goes on, for progress bars and logs.
@@ -76,7 +111,8 @@ pub async fn verify_store(
     for finding in strays {
         report.add_finding(finding);
     }
-    verify_targets(store, &targets, opts, &mut report, &progress).await;
+    let opts = with_deletions(store, opts, &mut report).await;
+    verify_targets(store, &targets, &opts, &mut report, &progress).await;
     report.finish();
     Ok(report)
 }
@@ -108,6 +144,11 @@ pub async fn verify_key(
             }
             Listed::Ignored => unplaced,
         }
+    };
+    let opts = &if standalone {
+        opts.clone()
+    } else {
+        with_deletions(store, opts, &mut report).await
     };
     verify_targets(
         store,

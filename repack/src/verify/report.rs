@@ -65,6 +65,21 @@ pub struct ShardReport {
     pub bytes_read: u64,
     pub findings: Vec<Finding>,
     pub problems: Vec<Problem>,
+    /// Tombstones for this shard that no repack has applied yet.
+    pub pending_tombstones: u64,
+    /// Entries still present whose files are deleted (pending or not).
+    pub deleted_entries: u64,
+    /// Share of the shard's inline bytes that belong to deleted files.
+    pub garbage_ratio: f64,
+}
+
+/// A shard a repack would have work in.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PendingShard {
+    pub key: String,
+    pub pending_tombstones: u64,
+    pub deleted_entries: u64,
+    pub garbage_ratio: f64,
 }
 
 impl ShardReport {
@@ -120,6 +135,10 @@ pub struct VerifyReport {
     pub findings: Vec<Finding>,
     pub problems: Vec<Problem>,
     pub clean: bool,
+    /// Tombstones not yet applied by a repack, over the whole store.
+    pub tombstones_pending: u64,
+    /// Shards holding deleted files or with pending tombstones, by key.
+    pub shards_with_pending_tombstones: Vec<PendingShard>,
 }
 
 impl VerifyReport {
@@ -146,6 +165,8 @@ impl VerifyReport {
             findings: Vec::new(),
             problems: Vec::new(),
             clean: true,
+            tombstones_pending: 0,
+            shards_with_pending_tombstones: Vec::new(),
         }
     }
 
@@ -158,6 +179,14 @@ impl VerifyReport {
         self.entries_total += shard.entries;
         self.entries_checked += shard.checked;
         self.bytes_read += shard.bytes_read;
+        if shard.pending_tombstones > 0 || shard.deleted_entries > 0 {
+            self.shards_with_pending_tombstones.push(PendingShard {
+                key: shard.key.clone(),
+                pending_tombstones: shard.pending_tombstones,
+                deleted_entries: shard.deleted_entries,
+                garbage_ratio: shard.garbage_ratio,
+            });
+        }
         self.findings.extend(shard.findings);
         self.problems.extend(shard.problems);
     }
@@ -179,6 +208,8 @@ impl VerifyReport {
     pub fn finish(&mut self) {
         self.findings.sort();
         self.problems.sort();
+        self.shards_with_pending_tombstones
+            .sort_by(|a, b| a.key.cmp(&b.key));
         let not_stray = || {
             self.findings
                 .iter()

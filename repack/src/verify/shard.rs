@@ -43,6 +43,9 @@ async fn verify_once(
     opts: &VerifyOptions,
 ) -> Result<Outcome> {
     let mut report = ShardReport::new(&target.key);
+    if let Some(rate) = &opts.rate {
+        rate.take(store.suffix_len()).await;
+    }
     let loaded = match store.load_index(&target.key).await {
         Ok(Some(loaded)) => loaded,
         Ok(None) => {
@@ -66,6 +69,10 @@ async fn verify_once(
         }
         None => report.format = Some(ShardFormat::Legacy),
     }
+    if let Some(d) = &opts.deleted {
+        report.pending_tombstones = d.pending_by_shard.get(&target.key).copied().unwrap_or(0);
+        (report.deleted_entries, report.garbage_ratio) = d.garbage(&loaded.index);
+    }
     check_placement(store, target.place, &loaded.index, &mut report);
     for located in loaded.index.located() {
         check_route(&loaded.index, target.place, &located, &mut report);
@@ -77,6 +84,9 @@ async fn verify_once(
         }
         report.checked += 1;
         report.bytes_read += located.stored_len;
+        if let Some(rate) = &opts.rate {
+            rate.take(located.stored_len).await;
+        }
         let uid = Some(located.uid.as_str());
         match check_entry(store, &loaded, &located).await {
             Ok(()) => {}

@@ -41,6 +41,14 @@ impl fmt::Display for VerifyReport {
         )?;
         writeln!(f, "corrupt shards:  {}", self.corrupt_shards)?;
         writeln!(f, "corrupt entries: {}", self.corrupt_entries)?;
+        if self.tombstones_pending > 0 || !self.shards_with_pending_tombstones.is_empty() {
+            writeln!(
+                f,
+                "pending deletes: {} tombstones; {} shards hold deleted files",
+                self.tombstones_pending,
+                self.shards_with_pending_tombstones.len()
+            )?;
+        }
         if self.stray_objects > 0 {
             writeln!(f, "stray objects:   {}", self.stray_objects)?;
         }
@@ -55,6 +63,16 @@ impl fmt::Display for VerifyReport {
                 Some(uid) => writeln!(f, "{label} {} uid={uid}: {}", x.key, x.reason)?,
                 None => writeln!(f, "{label} {}: {}", x.key, x.reason)?,
             }
+        }
+        for s in &self.shards_with_pending_tombstones {
+            writeln!(
+                f,
+                "PENDING {}: {} tombstones, {} deleted entries, garbage {:.1}%",
+                s.key,
+                s.pending_tombstones,
+                s.deleted_entries,
+                s.garbage_ratio * 100.0
+            )?;
         }
         for p in &self.problems {
             match &p.uid {

@@ -3,6 +3,8 @@
 // Not every test crate uses every helper; helpers unwrap as tests do.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod process;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -12,7 +14,7 @@ use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::header::HeaderMap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use des_retriever::{CountingStore, Retriever, Settings};
+use des_retriever::{AppState, CountingStore, Settings, Storage};
 use des_storage::{
     GetOptions, GetResult, ListPage, LocalStore, ObjectMeta, ObjectStore, ObjectWriter, PutOptions,
     PutResult,
@@ -106,28 +108,29 @@ pub fn pack(out: &Path, files: &[Spec], n_bits: u8, big_file_threshold: u64) {
 
 pub fn settings(store: &Path) -> Settings {
     Settings {
-        store: store.display().to_string(),
-        layout: des_storage::Layout::V3,
-        n_bits: None,
         listen: "127.0.0.1:0".into(),
         cache_bytes: 64 << 20,
-        cache_ttl: None,
-        negative_ttl: std::time::Duration::from_secs(5),
-        suffix_bytes: 64 << 10,
         workers: Some(1),
         shutdown_timeout: std::time::Duration::from_secs(5),
-        log_json: false,
+        ..Settings::for_location(store.display().to_string())
     }
 }
 
-/// A retriever over `root` whose requests are counted.
-pub async fn counted(root: &Path, settings: &Settings) -> (Retriever, CountingStore) {
+/// The service state over any backend (wrapped as the test likes).
+pub async fn state_on(objects: Arc<dyn ObjectStore>, settings: &Settings) -> AppState {
+    AppState::open(&Storage::single(objects, "local"), settings)
+        .await
+        .unwrap()
+}
+
+/// A service over `root` whose storage requests are counted.
+pub async fn counted(root: &Path, settings: &Settings) -> (AppState, CountingStore) {
     let local: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(root).unwrap());
     let counting = CountingStore::new(local);
-    let r = des_retriever::server::open_retriever(Arc::new(counting.clone()), settings)
-        .await
-        .unwrap();
-    (r, counting)
+    (
+        state_on(Arc::new(counting.clone()), settings).await,
+        counting,
+    )
 }
 
 pub struct Resp {

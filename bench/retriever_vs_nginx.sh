@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Warm GET throughput: des-retriever on a local DES store vs nginx serving the
+# same files loose from disk. Same machine, same wrk settings, same random
+# mix of files, run back to back.
+#
+#   bench/retriever_vs_nginx.sh            # defaults below
+#   FILES=20000 DURATION=20 CONNECTIONS=64 WORKERS=2 bench/retriever_vs_nginx.sh
+#   DES_PACK=/path/to/des-pack bench/retriever_vs_nginx.sh   # skip building the packer
+#
+# Needs: wrk and nginx (Debian: apt-get install -y wrk nginx), cargo.
+# Prints one RESULT line per server and the ratio. Auth is off and logging
+# is at warn for the retriever (nginx: access_log off), so both measure
+# serving, not logging.
+set -euo pipefail
+
+FILES=${FILES:-10000}          # number of files
+MIN_SIZE=${MIN_SIZE:-1024}     # bytes
+MAX_SIZE=${MAX_SIZE:-16384}    # bytes
+DURATION=${DURATION:-15}       # seconds per measured run
+WARMUP=${WARMUP:-5}            # seconds per warm-up run (fills caches)
+CONNECTIONS=${CONNECTIONS:-32}
+THREADS=${THREADS:-1}          # wrk threads
+WORKERS=${WORKERS:-1}          # retriever workers = nginx worker_processes
+CREATED_AT=2024-05-17T10:00:00Z
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+for tool in wrk nginx cargo; do
+    command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y wrk nginx)" >&2; exit 1; }
+done
+work=$(mktemp -d /tmp/des-bench.XXXXXX)
+chmod 755 "$work" # nginx workers run as an unprivileged user
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "building (release)..." >&2
+bin="${CARGO_TARGET_DIR:-$root/target}/release"
+if [[ -n ${DES_PACK:-} ]]; then
+    # A des-pack binary given explicitly (e.g. while the packer is being changed).
+    cargo build --release -q --manifest-path "$root/Cargo.toml" -p des-retriever --bins
+    pack_bin=$DES_PACK
+else
+    cargo build --release -q --manifest-path "$root/Cargo.toml" -p des-retriever -p des-packer --bins
+    pack_bin=$bin/des-pack
+fi
+
+echo "writing $FILES files of $MIN_SIZE..$MAX_SIZE bytes..." >&2
+python3 - "$work/loose" "$FILES" "$MIN_SIZE" "$MAX_SIZE" <<'PY'
+import os, random, sys
+out, n, lo, hi = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+rng = random.Random(42)
+for i in range(n):
+    d = os.path.join(out, f"d{i % 100:02d}")
+    os.makedirs(d, exist_ok=True)
+    # Half text-like (compressible), half random bytes.
+    size = rng.randint(lo, hi)
+    data = (b"lorem ipsum dolor sit amet %d\n" % i) * (size // 28 + 1) if i % 2 else rng.randbytes(size)
+    with open(os.path.join(d, f"f{i}.bin"), "wb") as f:
+        f.write(data[:size])
+PY
+(cd "$work/loose" && find . -type f | sed 's|^\./||' | sort) > "$work/uids"
+sed "s|^\(.*\)$|/files/\1?created_at=$CREATED_AT|" "$work/uids" > "$work/paths-retriever"
+sed 's|^|/|' "$work/uids" > "$work/paths-nginx"
+
+echo "packing..." >&2
+"$pack_bin" --dir "$work/loose" --created-at "$CREATED_AT" --out "$work/store" --n-bits 8 -q >/dev/null
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return
+        sleep 0.1
+    done
+    echo "port $1 never opened" >&2; exit 1
+}
+
+rport=$(free_port)
+RUST_LOG=warn "$bin/des-retriever" --store "$work/store" --no-auth --listen "127.0.0.1:$rport" \
+    --workers "$WORKERS" 2>"$work/retriever.log" &
+pids+=($!)
+
+nport=$(free_port)
+cat > "$work/nginx.conf" <<NGINX
+worker_processes $WORKERS;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    open_file_cache max=100000 inactive=60s;
+    client_body_temp_path $work/nginx-tmp;
+    proxy_temp_path $work/nginx-tmp;
+    fastcgi_temp_path $work/nginx-tmp;
+    uwsgi_temp_path $work/nginx-tmp;
+    scgi_temp_path $work/nginx-tmp;
+    server {
+        listen 127.0.0.1:$nport;
+        root $work/loose;
+    }
+}
+NGINX
+mkdir -p "$work/nginx-tmp"
+nginx -c "$work/nginx.conf" -p "$work" &
+pids+=($!)
+wait_port "$rport"
+wait_port "$nport"
+
+# Sanity: both serve the same bytes for one file.
+first=$(head -1 "$work/uids")
+check() { # url
+    curl -sf "$1" -o "$work/check" && cmp -s "$work/check" "$work/loose/$first" && return
+    echo "wrong answer from $1" >&2
+    tail -n 5 "$work/retriever.log" "$work/nginx-error.log" >&2
+    exit 1
+}
+check "http://127.0.0.1:$rport/files/$first?created_at=$CREATED_AT"
+check "http://127.0.0.1:$nport/$first"
+
+run() { # name port paths seconds
+    PATHS_FILE="$3" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$4s" -s "$root/bench/random_paths.lua" \
+        "http://127.0.0.1:$2" | grep '^RESULT' | sed "s/^RESULT/$1/"
+}
+echo "warm-up ($WARMUP s each)..." >&2
+run retriever "$rport" "$work/paths-retriever" "$WARMUP" >/dev/null
+run nginx "$nport" "$work/paths-nginx" "$WARMUP" >/dev/null
+echo "measuring ($DURATION s each, $CONNECTIONS connections, $THREADS wrk threads, $WORKERS server workers)..." >&2
+r=$(run retriever "$rport" "$work/paths-retriever" "$DURATION")
+n=$(run nginx "$nport" "$work/paths-nginx" "$DURATION")
+echo "$r"
+echo "$n"
+rr=$(sed 's/.*rps=\([0-9]*\).*/\1/' <<<"$r")
+nr=$(sed 's/.*rps=\([0-9]*\).*/\1/' <<<"$n")
+python3 -c "print(f'ratio retriever/nginx = {$rr / $nr:.2f}')"

@@ -1,0 +1,287 @@
+//! `des-repack`: removes deleted files' bytes from their shards.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use clap::Parser;
+use des_format::Compression;
+use des_repack::RepackError;
+use des_repack::lease::{DEFAULT_SETTLE, LeaseConfig};
+use des_repack::metrics::{JobStatus, RepackMetrics};
+use des_repack::open::open_store;
+use des_repack::repack::{Progress, RepackOptions, RepackReport, repack};
+use des_repack::units::{parse_duration, parse_size};
+use des_storage::DesStore;
+use indicatif::{ProgressBar, ProgressStyle};
+
+const EXIT_CODES: &str = "\
+Exit status:
+  0  the run completed (also when there was nothing to do, and for --dry-run)
+  1  some shards could not be rewritten (listed in the report); the others were
+  2  usage error, or the run could not proceed (store unreadable, lease lost)
+  3  another repacker holds the store's lease (_des/repack.lease); nothing done
+
+Environment:
+  DES_REPACK_CRASH_AT=before_publish|after_publish|after_mark
+     abort at that point (crash-safety tests only)";
+
+/// Physically remove deleted files: rewrite shards holding files with
+/// pending tombstones into a new generation without them, publish it
+/// atomically, mark the tombstones applied, then delete big-file objects
+/// nothing references any more (after a grace period).
+///
+/// A shard is rewritten when at least --min-garbage-ratio of its bytes are
+/// deleted, or when one of its tombstones is older than --max-delay, or when
+/// named with --shard. Only one repacker runs per store at a time.
+#[derive(Debug, Parser)]
+#[command(name = "des-repack", version, after_help = EXIT_CODES)]
+struct Cli {
+    /// Store location: a directory, file:// or s3://bucket/prefix URL.
+    #[arg(long, value_name = "LOCATION", required_unless_present = "zones")]
+    store: Option<String>,
+    /// Zones file (YAML/TOML) instead of --store.
+    #[arg(long, value_name = "FILE", conflicts_with = "store")]
+    zones: Option<PathBuf>,
+    /// Rewrite a shard when this share (0..=1) of its stored bytes is deleted.
+    #[arg(long, default_value_t = 0.2, value_parser = parse_ratio)]
+    min_garbage_ratio: f64,
+    /// Rewrite regardless of ratio once a tombstone is this old (bounds the
+    /// time deleted bytes stay on disk).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    max_delay: Duration,
+    /// Start no more rewrites once this many shard bytes were taken on
+    /// (e.g. 50G); the first rewrite always runs.
+    #[arg(long, value_parser = parse_size)]
+    max_bytes: Option<u64>,
+    /// Rewrite this shard whatever the rules say: DATE/HEX (e.g. 20240517/5C).
+    #[arg(long = "shard", value_name = "DATE/HEX")]
+    shards: Vec<String>,
+    /// Print the plan; change nothing (takes no lease).
+    #[arg(long)]
+    dry_run: bool,
+    /// Re-encode copied entries with this policy (auto|zstd|lz4|none)
+    /// instead of copying their stored bytes.
+    #[arg(long, value_name = "POLICY")]
+    recompress: Option<String>,
+    /// zstd level for --recompress.
+    #[arg(long, default_value_t = des_format::codec::DEFAULT_ZSTD_LEVEL)]
+    zstd_level: i32,
+    /// Delete an unreferenced big file only this long after its last
+    /// reference was dropped.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    big_file_grace: Duration,
+    /// Lease lifetime; renewed every third of it while running.
+    #[arg(long, default_value = "15m", value_parser = parse_duration)]
+    lease_ttl: Duration,
+    /// Run as a daemon on this cron schedule ("0 3 * * *", or with seconds
+    /// "0 0 3 * * *"; UTC) instead of once.
+    #[arg(long, value_name = "CRON")]
+    schedule: Option<String>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Write Prometheus metrics to this file after each run (counters
+    /// accumulate across runs).
+    #[arg(long, value_name = "PATH")]
+    metrics_file: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?}: expected a ratio between 0 and 1")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("des-repack: error: starting the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = rt.block_on(async {
+        let opts = options(&cli)?;
+        let store = open_store(cli.store.as_deref(), cli.zones.as_deref(), !cli.dry_run)
+            .await
+            .context("opening the store")?;
+        match &cli.schedule {
+            Some(cron) => scheduled(&cli, store, opts, cron).await,
+            None => Ok(once(&cli, &store, &opts).await),
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("des-repack: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn options(cli: &Cli) -> Result<RepackOptions> {
+    let mut o = RepackOptions::default();
+    o.min_garbage_ratio = cli.min_garbage_ratio;
+    o.max_delay = cli.max_delay;
+    o.max_bytes = cli.max_bytes;
+    o.force_shards = cli
+        .shards
+        .iter()
+        .map(|s| {
+            let s = s.trim_end_matches(des_storage::store::SHARD_EXT);
+            format!("{s}{}", des_storage::store::SHARD_EXT)
+        })
+        .collect();
+    o.dry_run = cli.dry_run;
+    o.recompress = cli
+        .recompress
+        .as_deref()
+        .map(|p| Compression::parse(p, cli.zstd_level))
+        .transpose()
+        .map_err(|e| anyhow!("--recompress: {e}"))?;
+    o.big_file_grace = cli.big_file_grace;
+    o.lease = LeaseConfig {
+        ttl: cli.lease_ttl,
+        settle: DEFAULT_SETTLE,
+    };
+    Ok(o)
+}
+
+/// One run: report, metrics, exit code.
+async fn once(cli: &Cli, store: &DesStore, opts: &RepackOptions) -> u8 {
+    let started = Instant::now();
+    let bar = progress_bar(cli.quiet);
+    let on_progress = |p: Progress<'_>| match p {
+        Progress::Planned { shards } => bar.set_length(shards as u64),
+        Progress::ShardDone(s) => {
+            bar.set_message(s.key.clone());
+            bar.inc(1);
+        }
+    };
+    let result = repack(store, opts, on_progress).await;
+    bar.finish_and_clear();
+    let (status, code, report) = match result {
+        Ok(r) => {
+            let code = r.exit_code();
+            let status = if code == 0 {
+                JobStatus::Success
+            } else {
+                JobStatus::Failed
+            };
+            (status, code, Some(r))
+        }
+        Err(RepackError::LeaseHeld {
+            key,
+            holder,
+            expires_at,
+        }) => {
+            eprintln!(
+                "des-repack: another repacker is running ({holder} holds {key} until \
+                 {expires_at}); nothing to do"
+            );
+            (JobStatus::LeaseHeld, 3, None)
+        }
+        Err(e) => {
+            eprintln!("des-repack: error: {e}");
+            (JobStatus::Failed, 2, None)
+        }
+    };
+    if let Some(r) = &report
+        && let Err(e) = print_report(cli, r)
+    {
+        eprintln!("des-repack: error: writing the report: {e:#}");
+    }
+    if let Some(path) = &cli.metrics_file {
+        let mut m = RepackMetrics::load(path);
+        m.record(status, report.as_ref(), started.elapsed().as_secs_f64());
+        if let Err(e) = m.write(path) {
+            eprintln!("des-repack: error: writing {}: {e}", path.display());
+            return code.max(2);
+        }
+    }
+    code
+}
+
+fn print_report(cli: &Cli, r: &RepackReport) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if cli.json {
+        serde_json::to_writer(&mut out, r)?;
+    } else {
+        write!(out, "{r}")?;
+    }
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Daemon mode: a run per cron tick until SIGINT/SIGTERM. A tick arriving
+/// while a run is still going is skipped.
+async fn scheduled(cli: &Cli, store: DesStore, opts: RepackOptions, cron: &str) -> Result<u8> {
+    use tokio_cron_scheduler::{Job, JobScheduler};
+    // The scheduler wants seconds; a classic 5-field crontab line starts at second 0.
+    let cron = if cron.split_whitespace().count() == 5 {
+        format!("0 {cron}")
+    } else {
+        cron.to_string()
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    let job = Job::new_async(cron.as_str(), move |_, _| {
+        let tx = tx.clone();
+        // A full channel means a run is pending or going: drop this tick.
+        Box::pin(async move {
+            let _ = tx.try_send(());
+        })
+    })
+    .map_err(|e| anyhow!("--schedule {cron:?}: {e}"))?;
+    let mut sched = JobScheduler::new()
+        .await
+        .map_err(|e| anyhow!("starting the scheduler: {e}"))?;
+    sched
+        .add(job)
+        .await
+        .map_err(|e| anyhow!("scheduling: {e}"))?;
+    sched
+        .start()
+        .await
+        .map_err(|e| anyhow!("starting the scheduler: {e}"))?;
+    eprintln!("des-repack: running on schedule {cron:?} (UTC)");
+    let store = Arc::new(store);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    loop {
+        tokio::select! {
+            Some(()) = rx.recv() => {
+                let code = once(cli, &store, &opts).await;
+                eprintln!("des-repack: run finished with status {code}");
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        }
+    }
+    let _ = sched.shutdown().await;
+    Ok(0)
+}
+
+fn progress_bar(quiet: bool) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(0);
+    if let Ok(style) =
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} shards {msg}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}

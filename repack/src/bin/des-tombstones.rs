@@ -1,0 +1,426 @@
+//! `des-tombstones`: delete files (log tombstones), list and inspect them,
+//! apply retention rules, and manage legal holds.
+
+use std::io::{BufReader, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use des_format::Timestamp;
+use des_repack::holds::{self, Hold, HoldSet};
+use des_repack::open::open_store;
+use des_repack::retention::{self, RetentionRules};
+use des_repack::tombstones_cli::{
+    AddOutcome, AddReport, Defaults, ListFilter, ListedTombstone, TombstoneState, add_batch,
+    add_one, list, show,
+};
+use des_storage::DesStore;
+use des_storage::tombstones::{DeleteReason, Tombstone, TombstoneLog, parse_date};
+use serde::Serialize;
+
+const EXIT_CODES: &str = "\
+Exit status:
+  0  done (show: at least one tombstone found)
+  1  some lines of a batch could not be added (each is reported); show: no
+     tombstone for that uid and date
+  2  usage error, or the store could not be read or written";
+
+/// Delete files from a DES store and inspect deletions.
+///
+/// `add` logs a tombstone: readers answer 410 Gone for that uid on that UTC
+/// day at once, and `des-repack` later removes the bytes from the shard.
+#[derive(Debug, Parser)]
+#[command(name = "des-tombstones", version, after_help = EXIT_CODES)]
+struct Cli {
+    /// Store location: a directory, file:// or s3://bucket/prefix URL.
+    #[arg(long, global = true, value_name = "LOCATION")]
+    store: Option<String>,
+    /// Zones file (YAML/TOML) instead of --store.
+    #[arg(long, global = true, value_name = "FILE")]
+    zones: Option<PathBuf>,
+    /// Machine-readable output on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Delete one file (--uid with --created-at or --date), or many (--from FILE).
+    Add(AddArgs),
+    /// List tombstones, oldest first.
+    List(ListArgs),
+    /// Show the tombstones of one uid and day, and whether the bytes are gone.
+    Show(ShowArgs),
+    /// Log retention_expired tombstones for files older than the rules allow.
+    Retention(RetentionArgs),
+    /// Legal holds: files that must never be deleted while the hold exists.
+    #[command(subcommand)]
+    Hold(HoldCmd),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ReasonArg {
+    Gdpr,
+    RetentionExpired,
+    UserRequest,
+}
+
+impl From<ReasonArg> for DeleteReason {
+    fn from(r: ReasonArg) -> Self {
+        match r {
+            ReasonArg::Gdpr => Self::Gdpr,
+            ReasonArg::RetentionExpired => Self::RetentionExpired,
+            ReasonArg::UserRequest => Self::UserRequest,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct AddArgs {
+    /// The file's uid.
+    #[arg(long, required_unless_present = "from", conflicts_with = "from")]
+    uid: Option<String>,
+    /// The file's created_at (RFC 3339); its UTC day is what is deleted.
+    #[arg(long, conflicts_with = "date")]
+    created_at: Option<String>,
+    /// The UTC day (YYYYMMDD), when created_at is not known.
+    #[arg(long)]
+    date: Option<String>,
+    /// JSON Lines: {"uid", "created_at" or "date", "reason"?, "deleted_by"?, "ticket_id"?}
+    #[arg(long, value_name = "FILE")]
+    from: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    reason: Option<ReasonArg>,
+    /// Who asked (a person, a service); recorded in the tombstone.
+    #[arg(long)]
+    deleted_by: Option<String>,
+    /// Ticket or case reference, recorded in the tombstone.
+    #[arg(long)]
+    ticket: Option<String>,
+    /// Log even if the uid and day are already deleted.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum StateArg {
+    Pending,
+    Applied,
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    #[arg(long)]
+    uid: Option<String>,
+    #[arg(long)]
+    uid_prefix: Option<String>,
+    /// YYYYMMDD
+    #[arg(long)]
+    date: Option<String>,
+    #[arg(long, value_enum)]
+    reason: Option<ReasonArg>,
+    /// Logged at or after this time (RFC 3339).
+    #[arg(long)]
+    since: Option<String>,
+    #[arg(long, value_enum)]
+    state: Option<StateArg>,
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+struct ShowArgs {
+    #[arg(long)]
+    uid: String,
+    #[arg(long, conflicts_with = "date", required_unless_present = "date")]
+    created_at: Option<String>,
+    #[arg(long)]
+    date: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct RetentionArgs {
+    /// Rules file (TOML): [[rule]] uid_prefix = "...", max_age_days = N.
+    #[arg(long, value_name = "FILE")]
+    rules: PathBuf,
+    /// Report what would be deleted; log nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum HoldCmd {
+    /// Place a hold on every file whose uid starts with a prefix.
+    Add {
+        #[arg(long)]
+        name: String,
+        /// "" holds every uid.
+        #[arg(long)]
+        uid_prefix: String,
+        /// First held day (YYYYMMDD), inclusive.
+        #[arg(long)]
+        date_from: Option<String>,
+        /// Last held day (YYYYMMDD), inclusive.
+        #[arg(long)]
+        date_to: Option<String>,
+        #[arg(long)]
+        created_by: String,
+        #[arg(long)]
+        ticket: Option<String>,
+    },
+    List,
+    /// Remove a hold; its files' tombstones are then applied by the next repack.
+    Release {
+        #[arg(long)]
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build();
+    let result = match rt {
+        Ok(rt) => rt.block_on(run(&cli)),
+        Err(e) => Err(e).context("starting the runtime"),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("des-tombstones: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: &Cli) -> Result<u8> {
+    let store = open_store(cli.store.as_deref(), cli.zones.as_deref(), false)
+        .await
+        .context("opening the store")?;
+    let log = TombstoneLog::new(&store);
+    match &cli.cmd {
+        Cmd::Add(a) => add(cli, &log, a).await,
+        Cmd::List(a) => {
+            let found = list(&log, &list_filter(a)?).await?;
+            print_listed(cli, &found)?;
+            Ok(0)
+        }
+        Cmd::Show(a) => {
+            let date = day_of(a.created_at.as_deref(), a.date.as_deref())?;
+            let found = show(&log, &a.uid, date).await?;
+            print_listed(cli, &found)?;
+            Ok(u8::from(found.is_empty()))
+        }
+        Cmd::Retention(a) => {
+            let rules = RetentionRules::from_path(&a.rules)?;
+            let report = retention::apply(&store, &rules, Timestamp::now(), a.dry_run).await?;
+            print(cli, &report, |out| {
+                let verb = if a.dry_run { "would create" } else { "created" };
+                writeln!(
+                    out,
+                    "scanned {} shards, {} files: {} expired, {} held, {} already deleted; \
+                     {verb} {} tombstones, {} failures",
+                    report.shards_scanned,
+                    report.entries_scanned,
+                    report.expired,
+                    report.held,
+                    report.already_tombstoned,
+                    report.tombstones_created,
+                    report.failures.len()
+                )
+            })?;
+            Ok(u8::from(!report.failures.is_empty()))
+        }
+        Cmd::Hold(h) => hold(cli, &store, h).await,
+    }
+}
+
+fn day_of(created_at: Option<&str>, date: Option<&str>) -> Result<u32> {
+    match (created_at, date) {
+        (Some(c), _) => Ok(Timestamp::parse_rfc3339(c)?.date_number()),
+        (None, Some(d)) => Ok(parse_date(d)?),
+        (None, None) => bail!("give --created-at or --date"),
+    }
+}
+
+async fn add(cli: &Cli, log: &TombstoneLog, a: &AddArgs) -> Result<u8> {
+    let defaults = Defaults {
+        reason: a.reason.map(DeleteReason::from),
+        deleted_by: a.deleted_by.clone(),
+        ticket_id: a.ticket.clone(),
+    };
+    let report = match (&a.from, &a.uid) {
+        (Some(path), _) => {
+            let file =
+                std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            add_batch(log, BufReader::new(file), &defaults, a.force).await?
+        }
+        (None, Some(uid)) => {
+            let (Some(reason), Some(by)) = (defaults.reason, &defaults.deleted_by) else {
+                bail!("--reason and --deleted-by are required");
+            };
+            let mut t = match (&a.created_at, &a.date) {
+                (Some(c), _) => Tombstone::new(uid, Timestamp::parse_rfc3339(c)?, reason, by),
+                (None, Some(d)) => Tombstone::for_date(uid, parse_date(d)?, reason, by)?,
+                (None, None) => bail!("give --created-at or --date"),
+            };
+            t.ticket_id.clone_from(&defaults.ticket_id);
+            let mut report = AddReport::default();
+            let r = add_one(log, &t, a.force).await?;
+            match r.outcome {
+                AddOutcome::Added => report.added += 1,
+                AddOutcome::AlreadyDeleted => report.already_deleted += 1,
+                AddOutcome::Failed => report.failed += 1,
+            }
+            report.results.push(r);
+            report
+        }
+        (None, None) => bail!("give --uid or --from"),
+    };
+    print(cli, &report, |out| {
+        for r in &report.results {
+            let what = match (&r.uid, &r.date) {
+                (Some(u), Some(d)) => format!("{u} ({d})"),
+                _ => format!("line {}", r.line),
+            };
+            match r.outcome {
+                AddOutcome::Added => {
+                    writeln!(out, "deleted {what}: {}", r.key.as_deref().unwrap_or(""))?
+                }
+                AddOutcome::AlreadyDeleted => writeln!(out, "already deleted {what}")?,
+                AddOutcome::Failed => {
+                    writeln!(out, "FAILED {what}: {}", r.error.as_deref().unwrap_or(""))?
+                }
+            }
+        }
+        writeln!(
+            out,
+            "{} added, {} already deleted, {} failed",
+            report.added, report.already_deleted, report.failed
+        )
+    })?;
+    Ok(u8::from(report.failed > 0))
+}
+
+fn list_filter(a: &ListArgs) -> Result<ListFilter> {
+    Ok(ListFilter {
+        uid: a.uid.clone(),
+        uid_prefix: a.uid_prefix.clone(),
+        date: a.date.as_deref().map(parse_date).transpose()?,
+        reason: a.reason.map(DeleteReason::from),
+        since: a
+            .since
+            .as_deref()
+            .map(Timestamp::parse_rfc3339)
+            .transpose()?,
+        state: a.state.map(|s| match s {
+            StateArg::Pending => TombstoneState::Pending,
+            StateArg::Applied => TombstoneState::Applied,
+        }),
+        limit: a.limit,
+    })
+}
+
+fn print_listed(cli: &Cli, found: &[ListedTombstone]) -> Result<()> {
+    print(cli, &found, |out| {
+        for t in found {
+            let s = &t.tombstone;
+            let state = match t.state {
+                TombstoneState::Pending => "pending",
+                TombstoneState::Applied => "applied",
+            };
+            writeln!(
+                out,
+                "{}  {}  {state:<7}  {:<17}  {}  by {}{}",
+                t.logged_at,
+                s.date_dir(),
+                s.reason.as_str(),
+                s.uid,
+                s.deleted_by,
+                s.ticket_id
+                    .as_deref()
+                    .map(|x| format!(" [{x}]"))
+                    .unwrap_or_default()
+            )?;
+            if let Some(m) = &t.applied {
+                writeln!(
+                    out,
+                    "    applied {} in {} generation {}: {:?}",
+                    m.applied_at,
+                    m.shard_key,
+                    m.generation.map_or_else(|| "-".into(), |g| g.to_string()),
+                    m.outcome
+                )?;
+            }
+        }
+        Ok(())
+    })
+}
+
+async fn hold(cli: &Cli, store: &DesStore, h: &HoldCmd) -> Result<u8> {
+    match h {
+        HoldCmd::Add {
+            name,
+            uid_prefix,
+            date_from,
+            date_to,
+            created_by,
+            ticket,
+        } => {
+            let mut hold = Hold::new(name, uid_prefix, created_by);
+            hold.date_from.clone_from(date_from);
+            hold.date_to.clone_from(date_to);
+            hold.ticket_id.clone_from(ticket);
+            holds::place(store, &hold).await?;
+            print(cli, &hold, |out| writeln!(out, "placed hold {name}"))?;
+            Ok(0)
+        }
+        HoldCmd::List => {
+            let set = HoldSet::load(store).await?;
+            print(cli, &set.holds(), |out| {
+                for h in set.holds() {
+                    writeln!(
+                        out,
+                        "{}  prefix {:?}  {}..{}  by {}",
+                        h.name,
+                        h.uid_prefix,
+                        h.date_from.as_deref().unwrap_or("*"),
+                        h.date_to.as_deref().unwrap_or("*"),
+                        h.created_by
+                    )?;
+                }
+                Ok(())
+            })?;
+            Ok(0)
+        }
+        HoldCmd::Release { name } => {
+            if !holds::release(store, name).await? {
+                bail!("no hold named {name:?}");
+            }
+            print(cli, &serde_json::json!({"released": name}), |out| {
+                writeln!(out, "released hold {name}")
+            })?;
+            Ok(0)
+        }
+    }
+}
+
+/// `--json`: the value as JSON; otherwise the text `human` writes.
+fn print<T: Serialize + ?Sized>(
+    cli: &Cli,
+    value: &T,
+    human: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if cli.json {
+        serde_json::to_writer_pretty(&mut out, value)?;
+        writeln!(out)?;
+    } else {
+        human(&mut out)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,34 @@
+//! Deliberate crashes for tests: `DES_REPACK_CRASH_AT=<point>` makes the
+//! repacker abort (SIGABRT, no cleanup, like `kill -9`) when it reaches that
+//! point, so tests can prove every live file survives a crash there.
+
+/// Where a run can be made to crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// New generation fully written and verified, not yet published.
+    BeforePublish,
+    /// New generation published, tombstones not yet marked applied.
+    AfterPublish,
+    /// Tombstones marked applied, big files not yet collected.
+    AfterMark,
+}
+
+impl CrashPoint {
+    pub const ENV: &'static str = "DES_REPACK_CRASH_AT";
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::BeforePublish => "before_publish",
+            Self::AfterPublish => "after_publish",
+            Self::AfterMark => "after_mark",
+        }
+    }
+
+    /// Aborts the process if the environment asks for a crash here.
+    pub fn check(self) {
+        if std::env::var(Self::ENV).is_ok_and(|v| v == self.name()) {
+            eprintln!("des-repack: {}={}: aborting", Self::ENV, self.name());
+            std::process::abort();
+        }
+    }
+}

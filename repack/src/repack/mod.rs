@@ -1,0 +1,475 @@
+//! The repacker: physically removes deleted files from their shards.
+//!
+//! A run takes the store's lease, works out which shards hold files with
+//! pending tombstones, and for each one decides: rewrite it now (forced,
+//! enough garbage, or a tombstone older than `max_delay`), defer it, or just
+//! record that the files are already gone. A rewrite publishes a new
+//! generation atomically, *then* marks the shard's tombstones applied,
+//! *then* (after a grace period, possibly in a later run) deletes big-file
+//! objects nothing references any more. A crash anywhere leaves the old or
+//! the new generation in place, both complete; a re-run finishes the job.
+
+pub mod bigfiles;
+mod capture;
+pub mod report;
+mod rewrite;
+pub mod state;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use des_format::shard::AnyIndex;
+use des_format::{Compression, Timestamp};
+use des_storage::tombstones::{AppliedMarker, AppliedOutcome, TombstoneLog};
+use des_storage::{DesStore, Layout, LoadedIndex};
+use futures::StreamExt;
+use tokio::runtime::Handle;
+
+pub use report::{Action, RepackReport, ShardOutcome};
+pub use rewrite::MAX_RECOMPRESS;
+
+use crate::crash::CrashPoint;
+use crate::error::{RepackError, Result};
+use crate::holds::HoldSet;
+use crate::lease::{Lease, LeaseConfig, LeaseKeeper, holder_id};
+use crate::verify::place_of;
+use rewrite::{RewriteInput, Rewritten};
+use state::{PendingTomb, TombState};
+
+pub const DEFAULT_MIN_GARBAGE_RATIO: f64 = 0.2;
+pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_BIG_FILE_GRACE: Duration = Duration::from_secs(3600);
+
+/// Non-exhaustive: start from `default()` and set fields.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RepackOptions {
+    /// Rewrite a shard when at least this share of its inline bytes is deleted.
+    pub min_garbage_ratio: f64,
+    /// ... or when one of its tombstones is older than this, whatever the ratio.
+    pub max_delay: Duration,
+    /// Stop starting rewrites once this many shard bytes were taken on (the
+    /// first rewrite always runs, so a huge shard cannot starve).
+    pub max_bytes: Option<u64>,
+    /// Shard keys (`YYYYMMDD/HEX.des`) to rewrite regardless of the rules.
+    pub force_shards: Vec<String>,
+    pub dry_run: bool,
+    /// Re-encode copied entries with this policy instead of copying them.
+    pub recompress: Option<Compression>,
+    /// Age a dropped big file's candidate must reach before it is collected.
+    pub big_file_grace: Duration,
+    pub lease: LeaseConfig,
+    /// Rebuilds of a shard replaced under us (e.g. by a packer) before giving up.
+    pub conflict_retries: u32,
+}
+
+impl Default for RepackOptions {
+    fn default() -> Self {
+        Self {
+            min_garbage_ratio: DEFAULT_MIN_GARBAGE_RATIO,
+            max_delay: DEFAULT_MAX_DELAY,
+            max_bytes: None,
+            force_shards: Vec::new(),
+            dry_run: false,
+            recompress: None,
+            big_file_grace: DEFAULT_BIG_FILE_GRACE,
+            lease: LeaseConfig::default(),
+            conflict_retries: 3,
+        }
+    }
+}
+
+/// Reported while a run goes on.
+#[derive(Debug)]
+pub enum Progress<'a> {
+    Planned { shards: usize },
+    ShardDone(&'a ShardOutcome),
+}
+
+struct Ctx<'a> {
+    store: &'a DesStore,
+    log: TombstoneLog,
+    state: TombState,
+    holds: HoldSet,
+    opts: &'a RepackOptions,
+    lease_lost: Arc<AtomicBool>,
+    now: Timestamp,
+}
+
+/// One run. `Err` when the run could not proceed at all (lease held, store
+/// unreadable); per-shard failures are in the report.
+pub async fn repack(
+    store: &DesStore,
+    opts: &RepackOptions,
+    progress: impl Fn(Progress<'_>) + Send + Sync,
+) -> Result<RepackReport> {
+    if store.layout() != Layout::V3 {
+        return Err(RepackError::Invalid(
+            "only v3 stores can be repacked".into(),
+        ));
+    }
+    for key in &opts.force_shards {
+        place_of(Layout::V3, key, store.n_bits()).ok_or_else(|| {
+            RepackError::Invalid(format!("{key:?} is not a shard key (YYYYMMDD/HEX.des)"))
+        })?;
+    }
+    // A dry run writes nothing, so it needs no lease and never blocks a real one.
+    let keeper = if opts.dry_run {
+        None
+    } else {
+        let lease = Lease::acquire(store.placement().stores(), &holder_id(), opts.lease).await?;
+        Some(LeaseKeeper::start(lease))
+    };
+    let lost = keeper
+        .as_ref()
+        .map_or_else(|| Arc::new(AtomicBool::new(false)), LeaseKeeper::lost);
+    let result = run_locked(store, opts, lost, &progress).await;
+    if let Some(k) = keeper
+        && let Err(e) = k.release().await
+    {
+        eprintln!("des-repack: releasing the lease: {e}");
+    }
+    result
+}
+
+async fn run_locked(
+    store: &DesStore,
+    opts: &RepackOptions,
+    lease_lost: Arc<AtomicBool>,
+    progress: &(impl Fn(Progress<'_>) + Send + Sync),
+) -> Result<RepackReport> {
+    let started = Instant::now();
+    let now = Timestamp::now();
+    let log = TombstoneLog::new(store);
+    let holds = HoldSet::load(store).await?;
+    let state = state::load(&log, &holds).await?;
+    let mut report = RepackReport {
+        store: store.describe(),
+        dry_run: opts.dry_run,
+        started_at: now.to_rfc3339(),
+        tombstones_total: state.total,
+        tombstones_pending_before: state.by_shard.values().map(|v| v.len() as u64).sum::<u64>()
+            + state.held.len() as u64,
+        ..RepackReport::default()
+    };
+    let mut ctx = Ctx {
+        store,
+        log,
+        state,
+        holds,
+        opts,
+        lease_lost,
+        now,
+    };
+    let order = plan_order(&mut ctx);
+    progress(Progress::Planned {
+        shards: order.len(),
+    });
+    let mut budget = 0u64;
+    for (key, pending, forced) in order {
+        let outcome = process_shard(&ctx, &key, &pending, forced, &mut budget).await;
+        progress(Progress::ShardDone(&outcome));
+        report.add(outcome);
+        if ctx.lease_lost.load(Ordering::SeqCst) {
+            return Err(RepackError::LeaseLost {
+                key: crate::lease::LEASE_KEY.into(),
+                detail: "stopped the run".into(),
+            });
+        }
+    }
+    report.big_files = bigfiles::collect(store, opts.big_file_grace, opts.dry_run).await?;
+    finish_counts(&ctx, &mut report).await?;
+    report.duration_seconds = started.elapsed().as_secs_f64();
+    report.read_mb_per_second = if report.duration_seconds > 0.0 {
+        report.bytes_read as f64 / 1e6 / report.duration_seconds
+    } else {
+        0.0
+    };
+    Ok(report)
+}
+
+/// Forced shards first, then the rest by their oldest pending tombstone, so
+/// the deletions closest to their deadline go first when the budget runs out.
+fn plan_order(ctx: &mut Ctx<'_>) -> Vec<(String, Vec<PendingTomb>, bool)> {
+    let mut by_shard = std::mem::take(&mut ctx.state.by_shard);
+    let mut order = Vec::new();
+    for key in &ctx.opts.force_shards {
+        let pending = by_shard.remove(key).unwrap_or_default();
+        order.push((key.clone(), pending, true));
+    }
+    let mut rest: Vec<(String, Vec<PendingTomb>, bool)> =
+        by_shard.into_iter().map(|(k, p)| (k, p, false)).collect();
+    rest.sort_by_key(|(k, p, _)| (p.iter().map(PendingTomb::logged_at).min(), k.clone()));
+    order.extend(rest);
+    order
+}
+
+fn age_seconds(now: Timestamp, then: Timestamp) -> f64 {
+    (now.micros().saturating_sub(then.micros())).max(0) as f64 / 1e6
+}
+
+async fn process_shard(
+    ctx: &Ctx<'_>,
+    key: &str,
+    pending: &[PendingTomb],
+    forced: bool,
+    budget: &mut u64,
+) -> ShardOutcome {
+    let started = Instant::now();
+    let mut out = ShardOutcome::new(key, Action::Failed, "error");
+    out.pending_tombstones = pending.len() as u64;
+    out.oldest_pending_age_seconds = pending
+        .iter()
+        .map(|p| age_seconds(ctx.now, p.logged_at()))
+        .fold(0.0, f64::max);
+    if let Err(e) = try_process(ctx, key, pending, forced, budget, &mut out).await {
+        out.action = Action::Failed;
+        out.reason = "error".into();
+        out.error = Some(e.to_string());
+    }
+    out.seconds = started.elapsed().as_secs_f64();
+    out
+}
+
+/// What a loaded shard holds of the deleted files.
+struct Garbage {
+    drop: HashSet<String>,
+    ratio: f64,
+}
+
+fn assess(ctx: &Ctx<'_>, loaded: &LoadedIndex) -> Result<Garbage> {
+    let AnyIndex::V3(ix) = &loaded.index else {
+        return Err(RepackError::shard(&loaded.key, "not a v3 shard"));
+    };
+    let date = ix.trailer().date;
+    let (mut inline, mut gone_inline, mut count) = (0u64, 0u64, 0u64);
+    let mut drop = HashSet::new();
+    for e in ix.view().iter() {
+        count += 1;
+        let deleted =
+            ctx.state.set.contains(e.uid, date) && ctx.holds.holding(e.uid, date).is_none();
+        if !e.is_external() {
+            inline += e.stored_len();
+            if deleted {
+                gone_inline += e.stored_len();
+            }
+        }
+        if deleted {
+            drop.insert(e.uid.to_string());
+        }
+    }
+    let ratio = if inline > 0 {
+        gone_inline as f64 / inline as f64
+    } else if count > 0 {
+        drop.len() as f64 / count as f64
+    } else {
+        0.0
+    };
+    Ok(Garbage { drop, ratio })
+}
+
+async fn try_process(
+    ctx: &Ctx<'_>,
+    key: &str,
+    pending: &[PendingTomb],
+    forced: bool,
+    budget: &mut u64,
+    out: &mut ShardOutcome,
+) -> Result<()> {
+    for _ in 0..=ctx.opts.conflict_retries {
+        let Some(loaded) = ctx.store.load_index(key).await? else {
+            out.action = Action::NothingToRemove;
+            out.reason = "no_shard".into();
+            out.tombstones_marked = mark(ctx, key, pending, None, &[]).await?;
+            return Ok(());
+        };
+        out.generation_before = loaded.index.trailer().map(|t| t.generation);
+        out.entries_before = loaded.index.len() as u64;
+        out.bytes_before = loaded.object.size;
+        let garbage = assess(ctx, &loaded)?;
+        out.garbage_ratio = garbage.ratio;
+        out.entries_dropped = garbage.drop.len() as u64;
+        if garbage.drop.is_empty() && !forced {
+            out.action = Action::NothingToRemove;
+            out.reason = "not_in_shard".into();
+            out.entries_after = out.entries_before;
+            out.tombstones_marked = mark(ctx, key, pending, out.generation_before, &[]).await?;
+            return Ok(());
+        }
+        let Some(reason) = decide(ctx, pending, forced, garbage.ratio) else {
+            out.action = Action::Deferred;
+            out.reason = "below_ratio".into();
+            return Ok(());
+        };
+        out.reason = reason.into();
+        let over = ctx
+            .opts
+            .max_bytes
+            .is_some_and(|max| *budget > 0 && *budget + loaded.object.size > max);
+        if over {
+            out.action = Action::Deferred;
+            out.reason = "max_bytes".into();
+            return Ok(());
+        }
+        if ctx.opts.dry_run {
+            out.action = Action::WouldRewrite;
+            out.bytes_read = loaded.object.size;
+            return Ok(());
+        }
+        *budget += loaded.object.size;
+        match rewrite_on_thread(ctx, loaded, garbage.drop).await {
+            Err(RepackError::Conflict { .. }) => continue,
+            Err(e) => return Err(e),
+            Ok(r) => return finish_rewrite(ctx, key, pending, r, out).await,
+        }
+    }
+    Err(RepackError::shard(
+        key,
+        "kept changing under concurrent writers; retry later",
+    ))
+}
+
+fn decide(
+    ctx: &Ctx<'_>,
+    pending: &[PendingTomb],
+    forced: bool,
+    ratio: f64,
+) -> Option<&'static str> {
+    let max_delay = i64::try_from(ctx.opts.max_delay.as_micros()).unwrap_or(i64::MAX);
+    let overdue = pending
+        .iter()
+        .any(|p| ctx.now.micros().saturating_sub(p.logged_at().micros()) >= max_delay);
+    if forced {
+        Some("forced")
+    } else if ratio >= ctx.opts.min_garbage_ratio {
+        Some("garbage_ratio")
+    } else if overdue {
+        Some("max_delay")
+    } else {
+        None
+    }
+}
+
+async fn rewrite_on_thread(
+    ctx: &Ctx<'_>,
+    loaded: LoadedIndex,
+    drop: HashSet<String>,
+) -> Result<Rewritten> {
+    let input = RewriteInput {
+        store: ctx.store.clone(),
+        loaded,
+        drop,
+        recompress: ctx.opts.recompress,
+        lease_lost: Arc::clone(&ctx.lease_lost),
+    };
+    let handle = Handle::current();
+    tokio::task::spawn_blocking(move || rewrite::rewrite(&handle, &input))
+        .await
+        .map_err(|e| RepackError::Invalid(format!("rewrite task failed: {e}")))?
+}
+
+async fn finish_rewrite(
+    ctx: &Ctx<'_>,
+    key: &str,
+    pending: &[PendingTomb],
+    r: Rewritten,
+    out: &mut ShardOutcome,
+) -> Result<()> {
+    read_back(ctx.store, key, &r).await?;
+    CrashPoint::AfterPublish.check();
+    out.action = Action::Rewritten;
+    out.generation_after = Some(r.generation);
+    out.entries_after = r.entries_after;
+    out.entries_dropped = r.dropped.len() as u64;
+    out.bytes_after = r.bytes_after;
+    out.bytes_read = r.bytes_read;
+    let dropped: HashSet<&str> = r.dropped.iter().map(String::as_str).collect();
+    let removed: Vec<&PendingTomb> = pending
+        .iter()
+        .filter(|p| dropped.contains(p.uid.as_str()))
+        .collect();
+    out.tombstones_marked = mark(ctx, key, pending, Some(r.generation), &removed).await?;
+    CrashPoint::AfterMark.check();
+    Ok(())
+}
+
+/// Reads the published shard back: whatever generation is there now must
+/// not list a dropped file (a writer ignoring our generation would bring
+/// them back).
+async fn read_back(store: &DesStore, key: &str, r: &Rewritten) -> Result<()> {
+    let loaded = store
+        .load_index(key)
+        .await?
+        .ok_or_else(|| RepackError::shard(key, "vanished right after it was published"))?;
+    let generation = loaded.index.trailer().map_or(0, |t| t.generation);
+    if generation < r.generation {
+        return Err(RepackError::shard(
+            key,
+            format!(
+                "reads back generation {generation}, not the {} published",
+                r.generation
+            ),
+        ));
+    }
+    if let Some(uid) = r.dropped.iter().find(|u| loaded.find(u).is_some()) {
+        return Err(RepackError::shard(
+            key,
+            format!("deleted uid {uid:?} is back: a concurrent writer replaced the shard"),
+        ));
+    }
+    Ok(())
+}
+
+/// Marks `pending` applied: `removed` ones as removed in `generation`, the
+/// rest as absent from it. Returns how many markers were written.
+async fn mark(
+    ctx: &Ctx<'_>,
+    key: &str,
+    pending: &[PendingTomb],
+    generation: Option<u64>,
+    removed: &[&PendingTomb],
+) -> Result<u64> {
+    if ctx.opts.dry_run {
+        return Ok(0);
+    }
+    let removed: HashMap<&str, ()> = removed
+        .iter()
+        .map(|p| (p.at.name.name.as_str(), ()))
+        .collect();
+    let writes = futures::stream::iter(pending)
+        .map(|p| {
+            let outcome = if removed.contains_key(p.at.name.name.as_str()) {
+                AppliedOutcome::Removed
+            } else {
+                AppliedOutcome::Absent
+            };
+            let marker = AppliedMarker::new(key, generation, outcome);
+            async move { ctx.log.mark_applied(&p.at, &marker).await }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    for w in writes {
+        w?;
+    }
+    Ok(pending.len() as u64)
+}
+
+/// Pending and held counts after the run, from a fresh listing.
+async fn finish_counts(ctx: &Ctx<'_>, report: &mut RepackReport) -> Result<()> {
+    let pending = ctx.log.pending().await?;
+    let (held, open): (Vec<_>, Vec<_>) = pending
+        .into_iter()
+        .partition(|n| ctx.state.held.contains(&(n.store, n.name.name.clone())));
+    report.tombstones_held = held.len() as u64;
+    report.tombstones_pending = open.len() as u64;
+    report.oldest_pending_age_seconds = open
+        .iter()
+        .map(|n| age_seconds(Timestamp::now(), n.name.logged_at))
+        .fold(0.0, f64::max);
+    Ok(())
+}

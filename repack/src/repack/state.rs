@@ -1,0 +1,104 @@
+//! The tombstone state a run works from: every deleted pair, the pending
+//! tombstones with their uids, and which of those a legal hold keeps.
+
+use std::collections::{BTreeMap, HashSet};
+
+use des_format::{Timestamp, routing};
+use des_storage::DesStore;
+use des_storage::store::SHARD_EXT;
+use des_storage::tombstones::{LoggedName, TombstoneLog, TombstoneSet};
+
+use crate::error::{RepackError, Result};
+use crate::holds::HoldSet;
+
+/// A tombstone not yet applied.
+#[derive(Debug, Clone)]
+pub struct PendingTomb {
+    pub at: LoggedName,
+    pub uid: String,
+    pub date: u32,
+}
+
+impl PendingTomb {
+    pub fn logged_at(&self) -> Timestamp {
+        self.at.name.logged_at
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct TombState {
+    /// Every tombstoned pair, applied or not: a rewrite drops all of them.
+    pub set: TombstoneSet,
+    pub total: u64,
+    /// Pending and not held, by shard key.
+    pub by_shard: BTreeMap<String, Vec<PendingTomb>>,
+    /// Pending but held: (store, name) of each.
+    pub held: HashSet<(usize, String)>,
+}
+
+/// The v3 key of the shard holding `(uid, date)`.
+pub fn shard_key_of(store: &DesStore, uid: &str, date: u32) -> Result<String> {
+    let n_bits = store.n_bits();
+    let index =
+        routing::shard_index(uid, n_bits).map_err(|e| RepackError::Invalid(e.to_string()))?;
+    Ok(format!(
+        "{date:08}/{}{SHARD_EXT}",
+        routing::shard_hex(index, n_bits)
+    ))
+}
+
+pub async fn load(log: &TombstoneLog, holds: &HoldSet) -> Result<TombState> {
+    let (pending, applied) = log.names_by_state().await?;
+    let mut state = TombState {
+        total: (pending.len() + applied.len()) as u64,
+        ..TombState::default()
+    };
+    let mut pending_tombs = Vec::with_capacity(pending.len());
+    let mut unnamed = Vec::new();
+    for n in applied {
+        match &n.name.uid {
+            Some(uid) => {
+                state.set.insert(uid, n.name.date);
+            }
+            None => unnamed.push(n),
+        }
+    }
+    let mut unnamed_pending = HashSet::new();
+    for n in pending {
+        match n.name.uid.clone() {
+            Some(uid) => {
+                state.set.insert(&uid, n.name.date);
+                pending_tombs.push(PendingTomb {
+                    date: n.name.date,
+                    uid,
+                    at: n,
+                });
+            }
+            None => {
+                unnamed_pending.insert(n.clone());
+                unnamed.push(n);
+            }
+        }
+    }
+    // Uids too long for their object names: read those records.
+    for logged in log.read_all(unnamed).await? {
+        let t = &logged.tombstone;
+        state.set.insert(&t.uid, t.date);
+        if unnamed_pending.contains(&logged.at) {
+            pending_tombs.push(PendingTomb {
+                uid: t.uid.clone(),
+                date: t.date,
+                at: logged.at,
+            });
+        }
+    }
+    for p in pending_tombs {
+        if holds.holding(&p.uid, p.date).is_some() {
+            state.held.insert((p.at.store, p.at.name.name.clone()));
+            continue;
+        }
+        let key = shard_key_of(log.store(), &p.uid, p.date)?;
+        state.by_shard.entry(key).or_default().push(p);
+    }
+    Ok(state)
+}

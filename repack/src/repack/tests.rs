@@ -1,0 +1,422 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use des_format::v3::{NewEntry, ShardIdent, ShardWriter};
+use des_format::{Codec, Compression, Timestamp};
+use des_storage::store::Placement;
+use des_storage::tombstones::{DeleteReason, LOG_PREFIX, Tombstone, TombstoneLog};
+use des_storage::{
+    ByteRange, CreateOptions, DesStore, GetOptions, GetResult, ListPage, MemoryStore, ObjectMeta,
+    ObjectStore, ObjectStoreExt, ObjectWriter, PutOptions, PutResult,
+};
+
+use super::*;
+
+const N_BITS: u8 = 4;
+
+struct File {
+    uid: &'static str,
+    at: &'static str,
+    data: Vec<u8>,
+    big: bool,
+}
+
+fn file(uid: &'static str, data: Vec<u8>) -> File {
+    File {
+        uid,
+        at: "2024-05-17T10:00:00Z",
+        data,
+        big: false,
+    }
+}
+
+fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+async fn open(placement: Arc<dyn Placement>) -> DesStore {
+    let opts = CreateOptions {
+        n_bits: Some(N_BITS),
+        digest: None,
+    };
+    DesStore::open_or_create_placed(placement, opts)
+        .await
+        .unwrap()
+        .0
+}
+
+async fn single(objects: Arc<dyn ObjectStore>) -> DesStore {
+    open(Arc::new(des_storage::store::Single(objects))).await
+}
+
+/// Writes each file's shard (generation 1, codec none).
+async fn write(store: &DesStore, files: &[File]) {
+    let mut groups: BTreeMap<String, Vec<&File>> = BTreeMap::new();
+    for f in files {
+        let loc = store.locate(f.uid, ts(f.at)).unwrap();
+        groups.entry(DesStore::shard_key(&loc)).or_default().push(f);
+    }
+    for (key, members) in groups {
+        let first = members[0];
+        let loc = store.locate(first.uid, ts(first.at)).unwrap();
+        let objects = store.objects_for_shard(loc.shard_index).unwrap();
+        let ident = ShardIdent {
+            date: ts(first.at).date_number(),
+            shard_index: u16::try_from(loc.shard_index).unwrap(),
+            n_bits: N_BITS,
+            generation: 1,
+            digest_alg: store.digest(),
+            written_at: Timestamp::now(),
+        };
+        let mut w = ShardWriter::new(Vec::new(), ident).unwrap();
+        for f in members {
+            let digest = store.digest().digest(&f.data);
+            let e = NewEntry {
+                uid: f.uid.into(),
+                created_at: ts(f.at),
+                content_type: None,
+                meta: None,
+                codec: Codec::None,
+                orig_len: f.data.len() as u64,
+                digest,
+            };
+            if f.big {
+                let big = des_format::v3::external_key(&digest);
+                objects
+                    .put(&big, Bytes::from(f.data.clone()), PutOptions::default())
+                    .await
+                    .unwrap();
+                w.add_external(e, f.data.len() as u64, crc32c::crc32c(&f.data))
+                    .unwrap();
+            } else {
+                w.add_inline(e, &f.data).unwrap();
+            }
+        }
+        let (bytes, _) = w.finish().unwrap();
+        objects
+            .put(&key, Bytes::from(bytes), PutOptions::default())
+            .await
+            .unwrap();
+    }
+}
+
+fn ts(s: &str) -> Timestamp {
+    Timestamp::parse_rfc3339(s).unwrap()
+}
+
+async fn delete(store: &DesStore, f: &File) {
+    let t = Tombstone::new(f.uid, ts(f.at), DeleteReason::Gdpr, "test");
+    TombstoneLog::new(store).append(&t).await.unwrap();
+}
+
+fn opts() -> RepackOptions {
+    RepackOptions {
+        min_garbage_ratio: 0.0,
+        big_file_grace: Duration::ZERO,
+        lease: LeaseConfig {
+            settle: Duration::ZERO,
+            ..LeaseConfig::default()
+        },
+        ..RepackOptions::default()
+    }
+}
+
+async fn raw_has(objects: &dyn ObjectStore, needle: &[u8]) -> bool {
+    for m in objects.list_all("").await.unwrap() {
+        let body = objects.get_range(&m.key, ByteRange::All).await.unwrap().1;
+        if body.windows(needle.len()).any(|w| w == needle) {
+            return true;
+        }
+    }
+    false
+}
+
+async fn read(store: &DesStore, f: &File) -> Option<Vec<u8>> {
+    store.get_file(f.uid, ts(f.at)).await.ok().map(|(_, d)| d)
+}
+
+/// Two zones split by shard index.
+#[derive(Debug)]
+struct Split {
+    low: Arc<dyn ObjectStore>,
+    high: Arc<dyn ObjectStore>,
+}
+
+impl Placement for Split {
+    fn for_shard(&self, i: u32) -> des_storage::Result<Arc<dyn ObjectStore>> {
+        Ok(Arc::clone(if i < 8 { &self.low } else { &self.high }))
+    }
+    fn stores(&self) -> Vec<Arc<dyn ObjectStore>> {
+        vec![Arc::clone(&self.low), Arc::clone(&self.high)]
+    }
+    fn describe(&self) -> String {
+        "split".into()
+    }
+}
+
+#[tokio::test]
+async fn each_zone_is_repacked_in_place() {
+    let (low, high) = (MemoryStore::new(), MemoryStore::new());
+    let store = open(Arc::new(Split {
+        low: Arc::new(low.clone()),
+        high: Arc::new(high.clone()),
+    }))
+    .await;
+    // Numeric uids route by value: 3 and 5 are low, 12 and 14 high.
+    let files = vec![
+        file("3", noise(3, 5000)),
+        file("5", noise(5, 5000)),
+        file("12", noise(12, 5000)),
+        file("14", noise(14, 5000)),
+    ];
+    write(&store, &files).await;
+    delete(&store, &files[0]).await;
+    delete(&store, &files[2]).await;
+    assert_eq!(low.list_all(LOG_PREFIX).await.unwrap().len(), 1);
+
+    let r = repack(&store, &opts(), |_| {}).await.unwrap();
+    assert_eq!(r.shards_rewritten, 2, "{r:#?}");
+    assert_eq!(r.tombstones_pending, 0);
+    assert!(!raw_has(&low, &files[0].data[100..300]).await);
+    assert!(!raw_has(&high, &files[2].data[100..300]).await);
+    assert_eq!(read(&store, &files[1]).await.unwrap(), files[1].data);
+    assert_eq!(read(&store, &files[3]).await.unwrap(), files[3].data);
+    for z in [&low, &high] {
+        assert!(
+            z.head(crate::lease::LEASE_KEY).await.is_err(),
+            "lease released"
+        );
+        let applied = z
+            .list_all(des_storage::tombstones::APPLIED_PREFIX)
+            .await
+            .unwrap();
+        assert_eq!(applied.len(), 1, "each zone records its own");
+    }
+}
+
+/// Publishes another generation of `key` (one more file) the first time a
+/// writer for it is opened: a packer racing the repacker.
+#[derive(Debug)]
+struct RacingPacker {
+    inner: MemoryStore,
+    key: String,
+    extra: Vec<u8>,
+    fired: AtomicBool,
+}
+
+#[async_trait]
+impl ObjectStore for RacingPacker {
+    fn describe(&self) -> String {
+        "racing".into()
+    }
+    async fn get(&self, key: &str, opts: GetOptions) -> des_storage::Result<GetResult> {
+        self.inner.get(key, opts).await
+    }
+    async fn head(&self, key: &str) -> des_storage::Result<ObjectMeta> {
+        self.inner.head(key).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        data: Bytes,
+        opts: PutOptions,
+    ) -> des_storage::Result<PutResult> {
+        self.inner.put(key, data, opts).await
+    }
+    async fn put_writer(
+        &self,
+        key: &str,
+        opts: PutOptions,
+    ) -> des_storage::Result<Box<dyn ObjectWriter>> {
+        if key == self.key && !self.fired.swap(true, Ordering::SeqCst) {
+            let store = single(Arc::new(self.inner.clone())).await;
+            let loaded = store.load_index(key).await.unwrap().unwrap();
+            let des_format::AnyIndex::V3(ix) = &loaded.index else {
+                panic!()
+            };
+            let mut t = *ix.trailer();
+            t.generation += 1;
+            // Rebuild the old entries plus one new file, as a packer would.
+            let mut w = ShardWriter::new(
+                Vec::new(),
+                ShardIdent {
+                    date: t.date,
+                    shard_index: t.shard_index,
+                    n_bits: t.n_bits,
+                    generation: t.generation,
+                    digest_alg: t.digest_alg,
+                    written_at: Timestamp::now(),
+                },
+            )
+            .unwrap();
+            for l in loaded.index.located() {
+                let data = store.read_file(&loaded, &l).await.unwrap();
+                let e = NewEntry {
+                    uid: l.uid.clone(),
+                    created_at: l.created_at.unwrap(),
+                    content_type: None,
+                    meta: None,
+                    codec: Codec::None,
+                    orig_len: data.len() as u64,
+                    digest: store.digest().digest(&data),
+                };
+                w.add_inline(e, &data).unwrap();
+            }
+            let e = NewEntry {
+                uid: "33".into(),
+                created_at: ts("2024-05-17T12:00:00Z"),
+                content_type: None,
+                meta: None,
+                codec: Codec::None,
+                orig_len: self.extra.len() as u64,
+                digest: store.digest().digest(&self.extra),
+            };
+            w.add_inline(e, &self.extra).unwrap();
+            let (bytes, _) = w.finish().unwrap();
+            self.inner
+                .put(key, Bytes::from(bytes), PutOptions::default())
+                .await
+                .unwrap();
+        }
+        self.inner.put_writer(key, opts).await
+    }
+    async fn delete(&self, key: &str) -> des_storage::Result<()> {
+        self.inner.delete(key).await
+    }
+    async fn list(&self, prefix: &str, after: Option<&str>) -> des_storage::Result<ListPage> {
+        self.inner.list(prefix, after).await
+    }
+}
+
+#[tokio::test]
+async fn a_shard_replaced_mid_rewrite_is_rebuilt_not_overwritten() {
+    let mem = MemoryStore::new();
+    // Numeric uids route by value: 1, 17 and 33 share shard 1.
+    let files = vec![file("1", noise(1, 4000)), file("17", noise(2, 4000))];
+    let plain = single(Arc::new(mem.clone())).await;
+    write(&plain, &files).await;
+    let key = DesStore::shard_key(&plain.locate("1", ts(files[0].at)).unwrap());
+    delete(&plain, &files[0]).await;
+    let racing = Arc::new(RacingPacker {
+        inner: mem.clone(),
+        key: key.clone(),
+        extra: noise(9, 3000),
+        fired: AtomicBool::new(false),
+    });
+    let store = single(racing).await;
+    let r = repack(&store, &opts(), |_| {}).await.unwrap();
+    assert_eq!(r.shards_rewritten, 1, "{r:#?}");
+    assert_eq!(
+        r.shards[0].generation_after,
+        Some(3),
+        "rebuilt on the packer's generation"
+    );
+    let loaded = plain.load_index(&key).await.unwrap().unwrap();
+    assert!(loaded.find("33").is_some(), "the packer's file survived");
+    assert!(loaded.find("1").is_none(), "the deleted file is gone");
+    assert_eq!(read(&plain, &files[1]).await.unwrap(), files[1].data);
+}
+
+#[tokio::test]
+async fn a_big_file_shared_by_another_shard_is_kept_until_unreferenced() {
+    let mem = MemoryStore::new();
+    let store = single(Arc::new(mem.clone())).await;
+    let shared = noise(7, 50_000);
+    let mut x = file("x", shared.clone());
+    x.big = true;
+    let mut y = file("y", shared.clone());
+    y.big = true;
+    y.at = "2024-05-18T10:00:00Z";
+    write(&store, &[x, y]).await;
+    let (x, y) = (
+        File {
+            data: shared.clone(),
+            big: true,
+            ..file("x", Vec::new())
+        },
+        File {
+            data: shared.clone(),
+            big: true,
+            at: "2024-05-18T10:00:00Z",
+            ..file("y", Vec::new())
+        },
+    );
+    let big_key = des_format::v3::external_key(&store.digest().digest(&shared));
+
+    // Within the grace period nothing is collected.
+    delete(&store, &x).await;
+    let mut o = opts();
+    o.big_file_grace = Duration::from_secs(3600);
+    let r = repack(&store, &o, |_| {}).await.unwrap();
+    assert_eq!(r.big_files.waiting, 1, "{r:#?}");
+    assert!(mem.head(&big_key).await.is_ok());
+
+    // Past it, still referenced by y's shard: kept.
+    let r = repack(&store, &opts(), |_| {}).await.unwrap();
+    assert_eq!(r.big_files.still_referenced, 1, "{r:#?}");
+    assert!(r.big_files.deleted.is_empty());
+    assert_eq!(read(&store, &y).await.unwrap(), shared);
+
+    delete(&store, &y).await;
+    let r = repack(&store, &opts(), |_| {}).await.unwrap();
+    assert_eq!(r.big_files.deleted, vec![big_key.clone()], "{r:#?}");
+    assert_eq!(r.big_files.bytes_deleted, shared.len() as u64);
+    assert!(mem.head(&big_key).await.is_err());
+    assert!(!raw_has(&mem, &shared[1000..1200]).await);
+}
+
+#[tokio::test]
+async fn recompress_reencodes_live_entries() {
+    let mem = MemoryStore::new();
+    let store = single(Arc::new(mem.clone())).await;
+    let text = |n: u8| format!("compressible line {n}\n").repeat(500).into_bytes();
+    let files = vec![file("a", text(1)), file("b", text(2))];
+    write(&store, &files).await;
+    let key = DesStore::shard_key(&store.locate("a", ts(files[0].at)).unwrap());
+    let before = mem.head(&key).await.unwrap().size;
+    let mut o = opts();
+    o.force_shards = vec![key.clone()];
+    o.recompress = Some(Compression::Zstd { level: 3 });
+    let r = repack(&store, &o, |_| {}).await.unwrap();
+    assert_eq!(r.shards_rewritten, 1, "{r:#?}");
+    let after = mem.head(&key).await.unwrap().size;
+    assert!(after * 5 < before, "{before} -> {after}");
+    for f in &files {
+        assert_eq!(read(&store, f).await.unwrap(), f.data);
+    }
+    let loaded = store.load_index(&key).await.unwrap().unwrap();
+    assert!(
+        loaded
+            .index
+            .located()
+            .iter()
+            .all(|l| l.codec == Codec::Zstd)
+    );
+}
+
+#[tokio::test]
+async fn a_tombstone_for_a_file_never_stored_is_just_marked() {
+    let mem = MemoryStore::new();
+    let store = single(Arc::new(mem.clone())).await;
+    let files = vec![file("a", noise(1, 1000))];
+    write(&store, &files).await;
+    delete(&store, &file("nowhere", Vec::new())).await;
+    let r = repack(&store, &opts(), |_| {}).await.unwrap();
+    assert_eq!(r.shards_rewritten, 0);
+    assert_eq!(r.tombstones_marked, 1);
+    assert_eq!(r.tombstones_pending, 0);
+    assert_eq!(r.shards[0].action, Action::NothingToRemove);
+}

@@ -1,0 +1,128 @@
+//! Listing and showing tombstones.
+
+use des_format::Timestamp;
+use des_storage::tombstones::{AppliedMarker, DeleteReason, LoggedName, Tombstone, TombstoneLog};
+use serde::Serialize;
+
+use crate::error::Result;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TombstoneState {
+    /// Hidden from readers; bytes still in the shard.
+    Pending,
+    /// The repacker removed the bytes (or found them gone).
+    Applied,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub uid: Option<String>,
+    pub uid_prefix: Option<String>,
+    pub date: Option<u32>,
+    pub reason: Option<DeleteReason>,
+    /// Logged at or after this.
+    pub since: Option<Timestamp>,
+    pub state: Option<TombstoneState>,
+    pub limit: Option<usize>,
+}
+
+impl ListFilter {
+    /// What can be decided from the name alone (uid may be unknown).
+    fn name_passes(&self, n: &LoggedName, state: TombstoneState) -> bool {
+        let uid = n.name.uid.as_deref();
+        self.state.is_none_or(|s| s == state)
+            && self.date.is_none_or(|d| d == n.name.date)
+            && self.since.is_none_or(|s| n.name.logged_at >= s)
+            && uid.is_none_or(|u| self.uid_passes(u))
+    }
+
+    fn uid_passes(&self, uid: &str) -> bool {
+        self.uid.as_deref().is_none_or(|x| x == uid)
+            && self
+                .uid_prefix
+                .as_deref()
+                .is_none_or(|p| uid.starts_with(p))
+    }
+
+    fn record_passes(&self, t: &Tombstone) -> bool {
+        self.uid_passes(&t.uid) && self.reason.is_none_or(|r| r == t.reason)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ListedTombstone {
+    /// The log object's key.
+    pub key: String,
+    pub logged_at: String,
+    pub state: TombstoneState,
+    #[serde(flatten)]
+    pub tombstone: Tombstone,
+    /// The repacker's marker (only from `show`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied: Option<AppliedMarker>,
+}
+
+/// Tombstones matching `filter`, oldest logged first.
+pub async fn list(log: &TombstoneLog, filter: &ListFilter) -> Result<Vec<ListedTombstone>> {
+    let (pending, applied) = log.names_by_state().await?;
+    let mut names: Vec<(LoggedName, TombstoneState)> = pending
+        .into_iter()
+        .map(|n| (n, TombstoneState::Pending))
+        .chain(applied.into_iter().map(|n| (n, TombstoneState::Applied)))
+        .filter(|(n, s)| filter.name_passes(n, *s))
+        .collect();
+    names.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    let states: std::collections::HashMap<LoggedName, TombstoneState> =
+        names.iter().cloned().collect();
+    let mut out = Vec::new();
+    // Read in slices so a `--limit` does not read the whole log.
+    for chunk in names.chunks(256) {
+        let wanted = chunk.iter().map(|(n, _)| n.clone()).collect();
+        for logged in log.read_all(wanted).await? {
+            if !filter.record_passes(&logged.tombstone) {
+                continue;
+            }
+            let state = states
+                .get(&logged.at)
+                .copied()
+                .unwrap_or(TombstoneState::Pending);
+            out.push(ListedTombstone {
+                key: logged.at.name.log_key(),
+                logged_at: logged.at.name.logged_at.to_rfc3339(),
+                state,
+                tombstone: logged.tombstone,
+                applied: None,
+            });
+            if filter.limit.is_some_and(|l| out.len() >= l) {
+                return Ok(out);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Every tombstone of `(uid, date)` with its applied marker.
+pub async fn show(log: &TombstoneLog, uid: &str, date: u32) -> Result<Vec<ListedTombstone>> {
+    let filter = ListFilter {
+        uid: Some(uid.to_string()),
+        date: Some(date),
+        ..ListFilter::default()
+    };
+    let mut found = list(log, &filter).await?;
+    for t in &mut found {
+        if t.state == TombstoneState::Applied {
+            let at = LoggedName {
+                store: log.objects_for(uid)?.0,
+                name: des_storage::tombstones::parse_name(
+                    t.key
+                        .strip_prefix(des_storage::tombstones::LOG_PREFIX)
+                        .unwrap_or(&t.key),
+                )
+                .ok_or_else(|| crate::RepackError::Invalid(format!("bad log key {}", t.key)))?,
+            };
+            t.applied = log.applied_marker(&at).await?;
+        }
+    }
+    Ok(found)
+}

@@ -1,0 +1,678 @@
+//! End-to-end: des-tombstones + des-repack + des-verify on local stores.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn tombstone(s: &Local, uid: &str) {
+    let spec = s.spec(uid);
+    let out = run(
+        "des-tombstones",
+        &[
+            "--store",
+            &s.root_str(),
+            "add",
+            "--uid",
+            uid,
+            "--created-at",
+            &spec.created_at,
+            "--reason",
+            "gdpr",
+            "--deleted-by",
+            "tester",
+            "--ticket",
+            "DPO-1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+}
+
+fn repack(s: &Local, extra: &[&str]) -> std::process::Output {
+    let root = s.root_str();
+    let mut args = vec!["--store", root.as_str(), "--json", "--big-file-grace", "0s"];
+    args.extend_from_slice(extra);
+    run("des-repack", &args)
+}
+
+fn verify_clean(s: &Local) {
+    let out = run("des-verify", &[&s.root_str(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+}
+
+#[test]
+fn deleted_bytes_are_gone_and_everything_else_is_identical() {
+    let s = Local::build(standard_specs());
+    let deleted = ["file-03", "file-10", "big-a"];
+    for uid in deleted {
+        assert!(s.raw_contains(&needle(s.spec(uid))), "{uid} present before");
+        tombstone(&s, uid);
+    }
+    // Tombstones alone hide nothing physically.
+    assert!(s.raw_contains(&needle(s.spec("file-03"))));
+
+    let out = repack(&s, &["--min-garbage-ratio", "0"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let r = json(&out);
+    assert_eq!(r["entries_dropped"], 3, "{r:#}");
+    assert_eq!(r["tombstones_pending_before"], 3);
+    assert_eq!(r["tombstones_pending"], 0);
+    assert!(r["shards_rewritten"].as_u64().unwrap() >= 1);
+    assert!(r["bytes_reclaimed"].as_u64().unwrap() > 0);
+    assert_eq!(r["big_files"]["deleted"].as_array().unwrap().len(), 1);
+
+    for uid in deleted {
+        assert!(!s.raw_contains(&needle(s.spec(uid))), "{uid} bytes remain");
+    }
+    s.check_files(&deleted);
+    verify_clean(&s);
+
+    // Applied, with the generation that no longer holds the file.
+    let spec = s.spec("file-03");
+    let show = run(
+        "des-tombstones",
+        &[
+            "--store",
+            &s.root_str(),
+            "--json",
+            "show",
+            "--uid",
+            "file-03",
+            "--created-at",
+            &spec.created_at,
+        ],
+    );
+    assert_eq!(show.status.code(), Some(0), "{}", describe(&show));
+    let shown = json(&show);
+    assert_eq!(shown[0]["state"], "applied");
+    assert_eq!(shown[0]["applied"]["outcome"], "removed");
+    assert_eq!(shown[0]["applied"]["generation"], 2);
+    assert_eq!(shown[0]["ticket_id"], "DPO-1");
+
+    // Nothing left to do: a second run rewrites nothing.
+    let again = json(&repack(&s, &["--min-garbage-ratio", "0"]));
+    assert_eq!(again["shards_considered"], 0);
+    assert_eq!(again["shards_rewritten"], 0);
+}
+
+#[test]
+fn dry_run_changes_nothing() {
+    let s = Local::build(standard_specs());
+    tombstone(&s, "file-05");
+    let before = s.snapshot();
+    let out = repack(&s, &["--dry-run", "--min-garbage-ratio", "0"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let r = json(&out);
+    assert_eq!(r["dry_run"], true);
+    assert_eq!(r["shards"][0]["action"], "would_rewrite");
+    assert_eq!(r["tombstones_pending"], 1);
+    assert_eq!(s.snapshot(), before, "a dry run wrote something");
+    // The text plan is readable too.
+    let text = run("des-repack", &["--store", &s.root_str(), "--dry-run"]);
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        stdout.contains("dry run") && stdout.contains("WouldRewrite"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn ratio_defers_until_the_delay_is_reached() {
+    let s = Local::build(standard_specs());
+    tombstone(&s, "file-00");
+    let out = json(&repack(&s, &["--min-garbage-ratio", "0.9"]));
+    assert_eq!(out["shards"][0]["action"], "deferred", "{out:#}");
+    assert_eq!(out["shards"][0]["reason"], "below_ratio");
+    assert_eq!(out["tombstones_pending"], 1);
+    assert!(s.raw_contains(&needle(s.spec("file-00"))));
+
+    let out = json(&repack(
+        &s,
+        &["--min-garbage-ratio", "0.9", "--max-delay", "0s"],
+    ));
+    assert_eq!(out["shards"][0]["action"], "rewritten", "{out:#}");
+    assert_eq!(out["shards"][0]["reason"], "max_delay");
+    assert!(!s.raw_contains(&needle(s.spec("file-00"))));
+    s.check_files(&["file-00"]);
+}
+
+#[test]
+fn max_bytes_caps_a_run_and_the_next_run_continues() {
+    let s = Local::build(standard_specs());
+    let victims = ["file-00", "file-01", "file-02", "file-03"];
+    let shards: std::collections::BTreeSet<&String> =
+        victims.iter().map(|u| &s.shard_of[*u]).collect();
+    assert!(shards.len() >= 2, "victims must span shards");
+    for uid in victims {
+        tombstone(&s, uid);
+    }
+    let out = json(&repack(
+        &s,
+        &["--min-garbage-ratio", "0", "--max-bytes", "1"],
+    ));
+    assert_eq!(out["shards_rewritten"], 1, "{out:#}");
+    assert_eq!(out["shards_deferred"], shards.len() as u64 - 1);
+    assert!(
+        out["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["reason"] == "max_bytes")
+    );
+    let out = json(&repack(&s, &["--min-garbage-ratio", "0"]));
+    assert_eq!(out["shards_rewritten"], shards.len() as u64 - 1);
+    s.check_files(&victims);
+    for uid in victims {
+        assert!(!s.raw_contains(&needle(s.spec(uid))));
+    }
+}
+
+#[test]
+fn a_forced_shard_is_rewritten_without_tombstones() {
+    let s = Local::build(standard_specs());
+    let key = s.shard_of["file-07"].clone();
+    let arg = key.trim_end_matches(".des");
+    let out = repack(&s, &["--shard", arg]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let r = json(&out);
+    assert_eq!(r["shards"][0]["key"], key.as_str());
+    assert_eq!(r["shards"][0]["action"], "rewritten");
+    assert_eq!(r["shards"][0]["generation_after"], 2);
+    s.check_files(&[]);
+    verify_clean(&s);
+    let bad = run("des-repack", &["--store", &s.root_str(), "--shard", "nope"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", describe(&bad));
+}
+
+fn write_lease(s: &Local, holder: &str, expires_us: i64) {
+    let path = s.root().join("_des/repack.lease");
+    let body = serde_json::json!({
+        "holder": holder,
+        "acquired_at": "2024-01-01T00:00:00Z",
+        "expires_at": "later",
+        "expires_at_us": expires_us,
+    });
+    std::fs::write(path, body.to_string()).unwrap();
+}
+
+#[test]
+fn a_second_repacker_exits_3_and_an_expired_lease_is_taken_over() {
+    let s = Local::build(standard_specs());
+    tombstone(&s, "file-04");
+    write_lease(&s, "other-host/1/abc", i64::MAX);
+    let out = repack(&s, &["--min-garbage-ratio", "0"]);
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("another repacker") && stderr.contains("other-host"),
+        "{stderr}"
+    );
+    assert!(s.raw_contains(&needle(s.spec("file-04"))));
+
+    write_lease(&s, "other-host/1/abc", 0);
+    let out = repack(&s, &["--min-garbage-ratio", "0"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(!s.raw_contains(&needle(s.spec("file-04"))));
+    assert!(!s.root().join("_des/repack.lease").exists(), "released");
+}
+
+#[test]
+fn crashes_at_every_step_lose_nothing_and_a_rerun_finishes() {
+    for point in ["before_publish", "after_publish", "after_mark"] {
+        let s = Local::build(standard_specs());
+        let deleted = ["file-06", "big-b"];
+        for uid in deleted {
+            tombstone(&s, uid);
+        }
+        let root = s.root_str();
+        let crashed = bin("des-repack")
+            .args(["--store", &root, "--min-garbage-ratio", "0"])
+            .args(["--big-file-grace", "0s", "--lease-ttl", "1s", "--quiet"])
+            .env("DES_REPACK_CRASH_AT", point)
+            .output()
+            .unwrap();
+        assert!(!crashed.status.success(), "{point}: {}", describe(&crashed));
+        assert!(
+            String::from_utf8_lossy(&crashed.stderr).contains(point),
+            "{point}: {}",
+            describe(&crashed)
+        );
+        // Every live file survived, whichever generation is in place.
+        let published = point != "before_publish";
+        let gone: &[&str] = if published { &deleted[..1] } else { &[] };
+        s.check_files(gone);
+        verify_clean(&s);
+
+        std::thread::sleep(Duration::from_millis(1100));
+        let out = repack(&s, &["--min-garbage-ratio", "0"]);
+        assert_eq!(out.status.code(), Some(0), "{point}: {}", describe(&out));
+        let r = json(&out);
+        assert_eq!(r["tombstones_pending"], 0, "{point}: {r:#}");
+        s.check_files(&deleted);
+        for uid in deleted {
+            assert!(
+                !s.raw_contains(&needle(s.spec(uid))),
+                "{point}: {uid} remains"
+            );
+        }
+        verify_clean(&s);
+    }
+}
+
+/// Temp files of shard uploads in progress (LocalStore writes a temp file
+/// in the shard's directory and renames it into place).
+fn shard_temp_files(root: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for day in std::fs::read_dir(root).unwrap().flatten() {
+        let name = day.file_name().to_string_lossy().into_owned();
+        if name.len() != 8 || !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        for f in std::fs::read_dir(day.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let f = f.file_name().to_string_lossy().into_owned();
+            if f.starts_with(des_storage::local::TEMP_PREFIX) {
+                out.insert(format!("{name}/{f}"));
+            }
+        }
+    }
+    out
+}
+
+fn applied_markers(root: &std::path::Path) -> usize {
+    std::fs::read_dir(root.join(des_storage::tombstones::APPLIED_PREFIX))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn sigkill_at_any_moment_never_loses_a_live_file() {
+    // 64 shards of about 400 KB, a sixth of the files deleted.
+    let specs: Vec<FileSpec> = (0..200)
+        .map(|i| {
+            let day = 10 + i % 4;
+            FileSpec::new(
+                &format!("k{i:03}"),
+                &format!("2024-06-{day}T08:00:00Z"),
+                100_000 + (i * 377) % 50_000,
+            )
+        })
+        .collect();
+    let s = Local::build(specs);
+    let deleted: Vec<String> = (0..200).step_by(6).map(|i| format!("k{i:03}")).collect();
+    let batch: String = deleted
+        .iter()
+        .map(|u| {
+            let spec = s.spec(u);
+            format!(
+                "{{\"uid\":\"{u}\",\"created_at\":\"{}\",\"reason\":\"gdpr\",\"deleted_by\":\"t\"}}\n",
+                spec.created_at
+            )
+        })
+        .collect();
+    let file = s.aux("batch.jsonl");
+    std::fs::write(&file, batch).unwrap();
+    let added = run(
+        "des-tombstones",
+        &[
+            "--store",
+            &s.root_str(),
+            "add",
+            "--from",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(added.status.code(), Some(0), "{}", describe(&added));
+    let deleted_refs: Vec<&str> = deleted.iter().map(String::as_str).collect();
+    let root = s.root_str();
+    // Kill each run at a moment it is observed doing something: alternately
+    // while a new shard generation is being written (its temp file exists)
+    // and right after it marked tombstones applied. Each killed run makes
+    // some progress, so the kills land at different steps.
+    let (mut kills, mut mid_write) = (0, 0);
+    let mut finished = false;
+    for i in 0..200 {
+        let temps = shard_temp_files(s.root());
+        let markers = applied_markers(s.root());
+        let mut child = bin("des-repack")
+            .args(["--store", &root, "--min-garbage-ratio", "0", "--quiet"])
+            .args(["--lease-ttl", "300ms", "--big-file-grace", "0s"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                // Done by itself; it must have succeeded (not, say, found the lease held).
+                assert_eq!(status.code(), Some(0), "after {kills} kills");
+                finished = true;
+                break;
+            }
+            let writing = shard_temp_files(s.root()).difference(&temps).count() > 0;
+            if (i % 2 == 0 && writing) || (i % 2 == 1 && applied_markers(s.root()) > markers) {
+                // SIGKILL: no cleanup, no lease release.
+                child.kill().unwrap();
+                let _ = child.wait();
+                kills += 1;
+                mid_write += usize::from(writing);
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        if finished {
+            break;
+        }
+        // Each deleted file is either still there intact or gone; the rest intact.
+        check_live(&s, &deleted_refs);
+        // Let the dead run's lease expire.
+        std::thread::sleep(Duration::from_millis(350));
+    }
+    eprintln!("killed {kills} runs, {mid_write} while writing a shard");
+    assert!(finished, "never finished");
+    assert!(kills >= 4, "only {kills} kills");
+    assert!(mid_write >= 1, "no kill landed mid-write");
+    verify_clean(&s);
+    let out = repack(&s, &["--min-garbage-ratio", "0"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(json(&out)["tombstones_pending"], 0);
+    s.check_files(&deleted_refs);
+    for uid in deleted.iter().step_by(8) {
+        assert!(!s.raw_contains(&needle(s.spec(uid))), "{uid} remains");
+    }
+    verify_clean(&s);
+}
+
+/// Files not in `deleted` read back identical; deleted ones are intact or absent.
+fn check_live(s: &Local, deleted: &[&str]) {
+    let rt = rt();
+    rt.block_on(async {
+        let objects: std::sync::Arc<dyn des_storage::ObjectStore> =
+            std::sync::Arc::new(des_storage::LocalStore::new(s.root()).unwrap());
+        let store = des_storage::DesStore::open(objects).await.unwrap();
+        for spec in &s.specs {
+            match store.get_file(&spec.uid, spec.ts()).await {
+                Ok((_, data)) => assert!(data == content(&spec.uid, spec.size), "{}", spec.uid),
+                Err(e) if deleted.contains(&spec.uid.as_str()) => {
+                    assert_eq!(e.kind(), des_storage::ErrorKind::NotFound, "{e}");
+                }
+                Err(e) => panic!("live file {} unreadable: {e}", spec.uid),
+            }
+        }
+    });
+}
+
+#[test]
+fn retention_respects_rules_and_legal_holds() {
+    let specs = vec![
+        FileSpec::new("logs/a", "2020-01-01T00:00:00Z", 5_000),
+        FileSpec::new("logs/b", "2020-01-02T00:00:00Z", 5_000),
+        FileSpec::new("logs/case42/c", "2020-01-01T00:00:00Z", 5_000),
+        FileSpec::new("logs/audit/d", "2020-01-01T00:00:00Z", 5_000),
+        FileSpec::new("img/e", "2020-01-01T00:00:00Z", 5_000),
+        FileSpec::new(
+            "logs/new",
+            &des_format::Timestamp::now().to_rfc3339(),
+            5_000,
+        ),
+    ];
+    let s = Local::build(specs);
+    let root = s.root_str();
+    let rules = s.aux("rules.toml");
+    std::fs::write(
+        &rules,
+        "deleted_by = \"policy\"\n\
+         [[rule]]\nuid_prefix = \"logs/\"\nmax_age_days = 30\n\
+         [[rule]]\nuid_prefix = \"logs/audit/\"\n\
+         [[rule]]\nuid_prefix = \"\"\nmax_age_days = 36500\n",
+    )
+    .unwrap();
+    let hold = run(
+        "des-tombstones",
+        &[
+            "--store",
+            &root,
+            "hold",
+            "add",
+            "--name",
+            "case42",
+            "--uid-prefix",
+            "logs/case42/",
+            "--created-by",
+            "legal",
+        ],
+    );
+    assert_eq!(hold.status.code(), Some(0), "{}", describe(&hold));
+    let rules = rules.to_str().unwrap();
+    let dry = run(
+        "des-tombstones",
+        &[
+            "--store",
+            &root,
+            "--json",
+            "retention",
+            "--rules",
+            rules,
+            "--dry-run",
+        ],
+    );
+    let d = json(&dry);
+    assert_eq!(d["expired"], 3, "{d:#}");
+    assert_eq!(d["held"], 1);
+    assert_eq!(d["tombstones_created"], 2);
+    let listed = json(&run(
+        "des-tombstones",
+        &["--store", &root, "--json", "list"],
+    ));
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        0,
+        "dry run logged nothing"
+    );
+
+    let real = json(&run(
+        "des-tombstones",
+        &["--store", &root, "--json", "retention", "--rules", rules],
+    ));
+    assert_eq!(real["tombstones_created"], 2, "{real:#}");
+    let listed = json(&run(
+        "des-tombstones",
+        &[
+            "--store",
+            &root,
+            "--json",
+            "list",
+            "--reason",
+            "retention-expired",
+        ],
+    ));
+    let uids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["uid"].as_str().unwrap())
+        .collect();
+    assert_eq!(uids.len(), 2);
+    assert!(
+        uids.contains(&"logs/a") && uids.contains(&"logs/b"),
+        "{uids:?}"
+    );
+    assert_eq!(listed[0]["deleted_by"], "policy");
+
+    // A GDPR request for the held file: hidden from readers, bytes kept.
+    let c = s.spec("logs/case42/c");
+    let add = run(
+        "des-tombstones",
+        &[
+            "--store",
+            &root,
+            "add",
+            "--uid",
+            "logs/case42/c",
+            "--date",
+            &c.date(),
+            "--reason",
+            "gdpr",
+            "--deleted-by",
+            "dpo",
+        ],
+    );
+    assert_eq!(add.status.code(), Some(0), "{}", describe(&add));
+    let r = json(&repack(&s, &["--min-garbage-ratio", "0"]));
+    assert_eq!(r["tombstones_held"], 1, "{r:#}");
+    assert_eq!(r["tombstones_pending"], 0);
+    assert!(s.raw_contains(&needle(c)), "held bytes must stay");
+    s.check_files(&["logs/a", "logs/b"]);
+
+    let release = run(
+        "des-tombstones",
+        &["--store", &root, "hold", "release", "--name", "case42"],
+    );
+    assert_eq!(release.status.code(), Some(0), "{}", describe(&release));
+    let r = json(&repack(&s, &["--min-garbage-ratio", "0"]));
+    assert_eq!(r["tombstones_held"], 0, "{r:#}");
+    assert!(!s.raw_contains(&needle(c)));
+    s.check_files(&["logs/a", "logs/b", "logs/case42/c"]);
+    verify_clean(&s);
+}
+
+#[test]
+fn batch_add_reports_bad_lines_and_is_idempotent() {
+    let s = Local::build(standard_specs());
+    let root = s.root_str();
+    let file = s.aux("batch.jsonl");
+    std::fs::write(
+        &file,
+        "{\"uid\":\"file-01\",\"created_at\":\"2024-05-18T10:01:00Z\"}\n\
+         \n\
+         {\"uid\":\"file-02\",\"date\":\"20240517\",\"reason\":\"user_request\"}\n\
+         {\"uid\":\"file-02\",\"date\":\"20240517\"}\n\
+         {\"uid\":\"x\",\"date\":\"20241341\"}\n\
+         not json\n",
+    )
+    .unwrap();
+    let args = [
+        "--store",
+        root.as_str(),
+        "--json",
+        "add",
+        "--from",
+        file.to_str().unwrap(),
+        "--reason",
+        "gdpr",
+        "--deleted-by",
+        "batch",
+    ];
+    let out = run("des-tombstones", &args);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let r = json(&out);
+    assert_eq!(r["added"], 2, "{r:#}");
+    assert_eq!(r["already_deleted"], 1);
+    assert_eq!(r["failed"], 2);
+    let again = json(&run("des-tombstones", &args));
+    assert_eq!(again["added"], 0);
+    assert_eq!(again["already_deleted"], 3);
+    let listed = json(&run(
+        "des-tombstones",
+        &["--store", &root, "--json", "list", "--state", "pending"],
+    ));
+    let reasons: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons.len(), 2);
+    assert!(reasons.contains(&"gdpr") && reasons.contains(&"user_request"));
+    let missing = run(
+        "des-tombstones",
+        &[
+            "--store", &root, "show", "--uid", "file-30", "--date", "20240517",
+        ],
+    );
+    assert_eq!(missing.status.code(), Some(1), "{}", describe(&missing));
+}
+
+#[test]
+fn metrics_file_counts_runs() {
+    let s = Local::build(standard_specs());
+    tombstone(&s, "file-08");
+    let metrics = s.aux("repack.prom");
+    let m = metrics.to_str().unwrap();
+    let out = repack(&s, &["--min-garbage-ratio", "0.99", "--metrics-file", m]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert!(text.contains("des_tombstones_pending 1"), "{text}");
+    assert!(
+        !text.contains("des_tombstones_oldest_pending_age_seconds 0\n"),
+        "{text}"
+    );
+    let out = repack(&s, &["--min-garbage-ratio", "0", "--metrics-file", m]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        text.contains("des_repack_jobs_total{status=\"success\"} 2"),
+        "{text}"
+    );
+    assert!(text.contains("des_tombstones_pending 0"), "{text}");
+    assert!(
+        text.contains("des_tombstones_oldest_pending_age_seconds 0\n"),
+        "{text}"
+    );
+    let saved: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("des_repack_space_saved_bytes "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(saved > 0, "{text}");
+}
+
+#[test]
+fn schedule_mode_runs_on_each_tick_and_stops_on_sigterm() {
+    let s = Local::build(standard_specs());
+    tombstone(&s, "file-09");
+    let metrics = s.aux("repack.prom");
+    let child = bin("des-repack")
+        .args([
+            "--store",
+            &s.root_str(),
+            "--min-garbage-ratio",
+            "0",
+            "--quiet",
+        ])
+        .args(["--schedule", "* * * * * *", "--metrics-file"])
+        .arg(&metrics)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let ran_twice = loop {
+        let text = std::fs::read_to_string(&metrics).unwrap_or_default();
+        let runs = text
+            .lines()
+            .find_map(|l| l.strip_prefix("des_repack_jobs_total{status=\"success\"} "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        if runs >= 2 || std::time::Instant::now() > deadline {
+            break runs >= 2;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(ran_twice, "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(!s.raw_contains(&needle(s.spec("file-09"))));
+    s.check_files(&["file-09"]);
+}

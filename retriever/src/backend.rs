@@ -1,0 +1,211 @@
+//! Where the shards are (one store or zones), what each store is called in
+//! metrics, and a wrapper that counts the reads sent to each store.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use des_storage::store::{Placement, SHARD_EXT, Single};
+use des_storage::zones::{Zones, open_placement, open_zones_file};
+use des_storage::{
+    ByteRange, Capabilities, GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore,
+    ObjectWriter, PutOptions, PutResult, Result,
+};
+use prometheus::IntCounter;
+
+use crate::config::Source;
+use crate::metrics::Metrics;
+
+const STORE_META_PREFIX: &str = "_des/";
+
+/// The opened storage: the placement reads go through, and the names (and,
+/// for zones, breakers and counters) metrics and `/ready` report.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    pub placement: Arc<dyn Placement>,
+    pub backends: Backends,
+}
+
+#[derive(Debug, Clone)]
+pub enum Backends {
+    /// One store, named by its kind (`local`, `s3`).
+    Single(String),
+    Zones(Arc<Zones>),
+}
+
+impl Backends {
+    /// The metrics label of the store holding `shard_index`.
+    pub fn label_for_shard(&self, shard_index: u32) -> &str {
+        match self {
+            Self::Single(label) => label,
+            Self::Zones(z) => z.for_shard(shard_index).map_or("none", |z| z.name.as_str()),
+        }
+    }
+
+    /// Labels in the order of `Placement::stores()`.
+    fn labels(&self) -> Vec<String> {
+        match self {
+            Self::Single(label) => vec![label.clone()],
+            Self::Zones(z) => z.iter().map(|z| z.name.clone()).collect(),
+        }
+    }
+
+    pub fn zones(&self) -> Option<&Zones> {
+        match self {
+            Self::Single(_) => None,
+            Self::Zones(z) => Some(z),
+        }
+    }
+}
+
+impl Storage {
+    /// A single store, as tests build it (any backend, any wrapper).
+    pub fn single(objects: Arc<dyn ObjectStore>, label: &str) -> Self {
+        Self {
+            placement: Arc::new(Single(objects)),
+            backends: Backends::Single(label.into()),
+        }
+    }
+
+    pub fn zones(zones: Arc<Zones>) -> Self {
+        Self {
+            placement: zones.clone(),
+            backends: Backends::Zones(zones),
+        }
+    }
+
+    /// Opens the configured source. S3 locations (`s3://` or zones) get the
+    /// storage crate's retry and circuit-breaker stack.
+    pub fn open(source: &Source) -> Result<Self> {
+        match source {
+            Source::Zones(path) => Ok(Self::zones(Arc::new(open_zones_file(path)?))),
+            Source::Location(location) => {
+                let label = if location.starts_with("s3://") {
+                    "s3"
+                } else {
+                    "local"
+                };
+                Ok(Self {
+                    placement: open_placement(Some(location), None)?,
+                    backends: Backends::Single(label.into()),
+                })
+            }
+        }
+    }
+
+    /// The same placement with every store's reads counted in `metrics`.
+    pub fn metered(&self, metrics: &Metrics) -> Arc<dyn Placement> {
+        let stores = self.placement.stores();
+        let wrapped = stores
+            .iter()
+            .zip(self.backends.labels())
+            .map(|(inner, label)| {
+                let metered: Arc<dyn ObjectStore> =
+                    Arc::new(MeteredStore::new(Arc::clone(inner), &label, metrics));
+                (Arc::clone(inner), metered)
+            })
+            .collect();
+        Arc::new(MeteredPlacement {
+            inner: Arc::clone(&self.placement),
+            wrapped,
+        })
+    }
+}
+
+/// A placement whose stores are [`MeteredStore`]s; routing stays the inner one's.
+#[derive(Debug)]
+struct MeteredPlacement {
+    inner: Arc<dyn Placement>,
+    /// (inner store, its metered wrapper), in `stores()` order.
+    wrapped: Vec<(Arc<dyn ObjectStore>, Arc<dyn ObjectStore>)>,
+}
+
+impl Placement for MeteredPlacement {
+    fn for_shard(&self, shard_index: u32) -> Result<Arc<dyn ObjectStore>> {
+        let inner = self.inner.for_shard(shard_index)?;
+        // Few stores (one per zone): a scan beats a map.
+        Ok(self
+            .wrapped
+            .iter()
+            .find(|(i, _)| Arc::ptr_eq(i, &inner))
+            .map_or(inner, |(_, m)| Arc::clone(m)))
+    }
+
+    fn stores(&self) -> Vec<Arc<dyn ObjectStore>> {
+        self.wrapped.iter().map(|(_, m)| Arc::clone(m)).collect()
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn n_bits(&self) -> Option<u8> {
+        self.inner.n_bits()
+    }
+}
+
+/// Counts `get`s by what they fetch: a suffix is an index read, a range of a
+/// shard a payload read, anything else (an external object) a big-file read.
+/// An index too large for the suffix needs a second, ranged read; it is
+/// counted as a payload read, which is rare enough not to mislead.
+#[derive(Debug)]
+struct MeteredStore {
+    inner: Arc<dyn ObjectStore>,
+    index: IntCounter,
+    payload: IntCounter,
+    big: IntCounter,
+}
+
+impl MeteredStore {
+    fn new(inner: Arc<dyn ObjectStore>, label: &str, metrics: &Metrics) -> Self {
+        let c = |kind: &str| metrics.range_calls.with_label_values(&[label, kind]);
+        Self {
+            inner,
+            index: c("index"),
+            payload: c("payload"),
+            big: c("big"),
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectStore for MeteredStore {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn get(&self, key: &str, opts: GetOptions) -> Result<GetResult> {
+        match opts.range {
+            // Store settings (`_des/…`), read once at start: none of the three.
+            _ if key.starts_with(STORE_META_PREFIX) => {}
+            Some(ByteRange::Suffix(_)) => self.index.inc(),
+            _ if key.ends_with(SHARD_EXT) => self.payload.inc(),
+            _ => self.big.inc(),
+        }
+        self.inner.get(key, opts).await
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta> {
+        self.inner.head(key).await
+    }
+
+    async fn put(&self, key: &str, data: Bytes, opts: PutOptions) -> Result<PutResult> {
+        self.inner.put(key, data, opts).await
+    }
+
+    async fn put_writer(&self, key: &str, opts: PutOptions) -> Result<Box<dyn ObjectWriter>> {
+        self.inner.put_writer(key, opts).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.inner.delete(key).await
+    }
+
+    async fn list(&self, prefix: &str, start_after: Option<&str>) -> Result<ListPage> {
+        self.inner.list(prefix, start_after).await
+    }
+}

@@ -1,0 +1,275 @@
+use std::collections::HashMap;
+
+use super::*;
+
+fn resolve(args: &[&str], env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    let cli =
+        Cli::try_parse_from(std::iter::once("des-retriever").chain(args.iter().copied())).unwrap();
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Settings::resolve(cli.opts, &|k| env.get(k).cloned())
+}
+
+#[test]
+fn defaults() {
+    let s = resolve(&["--store", "/data", "--no-auth"], &[]).unwrap();
+    assert_eq!(s.source, Source::Location("/data".into()));
+    assert_eq!(s.layout, Layout::V3);
+    assert_eq!(s.listen, DEFAULT_LISTEN);
+    assert_eq!(s.cache_bytes, 512 << 20);
+    assert_eq!(s.suffix_bytes, 64 << 10);
+    assert_eq!(s.cache_ttl, None);
+    assert_eq!(s.workers, None);
+    assert_eq!(s.auth, AuthSetting::Off);
+    assert_eq!(s.rate_limits, RateLimits::default());
+    assert_eq!(s.log_format, LogFormat::Text);
+}
+
+#[test]
+fn precedence_cli_env_file_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("r.toml");
+    std::fs::write(
+        &file,
+        "store = \"/from-file\"\nlisten = \"0.0.0.0:1\"\ncache_bytes = 1\nsuffix_bytes = 2\n\
+         log_format = \"json\"\nauth = \"off\"\nrate_limit_per_ip = 7\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let s = resolve(
+        &["--config", f, "--listen", "127.0.0.1:3"],
+        &[
+            ("DES_RETRIEVER_LISTEN", "127.0.0.1:2"),
+            ("DES_RETRIEVER_CACHE_BYTES", "20"),
+            ("DES_RETRIEVER_CACHE_TTL_SECS", "9"),
+            ("DES_RETRIEVER_RATE_LIMIT_BURST", "30"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(s.listen, "127.0.0.1:3", "cli beats env and file");
+    assert_eq!(s.cache_bytes, 20, "env beats file");
+    assert_eq!(s.suffix_bytes, 2, "file beats default");
+    assert_eq!(s.source, Source::Location("/from-file".into()));
+    assert_eq!(s.cache_ttl, Some(Duration::from_secs(9)));
+    assert_eq!(s.log_format, LogFormat::Json);
+    assert_eq!(s.auth, AuthSetting::Off);
+    let ip = s.rate_limits.per_ip.unwrap();
+    assert_eq!((ip.per_second.get(), ip.burst.get()), (7, 30));
+    assert_eq!(s.rate_limits.per_key, None);
+    // The config file itself can come from the environment.
+    let s = resolve(
+        &[],
+        &[
+            ("DES_RETRIEVER_CONFIG", f),
+            ("DES_RETRIEVER_LOG_FORMAT", "text"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(s.source, Source::Location("/from-file".into()));
+    assert_eq!(s.log_format, LogFormat::Text);
+    // A zones file from the environment replaces the file's store.
+    let s = resolve(
+        &[],
+        &[
+            ("DES_RETRIEVER_CONFIG", f),
+            ("DES_RETRIEVER_ZONES", "z.yaml"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(s.source, Source::Zones("z.yaml".into()));
+}
+
+#[test]
+fn every_setting_from_each_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("r.toml");
+    std::fs::write(
+        &file,
+        "zones = \"z.yaml\"\napi_keys = \"k.toml\"\nrate_limit_per_key = 3\nworkers = 2\n\
+         shutdown_timeout_secs = 4\nnegative_ttl_secs = 6\ntombstone_poll_interval_secs = 3\n",
+    )
+    .unwrap();
+    let s = resolve(&["--config", file.to_str().unwrap()], &[]).unwrap();
+    assert_eq!(s.source, Source::Zones("z.yaml".into()));
+    assert_eq!(s.auth, AuthSetting::Keys("k.toml".into()));
+    assert_eq!(s.rate_limits.per_key.unwrap().per_second.get(), 3);
+    assert_eq!(s.workers, Some(2));
+    assert_eq!(s.shutdown_timeout, Duration::from_secs(4));
+    assert_eq!(s.negative_ttl, Duration::from_secs(6));
+    assert_eq!(s.tombstone_poll_interval, Duration::from_secs(3));
+    let s = resolve(
+        &[],
+        &[
+            ("DES_RETRIEVER_ZONES", "z.toml"),
+            ("DES_RETRIEVER_API_KEYS", "keys.yaml"),
+            ("DES_RETRIEVER_RATE_LIMIT_PER_KEY", "5"),
+            ("DES_RETRIEVER_TOMBSTONE_POLL_INTERVAL_SECS", "7"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(s.tombstone_poll_interval, Duration::from_secs(7));
+    assert_eq!(s.source, Source::Zones("z.toml".into()));
+    assert_eq!(s.auth, AuthSetting::Keys("keys.yaml".into()));
+    assert_eq!(s.rate_limits.per_key.unwrap().burst.get(), 5);
+    let s = resolve(
+        &[
+            "--zones",
+            "z.yaml",
+            "--api-keys",
+            "k.toml",
+            "--rate-limit-per-ip",
+            "9",
+            "--rate-limit-burst",
+            "1",
+            "--log-format",
+            "json",
+            "--tombstone-poll-interval-secs",
+            "2",
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(s.tombstone_poll_interval, Duration::from_secs(2));
+    assert_eq!(s.source, Source::Zones("z.yaml".into()));
+    assert_eq!(s.rate_limits.per_ip.unwrap().burst.get(), 1);
+    assert_eq!(s.log_format, LogFormat::Json);
+    let s = resolve(&["--store", "x"], &[("DES_RETRIEVER_AUTH", "off")]).unwrap();
+    assert_eq!(s.auth, AuthSetting::Off);
+}
+
+#[test]
+fn invalid() {
+    let bad = |args: &[&str], env: &[(&str, &str)], why: &str| {
+        assert!(resolve(args, env).is_err(), "{why}: {args:?} {env:?}");
+    };
+    bad(&["--no-auth"], &[], "store is required");
+    bad(&["--store", "x"], &[], "auth needs keys or an explicit off");
+    bad(
+        &["--store", "x", "--no-auth", "--api-keys", "k"],
+        &[],
+        "off and keys contradict",
+    );
+    bad(
+        &["--store", "x", "--no-auth"],
+        &[("DES_RETRIEVER_ZONES", "z.yaml")],
+        "store and zones",
+    );
+    bad(
+        &["--store", "x", "--no-auth", "--layout", "legacy"],
+        &[],
+        "legacy needs n_bits",
+    );
+    bad(
+        &["--store", "x", "--no-auth", "--n-bits", "8"],
+        &[],
+        "v3 records n_bits",
+    );
+    bad(
+        &[
+            "--store",
+            "x",
+            "--no-auth",
+            "--layout",
+            "legacy",
+            "--n-bits",
+            "3",
+        ],
+        &[],
+        "n_bits out of range",
+    );
+    bad(
+        &["--store", "x", "--no-auth", "--workers", "0"],
+        &[],
+        "workers",
+    );
+    bad(
+        &[
+            "--store",
+            "x",
+            "--no-auth",
+            "--tombstone-poll-interval-secs",
+            "0",
+        ],
+        &[],
+        "poll interval",
+    );
+    bad(
+        &["--store", "x", "--no-auth", "--rate-limit-per-ip", "0"],
+        &[],
+        "zero rate",
+    );
+    bad(
+        &["--store", "x", "--no-auth"],
+        &[("DES_RETRIEVER_CACHE_BYTES", "lots")],
+        "not a number",
+    );
+    bad(
+        &["--store", "x", "--no-auth"],
+        &[("DES_RETRIEVER_LAYOUT", "v2")],
+        "bad layout",
+    );
+    bad(
+        &["--store", "x"],
+        &[("DES_RETRIEVER_AUTH", "maybe")],
+        "bad auth",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("r.toml");
+    std::fs::write(&file, "stor = \"typo\"\n").unwrap();
+    bad(
+        &[
+            "--store",
+            "x",
+            "--no-auth",
+            "--config",
+            file.to_str().unwrap(),
+        ],
+        &[],
+        "unknown key",
+    );
+    bad(
+        &["--store", "x", "--no-auth", "--config", "/nonexistent.toml"],
+        &[],
+        "missing file",
+    );
+    assert!(
+        Cli::try_parse_from(["des-retriever", "--store", "x", "--zones", "z"]).is_err(),
+        "clap rejects both"
+    );
+    let s = resolve(
+        &[
+            "--store",
+            "x",
+            "--no-auth",
+            "--layout",
+            "legacy",
+            "--n-bits",
+            "4",
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_eq!((s.layout, s.n_bits), (Layout::Legacy, Some(4)));
+}
+
+#[test]
+fn hash_key_subcommand_parses() {
+    let cli = Cli::try_parse_from([
+        "des-retriever",
+        "hash-key",
+        "--name",
+        "ops",
+        "--scope",
+        "read",
+        "--scope",
+        "delete",
+    ])
+    .unwrap();
+    let Some(Command::HashKey(args)) = cli.command else {
+        panic!("no subcommand");
+    };
+    assert_eq!(args.name, "ops");
+    assert_eq!(args.scopes, ["read", "delete"]);
+}

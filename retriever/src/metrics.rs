@@ -1,0 +1,238 @@
+//! Prometheus metrics, one registry per service instance (so tests running
+//! several apps in one process do not share counts).
+//!
+//! Values owned by the storage layer (breaker states, retry totals) and the
+//! cache size are read when `/metrics` is scraped rather than pushed.
+
+use std::sync::Mutex;
+
+use des_storage::resilience::BreakerState;
+use des_storage::zones::Zones;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[derive(Debug, thiserror::Error)]
+#[error("metrics: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub retrievals: IntCounterVec,
+    pub retrieval_seconds: Histogram,
+    pub range_calls: IntCounterVec,
+    pub cache_bytes: IntGauge,
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
+    pub cache_evictions: IntCounterVec,
+    pub breaker_state: IntGaugeVec,
+    pub storage_retries: IntCounterVec,
+    pub corruption: IntCounter,
+    pub http_requests: IntCounterVec,
+    pub tombstones_known: IntGauge,
+    pub tombstones_appended: IntCounter,
+    pub tombstones_poll_failures: IntCounter,
+    /// Serialises the scrape-time copy of storage counters, so two
+    /// concurrent scrapes cannot both add the same increment.
+    sync: Mutex<()>,
+}
+
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, MetricsError> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, MetricsError> {
+    let c = IntCounter::new(name, help)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, MetricsError> {
+        let r = Registry::new();
+        let retrieval_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "des_retrieval_seconds",
+                "Time from request to response headers for file requests.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+        )?;
+        r.register(Box::new(retrieval_seconds.clone()))?;
+        let cache_bytes = IntGauge::new(
+            "des_index_cache_bytes",
+            "Heap bytes held by cached shard indexes.",
+        )?;
+        r.register(Box::new(cache_bytes.clone()))?;
+        let breaker_state = IntGaugeVec::new(
+            Opts::new(
+                "des_circuit_breaker_state",
+                "Circuit breaker per zone location: 0 closed, 1 open, 2 half-open.",
+            ),
+            &["zone", "location"],
+        )?;
+        r.register(Box::new(breaker_state.clone()))?;
+        let tombstones_known = IntGauge::new(
+            "des_tombstones_known",
+            "Deleted (uid, date) pairs this replica knows of.",
+        )?;
+        r.register(Box::new(tombstones_known.clone()))?;
+        Ok(Self {
+            retrievals: counter_vec(
+                &r,
+                "des_retrievals_total",
+                "File requests answered, by backend and HTTP status.",
+                &["backend", "status"],
+            )?,
+            retrieval_seconds,
+            range_calls: counter_vec(
+                &r,
+                "des_s3_range_calls_total",
+                "Reads sent to storage: index (shard suffix), payload (range of a shard), big (external object).",
+                &["backend", "type"],
+            )?,
+            cache_bytes,
+            cache_hits: counter(
+                &r,
+                "des_index_cache_hits_total",
+                "Shard index lookups served from the cache.",
+            )?,
+            cache_misses: counter(
+                &r,
+                "des_index_cache_misses_total",
+                "Shard index lookups that read storage.",
+            )?,
+            cache_evictions: counter_vec(
+                &r,
+                "des_index_cache_evictions_total",
+                "Shard indexes dropped from the cache, by cause (size, expired, explicit, replaced).",
+                &["cause"],
+            )?,
+            breaker_state,
+            storage_retries: counter_vec(
+                &r,
+                "des_storage_retries_total",
+                "Storage requests retried, per zone.",
+                &["zone"],
+            )?,
+            corruption: counter(
+                &r,
+                "des_corruption_detected_total",
+                "Stored bytes that failed a CRC, digest or length check.",
+            )?,
+            http_requests: counter_vec(
+                &r,
+                "http_requests_total",
+                "HTTP requests by route pattern and status.",
+                &["route", "status"],
+            )?,
+            tombstones_known,
+            tombstones_appended: counter(
+                &r,
+                "des_tombstones_appended_total",
+                "Tombstones this replica wrote (accepted DELETEs).",
+            )?,
+            tombstones_poll_failures: counter(
+                &r,
+                "des_tombstones_poll_failures_total",
+                "Polls of the tombstone log that failed.",
+            )?,
+            registry: r,
+            sync: Mutex::new(()),
+        })
+    }
+
+    /// The text exposition, after copying in what storage and the cache hold.
+    pub fn render(&self, cache_bytes: u64, zones: Option<&Zones>) -> Result<String, MetricsError> {
+        self.cache_bytes
+            .set(i64::try_from(cache_bytes).unwrap_or(i64::MAX));
+        if let Some(zones) = zones {
+            self.copy_zones(zones);
+        }
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    fn copy_zones(&self, zones: &Zones) {
+        // A poisoned lock only means another scrape panicked; the data is counters.
+        let _guard = self.sync.lock().unwrap_or_else(|p| p.into_inner());
+        for zone in zones {
+            for (location, breaker) in &zone.breakers {
+                self.breaker_state
+                    .with_label_values(&[zone.name.as_str(), location.as_str()])
+                    .set(breaker_gauge(breaker.state()));
+            }
+            let total = zone
+                .counters
+                .retries
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let c = self
+                .storage_retries
+                .with_label_values(&[zone.name.as_str()]);
+            c.inc_by(total.saturating_sub(c.get()));
+        }
+    }
+}
+
+/// The gauge this service documents (0 closed, 1 open, 2 half-open).
+pub fn breaker_gauge(state: BreakerState) -> i64 {
+    match state {
+        BreakerState::Closed => 0,
+        BreakerState::Open => 1,
+        BreakerState::HalfOpen => 2,
+    }
+}
+
+pub fn breaker_name(state: BreakerState) -> &'static str {
+    match state {
+        BreakerState::Closed => "closed",
+        BreakerState::Open => "open",
+        BreakerState::HalfOpen => "half_open",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family() {
+        let m = Metrics::new().unwrap();
+        m.retrievals.with_label_values(&["local", "200"]).inc();
+        m.retrieval_seconds.observe(0.01);
+        m.range_calls.with_label_values(&["local", "index"]).inc();
+        m.cache_hits.inc();
+        m.cache_misses.inc();
+        m.cache_evictions.with_label_values(&["size"]).inc();
+        m.corruption.inc();
+        m.http_requests.with_label_values(&["/health", "200"]).inc();
+        let text = m.render(1234, None).unwrap();
+        for name in [
+            "des_retrievals_total{backend=\"local\",status=\"200\"} 1",
+            "des_retrieval_seconds_bucket",
+            "des_s3_range_calls_total{backend=\"local\",type=\"index\"} 1",
+            "des_index_cache_bytes 1234",
+            "des_index_cache_hits_total 1",
+            "des_index_cache_misses_total 1",
+            "des_index_cache_evictions_total{cause=\"size\"} 1",
+            "des_corruption_detected_total 1",
+            "http_requests_total{route=\"/health\",status=\"200\"} 1",
+        ] {
+            assert!(text.contains(name), "{name} missing from\n{text}");
+        }
+    }
+}

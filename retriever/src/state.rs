@@ -1,0 +1,113 @@
+//! What every request handler shares: the retriever, the API keys and the
+//! rate limiters, and the gate a file request passes before any lookup.
+
+use std::sync::Arc;
+
+use actix_web::HttpRequest;
+
+use crate::auth::{Auth, AuthError, Principal, Scope};
+use crate::backend::Storage;
+use crate::config::Settings;
+use crate::error::ApiError;
+use crate::limits::Limits;
+use crate::lookup::{CacheConfig, Retriever};
+use crate::metrics::{Metrics, MetricsError};
+use crate::tombstones::Deleted;
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open store: {0}")]
+    Storage(#[from] des_storage::Error),
+    #[error("{0}")]
+    Auth(#[from] AuthError),
+    #[error("{0}")]
+    Metrics(#[from] MetricsError),
+}
+
+#[derive(Debug)]
+pub struct AppState {
+    pub retriever: Retriever,
+    pub auth: Arc<Auth>,
+    pub limits: Limits,
+    /// Deleted files; `None` for legacy stores, which cannot be deleted from.
+    pub deleted: Option<Arc<Deleted>>,
+}
+
+impl AppState {
+    /// Opens everything `settings` asks for on `storage`.
+    pub async fn open(storage: &Storage, settings: &Settings) -> Result<Self, StartError> {
+        let auth = Arc::new(Auth::from_setting(&settings.auth)?);
+        let metrics = Arc::new(Metrics::new()?);
+        let retriever = open_retriever(storage, settings, Arc::clone(&metrics)).await?;
+        let deleted = match retriever.store().layout() {
+            des_storage::Layout::V3 => {
+                Some(Arc::new(Deleted::load(retriever.store(), &metrics).await?))
+            }
+            des_storage::Layout::Legacy => None,
+        };
+        Ok(Self {
+            retriever,
+            auth,
+            limits: Limits::new(&settings.rate_limits),
+            deleted,
+        })
+    }
+
+    /// Rate limits, then the key, then what the key may do: 429, 401, 403.
+    /// Runs before any lookup, so a refused request learns nothing about
+    /// which files exist and costs no storage request.
+    pub fn admit(&self, req: &HttpRequest, scope: Scope, uid: &str) -> Result<Principal, ApiError> {
+        self.limits.check_ip(req.peer_addr().map(|a| a.ip()))?;
+        let principal = self.auth.authenticate(req.headers())?;
+        self.limits.check_key(principal.name())?;
+        principal.authorize(scope, uid)?;
+        Ok(principal)
+    }
+
+    /// 410 if `(uid, created_at)` was deleted.
+    pub fn check_not_deleted(
+        &self,
+        uid: &str,
+        created_at: des_format::Timestamp,
+    ) -> Result<(), ApiError> {
+        match &self.deleted {
+            Some(d) if d.contains(uid, created_at) => Err(ApiError::gone(format!(
+                "{uid:?} of {} was deleted",
+                created_at.date_dir()
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Opens the DES store on `storage` (reads counted in `metrics`).
+pub async fn open_retriever(
+    storage: &Storage,
+    settings: &Settings,
+    metrics: Arc<Metrics>,
+) -> Result<Retriever, des_storage::Error> {
+    use des_storage::{DesStore, Layout};
+    let placement = storage.metered(&metrics);
+    let store = match (settings.layout, settings.n_bits) {
+        (Layout::Legacy, Some(n)) => DesStore::legacy_placed(placement, n)?,
+        (Layout::Legacy, None) => {
+            return Err(des_storage::Error::Invalid(
+                "a legacy store needs n_bits".into(),
+            ));
+        }
+        (Layout::V3, _) => DesStore::open_placed(placement).await?,
+    };
+    let cache = CacheConfig {
+        index_bytes: settings.cache_bytes,
+        index_ttl: settings.cache_ttl,
+        negative_ttl: settings.negative_ttl,
+        ..CacheConfig::default()
+    };
+    Ok(Retriever::new(
+        store.with_suffix_len(settings.suffix_bytes),
+        storage.backends.clone(),
+        metrics,
+        &cache,
+    ))
+}
