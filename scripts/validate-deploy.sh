@@ -317,7 +317,8 @@ metrics() {
     local files=("$dir/retriever.prom") tool
     DES_METRICS_FILE=$dir/des-verify.prom "$bin/des-verify" --quiet "$dir/store" >"$dir/des-verify.log" 2>&1 ||
         echo "metrics: des-verify exited $? on a fresh store (log: $dir/des-verify.log)" >&2
-    for tool in des-repack des-tombstones; do
+    # des-tombstones exports nothing: the repacker reports the tombstone backlog.
+    for tool in des-repack; do
         if [[ -x $bin/$tool ]]; then
             DES_METRICS_FILE=$dir/$tool.prom DES_STORE=$dir/store timeout 120 "$bin/$tool" >"$dir/$tool.log" 2>&1 ||
                 echo "metrics: $tool exited $? (log: $dir/$tool.log)" >&2
@@ -325,7 +326,7 @@ metrics() {
             echo "metrics: $tool is not built yet" >&2
         fi
     done
-    for tool in des-verify des-repack des-tombstones; do
+    for tool in des-verify des-repack; do
         if [[ -f $dir/$tool.prom ]]; then
             files+=("$dir/$tool.prom")
         else

@@ -176,6 +176,48 @@ impl RepackMetrics {
     }
 }
 
+/// Metrics of one `des-verify` run, written atomically. Gauges of the last
+/// run: the alert fires on `des_verify_corrupt_entries_total > 0` and on a
+/// stale `des_verify_last_run_timestamp_seconds`.
+pub fn write_verify_metrics(
+    path: &Path,
+    report: &crate::verify::VerifyReport,
+) -> std::io::Result<()> {
+    use std::fmt::Write as _;
+    let gauges = [
+        (
+            "des_verify_corrupt_entries_total",
+            "Corrupt entries found by the last verify run.",
+            report.corrupt_entries as f64,
+        ),
+        (
+            "des_verify_corrupt_shards",
+            "Shards with corruption found by the last verify run.",
+            report.corrupt_shards as f64,
+        ),
+        (
+            "des_verify_entries_checked",
+            "Entries whose payload the last verify run checked.",
+            report.entries_checked as f64,
+        ),
+        (
+            "des_verify_last_run_timestamp_seconds",
+            "Unix time the last verify run finished.",
+            now_seconds(),
+        ),
+    ];
+    let mut text = String::new();
+    for (name, help, v) in gauges {
+        let _ = writeln!(
+            text,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}"
+        );
+    }
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
 fn now_seconds() -> f64 {
     des_format::Timestamp::now().micros() as f64 / 1e6
 }

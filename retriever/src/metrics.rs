@@ -162,9 +162,12 @@ impl Metrics {
         if let Some(zones) = zones {
             self.copy_zones(zones);
         }
+        let families = self.registry.gather();
         let mut out = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
-        Ok(String::from_utf8_lossy(&out).into_owned())
+        TextEncoder::new().encode(&families, &mut out)?;
+        let mut text = String::from_utf8_lossy(&out).into_owned();
+        declare_empty_families(&mut text, &families);
+        Ok(text)
     }
 
     fn copy_zones(&self, zones: &Zones) {
@@ -184,6 +187,50 @@ impl Metrics {
                 .storage_retries
                 .with_label_values(&[zone.name.as_str()]);
             c.inc_by(total.saturating_sub(c.get()));
+        }
+    }
+}
+
+/// Labelled families with no series yet (no zones, no eviction so far) are
+/// left out by the encoder; declaring them anyway lets dashboards, alerts
+/// and the deployment check see every name this service can export.
+fn declare_empty_families(text: &mut String, present: &[prometheus::proto::MetricFamily]) {
+    use std::fmt::Write as _;
+    const LABELLED: [(&str, &str, &str); 6] = [
+        (
+            "http_requests_total",
+            "counter",
+            "HTTP requests by route pattern and status.",
+        ),
+        (
+            "des_retrievals_total",
+            "counter",
+            "File requests answered, by backend and HTTP status.",
+        ),
+        (
+            "des_s3_range_calls_total",
+            "counter",
+            "Reads sent to storage: index (shard suffix), payload (range of a shard), big (external object).",
+        ),
+        (
+            "des_index_cache_evictions_total",
+            "counter",
+            "Shard indexes dropped from the cache, by cause (size, expired, explicit, replaced).",
+        ),
+        (
+            "des_circuit_breaker_state",
+            "gauge",
+            "Circuit breaker per zone location: 0 closed, 1 open, 2 half-open.",
+        ),
+        (
+            "des_storage_retries_total",
+            "counter",
+            "Storage requests retried, per zone.",
+        ),
+    ];
+    for (name, kind, help) in LABELLED {
+        if !present.iter().any(|f| f.name() == name) {
+            let _ = write!(text, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
         }
     }
 }

@@ -41,7 +41,12 @@ Environment:
 #[command(name = "des-repack", version, after_help = EXIT_CODES)]
 struct Cli {
     /// Store location: a directory, file:// or s3://bucket/prefix URL.
-    #[arg(long, value_name = "LOCATION", required_unless_present = "zones")]
+    #[arg(
+        long,
+        value_name = "LOCATION",
+        env = "DES_STORE",
+        required_unless_present = "zones"
+    )]
     store: Option<String>,
     /// Zones file (YAML/TOML) instead of --store.
     #[arg(long, value_name = "FILE", conflicts_with = "store")]
@@ -86,7 +91,7 @@ struct Cli {
     json: bool,
     /// Write Prometheus metrics to this file after each run (counters
     /// accumulate across runs).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "DES_METRICS_FILE")]
     metrics_file: Option<PathBuf>,
     /// No progress bar.
     #[arg(long, short)]

@@ -85,6 +85,11 @@ struct Cli {
     /// Print a machine-readable report on stdout instead of the summary.
     #[arg(long)]
     json: bool,
+    /// Write Prometheus metrics of this run here (for a node-exporter
+    /// textfile collector): `des_verify_corrupt_entries_total`,
+    /// `des_verify_last_run_timestamp_seconds`, …
+    #[arg(long, value_name = "PATH", env = "DES_METRICS_FILE")]
+    metrics_file: Option<PathBuf>,
 }
 
 fn parse_rate(s: &str) -> Result<u64, String> {
@@ -176,6 +181,10 @@ async fn verify(cli: &Cli) -> Result<u8> {
         }
     };
     bar.finish_and_clear();
+    if let Some(path) = &cli.metrics_file {
+        des_repack::metrics::write_verify_metrics(path, &report)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     let mut out = std::io::stdout().lock();
     if cli.json {
         serde_json::to_writer_pretty(&mut out, &report).context("writing the report")?;
