@@ -234,7 +234,8 @@ build_bins() {
     if [[ -n ${DES_BIN_DIR:-} ]]; then
         BIN=$DES_BIN_DIR
     else
-        cargo build --quiet --locked --bins
+        # Same features as `cargo test --workspace --all-features`, so CI reuses its build.
+        cargo build --quiet --locked --workspace --all-features --bins
         BIN=$ROOT/target/debug
     fi
 }
@@ -318,14 +319,9 @@ metrics() {
     DES_METRICS_FILE=$dir/des-verify.prom "$bin/des-verify" --quiet "$dir/store" >"$dir/des-verify.log" 2>&1 ||
         echo "metrics: des-verify exited $? on a fresh store (log: $dir/des-verify.log)" >&2
     # des-tombstones exports nothing: the repacker reports the tombstone backlog.
-    for tool in des-repack; do
-        if [[ -x $bin/$tool ]]; then
-            DES_METRICS_FILE=$dir/$tool.prom DES_STORE=$dir/store timeout 120 "$bin/$tool" >"$dir/$tool.log" 2>&1 ||
-                echo "metrics: $tool exited $? (log: $dir/$tool.log)" >&2
-        else
-            echo "metrics: $tool is not built yet" >&2
-        fi
-    done
+    DES_METRICS_FILE=$dir/des-repack.prom DES_STORE=$dir/store timeout 120 "$bin/des-repack" \
+        >"$dir/des-repack.log" 2>&1 ||
+        echo "metrics: des-repack exited $? (log: $dir/des-repack.log)" >&2
     for tool in des-verify des-repack; do
         if [[ -f $dir/$tool.prom ]]; then
             files+=("$dir/$tool.prom")
