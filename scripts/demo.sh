@@ -30,8 +30,6 @@ bin=target/release
 echo "== packing $sample into $work/store"
 "$bin/des-pack" --dir "$sample" --created-at "$created_at" --out "$work/store" \
     --report "$work/report.json" -q
-python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print({k: r[k] for k in r if not isinstance(r[k], (list, dict))})' \
-    "$work/report.json" 2>/dev/null || cat "$work/report.json" | head -c 600
 
 echo "== serving it on 127.0.0.1:$port"
 "$bin/des-retriever" --store "$work/store" --listen "127.0.0.1:$port" --no-auth \

@@ -29,6 +29,17 @@ pub struct LocalStore {
     commit_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// Reads at most this long are done on the calling task (see `get`).
+const INLINE_READ_MAX: u64 = 64 * 1024;
+
+fn is_small(range: Option<ByteRange>) -> bool {
+    match range {
+        Some(ByteRange::Bounded { start, end }) => end.saturating_sub(start) <= INLINE_READ_MAX,
+        Some(ByteRange::Suffix(n)) => n <= INLINE_READ_MAX,
+        _ => false,
+    }
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
@@ -173,7 +184,8 @@ impl ObjectStore for LocalStore {
     async fn get(&self, key: &str, opts: GetOptions) -> Result<GetResult> {
         let path = self.path(key)?;
         let k = key.to_string();
-        let (meta, range, file, first) = blocking(move || {
+        let small = is_small(opts.range);
+        let open = move || {
             // Stat the open handle: a concurrent rename cannot mix two versions.
             let mut f = std::fs::File::open(&path).map_err(|e| Error::io(&k, e))?;
             let md = f.metadata().map_err(|e| Error::io(&k, e))?;
@@ -205,8 +217,16 @@ impl ObjectStore for LocalStore {
                 None
             };
             Ok((meta, range, f, first))
-        })
-        .await?;
+        };
+        // Small reads (index suffixes, typical payloads) are a few
+        // microseconds from the page cache, less than a hand-off to the
+        // blocking pool and back, which dominated warm GETs. Larger or
+        // unbounded reads go to the pool so a worker never stalls for long.
+        let (meta, range, file, first) = if small {
+            open()?
+        } else {
+            blocking(open).await?
+        };
         if let Some(chunk) = first {
             return Ok(GetResult {
                 meta,
