@@ -19,7 +19,7 @@ cargo build --release --locked -q -p des-packer
 pack=target/release/des-pack
 
 files=$(find "$dir" -type f | wc -l)
-bytes=$(find "$dir" -type f -printf '%s\n' | awk '{s+=$1} END {print s}')
+bytes=$(find "$dir" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%.0f", s}')
 echo "input: $dir: $files files, $bytes bytes; $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB RAM"
 # Warm the page cache so every contender reads from memory.
 tar -cf - "$dir" >/dev/null 2>&1
@@ -57,7 +57,7 @@ printf '%-15s %9s %10s %9s %11s %13s %8s %12s\n' tool seconds files/s MB/s peak_
 for name in tar tar+zstd des-pack-none des-pack-auto; do
     read -r s kb out <<<"${result[$name]}"
     awk -v n="$name" -v s="$s" -v kb="$kb" -v out="$out" -v f="$files" -v b="$bytes" -v t="$tar_s" 'BEGIN {
-        printf "%-15s %9.2f %10.0f %9.1f %11.1f %13d %8.3f %12.2f\n", n, s, f/s, b/s/1e6, kb/1024, out, out/b, t/s
+        printf "%-15s %9.2f %10.0f %9.1f %11.1f %13.0f %8.3f %12.2f\n", n, s, f/s, b/s/1e6, kb/1024, out, out/b, t/s
     }'
 done
 rm -rf "$parent"
