@@ -10,7 +10,7 @@ use des_storage::resilience::BreakerState;
 use des_storage::zones::Zones;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Registry, TextEncoder, core::Collector,
 };
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -166,7 +166,15 @@ impl Metrics {
         let mut out = Vec::new();
         TextEncoder::new().encode(&families, &mut out)?;
         let mut text = String::from_utf8_lossy(&out).into_owned();
-        declare_empty_families(&mut text, &families);
+        let labelled: [(&dyn Collector, &str); 6] = [
+            (&self.http_requests, "counter"),
+            (&self.retrievals, "counter"),
+            (&self.range_calls, "counter"),
+            (&self.cache_evictions, "counter"),
+            (&self.breaker_state, "gauge"),
+            (&self.storage_retries, "counter"),
+        ];
+        declare_empty_families(&mut text, &families, &labelled);
         Ok(text)
     }
 
@@ -193,44 +201,20 @@ impl Metrics {
 
 /// Labelled families with no series yet (no zones, no eviction so far) are
 /// left out by the encoder; declaring them anyway lets dashboards, alerts
-/// and the deployment check see every name this service can export.
-fn declare_empty_families(text: &mut String, present: &[prometheus::proto::MetricFamily]) {
+/// and the deployment check see every name this service can export. Names
+/// and help come from the registered collectors, so nothing is restated.
+fn declare_empty_families(
+    text: &mut String,
+    present: &[prometheus::proto::MetricFamily],
+    labelled: &[(&dyn Collector, &str)],
+) {
     use std::fmt::Write as _;
-    const LABELLED: [(&str, &str, &str); 6] = [
-        (
-            "http_requests_total",
-            "counter",
-            "HTTP requests by route pattern and status.",
-        ),
-        (
-            "des_retrievals_total",
-            "counter",
-            "File requests answered, by backend and HTTP status.",
-        ),
-        (
-            "des_s3_range_calls_total",
-            "counter",
-            "Reads sent to storage: index (shard suffix), payload (range of a shard), big (external object).",
-        ),
-        (
-            "des_index_cache_evictions_total",
-            "counter",
-            "Shard indexes dropped from the cache, by cause (size, expired, explicit, replaced).",
-        ),
-        (
-            "des_circuit_breaker_state",
-            "gauge",
-            "Circuit breaker per zone location: 0 closed, 1 open, 2 half-open.",
-        ),
-        (
-            "des_storage_retries_total",
-            "counter",
-            "Storage requests retried, per zone.",
-        ),
-    ];
-    for (name, kind, help) in LABELLED {
-        if !present.iter().any(|f| f.name() == name) {
-            let _ = write!(text, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+    for (collector, kind) in labelled {
+        for desc in collector.desc() {
+            let name = &desc.fq_name;
+            if !present.iter().any(|f| f.name() == name) {
+                let _ = write!(text, "# HELP {name} {}\n# TYPE {name} {kind}\n", desc.help);
+            }
         }
     }
 }
@@ -255,6 +239,27 @@ pub fn breaker_name(state: BreakerState) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn declares_labelled_families_before_their_first_series() {
+        let text = Metrics::new().unwrap().render(0, None).unwrap();
+        for (name, kind) in [
+            ("des_circuit_breaker_state", "gauge"),
+            ("des_storage_retries_total", "counter"),
+            ("des_index_cache_evictions_total", "counter"),
+            ("http_requests_total", "counter"),
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} {kind}\n")),
+                "{name} in\n{text}"
+            );
+            assert_eq!(
+                text.matches(&format!("# TYPE {name} ")).count(),
+                1,
+                "{name}"
+            );
+        }
+    }
 
     #[test]
     fn renders_every_family() {
