@@ -157,23 +157,33 @@ impl RepackMetrics {
                 self.last_success_timestamp_seconds,
             ),
         ];
-        for (name, help, v) in gauges {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        }
+        render_gauges(&mut s, &gauges);
         s
     }
 
     /// Writes the file atomically.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        std::fs::write(&tmp, self.render())?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(d) = dir {
-            std::fs::File::open(d)?.sync_all()?;
-        }
-        Ok(())
+        write_atomically(path, &self.render())
     }
+}
+
+fn render_gauges(out: &mut String, gauges: &[(&str, &str, f64)]) {
+    for (name, help, v) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    }
+}
+
+/// Temp file, rename, fsync of the directory: a textfile collector never
+/// reads half a file, and a crash keeps the previous one.
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(d) = dir {
+        std::fs::File::open(d)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Metrics of one `des-verify` run, written atomically. Gauges of the last
@@ -183,7 +193,6 @@ pub fn write_verify_metrics(
     path: &Path,
     report: &crate::verify::VerifyReport,
 ) -> std::io::Result<()> {
-    use std::fmt::Write as _;
     let gauges = [
         (
             "des_verify_corrupt_entries_total",
@@ -207,15 +216,8 @@ pub fn write_verify_metrics(
         ),
     ];
     let mut text = String::new();
-    for (name, help, v) in gauges {
-        let _ = writeln!(
-            text,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}"
-        );
-    }
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    render_gauges(&mut text, &gauges);
+    write_atomically(path, &text)
 }
 
 fn now_seconds() -> f64 {
