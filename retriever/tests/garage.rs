@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 
 use actix_web::test::{TestRequest, init_service};
 use actix_web::web;
-use common::process::{Server, header};
+use common::process::{Server, header, status_of};
 use common::*;
 use des_format::routing::shard_index;
 use des_retriever::{AppState, CountingStore, Storage};
 use des_storage::store::shard_index_of_key;
 use des_storage::testing::S3Server;
 use des_storage::zones::{S3Location, Zones, ZonesFile};
-use des_storage::{ObjectStore, PutOptions, S3Store};
+use des_storage::{ObjectStore, S3Store};
 
 const N_BITS: u8 = 4;
 
@@ -33,34 +33,6 @@ fn garage() -> S3Server {
 
 fn s3(server: &S3Server, prefix: &str) -> Arc<dyn ObjectStore> {
     Arc::new(S3Store::new(server.config().with_prefix(prefix)).unwrap())
-}
-
-/// Uploads every file under `root` whose key `keep` accepts.
-async fn upload(root: &Path, to: &dyn ObjectStore, keep: impl Fn(&str) -> bool) {
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-                continue;
-            }
-            let key = path
-                .strip_prefix(root)
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .to_string();
-            if keep(&key) {
-                let body = bytes::Bytes::from(std::fs::read(&path).unwrap());
-                to.put(&key, body, PutOptions::default()).await.unwrap();
-            }
-        }
-    }
-}
-
-fn status_of(head: &str) -> u16 {
-    head.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 #[actix_web::test]

@@ -13,17 +13,13 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::process::Server;
+use common::process::{Server, status_of};
 use common::*;
 use des_storage::testing::S3Server;
-use des_storage::{ByteRange, DesStore, ObjectStore, ObjectStoreExt, PutOptions, S3Store};
+use des_storage::{ByteRange, DesStore, ObjectStore, ObjectStoreExt, S3Store};
 
 const AT: &str = "2024-05-17T10:00:00Z";
 const POLL_SECS: u64 = 1;
-
-fn status_of(head: &str) -> u16 {
-    head.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
 
 async fn raw_objects_contain(objects: &dyn ObjectStore, needle: &[u8]) -> Vec<String> {
     let mut hits = Vec::new();
@@ -51,11 +47,7 @@ async fn delete_reaches_every_replica_and_repack_removes_the_bytes() {
     pack(dir.path(), &files, 4, 10 << 20);
     let objects: Arc<dyn ObjectStore> =
         Arc::new(S3Store::new(server.config().with_prefix("lifecycle")).unwrap());
-    for entry in walk(dir.path()) {
-        let key = entry.strip_prefix(dir.path()).unwrap().to_str().unwrap();
-        let body = bytes::Bytes::from(std::fs::read(&entry).unwrap());
-        objects.put(key, body, PutOptions::default()).await.unwrap();
-    }
+    upload(dir.path(), &*objects, |_| true).await;
     let needle = &victim_data[5_000..5_200];
     assert!(!raw_objects_contain(&*objects, needle).await.is_empty());
 
@@ -136,20 +128,4 @@ async fn delete_reaches_every_replica_and_repack_removes_the_bytes() {
     for r in replicas {
         assert_eq!(r.terminate(), 0);
     }
-}
-
-fn walk(root: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out
 }

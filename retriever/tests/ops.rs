@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::process::{BIN, Server};
+use common::process::{BIN, Server, status_of};
 use common::*;
 
 const GET_A: &str = "GET /files/a.txt?created_at=2024-05-17T10:00:00Z HTTP/1.1";
@@ -35,7 +35,7 @@ fn hash_key(name: &str) -> (String, String) {
 
 fn status_with_key(server: &Server, key: &str) -> u16 {
     let (head, _) = server.request(&format!("{GET_A}\r\nAuthorization: Bearer {key}"));
-    head.split_whitespace().nth(1).unwrap().parse().unwrap()
+    status_of(&head)
 }
 
 fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {

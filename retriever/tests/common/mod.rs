@@ -278,3 +278,27 @@ impl ObjectStore for Faulty {
         self.inner.list(prefix, start_after).await
     }
 }
+
+/// Uploads every file under `root` whose key `keep` accepts.
+pub async fn upload(root: &Path, to: &dyn ObjectStore, keep: impl Fn(&str) -> bool) {
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let key = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string();
+            if keep(&key) {
+                let body = bytes::Bytes::from(std::fs::read(&path).unwrap());
+                to.put(&key, body, PutOptions::default()).await.unwrap();
+            }
+        }
+    }
+}
