@@ -6,12 +6,13 @@
 use std::net::SocketAddr;
 
 use super::process::{Launch, Ready};
-use super::{S3Server, ServerKind, find_binary, free_ports, random_hex, start_with_retries};
+use super::{
+    BUCKET, S3Server, ServerKind, find_binary, free_ports, random_hex, start_with_retries,
+};
 use crate::error::{Error, Result};
 
 pub(super) const VERSION: &str = "2.5.0";
 pub(super) const REGION: &str = "garage";
-const BUCKET: &str = "des-test";
 const INSTALL: &str = "scripts/garage.sh install";
 
 pub(super) fn start() -> Result<S3Server> {
@@ -56,19 +57,14 @@ pub(super) fn start() -> Result<S3Server> {
             ],
             log: dir.path().join("server.log"),
         };
-        let mut server = S3Server {
-            kind: ServerKind::Garage,
-            endpoint: format!("http://127.0.0.1:{s3}"),
-            bucket: BUCKET.into(),
-            region: REGION.into(),
-            access_key,
-            secret_key,
+        S3Server::launched(
+            ServerKind::Garage,
+            s3,
+            REGION,
+            (access_key, secret_key),
             launch,
-            child: None,
             dir,
-        };
-        server.start()?;
-        Ok(server)
+        )
     })
 }
 

@@ -27,6 +27,8 @@ use crate::s3::{S3Config, S3Credentials};
 use process::{Guarded, Launch};
 
 /// How long a server gets to become ready.
+/// The bucket every test server creates.
+const BUCKET: &str = "des-test";
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +124,31 @@ impl S3Server {
             Some(child) => child.stop(true),
             None => Ok(()),
         }
+    }
+
+    /// Starts `launch` and describes the server it runs: S3 on loopback
+    /// `port`, the shared bucket and region, and the key it was given.
+    fn launched(
+        kind: ServerKind,
+        port: u16,
+        region: &str,
+        (access_key, secret_key): (String, String),
+        launch: Launch,
+        dir: tempfile::TempDir,
+    ) -> Result<Self> {
+        let mut server = Self {
+            kind,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            bucket: BUCKET.into(),
+            region: region.into(),
+            access_key,
+            secret_key,
+            launch,
+            child: None,
+            dir,
+        };
+        server.start()?;
+        Ok(server)
     }
 
     /// Restarts a stopped server on the same ports and data.

@@ -4,13 +4,14 @@
 use std::net::SocketAddr;
 
 use super::process::{Launch, Ready};
-use super::{S3Server, ServerKind, find_binary, free_ports, random_hex, start_with_retries};
+use super::{
+    BUCKET, S3Server, ServerKind, find_binary, free_ports, random_hex, start_with_retries,
+};
 use crate::error::{Error, Result};
 
 pub(super) const VERSION: &str = "0.14.1";
 /// s3s-fs does not check the signing region; any fixed one will do.
 const REGION: &str = "us-east-1";
-const BUCKET: &str = "des-test";
 const INSTALL: &str = "scripts/s3s-fs.sh install";
 
 pub(super) fn start() -> Result<S3Server> {
@@ -45,18 +46,13 @@ pub(super) fn start() -> Result<S3Server> {
             ready: vec![Ready::Tcp(SocketAddr::from(([127, 0, 0, 1], port)))],
             log: dir.path().join("server.log"),
         };
-        let mut server = S3Server {
-            kind: ServerKind::S3sFs,
-            endpoint: format!("http://127.0.0.1:{port}"),
-            bucket: BUCKET.into(),
-            region: REGION.into(),
-            access_key,
-            secret_key,
+        S3Server::launched(
+            ServerKind::S3sFs,
+            port,
+            REGION,
+            (access_key, secret_key),
             launch,
-            child: None,
             dir,
-        };
-        server.start()?;
-        Ok(server)
+        )
     })
 }
