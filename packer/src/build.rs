@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use des_format::Timestamp;
 use des_format::shard::AnyIndex;
-use des_format::v3::{self, EntryRef, NewEntry, ShardIdent, ShardWriter};
+use des_format::v3::{self, EntryRef, ShardIdent, ShardWriter};
 use des_storage::bridge::{BlockingStreamReader, SyncObjectWriter};
 use des_storage::{ByteRange, ErrorKind, GetOptions, LoadedIndex, ObjectStore, PutOptions};
 
@@ -205,18 +205,6 @@ fn partition<'g>(
     to_add
 }
 
-fn old_entry(e: &EntryRef<'_>) -> NewEntry {
-    NewEntry {
-        uid: e.uid.to_string(),
-        created_at: e.created_at(),
-        content_type: e.content_type.map(str::to_string),
-        meta: e.meta.map(str::to_string),
-        codec: e.codec(),
-        orig_len: e.orig_len(),
-        digest: e.digest(),
-    }
-}
-
 /// Copies every entry of the previous generation with one sequential read
 /// of its data region, in offset order.
 fn copy_old(
@@ -253,7 +241,7 @@ fn copy_old(
     let mut pos = v3::HEADER_LEN;
     for e in entries {
         if e.is_external() {
-            w.add_external(old_entry(&e), e.stored_len(), e.crc32c())
+            w.add_external(e.to_new_entry(), e.stored_len(), e.crc32c())
                 .map_err(fatal)?;
             continue;
         }
@@ -263,7 +251,7 @@ fn copy_old(
         let gap = e.data_offset().saturating_sub(pos);
         std::io::copy(&mut r.take(gap), &mut std::io::sink())
             .map_err(|err| BuildError::Fatal(format!("reading {}: {err}", old.key)))?;
-        w.add_inline_from(old_entry(&e), e.stored_len(), e.crc32c(), &mut *r)
+        w.add_inline_from(e.to_new_entry(), e.stored_len(), e.crc32c(), &mut *r)
             .map_err(fatal)?;
         pos = e.data_offset() + e.stored_len();
     }

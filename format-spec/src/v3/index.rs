@@ -60,6 +60,19 @@ impl<'a> EntryRef<'a> {
     pub fn is_external(&self) -> bool {
         self.flags() & FLAG_EXTERNAL != 0
     }
+    /// The entry as writer input, for copying it into a new generation
+    /// (append or repack) with its stored bytes unchanged.
+    pub fn to_new_entry(&self) -> super::NewEntry {
+        super::NewEntry {
+            uid: self.uid.to_string(),
+            created_at: self.created_at(),
+            content_type: self.content_type.map(str::to_string),
+            meta: self.meta.map(str::to_string),
+            codec: self.codec(),
+            orig_len: self.orig_len(),
+            digest: self.digest(),
+        }
+    }
 }
 
 fn heap_record(heap: &[u8], off: u32) -> Option<(&str, Option<&str>, Option<&str>)> {

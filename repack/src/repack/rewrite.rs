@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use des_format::shard::{AnyIndex, Located};
-use des_format::v3::{self, EntryRef, NewEntry, ShardIdent, ShardWriter, Trailer};
+use des_format::v3::{self, EntryRef, ShardIdent, ShardWriter, Trailer};
 use des_format::{Compression, ContentDigest, Timestamp, codec};
 use des_storage::bridge::{BlockingStreamReader, SyncObjectWriter};
 use des_storage::{
@@ -63,18 +63,6 @@ struct Expect {
     external: bool,
     /// `None` when recompressed: the stored form is new.
     stored: Option<(u64, u32)>,
-}
-
-fn old_entry(e: &EntryRef<'_>) -> NewEntry {
-    NewEntry {
-        uid: e.uid.to_string(),
-        created_at: e.created_at(),
-        content_type: e.content_type.map(str::to_string),
-        meta: e.meta.map(str::to_string),
-        codec: e.codec(),
-        orig_len: e.orig_len(),
-        digest: e.digest(),
-    }
 }
 
 /// Rewrites one shard; call from a blocking thread.
@@ -207,7 +195,7 @@ fn copy_live<W: std::io::Write>(
             stored: Some((e.stored_len(), e.crc32c())),
         };
         if e.is_external() {
-            w.add_external(old_entry(&e), e.stored_len(), e.crc32c())
+            w.add_external(e.to_new_entry(), e.stored_len(), e.crc32c())
                 .map_err(fatal)?;
         } else {
             let r = reader
@@ -222,7 +210,7 @@ fn copy_live<W: std::io::Write>(
                     exp.stored = None;
                 }
                 _ => w
-                    .add_inline_from(old_entry(&e), e.stored_len(), e.crc32c(), &mut *r)
+                    .add_inline_from(e.to_new_entry(), e.stored_len(), e.crc32c(), &mut *r)
                     .map_err(fatal)?,
             }
             pos = e.data_offset() + e.stored_len();
@@ -273,7 +261,7 @@ fn recompress<W: std::io::Write>(
         .map_err(|err| RepackError::shard(key, err))?;
     let (codec, encoded) = codec::encode(policy, e.uid, e.content_type, &data)
         .map_err(|err| RepackError::shard(key, err))?;
-    let mut entry = old_entry(e);
+    let mut entry = e.to_new_entry();
     entry.codec = codec;
     w.add_inline(entry, &encoded)
         .map_err(|err| RepackError::shard(key, err))
