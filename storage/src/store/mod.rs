@@ -55,6 +55,10 @@ pub const DEFAULT_N_BITS: u8 = 8;
 #[derive(Debug, Clone)]
 pub struct DesStore {
     placement: Arc<dyn Placement>,
+    /// The placement's first store (store-wide objects live there), and
+    /// whether it is the only one: resolved once, not on every request.
+    first: Arc<dyn ObjectStore>,
+    single: bool,
     layout: Layout,
     n_bits: u8,
     digest: DigestAlgorithm,
@@ -92,8 +96,11 @@ impl DesStore {
                 placement.n_bits()
             )));
         }
+        let (first, single) = first_store(placement.as_ref())?;
         Ok(Self {
             placement,
+            first,
+            single,
             layout: Layout::Legacy,
             n_bits,
             digest: DigestAlgorithm::Sha256,
@@ -180,9 +187,7 @@ impl DesStore {
     }
 
     async fn read_config(placement: &Arc<dyn Placement>) -> Result<Option<StoreConfig>> {
-        let Some(objects) = placement.stores().into_iter().next() else {
-            return Err(Error::Invalid("placement has no stores".into()));
-        };
+        let (objects, _) = first_store(placement.as_ref())?;
         match objects
             .get_range(STORE_CONFIG_KEY, crate::object::ByteRange::All)
             .await
@@ -212,8 +217,11 @@ impl DesStore {
                 cfg.n_bits
             )));
         }
+        let (first, single) = first_store(placement.as_ref())?;
         Ok(Self {
             placement,
+            first,
+            single,
             layout: Layout::V3,
             n_bits: cfg.n_bits,
             digest,
@@ -230,11 +238,7 @@ impl DesStore {
     /// The first store of the placement (the only one unless zoned): where
     /// store-wide objects such as `_des/store.json` are read.
     pub fn objects(&self) -> Arc<dyn ObjectStore> {
-        self.placement
-            .stores()
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| Arc::new(crate::memory::MemoryStore::new()) as Arc<dyn ObjectStore>)
+        Arc::clone(&self.first)
     }
 
     pub fn placement(&self) -> &Arc<dyn Placement> {
@@ -254,8 +258,8 @@ impl DesStore {
     pub fn objects_for_key(&self, shard_key: &str) -> Result<Arc<dyn ObjectStore>> {
         // A single store holds every object, whether or not its name parses as
         // a shard key (lone shard files such as `20240517_NONE_0000.des`).
-        if let [only] = self.placement.stores().as_slice() {
-            return Ok(Arc::clone(only));
+        if self.single {
+            return Ok(Arc::clone(&self.first));
         }
         self.placement.for_shard(shard_index_of_key(shard_key)?)
     }
@@ -330,4 +334,15 @@ impl DesStore {
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
+}
+
+/// The first store of `placement` and whether it is the only one.
+fn first_store(placement: &dyn Placement) -> Result<(Arc<dyn ObjectStore>, bool)> {
+    let stores = placement.stores();
+    let single = stores.len() == 1;
+    let first = stores
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Invalid("placement has no stores".into()))?;
+    Ok((first, single))
 }
