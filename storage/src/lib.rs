@@ -6,6 +6,7 @@ mod error;
 pub mod local;
 pub mod memory;
 pub mod object;
+mod open_files;
 pub mod resilience;
 pub mod s3;
 pub mod store;

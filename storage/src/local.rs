@@ -16,6 +16,7 @@ use crate::object::{
     ByteRange, GetOptions, GetResult, LIST_PAGE, ListPage, ObjectMeta, ObjectStore, ObjectWriter,
     PutMode, PutOptions, PutResult, check_key,
 };
+use crate::open_files::{OpenFile, OpenFiles};
 
 /// Temp files start with this; `list` hides them and `sweep_temp_files` removes leftovers.
 pub const TEMP_PREFIX: &str = ".des-tmp-";
@@ -27,6 +28,8 @@ pub struct LocalStore {
     /// Serialises conditional commits inside this process; across processes,
     /// create-only is still atomic (hard link), update-if-match is not.
     commit_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Handles kept for small reads; writes through this store drop theirs.
+    files: Arc<OpenFiles>,
 }
 
 /// Reads at most this long are done on the calling task (see `get`).
@@ -76,6 +79,7 @@ impl LocalStore {
         Ok(Self {
             root: Arc::new(root),
             commit_lock: Arc::new(tokio::sync::Mutex::new(())),
+            files: Arc::default(),
         })
     }
 
@@ -175,6 +179,77 @@ fn read_chunk(file: &mut std::fs::File, key: &str, max: u64) -> Result<Bytes> {
     Ok(Bytes::from(buf))
 }
 
+/// Opens `path` for reading with its metadata, taken from the open handle so
+/// a concurrent rename cannot mix two versions.
+fn open_file(key: &str, path: &Path) -> Result<(std::fs::File, std::fs::Metadata)> {
+    let f = std::fs::File::open(path).map_err(|e| Error::io(key, e))?;
+    let md = f.metadata().map_err(|e| Error::io(key, e))?;
+    if md.is_dir() {
+        return Err(Error::not_found(key));
+    }
+    Ok((f, md))
+}
+
+fn resolve(key: &str, range: Option<ByteRange>, len: u64) -> Result<std::ops::Range<u64>> {
+    range
+        .unwrap_or(ByteRange::All)
+        .resolve(len)
+        .ok_or_else(|| Error::Invalid(format!("{key}: range not satisfiable")))
+}
+
+fn one_chunk(meta: ObjectMeta, range: std::ops::Range<u64>, chunk: Bytes) -> GetResult {
+    GetResult {
+        meta,
+        range,
+        body: Box::pin(futures::stream::once(std::future::ready(Ok(chunk)))),
+    }
+}
+
+impl LocalStore {
+    /// A bounded read of at most `INLINE_READ_MAX` bytes, through a kept
+    /// handle when there is one. A kept handle whose version is not the one
+    /// asked for may just be older than the file: it is reopened once before
+    /// the precondition is declared failed.
+    fn small_get(&self, key: &str, path: PathBuf, opts: &GetOptions) -> Result<GetResult> {
+        let (mut file, kept) = match self.files.get(&path) {
+            Some(f) => (f, true),
+            None => (self.open_and_keep(key, &path)?, false),
+        };
+        if let Some(want) = &opts.if_match
+            && *want != file.etag
+        {
+            let failed = || Error::PreconditionFailed { key: key.into() };
+            if !kept {
+                return Err(failed());
+            }
+            self.files.forget(&path);
+            file = self.open_and_keep(key, &path)?;
+            if *want != file.etag {
+                return Err(failed());
+            }
+        }
+        let range = resolve(key, opts.range, file.len)?;
+        let len = usize::try_from(range.end - range.start)
+            .map_err(|_| Error::Invalid(format!("{key}: range too long")))?;
+        let mut buf = vec![0u8; len];
+        std::os::unix::fs::FileExt::read_exact_at(&file.file, &mut buf, range.start)
+            .map_err(|e| Error::io(key, e))?;
+        let meta = ObjectMeta {
+            key: key.to_string(),
+            size: file.len,
+            etag: Some(file.etag.clone()),
+        };
+        Ok(one_chunk(meta, range, Bytes::from(buf)))
+    }
+
+    fn open_and_keep(&self, key: &str, path: &Path) -> Result<Arc<OpenFile>> {
+        let (f, md) = open_file(key, path)?;
+        let file = Arc::new(OpenFile::new(f, md.len(), etag_of(&md)));
+        self.files.insert(path.to_path_buf(), Arc::clone(&file));
+        Ok(file)
+    }
+}
+
 #[async_trait]
 impl ObjectStore for LocalStore {
     fn describe(&self) -> String {
@@ -183,15 +258,17 @@ impl ObjectStore for LocalStore {
 
     async fn get(&self, key: &str, opts: GetOptions) -> Result<GetResult> {
         let path = self.path(key)?;
+        // Small reads (index suffixes, typical payloads) are a few
+        // microseconds from the page cache, less than a hand-off to the
+        // blocking pool and back (docs/BENCHMARKS.md §2), so they are done
+        // on the calling task, through a kept handle. Larger or unbounded
+        // reads go to the pool so a worker never stalls for long.
+        if is_small(opts.range) {
+            return self.small_get(key, path, &opts);
+        }
         let k = key.to_string();
-        let small = is_small(opts.range);
-        let open = move || {
-            // Stat the open handle: a concurrent rename cannot mix two versions.
-            let mut f = std::fs::File::open(&path).map_err(|e| Error::io(&k, e))?;
-            let md = f.metadata().map_err(|e| Error::io(&k, e))?;
-            if md.is_dir() {
-                return Err(Error::not_found(&k));
-            }
+        let (meta, range, file, first) = blocking(move || {
+            let (mut f, md) = open_file(&k, &path)?;
             let meta = meta_of(&k, &md);
             if opts
                 .if_match
@@ -200,16 +277,11 @@ impl ObjectStore for LocalStore {
             {
                 return Err(Error::PreconditionFailed { key: k });
             }
-            let range = opts
-                .range
-                .unwrap_or(ByteRange::All)
-                .resolve(md.len())
-                .ok_or_else(|| Error::Invalid(format!("{k}: range not satisfiable")))?;
+            let range = resolve(&k, opts.range, md.len())?;
             f.seek(SeekFrom::Start(range.start))
                 .map_err(|e| Error::io(&k, e))?;
-            // A read that fits in one chunk (every index suffix and typical
-            // payload) is done here, so it needs no second trip to the
-            // blocking pool.
+            // A read that fits in one chunk is done here, so it needs no
+            // second trip to the blocking pool.
             let len = range.end - range.start;
             let first = if len <= READ_CHUNK as u64 {
                 Some(read_chunk(&mut f, &k, len)?)
@@ -217,23 +289,10 @@ impl ObjectStore for LocalStore {
                 None
             };
             Ok((meta, range, f, first))
-        };
-        // Small reads (index suffixes, typical payloads) are a few
-        // microseconds from the page cache, less than a hand-off to the
-        // blocking pool and back (docs/BENCHMARKS.md §2: +8 % warm GETs).
-        // Larger or unbounded reads go to the pool so a worker never stalls
-        // for long.
-        let (meta, range, file, first) = if small {
-            open()?
-        } else {
-            blocking(open).await?
-        };
+        })
+        .await?;
         if let Some(chunk) = first {
-            return Ok(GetResult {
-                meta,
-                range,
-                body: Box::pin(futures::stream::once(std::future::ready(Ok(chunk)))),
-            });
+            return Ok(one_chunk(meta, range, chunk));
         }
         let key = key.to_string();
         let remaining = range.end - range.start;
@@ -290,12 +349,14 @@ impl ObjectStore for LocalStore {
             file: Some(std::io::BufWriter::with_capacity(1 << 20, file)),
             mode: opts.mode,
             lock: Arc::clone(&self.commit_lock),
+            files: Arc::clone(&self.files),
             cleanup: TempGuard(Some(tmp)),
         }))
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
         let path = self.path(key)?;
+        self.files.forget(&path);
         let k = key.to_string();
         blocking(move || match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
@@ -395,6 +456,7 @@ struct LocalWriter {
     file: Option<std::io::BufWriter<std::fs::File>>,
     mode: PutMode,
     lock: Arc<tokio::sync::Mutex<()>>,
+    files: Arc<OpenFiles>,
     cleanup: TempGuard,
 }
 
@@ -438,6 +500,7 @@ impl ObjectWriter for LocalWriter {
         .await;
         if res.is_ok() {
             self.cleanup.0 = None;
+            self.files.forget(&self.dst);
         }
         res
     }

@@ -22,3 +22,74 @@ async fn local_temp_files_are_hidden_and_swept() {
     assert!(s.list_all("").await.unwrap().is_empty());
     assert_eq!(s.sweep_temp_files(std::time::Duration::ZERO).unwrap(), 1);
 }
+
+/// Small reads keep the file open between requests. A file replaced by
+/// another writer (another process: here another store over the same
+/// directory) must still be read consistently: the old version under its own
+/// etag until the handle expires, the new one as soon as it is asked for by
+/// etag, and never a precondition failure for the version that is current.
+#[tokio::test]
+async fn kept_handles_follow_a_file_replaced_elsewhere() {
+    use bytes::Bytes;
+    use des_storage::{ByteRange, GetOptions, ObjectStore, PutOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let reader = des_storage::LocalStore::new(dir.path()).unwrap();
+    let writer = des_storage::LocalStore::new(dir.path()).unwrap();
+    let range = |if_match: Option<String>| GetOptions {
+        if_match,
+        ..GetOptions::range(ByteRange::Bounded { start: 0, end: 3 })
+    };
+    let read = |opts: GetOptions| {
+        let reader = reader.clone();
+        async move {
+            let got = reader.get("k", opts).await?;
+            let etag = got.meta.etag.clone();
+            let bytes = got.bytes().await?;
+            Ok::<_, des_storage::Error>((bytes, etag))
+        }
+    };
+    writer
+        .put(
+            "k",
+            Bytes::from_static(b"old-version"),
+            PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    let (bytes, old_etag) = read(range(None)).await.unwrap();
+    assert_eq!(&bytes[..], b"old");
+
+    writer
+        .put(
+            "k",
+            Bytes::from_static(b"new-version"),
+            PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    let new_etag = writer.head("k").await.unwrap().etag;
+    assert_ne!(old_etag, new_etag);
+    // The kept handle may still serve the old version, but only under its own etag.
+    let (bytes, etag) = read(range(None)).await.unwrap();
+    assert!(
+        (&bytes[..] == b"old" && etag == old_etag) || (&bytes[..] == b"new" && etag == new_etag),
+        "bytes and etag of one version: {bytes:?} {etag:?}"
+    );
+    // Asking for the current version by etag reopens instead of failing.
+    let (bytes, etag) = read(range(new_etag.clone())).await.unwrap();
+    assert_eq!((&bytes[..], etag), (&b"new"[..], new_etag.clone()));
+    // The replaced version is gone for good.
+    let stale = reader.get("k", range(old_etag)).await;
+    assert_eq!(
+        stale.err().map(|e| e.kind()),
+        Some(des_storage::ErrorKind::PreconditionFailed)
+    );
+    // Deleted elsewhere: the kept handle expires within a second.
+    std::fs::remove_file(dir.path().join("k")).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let gone = reader.get("k", range(None)).await;
+    assert_eq!(
+        gone.err().map(|e| e.kind()),
+        Some(des_storage::ErrorKind::NotFound)
+    );
+}

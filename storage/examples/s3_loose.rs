@@ -1,0 +1,125 @@
+//! Uploads every file under a directory to S3 as loose objects and prints a
+//! presigned GET for each, so a plain HTTP client (wrk, curl) can read them
+//! straight from the server. Used by `bench/retriever_s3.sh` for the
+//! "direct GET of a loose object" baseline.
+//!
+//!   cargo run --release -p des-storage --example s3_loose -- DIR BUCKET PREFIX [SECONDS]
+//!
+//! Endpoint, region and credentials come from the usual `AWS_*` variables;
+//! with `AWS_ENDPOINT_URL` set, path-style addressing is used (Garage, s3s).
+//! Output, one line per file in sorted order:
+//! `<path relative to DIR>\t</bucket/key?X-Amz-...>` (path and query of the
+//! presigned URL, valid for SECONDS, default 3600). `--no-upload` only signs.
+
+use std::error::Error;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream;
+use futures::{StreamExt, TryStreamExt};
+
+type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
+
+/// Uploads in flight at once.
+const PARALLEL: usize = 16;
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let upload = !args.iter().any(|a| a == "--no-upload");
+    args.retain(|a| a != "--no-upload");
+    let [dir, bucket, prefix, rest @ ..] = args.as_slice() else {
+        return Err("usage: s3_loose DIR BUCKET PREFIX [SECONDS] [--no-upload]".into());
+    };
+    let expires = match rest.first() {
+        Some(s) => Duration::from_secs(s.parse()?),
+        None => Duration::from_secs(3600),
+    };
+    let prefix = prefix.trim_matches('/');
+    let dir = Path::new(dir);
+
+    let shared = aws_config::defaults(BehaviorVersion::latest()).load().await;
+    let path_style = std::env::var_os("AWS_ENDPOINT_URL").is_some()
+        || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
+    let config = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(path_style)
+        .build();
+    let client = aws_sdk_s3::Client::from_conf(config);
+
+    let mut files = Vec::new();
+    walk(dir, &mut files)?;
+    files.sort();
+    let mut entries = Vec::with_capacity(files.len());
+    for path in files {
+        let rel = path
+            .strip_prefix(dir)?
+            .to_str()
+            .ok_or("file name is not UTF-8")?
+            .to_string();
+        let key = if prefix.is_empty() {
+            rel.clone()
+        } else {
+            format!("{prefix}/{rel}")
+        };
+        entries.push((path, rel, key));
+    }
+
+    if upload {
+        futures::stream::iter(entries.iter().map(|(path, _, key)| {
+            let client = &client;
+            async move {
+                let body = ByteStream::from(tokio::fs::read(path).await?);
+                client
+                    .put_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .body(body)
+                    .send()
+                    .await?;
+                Ok::<_, Box<dyn Error + Send + Sync>>(())
+            }
+        }))
+        .buffer_unordered(PARALLEL)
+        .try_collect::<()>()
+        .await?;
+        eprintln!(
+            "uploaded {} objects to s3://{bucket}/{prefix}",
+            entries.len()
+        );
+    }
+
+    let presigning = PresigningConfig::expires_in(expires)?;
+    let mut out = String::new();
+    for (_, rel, key) in &entries {
+        let req = client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .presigned(presigning.clone())
+            .await?;
+        // Keep path and query only: wrk takes the host from its command line.
+        let uri = req.uri();
+        let after_scheme = uri.split_once("://").map_or(uri, |(_, r)| r);
+        let path_query = after_scheme.find('/').map_or("/", |i| &after_scheme[i..]);
+        out.push_str(rel);
+        out.push('\t');
+        out.push_str(path_query);
+        out.push('\n');
+    }
+    print!("{out}");
+    Ok(())
+}

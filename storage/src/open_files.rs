@@ -1,0 +1,164 @@
+//! Open file handles kept between small reads of the local store.
+//!
+//! A warm GET reads a few KiB from a shard that was read a moment ago; opening,
+//! stat-ing and closing it each time costs more system calls than the read
+//! itself (docs/BENCHMARKS.md §2). A handle is kept for at most `ttl`, so a
+//! shard replaced by another process (repack, re-pack) is noticed within that
+//! time, and its old inode — which may hold files that were deleted from the
+//! new one — is released soon after. Until then a kept handle still reads the
+//! version it was opened on, whose etag is what an `If-Match` is compared with,
+//! so a reader never mixes two versions.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Handles kept at most; far below the usual 1024 soft fd limit, and enough
+/// for every shard of a day at `n_bits` 8.
+pub(crate) const DEFAULT_CAPACITY: usize = 256;
+/// How long a handle is trusted without looking at the path again.
+pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(1);
+
+/// A file opened for reading with what `stat` said at that moment.
+#[derive(Debug)]
+pub(crate) struct OpenFile {
+    pub file: File,
+    pub len: u64,
+    pub etag: String,
+    opened: Instant,
+}
+
+impl OpenFile {
+    pub fn new(file: File, len: u64, etag: String) -> Self {
+        Self {
+            file,
+            len,
+            etag,
+            opened: Instant::now(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct OpenFiles {
+    files: Mutex<HashMap<PathBuf, Arc<OpenFile>>>,
+    capacity: usize,
+    ttl: Duration,
+}
+
+impl Default for OpenFiles {
+    fn default() -> Self {
+        Self::new(DEFAULT_CAPACITY, DEFAULT_TTL)
+    }
+}
+
+impl OpenFiles {
+    pub fn new(capacity: usize, ttl: Duration) -> Self {
+        Self {
+            files: Mutex::new(HashMap::new()),
+            capacity,
+            ttl,
+        }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Arc<OpenFile>>> {
+        // The map holds no invariant a panicking holder could break halfway.
+        self.files.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A kept handle for `path` that is still within its time.
+    pub fn get(&self, path: &Path) -> Option<Arc<OpenFile>> {
+        let mut map = self.map();
+        let fresh = map.get(path)?.opened.elapsed() < self.ttl;
+        if fresh {
+            map.get(path).cloned()
+        } else {
+            map.remove(path);
+            None
+        }
+    }
+
+    /// Keeps `file` for later reads, making room if needed.
+    pub fn insert(&self, path: PathBuf, file: Arc<OpenFile>) {
+        if self.capacity == 0 {
+            return;
+        }
+        let mut map = self.map();
+        if map.len() >= self.capacity && !map.contains_key(&path) {
+            let ttl = self.ttl;
+            map.retain(|_, f| f.opened.elapsed() < ttl);
+            if map.len() >= self.capacity {
+                // Still full of live handles: drop any one. Which one matters
+                // little, an open costs microseconds.
+                let victim = map.keys().next().cloned();
+                if let Some(v) = victim {
+                    map.remove(&v);
+                }
+            }
+        }
+        map.insert(path, file);
+    }
+
+    /// Called when this store replaces or deletes `path`.
+    pub fn forget(&self, path: &Path) {
+        self.map().remove(path);
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn open(dir: &Path, name: &str) -> (PathBuf, Arc<OpenFile>) {
+        let p = dir.join(name);
+        std::fs::write(&p, name).unwrap();
+        let f = File::open(&p).unwrap();
+        (p, Arc::new(OpenFile::new(f, 1, name.into())))
+    }
+
+    #[test]
+    fn keeps_at_most_capacity_handles() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = OpenFiles::new(3, Duration::from_secs(60));
+        for i in 0..10 {
+            let (p, f) = open(dir.path(), &format!("f{i}"));
+            files.insert(p.clone(), f);
+            assert!(files.get(&p).is_some(), "the newest handle is kept");
+        }
+        assert_eq!(files.len(), 3);
+    }
+
+    #[test]
+    fn handles_expire_and_can_be_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = OpenFiles::new(8, Duration::from_millis(30));
+        let (p, f) = open(dir.path(), "a");
+        files.insert(p.clone(), f);
+        assert_eq!(files.get(&p).unwrap().etag, "a");
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(files.get(&p).is_none(), "expired handles are not used");
+        assert_eq!(files.len(), 0, "and are dropped, closing the file");
+
+        let (p, f) = open(dir.path(), "b");
+        files.insert(p.clone(), f);
+        files.forget(&p);
+        assert!(files.get(&p).is_none());
+    }
+
+    #[test]
+    fn zero_capacity_keeps_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = OpenFiles::new(0, DEFAULT_TTL);
+        let (p, f) = open(dir.path(), "a");
+        files.insert(p.clone(), f);
+        assert!(files.get(&p).is_none());
+    }
+}
