@@ -2,8 +2,8 @@
 //! cache: route, find the entry in the cached index bytes, check the
 //! trailer of a fresh suffix read, and verify + decode the payload.
 //!
-//! `cargo bench -p des-format --bench format`; the index size per entry
-//! that the cache holds is printed once at start.
+//! `cargo bench -p des-format --bench format`; the stored index size per
+//! entry, and what the cache holds of it, are printed once at start.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -78,6 +78,12 @@ fn index_benches(c: &mut Criterion) {
         index.len(),
         index_len as f64 / index.len() as f64,
         (index_len - uid_bytes) as f64 / index.len() as f64
+    );
+    eprintln!(
+        "cached: {} bytes = {:.1} B/entry ({:.1} B/entry besides the uid)",
+        index.heap_size(),
+        index.heap_size() as f64 / index.len() as f64,
+        (index.heap_size() - uid_bytes) as f64 / index.len() as f64
     );
     let probes: Vec<String> = (0..1024).map(|i| uid(i * 97)).collect();
     let mut i = 0;

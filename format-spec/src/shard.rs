@@ -157,12 +157,42 @@ impl Located {
 
     /// Checks stored bytes and decodes them; never returns bytes that fail a check.
     pub fn decode(&self, stored: &[u8]) -> Result<Vec<u8>> {
-        let bad = |detail: String| FormatError::CorruptEntry {
+        self.check_stored(stored)?;
+        let data = codec::decode(self.codec, stored, self.orig_len)
+            .map_err(|e| self.corrupt(e.to_string()))?;
+        self.check_original(&data)?;
+        Ok(data)
+    }
+
+    /// [`Self::decode`] for shared buffers: an entry stored raw is checked in
+    /// place and handed back without a copy (the common case when serving).
+    pub fn decode_bytes(&self, stored: bytes::Bytes) -> Result<bytes::Bytes> {
+        if self.codec != Codec::None {
+            return self.decode(&stored).map(bytes::Bytes::from);
+        }
+        self.check_stored(&stored)?;
+        if stored.len() as u64 != self.orig_len {
+            return Err(self.corrupt(format!(
+                "raw entry has {} bytes, original length is {}",
+                stored.len(),
+                self.orig_len
+            )));
+        }
+        self.check_original(&stored)?;
+        Ok(stored)
+    }
+
+    fn corrupt(&self, detail: String) -> FormatError {
+        FormatError::CorruptEntry {
             uid: self.uid.clone(),
             detail,
-        };
+        }
+    }
+
+    /// Steps 1 and 2 of SPEC §5.9 (entry payload): stored length and CRC32C.
+    fn check_stored(&self, stored: &[u8]) -> Result<()> {
         if stored.len() as u64 != self.stored_len {
-            return Err(bad(format!(
+            return Err(self.corrupt(format!(
                 "got {} stored bytes, expected {}",
                 stored.len(),
                 self.stored_len
@@ -171,13 +201,10 @@ impl Located {
         if let Check::V3 { crc32c, .. } = &self.check {
             let got = crc32c::crc32c(stored);
             if got != *crc32c {
-                return Err(bad(format!("crc32c {got:08x} != {crc32c:08x}")));
+                return Err(self.corrupt(format!("crc32c {got:08x} != {crc32c:08x}")));
             }
         }
-        let data =
-            codec::decode(self.codec, stored, self.orig_len).map_err(|e| bad(e.to_string()))?;
-        self.check_original(&data)?;
-        Ok(data)
+        Ok(())
     }
 
     /// Checks decoded bytes against the digest (v3) or name (legacy big file).
@@ -200,7 +227,12 @@ impl Located {
     /// Strong HTTP validator: the content digest (v3) or SHA-256 (legacy big).
     pub fn etag(&self) -> Option<String> {
         match &self.check {
-            Check::V3 { digest, .. } => Some(hex::encode(digest)),
+            Check::V3 { digest, .. } => {
+                // encode_to_slice is table-driven; hex::encode goes char by char.
+                let mut buf = [0u8; 64];
+                hex::encode_to_slice(digest, &mut buf).ok()?;
+                String::from_utf8(buf.to_vec()).ok()
+            }
             Check::Sha256Hex(h) => Some(h.clone()),
             Check::None => None,
         }

@@ -143,7 +143,15 @@ fn read_everything(
             Source::External { key, .. } if *key == external.0 => &external.1,
             Source::External { key, .. } => return Err(format!("no such object {key}")),
         };
-        let data = loc.decode(stored).map_err(|e| e.to_string())?;
+        // The zero-copy path must accept and refuse exactly what the copying one does.
+        let data = match (
+            loc.decode(stored),
+            loc.decode_bytes(Bytes::copy_from_slice(stored)),
+        ) {
+            (Ok(copied), Ok(shared)) if copied[..] == shared[..] => copied,
+            (Err(e), Err(_)) => return Err(e.to_string()),
+            other => panic!("decode and decode_bytes disagree on {}: {other:?}", loc.uid),
+        };
         out.insert(loc.uid, data);
     }
     Ok(out)

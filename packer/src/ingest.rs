@@ -3,6 +3,7 @@
 //! bounded by configuration); big files are streamed twice — once to learn
 //! their digest (their object name), once to upload — and never held.
 
+use std::borrow::Cow;
 use std::io::{BufReader, Read, Write};
 use std::sync::Arc;
 
@@ -139,11 +140,13 @@ impl Ingest<'_> {
             &data,
         )
         .map_err(|e| format!("compressing {}: {e}", rec.uid))?;
-        let stored = stored.into_owned();
-        Ok(Prepared::Inline {
-            entry: new_entry(rec, codec, data.len() as u64, digest),
-            stored,
-        })
+        let entry = new_entry(rec, codec, data.len() as u64, digest);
+        // Kept raw, `stored` borrows `data`: hand the buffer over instead of copying it.
+        let stored = match stored {
+            Cow::Owned(packed) => packed,
+            Cow::Borrowed(_) => data,
+        };
+        Ok(Prepared::Inline { entry, stored })
     }
 
     /// `src` is the freshly opened source, read here for the digest.

@@ -2,19 +2,29 @@ use std::cmp::Ordering;
 
 use bytes::Bytes;
 
-use super::{ENTRY_LEN, FLAG_EXTERNAL, HEADER_LEN, KNOWN_FLAGS, Trailer, entry as at};
+use super::{ENTRY_LEN, FLAG_EXTERNAL, HEADER_LEN, KNOWN_FLAGS, Trailer, compact, entry as at};
 use crate::codec::Codec;
 use crate::digest::ContentDigest;
 use crate::error::{FormatError, Result, corrupt};
 use crate::le::{self, Cursor};
 use crate::timestamp::Timestamp;
 
-/// A borrowed view of a v3 index region (entries then heap). Lookups binary
-/// search the serialized bytes in place; nothing is allocated per entry.
+/// A borrowed view of a v3 index: the stored bytes (entries then heap), or the
+/// in-memory form a [`ShardIndex`] holds. Lookups binary search the bytes in
+/// place; nothing is allocated per entry.
 #[derive(Debug, Clone, Copy)]
 pub struct IndexView<'a> {
     entries: &'a [u8],
     heap: &'a [u8],
+    layout: Layout,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// As stored: SPEC.md §5.4–5.5.
+    Stored,
+    /// See `compact.rs`.
+    Compact,
 }
 
 /// One entry, decoded lazily from the index bytes.
@@ -28,6 +38,10 @@ pub struct EntryRef<'a> {
 }
 
 impl<'a> EntryRef<'a> {
+    pub(super) fn raw(&self) -> &'a [u8] {
+        self.raw
+    }
+
     pub fn digest(&self) -> ContentDigest {
         le::bytes::<32>(self.raw, at::DIGEST).unwrap_or([0; 32])
     }
@@ -53,8 +67,10 @@ impl<'a> EntryRef<'a> {
     pub fn codec(&self) -> Codec {
         Codec::from_code(self.codec_flags() & 0x0F).unwrap_or(Codec::None)
     }
+    /// Flags as stored. Bits the in-memory form uses are masked out; stored
+    /// bytes with them set never get past validation.
     pub fn flags(&self) -> u8 {
-        self.codec_flags() >> 4
+        (self.codec_flags() & !compact::MEMORY_BITS) >> 4
     }
     /// Payload lives in its own object (`_big/<digest>`), not in the shard.
     pub fn is_external(&self) -> bool {
@@ -100,11 +116,19 @@ impl<'a> IndexView<'a> {
     /// Builds a view without validation (for bytes already validated by
     /// [`IndexView::parse`], e.g. from a cache). Accessors stay bounds-checked.
     pub fn trusted(index: &'a [u8], entry_count: u32) -> Self {
+        Self::with_layout(index, entry_count, Layout::Stored)
+    }
+
+    fn with_layout(index: &'a [u8], entry_count: u32, layout: Layout) -> Self {
         let split = (entry_count as usize)
             .saturating_mul(ENTRY_LEN)
             .min(index.len());
         let (entries, heap) = index.split_at(split);
-        Self { entries, heap }
+        Self {
+            entries,
+            heap,
+            layout,
+        }
     }
 
     /// Validates the whole index against its trailer: checksum, sort order,
@@ -144,12 +168,10 @@ impl<'a> IndexView<'a> {
             }
             prev = Some(e.uid);
             Codec::from_code(e.codec_flags() & 0x0F)?;
-            if e.flags() & !KNOWN_FLAGS != 0 {
-                return corrupt(format!(
-                    "entry {:?} has unknown flags {:#x}",
-                    e.uid,
-                    e.flags()
-                ));
+            // Not `flags()`: that hides the bits the in-memory form uses.
+            let flags = e.codec_flags() >> 4;
+            if flags & !KNOWN_FLAGS != 0 {
+                return corrupt(format!("entry {:?} has unknown flags {flags:#x}", e.uid));
             }
             if let Some(m) = e.meta {
                 serde_json::from_str::<serde_json::Value>(m).map_err(|_| {
@@ -197,7 +219,13 @@ impl<'a> IndexView<'a> {
 
     pub fn entry(&self, i: usize) -> Option<EntryRef<'a>> {
         let raw = self.raw(i)?;
-        let (uid, content_type, meta) = heap_record(self.heap, le::u32_at(raw, at::HEAP_OFF)?)?;
+        let (uid, content_type, meta) = match self.layout {
+            Layout::Stored => heap_record(self.heap, le::u32_at(raw, at::HEAP_OFF)?)?,
+            Layout::Compact => {
+                let (start, end, tag) = self.compact_span(i)?;
+                compact::record(self.heap, start, end, tag)?
+            }
+        };
         Some(EntryRef {
             raw,
             uid,
@@ -206,22 +234,35 @@ impl<'a> IndexView<'a> {
         })
     }
 
-    fn uid_at(&self, i: usize) -> Option<&'a [u8]> {
+    fn stored_uid(&self, i: usize) -> Option<&'a [u8]> {
         heap_uid(self.heap, le::u32_at(self.raw(i)?, at::HEAP_OFF)?)
     }
 
-    /// Binary search by uid bytes directly on the serialized entries.
+    fn compact_uid(&self, i: usize) -> Option<&'a [u8]> {
+        let (start, end, tag) = self.compact_span(i)?;
+        compact::uid(self.heap, start, end, tag)
+    }
+
+    /// Where entry `i`'s compact record lies, and its tag. Records are
+    /// contiguous, so each ends where the next entry's begins.
+    fn compact_span(&self, i: usize) -> Option<(usize, usize, u8)> {
+        let here = self.entries.get(i.checked_mul(ENTRY_LEN)?..)?;
+        let start = usize::try_from(le::u32_at(here, at::HEAP_OFF)?).ok()?;
+        let end = match le::u32_at(here, ENTRY_LEN + at::HEAP_OFF) {
+            Some(next) => usize::try_from(next).ok()?,
+            None => self.heap.len(),
+        };
+        Some((start, end, le::u8_at(here, at::CODEC_FLAGS)?))
+    }
+
+    /// Binary search by uid bytes directly on the entry table.
     pub fn find(&self, uid: &str) -> Option<EntryRef<'a>> {
-        let (mut lo, mut hi) = (0usize, self.len());
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            match self.uid_at(mid)?.cmp(uid.as_bytes()) {
-                Ordering::Less => lo = mid + 1,
-                Ordering::Greater => hi = mid,
-                Ordering::Equal => return self.entry(mid),
-            }
-        }
-        None
+        // One loop per layout, so the layout is not re-checked at every probe.
+        let found = match self.layout {
+            Layout::Stored => search(self.len(), uid, |i| self.stored_uid(i)),
+            Layout::Compact => search(self.len(), uid, |i| self.compact_uid(i)),
+        };
+        self.entry(found?)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = EntryRef<'a>> + '_ {
@@ -229,22 +270,41 @@ impl<'a> IndexView<'a> {
     }
 }
 
-/// An owned, validated index: the bytes exactly as stored, plus the trailer.
-/// This is what caches hold; its size is `index_len` plus a few words.
+fn search<'a>(len: usize, uid: &str, uid_at: impl Fn(usize) -> Option<&'a [u8]>) -> Option<usize> {
+    let (mut lo, mut hi) = (0usize, len);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match uid_at(mid)?.cmp(uid.as_bytes()) {
+            Ordering::Less => lo = mid + 1,
+            Ordering::Greater => hi = mid,
+            Ordering::Equal => return Some(mid),
+        }
+    }
+    None
+}
+
+/// An owned, validated index plus its trailer; this is what caches hold.
+/// It does not keep the stored bytes but a denser copy (see `compact.rs`):
+/// 64 bytes per entry plus the uid when there is no content type or metadata.
+/// Whoever needs the stored bytes (to check or copy them) reads them with
+/// [`IndexView::parse`].
 #[derive(Debug, Clone)]
 pub struct ShardIndex {
-    bytes: Bytes,
+    compact: Bytes,
     trailer: Trailer,
 }
 
 impl ShardIndex {
     pub fn parse(bytes: Bytes, trailer: Trailer) -> Result<Self> {
-        IndexView::parse(&bytes, &trailer)?;
-        Ok(Self { bytes, trailer })
+        let compact = compact::encode(&IndexView::parse(&bytes, &trailer)?)?;
+        Ok(Self {
+            compact: Bytes::from(compact),
+            trailer,
+        })
     }
 
     pub fn view(&self) -> IndexView<'_> {
-        IndexView::trusted(&self.bytes, self.trailer.entry_count)
+        IndexView::with_layout(&self.compact, self.trailer.entry_count, Layout::Compact)
     }
 
     pub fn trailer(&self) -> &Trailer {
@@ -253,6 +313,6 @@ impl ShardIndex {
 
     /// Bytes held, for byte-bounded caches.
     pub fn heap_size(&self) -> usize {
-        self.bytes.len() + std::mem::size_of::<Self>()
+        self.compact.len() + std::mem::size_of::<Self>()
     }
 }

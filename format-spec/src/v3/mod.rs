@@ -1,6 +1,7 @@
 //! Shard format v3: header, data, sorted fixed-width index + string heap, trailer.
 //! SPEC.md is normative; every offset here is named after a field there.
 
+mod compact;
 mod index;
 mod trailer;
 mod writer;
