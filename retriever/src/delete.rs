@@ -98,10 +98,9 @@ fn parse(
 /// whatever [`delete_file`] answers.
 pub async fn delete_route(
     req: HttpRequest,
-    uid: web::Path<String>,
+    uid: String,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let uid = uid.into_inner();
     if uid.is_empty() {
         return Err(ApiError::bad_request(
             "missing uid: use /files/{uid}?created_at=…&reason=…",

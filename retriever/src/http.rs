@@ -125,24 +125,58 @@ fn wanted_range(headers: &HeaderMap, rep: &Representation) -> RangeRequest {
     range::parse(header_str(headers, header::RANGE), rep.len)
 }
 
+/// The files route as metrics label it.
+pub const FILES_ROUTE: &str = "/files/{uid}";
+
+/// The uid of a `/files/{uid}` path: the rest of the path, percent-decoded
+/// as actix decodes path parameters (so `%2F` is a `/` inside the uid).
+/// Routed by hand because matching a `{uid:.*}` pattern runs a regex, ≈ 4 %
+/// of a warm GET (docs/BENCHMARKS.md §2).
+pub fn files_uid(req: &HttpRequest) -> Option<String> {
+    let rest = req.path().strip_prefix("/files/")?;
+    Some(
+        percent_encoding::percent_decode_str(rest)
+            .decode_utf8_lossy()
+            .into_owned(),
+    )
+}
+
+/// Everything no static route took: `/files/{uid}` by method, else 404.
+pub async fn files_or_no_route(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let Some(uid) = files_uid(&req) else {
+        return no_route(req).await;
+    };
+    match *req.method() {
+        Method::GET | Method::HEAD => get_file(req, uid, state).await,
+        Method::DELETE => crate::delete::delete_route(req, uid, state).await,
+        _ => Ok(HttpResponse::MethodNotAllowed()
+            .insert_header((header::ALLOW, "GET, HEAD, DELETE"))
+            .finish()),
+    }
+}
+
 /// `GET|HEAD /files/{uid}`, counted in `des_retrievals_total` and timed.
 pub async fn get_file(
     req: HttpRequest,
-    uid: web::Path<String>,
+    uid: String,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
-    let uid = uid.into_inner();
-    let result = serve_file(&req, &uid, &state).await;
+    let at = created_at(req.query_string());
+    let r = &state.retriever;
+    let backend = at
+        .as_ref()
+        .ok()
+        .and_then(|t| r.backend_for(&uid, *t))
+        .unwrap_or("none");
+    let result = serve_file(&req, &uid, at, &state).await;
     let status = match &result {
         Ok(r) => r.status(),
         Err(e) => e.status_code(),
     };
-    let r = &state.retriever;
-    let backend = created_at(req.query_string())
-        .ok()
-        .and_then(|t| r.backend_for(&uid, t))
-        .unwrap_or("none");
     let m = r.metrics();
     m.retrievals
         .with_label_values(&[backend, status.as_str()])
@@ -151,9 +185,12 @@ pub async fn get_file(
     result
 }
 
+/// `created_at` is the query's, parsed once by the caller; its error is
+/// reported after the uid's and the caller's credentials'.
 async fn serve_file(
     req: &HttpRequest,
     uid: &str,
+    created_at: Result<Timestamp, ApiError>,
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
     if uid.is_empty() {
@@ -162,7 +199,7 @@ async fn serve_file(
         ));
     }
     state.admit(req, Scope::Read, uid)?;
-    let created_at = created_at(req.query_string())?;
+    let created_at = created_at?;
     // Before the lookup: a deleted file costs no storage request.
     state.check_not_deleted(uid, created_at)?;
     let retriever = &state.retriever;

@@ -67,16 +67,14 @@ pub async fn open(store: &DesStore, hit: &Hit) -> Result<Payload, Error> {
 async fn decode(shard_key: &str, located: &Located, stored: Bytes) -> Result<Bytes, Error> {
     if stored.len() <= DECODE_INLINE_MAX {
         return located
-            .decode(&stored)
-            .map(Bytes::from)
+            .decode_bytes(stored)
             .map_err(|e| Error::format(shard_key, e));
     }
     let located = located.clone();
     let key = shard_key.to_string();
     tokio::task::spawn_blocking(move || {
         located
-            .decode(&stored)
-            .map(Bytes::from)
+            .decode_bytes(stored)
             .map_err(|e| Error::format(&key, e))
     })
     .await

@@ -52,13 +52,7 @@ pub fn app(
         .route("/health", web::get().to(http::health))
         .route("/ready", web::get().to(http::ready))
         .route("/metrics", web::get().to(http::metrics))
-        .service(
-            web::resource("/files/{uid:.*}")
-                .route(web::get().to(http::get_file))
-                .route(web::head().to(http::get_file))
-                .route(web::delete().to(crate::delete::delete_route)),
-        )
-        .default_service(web::to(http::no_route))
+        .default_service(web::to(http::files_or_no_route))
         .wrap_fn(move |req, srv| {
             let id = request_id(req.headers().get(&REQUEST_ID));
             let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.path());
@@ -80,10 +74,12 @@ async fn access_log<B>(
     }
     let status = res.status();
     // The route pattern, never the raw path: label values must stay few.
-    let route = res
-        .request()
-        .match_pattern()
-        .map_or_else(|| "unmatched".to_string(), |p| route_label(&p));
+    let req = res.request();
+    let route = match req.match_pattern() {
+        Some(p) => route_label(&p),
+        None if req.path().starts_with("/files/") => http::FILES_ROUTE.to_string(),
+        None => "unmatched".to_string(),
+    };
     requests
         .with_label_values(&[route.as_str(), status.as_str()])
         .inc();

@@ -260,14 +260,25 @@ async fn replaced_shard_is_reloaded_never_misread() {
         old_etag
     );
 
+    // The local store may still read the old version through the handle it
+    // keeps open (consistently: the cached index describes that version) ...
     let c0 = counts.counts();
     let r = call(&app, TestRequest::get().uri(&keep).to_request()).await;
     assert_eq!((r.status, r.bytes()), (200, &text(2000)[..]));
-    assert_eq!(
-        delta(counts.counts(), c0),
-        (3, 1, 3),
-        "failed If-Match read, index reload, payload read"
-    );
+    let d = delta(counts.counts(), c0);
+    assert!(d == (1, 0, 1) || d == (3, 1, 3), "{d:?}");
+    // ... but for a second at most; then the replacement is noticed.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let c0 = counts.counts();
+    let r = call(&app, TestRequest::get().uri(&keep).to_request()).await;
+    assert_eq!((r.status, r.bytes()), (200, &text(2000)[..]));
+    if d == (1, 0, 1) {
+        assert_eq!(
+            delta(counts.counts(), c0),
+            (3, 1, 3),
+            "failed If-Match read, index reload, payload read"
+        );
+    }
     let r = call(
         &app,
         TestRequest::get()

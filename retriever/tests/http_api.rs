@@ -177,6 +177,12 @@ async fn error_statuses_are_json() {
             "not_found",
         ),
         ("/elsewhere", 404, "not_found"),
+        ("/files", 404, "not_found"),
+        (
+            "/filesnotes.txt?created_at=2024-05-17T10:00:00Z",
+            404,
+            "not_found",
+        ),
     ];
     for (uri, status, code) in cases {
         let r = call(&app, TestRequest::get().uri(uri).to_request()).await;
@@ -188,6 +194,21 @@ async fn error_statuses_are_json() {
             "{uri}"
         );
         assert_eq!(r.header("cache-control"), Some("no-store"), "{uri}");
+    }
+}
+
+#[actix_web::test]
+async fn other_methods_on_files_are_not_allowed() {
+    let f = fixture();
+    let app = app!(&f.root);
+    for req in [
+        TestRequest::post(),
+        TestRequest::put(),
+        TestRequest::patch(),
+    ] {
+        let r = call(&app, req.uri(&file_uri("notes.txt", CREATED)).to_request()).await;
+        assert_eq!(r.status, 405);
+        assert_eq!(r.header("allow"), Some("GET, HEAD, DELETE"));
     }
 }
 
