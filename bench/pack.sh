@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Packing throughput: des-pack (--compression none and auto) against
-# `tar -cf -` and `tar -cf - | zstd -3 -T0` over the same files, in the same
+# `tar -cf -`, `tar -cf - | zstd -3 -T0` and tar + fsync of its archive (the
+# durability des-pack gives) over the same files, in the same
 # run, page cache warm for everyone. Prints a table with ratios to tar.
 #
 #   bench/pack.sh DIR [OUT_PARENT]
@@ -22,7 +23,8 @@ files=$(find "$dir" -type f | wc -l)
 bytes=$(find "$dir" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%.0f", s}')
 echo "input: $dir: $files files, $bytes bytes; $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB RAM"
 # Warm the page cache so every contender reads from memory.
-tar -cf - "$dir" >/dev/null 2>&1
+# (Through a pipe: GNU tar skips reading files when its archive is /dev/null.)
+tar -cf - "$dir" 2>/dev/null | cat >/dev/null
 
 # name, command (reads $dir, writes under $out); prints "seconds peak_kb out_bytes"
 measure() {
@@ -49,12 +51,14 @@ run() {
 export dir parent pack created_at jobs
 run tar "tar -cf \$parent/out/x.tar \"\$dir\""
 run tar+zstd "tar -cf - \"\$dir\" | zstd -3 -T0 -q -o \$parent/out/x.tar.zst"
+# des-pack fsyncs every shard before it reports success; this is tar with the same promise.
+run tar+fsync "tar -cf \$parent/out/x.tar \"\$dir\" && sync \$parent/out/x.tar"
 run des-pack-none "\$pack --dir \"\$dir\" --created-at \$created_at --out \$parent/out/store --compression none --jobs \$jobs -q"
 run des-pack-auto "\$pack --dir \"\$dir\" --created-at \$created_at --out \$parent/out/store --compression auto --jobs \$jobs -q"
 
 read -r tar_s _ _ <<<"${result[tar]}"
 printf '%-15s %9s %10s %9s %11s %13s %8s %12s\n' tool seconds files/s MB/s peak_RSS_MB out_bytes ratio vs_tar_speed
-for name in tar tar+zstd des-pack-none des-pack-auto; do
+for name in tar tar+zstd tar+fsync des-pack-none des-pack-auto; do
     read -r s kb out <<<"${result[$name]}"
     awk -v n="$name" -v s="$s" -v kb="$kb" -v out="$out" -v f="$files" -v b="$bytes" -v t="$tar_s" 'BEGIN {
         printf "%-15s %9.2f %10.0f %9.1f %11.1f %13.0f %8.3f %12.2f\n", n, s, f/s, b/s/1e6, kb/1024, out, out/b, t/s

@@ -6,6 +6,8 @@
 #   bench/retriever_vs_nginx.sh            # defaults below
 #   FILES=20000 DURATION=20 CONNECTIONS=64 WORKERS=2 bench/retriever_vs_nginx.sh
 #   DES_PACK=/path/to/des-pack bench/retriever_vs_nginx.sh   # skip building the packer
+#   PERF=/tmp/retriever.perf bench/retriever_vs_nginx.sh        # also `perf record -g` the
+#       retriever during its measured run (then: perf report -i /tmp/retriever.perf --no-children)
 #
 # Needs: wrk and nginx (Debian: apt-get install -y wrk nginx), cargo.
 # Prints one RESULT line per server and the ratio. Auth is off and logging
@@ -132,10 +134,20 @@ echo "warm-up ($WARMUP s each)..." >&2
 run retriever "$rport" "$work/paths-retriever" "$WARMUP" >/dev/null
 run nginx "$nport" "$work/paths-nginx" "$WARMUP" >/dev/null
 echo "measuring ($DURATION s each, $CONNECTIONS connections, $THREADS wrk threads, $WORKERS server workers)..." >&2
+if [[ -n ${PERF:-} ]]; then
+    perf record -q -g -o "$PERF" -p "${pids[0]}" -- sleep "$DURATION" 2>/dev/null &
+    perf_pid=$!
+fi
 r=$(run retriever "$rport" "$work/paths-retriever" "$DURATION")
+if [[ -n ${PERF:-} ]]; then wait "$perf_pid" || true; fi
 n=$(run nginx "$nport" "$work/paths-nginx" "$DURATION")
+# The stack's ceiling: the same server answering /health (actix, middleware,
+# metrics, a small body) with no lookup, no read, no check.
+echo /health > "$work/paths-health"
+h=$(run retriever-health "$rport" "$work/paths-health" "$DURATION")
 echo "$r"
 echo "$n"
-rr=$(sed 's/.*rps=\([0-9]*\).*/\1/' <<<"$r")
-nr=$(sed 's/.*rps=\([0-9]*\).*/\1/' <<<"$n")
+echo "$h"
+rr=${r#*rps=} && rr=${rr%% *}
+nr=${n#*rps=} && nr=${nr%% *}
 python3 -c "print(f'ratio retriever/nginx = {$rr / $nr:.2f}')"

@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# GET throughput from S3: des-retriever on a DES store in S3 (cold and warm)
+# vs presigned GETs of the same files stored as loose objects in the same
+# bucket, straight from the S3 server. One S3 server on loopback, started
+# and removed by this script; same wrk settings and random mix of files.
+#
+#   bench/retriever_s3.sh                      # Garage, defaults below
+#   BACKEND=s3s-fs bench/retriever_s3.sh       # s3s-fs instead
+#   FILES=20000 DURATION=20 CONNECTIONS=64 bench/retriever_s3.sh
+#   DES_PACK=/path/to/des-pack bench/retriever_s3.sh   # skip building the packer
+#   RETRIEVER_ARGS="--suffix-bytes 4096" bench/retriever_s3.sh   # extra retriever options
+#   QUICKACK=1 bench/retriever_s3.sh           # root: private netns, loopback route quickack
+#
+# Garage and s3s-fs do not set TCP_NODELAY and write headers and body of a
+# GET as two segments, so a client that delays its ACK (Linux, on a pooled
+# connection: 40 ms) waits ~44 ms per request. des-storage re-arms
+# TCP_QUICKACK on plain-http S3 connections; wrk cannot, so by default the
+# direct baseline is stalled. QUICKACK=1 runs everything in a private network
+# namespace whose loopback route has `quickack 1`, so every client ACKs at
+# once and the direct baseline is fair (needs root; cargo runs offline there).
+#
+# Needs: wrk, curl, python3, cargo, and the server (scripts/garage.sh install,
+# scripts/s3s-fs.sh install). Prints RESULT lines for: direct (loose objects
+# from the server, after a warm-up), retriever-cold (fresh process, first
+# DURATION s: index reads happen here) and retriever-warm (the next DURATION
+# s), with storage requests per GET from the retriever's /metrics
+# (des_s3_range_calls_total / des_retrievals_total), then warm/direct ratios.
+# s3s-fs 0.14.1 answers 500 to a suffix range longer than the object, so with
+# it keep shards above the retriever's 64 KiB suffix read (FILES >= ~5000 at
+# n-bits 8) or pass RETRIEVER_ARGS="--suffix-bytes 4096".
+set -euo pipefail
+
+BACKEND=${BACKEND:-garage}     # garage | s3s-fs
+FILES=${FILES:-10000}          # number of files
+MIN_SIZE=${MIN_SIZE:-1024}     # bytes
+MAX_SIZE=${MAX_SIZE:-16384}    # bytes
+DURATION=${DURATION:-15}       # seconds per measured run
+WARMUP=${WARMUP:-5}            # seconds of warm-up for the direct run
+CONNECTIONS=${CONNECTIONS:-32}
+THREADS=${THREADS:-1}          # wrk threads
+WORKERS=${WORKERS:-1}          # retriever workers
+N_BITS=${N_BITS:-8}
+CREATED_AT=2024-05-17T10:00:00Z
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+if [[ ${QUICKACK:-0} == 1 && -z ${DES_BENCH_NETNS:-} ]]; then
+    exec unshare -n env DES_BENCH_NETNS=1 "$0" "$@"
+fi
+if [[ -n ${DES_BENCH_NETNS:-} ]]; then
+    ip link set lo up
+    ip route change local 127.0.0.0/8 dev lo table local scope host quickack 1
+    ip route change local 127.0.0.1 dev lo table local proto kernel scope host src 127.0.0.1 quickack 1
+fi
+for tool in wrk curl python3 cargo; do
+    command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y wrk curl)" >&2; exit 1; }
+done
+work=$(mktemp -d /tmp/des-bench-s3.XXXXXX)
+garage_name=bench-s3-$$
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [[ $BACKEND == garage ]]; then "$root/scripts/garage.sh" purge "$garage_name" 2>/dev/null || true; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return
+        sleep 0.1
+    done
+    echo "port $1 never opened" >&2; exit 1
+}
+
+echo "building (release)..." >&2
+bin="${CARGO_TARGET_DIR:-$root/target}/release"
+cargo build --release -q --manifest-path "$root/Cargo.toml" -p des-storage --example s3_loose
+if [[ -n ${DES_PACK:-} ]]; then
+    cargo build --release -q --manifest-path "$root/Cargo.toml" -p des-retriever --bins
+    pack_bin=$DES_PACK
+else
+    cargo build --release -q --manifest-path "$root/Cargo.toml" -p des-retriever -p des-packer --bins
+    pack_bin=$bin/des-pack
+fi
+
+echo "starting $BACKEND..." >&2
+case $BACKEND in
+    garage)
+        eval "$("$root/scripts/garage.sh" start "$garage_name")"
+        server_pid=$(cat "${DES_GARAGE_STATE:-/tmp/des-garage}/$garage_name/pid")
+        ;;
+    s3s-fs)
+        s3s_bin=${S3S_FS_BIN:-$(command -v s3s-fs 2>/dev/null || echo "$HOME/.cargo/bin/s3s-fs")}
+        [[ -x $s3s_bin ]] || { echo "s3s-fs not found: run scripts/s3s-fs.sh install" >&2; exit 1; }
+        sport=$(free_port)
+        mkdir -p "$work/s3s/des"
+        AWS_ACCESS_KEY_ID=AK$(openssl rand -hex 8)
+        AWS_SECRET_ACCESS_KEY=$(openssl rand -hex 20)
+        export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
+        export AWS_ENDPOINT_URL=http://127.0.0.1:$sport AWS_REGION=us-east-1
+        export DES_S3_FORCE_PATH_STYLE=1 DES_S3_BUCKET=des
+        RUST_LOG=warn "$s3s_bin" --host 127.0.0.1 --port "$sport" --access-key "$AWS_ACCESS_KEY_ID" \
+            --secret-key "$AWS_SECRET_ACCESS_KEY" "$work/s3s" >"$work/s3s.log" 2>&1 &
+        server_pid=$!
+        pids+=("$server_pid")
+        wait_port "$sport"
+        ;;
+    *) echo "BACKEND must be garage or s3s-fs" >&2; exit 2 ;;
+esac
+s3_port=${AWS_ENDPOINT_URL##*:}
+
+echo "writing $FILES files of $MIN_SIZE..$MAX_SIZE bytes..." >&2
+python3 - "$work/loose" "$FILES" "$MIN_SIZE" "$MAX_SIZE" <<'PY'
+import os, random, sys
+out, n, lo, hi = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+rng = random.Random(42)
+for i in range(n):
+    d = os.path.join(out, f"d{i % 100:02d}")
+    os.makedirs(d, exist_ok=True)
+    # Half text-like (compressible), half random bytes.
+    size = rng.randint(lo, hi)
+    data = (b"lorem ipsum dolor sit amet %d\n" % i) * (size // 28 + 1) if i % 2 else rng.randbytes(size)
+    with open(os.path.join(d, f"f{i}.bin"), "wb") as f:
+        f.write(data[:size])
+PY
+
+echo "uploading loose objects to s3://des/loose and presigning GETs..." >&2
+# Lines "uid<TAB>/des/loose/uid?X-Amz-...", sorted by uid.
+"$bin/examples/s3_loose" "$work/loose" des loose 86400 > "$work/presigned"
+cut -f1 "$work/presigned" > "$work/uids"
+cut -f2 "$work/presigned" > "$work/paths-direct"
+sed "s|^\(.*\)$|/files/\1?created_at=$CREATED_AT|" "$work/uids" > "$work/paths-retriever"
+
+echo "packing to s3://des/store..." >&2
+"$pack_bin" --dir "$work/loose" --created-at "$CREATED_AT" --out s3://des/store \
+    --n-bits "$N_BITS" -q >/dev/null
+
+rport=$(free_port)
+read -ra extra <<<"${RETRIEVER_ARGS:-}"
+RUST_LOG=warn "$bin/des-retriever" --store s3://des/store --no-auth --listen "127.0.0.1:$rport" \
+    --workers "$WORKERS" "${extra[@]}" 2>"$work/retriever.log" &
+retriever_pid=$!
+pids+=("$retriever_pid")
+wait_port "$rport"
+
+run() { # name base-url paths seconds
+    PATHS_FILE="$3" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$4s" -s "$root/bench/random_paths.lua" \
+        "$2" | grep '^RESULT' | sed "s/^RESULT/$1/"
+}
+# "storage-requests GETs" from the retriever's metrics.
+counts() {
+    curl -sf "http://127.0.0.1:$rport/metrics" | awk '
+        /^des_s3_range_calls_total\{/ { s += $NF }
+        /^des_retrievals_total\{/ { g += $NF }
+        END { printf "%d %d\n", s, g }'
+}
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# All CPUs, busy ticks (user+nice+system+irq+softirq): shows what else ran.
+machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+# A measured retriever run: RESULT line plus storage requests per GET and
+# the CPU seconds of the retriever, of the S3 server and of the whole machine
+# (all cores; wrk and anything else running make up the difference).
+measure() { # name
+    local before after b_r b_s b_m line
+    before=$(counts); b_r=$(cpu_ticks "$retriever_pid"); b_s=$(cpu_ticks "$server_pid")
+    b_m=$(machine_ticks)
+    line=$(run "$1" "http://127.0.0.1:$rport" "$work/paths-retriever" "$DURATION")
+    after=$(counts)
+    python3 - "$line" "$before" "$after" "$b_r" "$(cpu_ticks "$retriever_pid")" \
+        "$b_s" "$(cpu_ticks "$server_pid")" "$b_m" "$(machine_ticks)" "$(getconf CLK_TCK)" <<'PY'
+import sys
+line, before, after = sys.argv[1:4]
+r0, r1, s0, s1, m0, m1, hz = map(int, sys.argv[4:11])
+(s_b, g_b), (s_a, g_a) = (map(int, x.split()) for x in (before, after))
+calls, gets = s_a - s_b, g_a - g_b
+per = calls / gets if gets else float("nan")
+print(f"{line} storage_requests={calls} gets={gets} per_get={per:.3f}"
+      f" retriever_cpu_s={(r1 - r0) / hz:.1f} server_cpu_s={(s1 - s0) / hz:.1f}"
+      f" machine_cpu_s={(m1 - m0) / hz:.1f}")
+PY
+}
+
+# Sanity: the server and the retriever return the original bytes for one file.
+first=$(head -1 "$work/uids")
+check() { # url
+    curl -sf "$1" -o "$work/check" && cmp -s "$work/check" "$work/loose/$first" && return
+    echo "wrong answer from $1; first errors:" >&2
+    grep -h -m 3 -A 3 ERROR "$work"/*.log >&2 || true
+    exit 1
+}
+check "http://127.0.0.1:$s3_port$(head -1 "$work/paths-direct")"
+echo "sanity check: direct GET of $first is byte-identical" >&2
+
+echo "load before measuring: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+echo "measuring ($DURATION s each, $CONNECTIONS connections, $THREADS wrk threads, $WORKERS retriever workers)..." >&2
+run direct "http://127.0.0.1:$s3_port" "$work/paths-direct" "$WARMUP" >/dev/null
+b_s=$(cpu_ticks "$server_pid"); b_m=$(machine_ticks)
+d=$(run direct "http://127.0.0.1:$s3_port" "$work/paths-direct" "$DURATION")
+d="$d $(python3 -c "hz = $(getconf CLK_TCK); print(f'server_cpu_s={($(cpu_ticks "$server_pid") - $b_s) / hz:.1f} machine_cpu_s={($(machine_ticks) - $b_m) / hz:.1f}')")"
+# Cold: the retriever has not served anything yet (the check below would warm one shard).
+c=$(measure retriever-cold)
+w=$(measure retriever-warm)
+check "http://127.0.0.1:$rport/files/$first?created_at=$CREATED_AT"
+echo "sanity check: retriever GET of $first is byte-identical" >&2
+echo "backend=$BACKEND quickack_route=${QUICKACK:-0} files=$FILES load=$(cut -d' ' -f1-3 /proc/loadavg)"
+echo "$d"
+echo "$c"
+echo "$w"
+python3 - "$w" "$d" <<'PY'
+import re, sys
+w, d = ({k: float(v) for k, v in re.findall(r"(\w+)=([0-9.]+)", s)} for s in sys.argv[1:3])
+print(f"ratio warm/direct rps = {w['rps'] / d['rps']:.2f}"
+      f"  p50 {w['p50_ms']:.2f}/{d['p50_ms']:.2f} ms  p99 {w['p99_ms']:.2f}/{d['p99_ms']:.2f} ms")
+PY
