@@ -37,7 +37,7 @@ repack_bench() {
     trap "rm -rf '$work'" RETURN
     for pct in 10 50; do
         rm -rf "$work/store"
-        target/release/examples/bench_store "$work/store" 16000 12500 "$pct" >/dev/null
+        target/release/examples/bench_store "$work/store" 2000 100000 "$pct" >/dev/null
         target/release/des-repack --store "$work/store" --min-garbage-ratio 0 --json >"$work/report.json"
         python3 - "$work/report.json" "$pct" <<'PY'
 import json, sys
