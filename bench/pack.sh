@@ -4,7 +4,7 @@
 # durability des-pack gives) over the same files, in the same
 # run, page cache warm for everyone. Prints a table with ratios to tar.
 #
-#   bench/pack.sh DIR [OUT_PARENT]
+#   bench/pack.sh DIR [OUT_PARENT]        # JOBS=N for des-pack --jobs (default 4, its default)
 #
 # OUT_PARENT (default: a temp dir) should be on the disk you care about;
 # outputs are deleted after each measurement.
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 dir=${1:?usage: bench/pack.sh DIR [OUT_PARENT]}
 parent=${2:-$(mktemp -d "${TMPDIR:-/tmp}/des-bench-pack.XXXXXX")}
 created_at=2024-05-17T10:00:00Z
-jobs=$(nproc)
+jobs=${JOBS:-4} # des-pack's default
 
 cargo build --release --locked -q -p des-packer
 pack=target/release/des-pack

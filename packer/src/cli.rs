@@ -67,8 +67,9 @@ pub struct Args {
     /// Files larger than this are stored as separate objects (bytes; K/M/G suffixes allowed)
     #[arg(long, default_value_t = DEFAULT_BIG_FILE_THRESHOLD.to_string())]
     pub big_file_threshold: String,
-    /// Shards built in parallel
-    #[arg(long, short = 'j', default_value_t = 2)]
+    /// Shards built in parallel. More than the core count pays: a job spends
+    /// part of its time waiting for its shard's fsync or upload
+    #[arg(long, short = 'j', default_value_t = crate::options::DEFAULT_JOBS)]
     pub jobs: usize,
     /// Only pack shards START-END (inclusive shard indexes), e.g. 0-127
     #[arg(long)]
