@@ -5,8 +5,9 @@
 //!
 //!   cargo run --release -p des-storage --example s3_loose -- DIR BUCKET PREFIX [SECONDS]
 //!
-//! Endpoint, region and credentials come from the usual `AWS_*` variables;
-//! with `AWS_ENDPOINT_URL` set, path-style addressing is used (Garage, s3s).
+//! Endpoint, region and credentials come from the usual `AWS_*` variables and
+//! `DES_S3_*`, as for every DES tool: uploads go through des-storage's own S3
+//! store, and the presigning client uses the same addressing style.
 //! Output, one line per file in sorted order:
 //! `<path relative to DIR>\t</bucket/key?X-Amz-...>` (path and query of the
 //! presigned URL, valid for SECONDS, default 3600). `--no-upload` only signs.
@@ -17,7 +18,8 @@ use std::time::Duration;
 
 use aws_config::BehaviorVersion;
 use aws_sdk_s3::presigning::PresigningConfig;
-use aws_sdk_s3::primitives::ByteStream;
+use bytes::Bytes;
+use des_storage::{PutOptions, S3Config};
 use futures::{StreamExt, TryStreamExt};
 
 type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
@@ -52,11 +54,10 @@ async fn main() -> Result<()> {
     let prefix = prefix.trim_matches('/');
     let dir = Path::new(dir);
 
+    let location = format!("s3://{bucket}/{prefix}");
     let shared = aws_config::defaults(BehaviorVersion::latest()).load().await;
-    let path_style = std::env::var_os("AWS_ENDPOINT_URL").is_some()
-        || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
     let config = aws_sdk_s3::config::Builder::from(&shared)
-        .force_path_style(path_style)
+        .force_path_style(S3Config::from_url(&location)?.path_style())
         .build();
     let client = aws_sdk_s3::Client::from_conf(config);
 
@@ -70,41 +71,33 @@ async fn main() -> Result<()> {
             .to_str()
             .ok_or("file name is not UTF-8")?
             .to_string();
-        let key = if prefix.is_empty() {
-            rel.clone()
-        } else {
-            format!("{prefix}/{rel}")
-        };
-        entries.push((path, rel, key));
+        entries.push((path, rel));
     }
 
     if upload {
-        futures::stream::iter(entries.iter().map(|(path, _, key)| {
-            let client = &client;
+        let store = des_storage::open_location(&location)?;
+        futures::stream::iter(entries.iter().map(|(path, rel)| {
+            let store = &store;
             async move {
-                let body = ByteStream::from(tokio::fs::read(path).await?);
-                client
-                    .put_object()
-                    .bucket(bucket)
-                    .key(key)
-                    .body(body)
-                    .send()
-                    .await?;
+                let body = Bytes::from(tokio::fs::read(path).await?);
+                store.put(rel, body, PutOptions::default()).await?;
                 Ok::<_, Box<dyn Error + Send + Sync>>(())
             }
         }))
         .buffer_unordered(PARALLEL)
         .try_collect::<()>()
         .await?;
-        eprintln!(
-            "uploaded {} objects to s3://{bucket}/{prefix}",
-            entries.len()
-        );
+        eprintln!("uploaded {} objects to {location}", entries.len());
     }
 
     let presigning = PresigningConfig::expires_in(expires)?;
     let mut out = String::new();
-    for (_, rel, key) in &entries {
+    for (_, rel) in &entries {
+        let key = if prefix.is_empty() {
+            rel.clone()
+        } else {
+            format!("{prefix}/{rel}")
+        };
         let req = client
             .get_object()
             .bucket(bucket)
