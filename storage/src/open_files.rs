@@ -5,7 +5,7 @@
 //! itself (docs/BENCHMARKS.md §2). A handle is kept for at most `ttl`, so a
 //! shard replaced by another process (repack, re-pack) is noticed within that
 //! time, and its old inode — which may hold files that were deleted from the
-//! new one — is released soon after. Until then a kept handle still reads the
+//! new one — is closed by the first read of any key after that. Until then a kept handle still reads the
 //! version it was opened on, whose etag is what an `If-Match` is compared with,
 //! so a reader never mixes two versions.
 
@@ -43,9 +43,16 @@ impl OpenFile {
 
 #[derive(Debug)]
 pub(crate) struct OpenFiles {
-    files: Mutex<HashMap<PathBuf, Arc<OpenFile>>>,
+    inner: Mutex<Kept>,
     capacity: usize,
     ttl: Duration,
+}
+
+#[derive(Debug)]
+struct Kept {
+    files: HashMap<PathBuf, Arc<OpenFile>>,
+    /// When expired handles of every path were last dropped.
+    swept: Instant,
 }
 
 impl Default for OpenFiles {
@@ -57,25 +64,37 @@ impl Default for OpenFiles {
 impl OpenFiles {
     pub fn new(capacity: usize, ttl: Duration) -> Self {
         Self {
-            files: Mutex::new(HashMap::new()),
+            inner: Mutex::new(Kept {
+                files: HashMap::new(),
+                swept: Instant::now(),
+            }),
             capacity,
             ttl,
         }
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Arc<OpenFile>>> {
+    /// The kept handles, with every expired one closed if that was last done
+    /// more than `ttl` ago: a replaced file's old inode is released by the
+    /// next read of any key, not only by the next read of its own path.
+    fn map(&self) -> std::sync::MutexGuard<'_, Kept> {
         // The map holds no invariant a panicking holder could break halfway.
-        self.files.lock().unwrap_or_else(PoisonError::into_inner)
+        let mut kept = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.swept.elapsed() >= self.ttl {
+            let ttl = self.ttl;
+            kept.files.retain(|_, f| f.opened.elapsed() < ttl);
+            kept.swept = Instant::now();
+        }
+        kept
     }
 
     /// A kept handle for `path` that is still within its time.
     pub fn get(&self, path: &Path) -> Option<Arc<OpenFile>> {
-        let mut map = self.map();
-        let fresh = map.get(path)?.opened.elapsed() < self.ttl;
+        let mut kept = self.map();
+        let fresh = kept.files.get(path)?.opened.elapsed() < self.ttl;
         if fresh {
-            map.get(path).cloned()
+            kept.files.get(path).cloned()
         } else {
-            map.remove(path);
+            kept.files.remove(path);
             None
         }
     }
@@ -85,7 +104,7 @@ impl OpenFiles {
         if self.capacity == 0 {
             return;
         }
-        let mut map = self.map();
+        let map = &mut self.map().files;
         if map.len() >= self.capacity && !map.contains_key(&path) {
             let ttl = self.ttl;
             map.retain(|_, f| f.opened.elapsed() < ttl);
@@ -103,12 +122,12 @@ impl OpenFiles {
 
     /// Called when this store replaces or deletes `path`.
     pub fn forget(&self, path: &Path) {
-        self.map().remove(path);
+        self.map().files.remove(path);
     }
 
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.map().len()
+        self.map().files.len()
     }
 }
 
@@ -151,6 +170,23 @@ mod tests {
         files.insert(p.clone(), f);
         files.forget(&p);
         assert!(files.get(&p).is_none());
+    }
+
+    #[test]
+    fn expired_handles_close_when_any_other_path_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = OpenFiles::new(8, Duration::from_millis(30));
+        for name in ["a", "b", "c"] {
+            let (p, f) = open(dir.path(), name);
+            files.insert(p, f);
+        }
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(files.get(&dir.path().join("never-kept")).is_none());
+        assert_eq!(
+            files.len(),
+            0,
+            "a, b and c were released without being read"
+        );
     }
 
     #[test]
