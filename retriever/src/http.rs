@@ -133,12 +133,17 @@ pub const FILES_ROUTE: &str = "/files/{uid}";
 /// Routed by hand because matching a `{uid:.*}` pattern runs a regex, ≈ 4 %
 /// of a warm GET (docs/BENCHMARKS.md §2).
 pub fn files_uid(req: &HttpRequest) -> Option<String> {
-    let rest = req.path().strip_prefix("/files/")?;
+    let rest = files_path_rest(req.path())?;
     Some(
         percent_encoding::percent_decode_str(rest)
             .decode_utf8_lossy()
             .into_owned(),
     )
+}
+
+/// The still-encoded uid part of a `/files/…` path.
+pub fn files_path_rest(path: &str) -> Option<&str> {
+    path.strip_prefix("/files/")
 }
 
 /// Everything no static route took: `/files/{uid}` by method, else 404.

@@ -77,7 +77,7 @@ async fn access_log<B>(
     let req = res.request();
     let route = match req.match_pattern() {
         Some(p) => route_label(&p),
-        None if req.path().starts_with("/files/") => http::FILES_ROUTE.to_string(),
+        None if http::files_path_rest(req.path()).is_some() => http::FILES_ROUTE.to_string(),
         None => "unmatched".to_string(),
     };
     requests
