@@ -43,6 +43,8 @@ N_BITS=${N_BITS:-8}
 CREATED_AT=2024-05-17T10:00:00Z
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 if [[ ${QUICKACK:-0} == 1 && -z ${DES_BENCH_NETNS:-} ]]; then
     exec unshare -n env DES_BENCH_NETNS=1 "$0" "$@"
 fi
@@ -65,14 +67,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return
-        sleep 0.1
-    done
-    echo "port $1 never opened" >&2; exit 1
-}
 
 echo "building (release)..." >&2
 bin="${CARGO_TARGET_DIR:-$root/target}/release"
@@ -112,19 +106,7 @@ esac
 s3_port=${AWS_ENDPOINT_URL##*:}
 
 echo "writing $FILES files of $MIN_SIZE..$MAX_SIZE bytes..." >&2
-python3 - "$work/loose" "$FILES" "$MIN_SIZE" "$MAX_SIZE" <<'PY'
-import os, random, sys
-out, n, lo, hi = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-rng = random.Random(42)
-for i in range(n):
-    d = os.path.join(out, f"d{i % 100:02d}")
-    os.makedirs(d, exist_ok=True)
-    # Half text-like (compressible), half random bytes.
-    size = rng.randint(lo, hi)
-    data = (b"lorem ipsum dolor sit amet %d\n" % i) * (size // 28 + 1) if i % 2 else rng.randbytes(size)
-    with open(os.path.join(d, f"f{i}.bin"), "wb") as f:
-        f.write(data[:size])
-PY
+write_files "$work/loose" "$FILES" "$MIN_SIZE" "$MAX_SIZE"
 
 echo "uploading loose objects to s3://des/loose and presigning GETs..." >&2
 # Lines "uid<TAB>/des/loose/uid?X-Amz-...", sorted by uid.

@@ -26,6 +26,8 @@ WORKERS=${WORKERS:-1}          # retriever workers = nginx worker_processes
 CREATED_AT=2024-05-17T10:00:00Z
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 for tool in wrk nginx cargo; do
     command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y wrk nginx)" >&2; exit 1; }
 done
@@ -51,19 +53,7 @@ else
 fi
 
 echo "writing $FILES files of $MIN_SIZE..$MAX_SIZE bytes..." >&2
-python3 - "$work/loose" "$FILES" "$MIN_SIZE" "$MAX_SIZE" <<'PY'
-import os, random, sys
-out, n, lo, hi = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-rng = random.Random(42)
-for i in range(n):
-    d = os.path.join(out, f"d{i % 100:02d}")
-    os.makedirs(d, exist_ok=True)
-    # Half text-like (compressible), half random bytes.
-    size = rng.randint(lo, hi)
-    data = (b"lorem ipsum dolor sit amet %d\n" % i) * (size // 28 + 1) if i % 2 else rng.randbytes(size)
-    with open(os.path.join(d, f"f{i}.bin"), "wb") as f:
-        f.write(data[:size])
-PY
+write_files "$work/loose" "$FILES" "$MIN_SIZE" "$MAX_SIZE"
 (cd "$work/loose" && find . -type f | sed 's|^\./||' | sort) > "$work/uids"
 sed "s|^\(.*\)$|/files/\1?created_at=$CREATED_AT|" "$work/uids" > "$work/paths-retriever"
 sed 's|^|/|' "$work/uids" > "$work/paths-nginx"
@@ -71,14 +61,6 @@ sed 's|^|/|' "$work/uids" > "$work/paths-nginx"
 echo "packing..." >&2
 "$pack_bin" --dir "$work/loose" --created-at "$CREATED_AT" --out "$work/store" --n-bits 8 -q >/dev/null
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return
-        sleep 0.1
-    done
-    echo "port $1 never opened" >&2; exit 1
-}
 
 rport=$(free_port)
 RUST_LOG=warn "$bin/des-retriever" --store "$work/store" --no-auth --listen "127.0.0.1:$rport" \
