@@ -128,7 +128,9 @@ impl LocalStore {
     }
 }
 
-/// Moves a finished temp file into place according to `mode`.
+/// Moves a finished (already fsynced) temp file into place according to
+/// `mode`. Runs under the store's commit lock; the directory fsync that makes
+/// the rename durable is left to the caller, outside the lock.
 fn commit_file(key: &str, tmp: &Path, dst: &Path, mode: &PutMode) -> Result<PutResult> {
     let io = |e| Error::io(key, e);
     match mode {
@@ -153,14 +155,19 @@ fn commit_file(key: &str, tmp: &Path, dst: &Path, mode: &PutMode) -> Result<PutR
         }
         PutMode::Overwrite => std::fs::rename(tmp, dst).map_err(io)?,
     }
-    if let Some(dir) = dst.parent() {
-        fsync_dir(dir).map_err(io)?;
-    }
+    // Under the lock: after it, another writer may already have replaced `dst`.
     let md = std::fs::metadata(dst).map_err(io)?;
     Ok(PutResult {
         etag: Some(etag_of(&md)),
         size: md.len(),
     })
+}
+
+fn sync_parent(key: &str, dst: &Path) -> Result<()> {
+    match dst.parent() {
+        Some(dir) => fsync_dir(dir).map_err(|e| Error::io(key, e)),
+        None => Ok(()),
+    }
 }
 
 fn open_for_write(key: &str, dst: &Path) -> Result<(PathBuf, std::fs::File)> {
@@ -482,25 +489,30 @@ impl ObjectWriter for LocalWriter {
             .file
             .take()
             .ok_or_else(|| Error::Invalid("writer closed".into()))?;
-        let _guard = self.lock.lock().await;
+        let key = self.key.clone();
+        // The data fsync is the slow part and needs no lock: concurrent
+        // writers' fsyncs then share journal commits instead of queueing.
+        blocking(move || {
+            let f = f
+                .into_inner()
+                .map_err(|e| Error::io(&key, e.into_error()))?;
+            f.sync_all().map_err(|e| Error::io(&key, e))
+        })
+        .await?;
         let (key, tmp, dst, mode) = (
             self.key.clone(),
             self.tmp.clone(),
             self.dst.clone(),
             self.mode.clone(),
         );
-        let res = blocking(move || {
-            let f = f
-                .into_inner()
-                .map_err(|e| Error::io(&key, e.into_error()))?;
-            f.sync_all().map_err(|e| Error::io(&key, e))?;
-            drop(f);
-            commit_file(&key, &tmp, &dst, &mode)
-        })
-        .await;
+        let guard = self.lock.lock().await;
+        let res = blocking(move || commit_file(&key, &tmp, &dst, &mode)).await;
+        drop(guard);
         if res.is_ok() {
             self.cleanup.0 = None;
             self.files.forget(&self.dst);
+            let (key, dst) = (self.key.clone(), self.dst.clone());
+            blocking(move || sync_parent(&key, &dst)).await?;
         }
         res
     }
