@@ -13,6 +13,7 @@ pub mod report;
 pub mod run;
 pub mod source;
 pub mod target;
+mod walk;
 
 pub use options::PackOptions;
 pub use report::PackReport;

@@ -16,7 +16,7 @@ use crate::options::PackOptions;
 use crate::plan::{PlanConfig, PlanIter, Planner, ShardGroup};
 use crate::reader::SourceStores;
 use crate::report::{Failure, PackReport};
-use crate::source::{Input, read_input};
+use crate::source::{FileRecord, Input, RecordFailure, read_input};
 use crate::target::Target;
 
 /// Runs a pack into `opts.out` or `opts.zones`. Must be called outside the
@@ -86,6 +86,17 @@ pub fn pack_into(
     Ok(report)
 }
 
+/// Records handed from the reader thread to the planner at a time: enough
+/// to make the channel's cost per record negligible, small enough to bound
+/// what sits between the two.
+const RECORD_BATCH: usize = 1024;
+
+type Batch = Vec<Result<FileRecord, RecordFailure>>;
+
+/// Reads the input on its own thread while this one routes and buffers the
+/// records: the two halves of planning (system calls of the walk or manifest
+/// parsing; routing and sorting) overlap instead of adding up, and planning
+/// is the serial part of a run.
 fn plan_input(
     input: &Input,
     opts: &PackOptions,
@@ -99,21 +110,56 @@ fn plan_input(
         spill_dir,
         shard_filter: opts.shard_filter(store.n_bits())?,
     })?;
-    read_input(input, |r| {
-        match r.map(|rec| planner.push(rec)) {
-            Ok(pushed) => {
-                if let Err(f) = pushed? {
-                    report.fail(f.into());
-                }
-            }
-            Err(f) => report.fail(f.into()),
-        }
-        Ok(())
-    })?;
+    let (tx, rx) = mpsc::sync_channel::<Batch>(4);
+    let (read, planned) = std::thread::scope(|s| {
+        let reader = s.spawn(move || read_batches(input, &tx));
+        let planned = plan_batches(&mut planner, rx, report);
+        // If planning failed, `rx` is gone and the reader stops at its next batch.
+        let read = reader
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the input reader panicked")));
+        (read, planned)
+    });
+    planned?;
+    read?;
     let stats = planner.stats();
     report.files_seen = stats.accepted;
     report.files_outside_shard_range = stats.skipped_by_filter;
     planner.finish()
+}
+
+fn read_batches(input: &Input, tx: &mpsc::SyncSender<Batch>) -> Result<()> {
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    read_input(input, |r| {
+        batch.push(r);
+        if batch.len() >= RECORD_BATCH {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(RECORD_BATCH));
+            tx.send(full)
+                .map_err(|_| anyhow::anyhow!("planning stopped"))?;
+        }
+        Ok(())
+    })?;
+    if !batch.is_empty() {
+        tx.send(batch)
+            .map_err(|_| anyhow::anyhow!("planning stopped"))?;
+    }
+    Ok(())
+}
+
+fn plan_batches(planner: &mut Planner, rx: Receiver<Batch>, report: &mut PackReport) -> Result<()> {
+    for batch in rx {
+        for r in batch {
+            match r.map(|rec| planner.push(rec)) {
+                Ok(pushed) => {
+                    if let Err(f) = pushed? {
+                        report.fail(f.into());
+                    }
+                }
+                Err(f) => report.fail(f.into()),
+            }
+        }
+    }
+    Ok(())
 }
 
 fn progress_bar(enabled: bool, total: u64) -> ProgressBar {

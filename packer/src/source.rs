@@ -6,16 +6,15 @@
 //! packed as-is, every file getting the same `created_at`.
 
 use std::fmt;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, BufRead, BufReader};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use des_format::Timestamp;
 use des_format::v3::{MAX_CONTENT_TYPE_LEN, MAX_META_LEN, MAX_UID_LEN};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
-use walkdir::WalkDir;
 
 /// One file to pack.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,7 +126,8 @@ pub enum Input {
     },
 }
 
-type Sink<'a> = &'a mut dyn FnMut(Result<FileRecord, RecordFailure>) -> anyhow::Result<()>;
+pub(crate) type Sink<'a> =
+    &'a mut dyn FnMut(Result<FileRecord, RecordFailure>) -> anyhow::Result<()>;
 
 /// Calls `f` for every record or per-record failure; returns Err only for fatal problems
 /// (manifest unreadable, not JSON at all, directory missing) or if `f` returns Err.
@@ -137,7 +137,7 @@ pub fn read_input(
 ) -> anyhow::Result<()> {
     match input {
         Input::Manifest(path) => read_manifest(path, &mut f),
-        Input::Dir { root, created_at } => read_dir(root, *created_at, &mut f),
+        Input::Dir { root, created_at } => crate::walk::read_dir(root, *created_at, &mut f),
     }
 }
 
@@ -553,7 +553,7 @@ fn uid_text(v: &Value) -> Result<String, String> {
     Ok(uid)
 }
 
-fn check_uid(uid: &str) -> Result<(), String> {
+pub(crate) fn check_uid(uid: &str) -> Result<(), String> {
     if uid.is_empty() {
         return Err("uid must not be empty".into());
     }
@@ -619,140 +619,10 @@ fn size_bytes(v: Option<Value>) -> Result<Option<u64>, String> {
     }
 }
 
-// ---------------------------------------------------------------------------
-// Directory walk
-
-fn read_dir(root: &Path, created_at: Timestamp, f: Sink<'_>) -> anyhow::Result<()> {
-    let md =
-        fs::metadata(root).with_context(|| format!("cannot read directory {}", root.display()))?;
-    if !md.is_dir() {
-        bail!("{} is not a directory", root.display());
-    }
-    let canonical_root =
-        fs::canonicalize(root).with_context(|| format!("cannot resolve {}", root.display()))?;
-    let walk = Walk {
-        root,
-        canonical_root: &canonical_root,
-        created_at,
-    };
-    let mut line = 0;
-    // Sorting by name makes uids (and so failure line numbers) deterministic.
-    for entry in WalkDir::new(root).follow_links(false).sort_by_file_name() {
-        let item = match entry {
-            Ok(e) => walk.entry(&e, line + 1),
-            Err(e) if e.depth() == 0 => {
-                return Err(e).with_context(|| format!("cannot read directory {}", root.display()));
-            }
-            Err(e) => Some(Err(walk_failure(&e, line + 1))),
-        };
-        if let Some(item) = item {
-            line += 1;
-            f(item)?;
-        }
-    }
-    Ok(())
-}
-
-struct Walk<'a> {
-    root: &'a Path,
-    canonical_root: &'a Path,
-    created_at: Timestamp,
-}
-
-impl Walk<'_> {
-    /// `None` for entries that are not records at all (directories).
-    fn entry(&self, e: &walkdir::DirEntry, line: u64) -> Option<Result<FileRecord, RecordFailure>> {
-        let ft = e.file_type();
-        if ft.is_dir() {
-            return None;
-        }
-        let path = e.path();
-        let fail = |uid: Option<String>, reason: String| RecordFailure {
-            line,
-            uid,
-            source: Some(path.display().to_string()),
-            reason,
-        };
-        let uid = match relative_uid(self.root, path) {
-            Ok(u) => u,
-            Err(reason) => return Some(Err(fail(None, reason))),
-        };
-        // A regular file is not stat'ed here: the builder stats it once when it
-        // opens it, and a second stat per file in this serial walk was half
-        // of the walk's time (the type comes from readdir's d_type).
-        let size = if ft.is_symlink() {
-            self.symlink_size(path).map(Some)
-        } else if ft.is_file() {
-            Ok(None)
-        } else {
-            Err("not a regular file".into())
-        };
-        Some(match size {
-            Ok(size_hint) => Ok(FileRecord {
-                uid,
-                created_at: self.created_at,
-                source: SourceRef::Local(path.to_path_buf()),
-                content_type: None,
-                meta: None,
-                size_hint,
-                line,
-            }),
-            Err(reason) => Err(fail(Some(uid), reason)),
-        })
-    }
-
-    /// Links are packed only when they stay inside the root, so a walk can
-    /// never pull in files the caller did not hand over.
-    fn symlink_size(&self, path: &Path) -> Result<u64, String> {
-        let target = fs::canonicalize(path).map_err(|e| format!("broken symlink: {e}"))?;
-        if !target.starts_with(self.canonical_root) {
-            return Err(format!(
-                "symlink points outside the input directory ({})",
-                target.display()
-            ));
-        }
-        let md = fs::metadata(&target).map_err(|e| format!("cannot stat symlink target: {e}"))?;
-        if md.is_dir() {
-            return Err("symlink to a directory is not followed".into());
-        }
-        if !md.is_file() {
-            return Err("symlink target is not a regular file".into());
-        }
-        Ok(md.len())
-    }
-}
-
-fn relative_uid(root: &Path, path: &Path) -> Result<String, String> {
-    let rel = path
-        .strip_prefix(root)
-        .map_err(|_| "entry is outside the walked root".to_string())?;
-    let mut parts = Vec::new();
-    for c in rel.components() {
-        let Component::Normal(part) = c else {
-            return Err(format!("unexpected path component in {}", rel.display()));
-        };
-        parts.push(
-            part.to_str()
-                .ok_or_else(|| format!("path {} is not valid UTF-8", rel.display()))?,
-        );
-    }
-    let uid = parts.join("/");
-    check_uid(&uid)?;
-    Ok(uid)
-}
-
-fn walk_failure(e: &walkdir::Error, line: u64) -> RecordFailure {
-    RecordFailure {
-        line,
-        uid: None,
-        source: e.path().map(|p| p.display().to_string()),
-        reason: format!("cannot read: {e}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     type Item = Result<FileRecord, RecordFailure>;
 
@@ -987,86 +857,5 @@ mod tests {
             assert_eq!(calls, 2);
             assert_eq!(err.to_string(), "consumer is full");
         }
-    }
-
-    #[test]
-    fn dir_walk_uids() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("root");
-        fs::create_dir_all(root.join("sub/c")).unwrap();
-        fs::create_dir_all(root.join("empty")).unwrap();
-        fs::write(root.join("b.txt"), b"bb").unwrap();
-        fs::write(root.join("a.txt"), b"a").unwrap();
-        fs::write(root.join("sub/z"), b"").unwrap();
-        fs::write(root.join("sub/c/d.txt"), b"dddd").unwrap();
-        let created_at = ts("2024-05-17T10:00:00Z");
-        let items = collect(&Input::Dir {
-            root: root.clone(),
-            created_at,
-        })
-        .unwrap();
-        let got: Vec<(&str, u64, Option<u64>)> = items
-            .iter()
-            .map(ok)
-            .map(|r| (r.uid.as_str(), r.line, r.size_hint))
-            .collect();
-        assert_eq!(
-            got,
-            [
-                ("a.txt", 1, None),
-                ("b.txt", 2, None),
-                ("sub/c/d.txt", 3, None),
-                ("sub/z", 4, None)
-            ]
-        );
-        assert!(items.iter().all(|i| ok(i).created_at == created_at));
-        assert_eq!(
-            ok(&items[2]).source,
-            SourceRef::Local(root.join("sub/c/d.txt"))
-        );
-    }
-
-    #[cfg(unix)]
-    #[test]
-    fn dir_walk_symlinks_and_bad_names() {
-        use std::ffi::OsStr;
-        use std::os::unix::ffi::OsStrExt;
-        use std::os::unix::fs::symlink;
-
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("root");
-        fs::create_dir_all(root.join("d")).unwrap();
-        fs::write(dir.path().join("secret"), b"s").unwrap();
-        fs::write(root.join("d/real"), b"rr").unwrap();
-        symlink(root.join("d/real"), root.join("in")).unwrap();
-        symlink(dir.path().join("secret"), root.join("out")).unwrap();
-        symlink(root.join("d"), root.join("subdir-link")).unwrap();
-        fs::write(root.join(OsStr::from_bytes(b"x\xFF")), b"").unwrap();
-
-        let items = collect(&Input::Dir {
-            root: root.clone(),
-            created_at: ts("2024-05-17T10:00:00Z"),
-        })
-        .unwrap();
-        let summary: Vec<(u64, Option<&str>, bool)> = items
-            .iter()
-            .map(|i| match i {
-                Ok(r) => (r.line, Some(r.uid.as_str()), true),
-                Err(f) => (f.line, f.uid.as_deref(), false),
-            })
-            .collect();
-        assert_eq!(
-            summary,
-            [
-                (1, Some("d/real"), true),
-                (2, Some("in"), true),
-                (3, Some("out"), false),
-                (4, Some("subdir-link"), false),
-                (5, None, false),
-            ]
-        );
-        assert_eq!(ok(&items[1]).size_hint, Some(2));
-        assert!(failed(&items[2]).reason.contains("outside"));
-        assert!(failed(&items[4]).reason.contains("UTF-8"));
     }
 }
