@@ -14,6 +14,8 @@ use serde::Deserialize;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_CACHE_BYTES: u64 = 512 << 20;
+pub const DEFAULT_PAYLOAD_CACHE_BYTES: u64 = 128 << 20;
+pub const DEFAULT_PAYLOAD_CACHE_MAX_ENTRY_BYTES: u64 = 256 << 10;
 pub const DEFAULT_SUFFIX_BYTES: u64 = 64 << 10;
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_NEGATIVE_TTL_SECS: u64 = 5;
@@ -96,6 +98,13 @@ pub struct Options {
     /// Reload a cached shard index after this many seconds [default: never].
     #[arg(long)]
     pub cache_ttl_secs: Option<u64>,
+    /// Bytes of small files kept in memory decoded and verified, so popular
+    /// files are served without a storage read; 0 turns this off [default: 128 MiB].
+    #[arg(long)]
+    pub payload_cache_bytes: Option<u64>,
+    /// Largest file (decoded bytes) the payload cache keeps [default: 256 KiB].
+    #[arg(long)]
+    pub payload_cache_max_entry_bytes: Option<u64>,
     /// Seconds "no such shard" is remembered, and the age after which a cached
     /// index is re-read when a requested uid is not in it [default: 5].
     #[arg(long)]
@@ -211,6 +220,8 @@ struct FileConfig {
     listen: Option<String>,
     cache_bytes: Option<u64>,
     cache_ttl_secs: Option<u64>,
+    payload_cache_bytes: Option<u64>,
+    payload_cache_max_entry_bytes: Option<u64>,
     negative_ttl_secs: Option<u64>,
     suffix_bytes: Option<u64>,
     workers: Option<usize>,
@@ -276,6 +287,9 @@ pub struct Settings {
     pub listen: String,
     pub cache_bytes: u64,
     pub cache_ttl: Option<Duration>,
+    /// Hot payload cache bound; 0: no cache.
+    pub payload_cache_bytes: u64,
+    pub payload_cache_max_entry_bytes: u64,
     pub negative_ttl: Duration,
     pub suffix_bytes: u64,
     pub workers: Option<usize>,
@@ -296,6 +310,8 @@ impl Settings {
             listen: DEFAULT_LISTEN.into(),
             cache_bytes: DEFAULT_CACHE_BYTES,
             cache_ttl: None,
+            payload_cache_bytes: DEFAULT_PAYLOAD_CACHE_BYTES,
+            payload_cache_max_entry_bytes: DEFAULT_PAYLOAD_CACHE_MAX_ENTRY_BYTES,
             negative_ttl: Duration::from_secs(DEFAULT_NEGATIVE_TTL_SECS),
             suffix_bytes: DEFAULT_SUFFIX_BYTES,
             workers: None,
@@ -386,6 +402,20 @@ impl Settings {
             cache_ttl: src
                 .pick("cache_ttl_secs", cli.cache_ttl_secs, file.cache_ttl_secs)?
                 .map(secs),
+            payload_cache_bytes: src
+                .pick(
+                    "payload_cache_bytes",
+                    cli.payload_cache_bytes,
+                    file.payload_cache_bytes,
+                )?
+                .unwrap_or(DEFAULT_PAYLOAD_CACHE_BYTES),
+            payload_cache_max_entry_bytes: src
+                .pick(
+                    "payload_cache_max_entry_bytes",
+                    cli.payload_cache_max_entry_bytes,
+                    file.payload_cache_max_entry_bytes,
+                )?
+                .unwrap_or(DEFAULT_PAYLOAD_CACHE_MAX_ENTRY_BYTES),
             negative_ttl: secs(
                 src.pick(
                     "negative_ttl_secs",

@@ -12,7 +12,7 @@ use des_format::shard::Located;
 
 use crate::auth::Scope;
 use crate::error::ApiError;
-use crate::metrics::{self, breaker_name};
+use crate::metrics::{self, CacheSizes, breaker_name};
 use crate::payload::Payload;
 use crate::range::{self, RangeRequest};
 use crate::state::AppState;
@@ -205,9 +205,13 @@ async fn serve_file(
     }
     state.admit(req, Scope::Read, uid)?;
     let created_at = created_at?;
-    // Before the lookup: a deleted file costs no storage request.
-    state.check_not_deleted(uid, created_at)?;
     let retriever = &state.retriever;
+    // Before the tombstone check, so a delete that check misses cannot leave
+    // the bytes this request reads in the hot cache (see HotCache::insert).
+    let ticket = retriever.payload_ticket();
+    // Before the lookup: a deleted file costs no storage request, and the
+    // hot cache is never asked for it.
+    state.check_not_deleted(uid, created_at)?;
     let hit = retriever.locate(uid, created_at).await?;
     let rep = Representation::of(&hit.located);
     // Everything up to here needed only the index: no payload read for these answers.
@@ -227,7 +231,7 @@ async fn serve_file(
         b.no_chunking(rep.len);
         return Ok(b.streaming(futures::stream::empty::<Result<Bytes, std::io::Error>>()));
     }
-    let (hit, payload) = retriever.fetch(uid, created_at, hit).await?;
+    let (hit, payload) = retriever.fetch(uid, created_at, hit, ticket).await?;
     // The index may have been reloaded: describe what is actually sent.
     let rep = Representation::of(&hit.located);
     let span = match wanted_range(req.headers(), &rep) {
@@ -333,9 +337,13 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
 /// Prometheus text exposition.
 pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let r = &state.retriever;
+    let sizes = CacheSizes {
+        index: r.cache_bytes().await,
+        payload: r.payload_cache_bytes().await,
+    };
     let text = r
         .metrics()
-        .render(r.cache_bytes().await, r.backends().zones())
+        .render(sizes, r.backends().zones())
         .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, metrics::CONTENT_TYPE))

@@ -3,7 +3,8 @@
 //!
 //! * [`lookup`] routes a request to its shard, keeps shard indexes in a
 //!   byte-bounded cache (concurrent misses coalesced, absent shards remembered
-//!   briefly) and reloads a stale index once before giving up.
+//!   briefly) and reloads a stale index once before giving up; [`hot`]
+//!   keeps the verified bytes of small popular files in memory.
 //! * [`payload`] and [`stream`] read an entry's bytes and never hand out
 //!   bytes that fail their CRC or digest.
 //! * [`http`] maps requests to responses; [`error`] holds the one table from
@@ -21,6 +22,7 @@ pub mod counting;
 pub mod delete;
 pub mod error;
 pub mod healthcheck;
+pub mod hot;
 pub mod http;
 pub mod limits;
 pub mod lookup;

@@ -1,10 +1,11 @@
 //! From (uid, created_at) to a verified payload: routing, the shard index
-//! cache, the negative cache, and one refresh-and-retry when a cached index
-//! has gone stale.
+//! cache, the negative cache, the hot payload cache, and one
+//! refresh-and-retry when a cached index has gone stale.
 //!
 //! Request budget (index within the suffix read): a cold GET costs 2 storage
-//! requests (suffix read, payload range read), a warm one 1. HEAD, 304 and 416
-//! answers need only the index, so they cost 1 cold and 0 warm.
+//! requests (suffix read, payload range read), a warm one 1, and one whose
+//! payload is in the hot cache 0. HEAD, 304 and 416 answers need only the
+//! index, so they cost 1 cold and 0 warm.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use moka::notification::RemovalCause;
 
 use crate::backend::Backends;
 use crate::error::ApiError;
+use crate::hot::{HotCache, Ticket};
 use crate::metrics::Metrics;
 use crate::payload::{self, Payload};
 
@@ -39,6 +41,10 @@ pub struct CacheConfig {
     /// be before a uid missing from it makes us read the shard again.
     pub negative_ttl: Duration,
     pub parts_ttl: Duration,
+    /// Upper bound on the hot payload cache (0: no cache).
+    pub payload_bytes: u64,
+    /// Largest decoded payload the hot cache keeps.
+    pub payload_max_entry: u64,
 }
 
 impl Default for CacheConfig {
@@ -48,6 +54,8 @@ impl Default for CacheConfig {
             index_ttl: None,
             negative_ttl: DEFAULT_NEGATIVE_TTL,
             parts_ttl: DEFAULT_PARTS_TTL,
+            payload_bytes: 128 << 20,
+            payload_max_entry: 256 << 10,
         }
     }
 }
@@ -84,6 +92,8 @@ pub struct Retriever {
     missing: Cache<String, ()>,
     /// Legacy only: part keys of a (date, shard), highest part first.
     parts: Cache<String, Arc<Vec<String>>>,
+    /// Verified bytes of small popular files; `None` when switched off.
+    hot: Option<HotCache>,
 }
 
 /// Cache weight: what an index holds on the heap, so `index_bytes` bounds memory.
@@ -142,6 +152,7 @@ impl Retriever {
                 .max_capacity(PARTS_CAPACITY)
                 .time_to_live(cfg.parts_ttl)
                 .build(),
+            hot: HotCache::new(cfg.payload_bytes, cfg.payload_max_entry),
         }
     }
 
@@ -162,6 +173,25 @@ impl Retriever {
         // The size is updated by housekeeping moka runs lazily; catch up first.
         self.indexes.run_pending_tasks().await;
         self.indexes.weighted_size()
+    }
+
+    /// The hot payload cache, unless switched off.
+    pub fn hot(&self) -> Option<&HotCache> {
+        self.hot.as_ref()
+    }
+
+    /// Bytes held by the hot payload cache (as its weigher counts them).
+    pub async fn payload_cache_bytes(&self) -> u64 {
+        match &self.hot {
+            Some(hot) => hot.weighted_size().await,
+            None => 0,
+        }
+    }
+
+    /// Take this before a request's tombstone check and give it to
+    /// [`fetch`](Self::fetch): see [`HotCache::insert`].
+    pub fn payload_ticket(&self) -> Option<Ticket> {
+        self.hot.as_ref().map(HotCache::ticket)
     }
 
     /// The metrics label of the store `uid` routes to, if it routes at all.
@@ -207,11 +237,40 @@ impl Retriever {
         )))
     }
 
+    /// The payload of `hit`: from the hot cache if it holds this very entry,
+    /// else read (see [`read`](Self::read)) and, if small and inline, cached.
+    /// `since` is [`payload_ticket`](Self::payload_ticket), taken before the
+    /// request's tombstone check.
+    pub async fn fetch(
+        &self,
+        uid: &str,
+        created_at: Timestamp,
+        hit: Hit,
+        since: Option<Ticket>,
+    ) -> Result<(Hit, Payload), ApiError> {
+        let (Some(hot), Some(since)) = (&self.hot, since) else {
+            return self.read(uid, created_at, hit).await;
+        };
+        if hot.admits(&hit) {
+            if let Some(bytes) = hot.get(created_at, &hit).await {
+                self.metrics.payload_cache_hits.inc();
+                return Ok((hit, Payload::Inline(bytes)));
+            }
+            self.metrics.payload_cache_misses.inc();
+        }
+        let (hit, payload) = self.read(uid, created_at, hit).await?;
+        // Only bytes `read` returned, which passed every check, get here.
+        if let Payload::Inline(bytes) = &payload {
+            hot.insert(created_at, &hit, bytes, since).await;
+        }
+        Ok((hit, payload))
+    }
+
     /// Reads the payload of `hit`. If storage says the shard changed since its
     /// index was cached, or the bytes fail their check, the index is reloaded
     /// once and the read retried; a second failure is final. Bytes that fail a
     /// check are never returned.
-    pub async fn fetch(
+    async fn read(
         &self,
         uid: &str,
         created_at: Timestamp,

@@ -2,7 +2,7 @@
 //! several apps in one process do not share counts).
 //!
 //! Values owned by the storage layer (breaker states, retry totals) and the
-//! cache size are read when `/metrics` is scraped rather than pushed.
+//! cache sizes are read when `/metrics` is scraped rather than pushed.
 
 use std::sync::Mutex;
 
@@ -19,6 +19,13 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 #[error("metrics: {0}")]
 pub struct MetricsError(#[from] prometheus::Error);
 
+/// Bytes held by the caches, as their weighers count them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CacheSizes {
+    pub index: u64,
+    pub payload: u64,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -29,6 +36,9 @@ pub struct Metrics {
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
     pub cache_evictions: IntCounterVec,
+    pub payload_cache_bytes: IntGauge,
+    pub payload_cache_hits: IntCounter,
+    pub payload_cache_misses: IntCounter,
     pub breaker_state: IntGaugeVec,
     pub storage_retries: IntCounterVec,
     pub corruption: IntCounter,
@@ -77,6 +87,11 @@ impl Metrics {
             "Heap bytes held by cached shard indexes.",
         )?;
         r.register(Box::new(cache_bytes.clone()))?;
+        let payload_cache_bytes = IntGauge::new(
+            "des_payload_cache_bytes",
+            "Bytes held by the hot payload cache (decoded small files).",
+        )?;
+        r.register(Box::new(payload_cache_bytes.clone()))?;
         let breaker_state = IntGaugeVec::new(
             Opts::new(
                 "des_circuit_breaker_state",
@@ -121,6 +136,17 @@ impl Metrics {
                 "Shard indexes dropped from the cache, by cause (size, expired, explicit, replaced).",
                 &["cause"],
             )?,
+            payload_cache_bytes,
+            payload_cache_hits: counter(
+                &r,
+                "des_payload_cache_hits_total",
+                "Small inline payloads served from the hot payload cache, without a storage read.",
+            )?,
+            payload_cache_misses: counter(
+                &r,
+                "des_payload_cache_misses_total",
+                "Small inline payloads not in the hot payload cache, so read from storage.",
+            )?,
             breaker_state,
             storage_retries: counter_vec(
                 &r,
@@ -155,10 +181,11 @@ impl Metrics {
         })
     }
 
-    /// The text exposition, after copying in what storage and the cache hold.
-    pub fn render(&self, cache_bytes: u64, zones: Option<&Zones>) -> Result<String, MetricsError> {
-        self.cache_bytes
-            .set(i64::try_from(cache_bytes).unwrap_or(i64::MAX));
+    /// The text exposition, after copying in what storage and the caches hold.
+    pub fn render(&self, sizes: CacheSizes, zones: Option<&Zones>) -> Result<String, MetricsError> {
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.cache_bytes.set(gauge(sizes.index));
+        self.payload_cache_bytes.set(gauge(sizes.payload));
         if let Some(zones) = zones {
             self.copy_zones(zones);
         }
@@ -242,7 +269,10 @@ mod tests {
 
     #[test]
     fn declares_labelled_families_before_their_first_series() {
-        let text = Metrics::new().unwrap().render(0, None).unwrap();
+        let text = Metrics::new()
+            .unwrap()
+            .render(CacheSizes::default(), None)
+            .unwrap();
         for (name, kind) in [
             ("des_circuit_breaker_state", "gauge"),
             ("des_storage_retries_total", "counter"),
@@ -270,9 +300,15 @@ mod tests {
         m.cache_hits.inc();
         m.cache_misses.inc();
         m.cache_evictions.with_label_values(&["size"]).inc();
+        m.payload_cache_hits.inc();
+        m.payload_cache_misses.inc();
         m.corruption.inc();
         m.http_requests.with_label_values(&["/health", "200"]).inc();
-        let text = m.render(1234, None).unwrap();
+        let sizes = CacheSizes {
+            index: 1234,
+            payload: 567,
+        };
+        let text = m.render(sizes, None).unwrap();
         for name in [
             "des_retrievals_total{backend=\"local\",status=\"200\"} 1",
             "des_retrieval_seconds_bucket",
@@ -281,6 +317,9 @@ mod tests {
             "des_index_cache_hits_total 1",
             "des_index_cache_misses_total 1",
             "des_index_cache_evictions_total{cause=\"size\"} 1",
+            "des_payload_cache_bytes 567",
+            "des_payload_cache_hits_total 1",
+            "des_payload_cache_misses_total 1",
             "des_corruption_detected_total 1",
             "http_requests_total{route=\"/health\",status=\"200\"} 1",
         ] {

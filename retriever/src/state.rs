@@ -42,7 +42,10 @@ impl AppState {
         let retriever = open_retriever(storage, settings, Arc::clone(&metrics)).await?;
         let deleted = match retriever.store().layout() {
             des_storage::Layout::V3 => {
-                Some(Arc::new(Deleted::load(retriever.store(), &metrics).await?))
+                let hot = retriever.hot().cloned();
+                Some(Arc::new(
+                    Deleted::load(retriever.store(), &metrics, hot).await?,
+                ))
             }
             des_storage::Layout::Legacy => None,
         };
@@ -102,6 +105,8 @@ pub async fn open_retriever(
         index_bytes: settings.cache_bytes,
         index_ttl: settings.cache_ttl,
         negative_ttl: settings.negative_ttl,
+        payload_bytes: settings.payload_cache_bytes,
+        payload_max_entry: settings.payload_cache_max_entry_bytes,
         ..CacheConfig::default()
     };
     Ok(Retriever::new(

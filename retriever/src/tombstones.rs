@@ -1,7 +1,8 @@
 //! Deleted files as this replica knows them: the tombstone log
 //! (`des_storage::tombstones`) read in full at start, then polled, plus
 //! every delete this replica accepted (visible here at once, elsewhere after
-//! the other replicas' next poll).
+//! the other replicas' next poll). Each newly known deletion also drops the
+//! file's bytes from the hot payload cache.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -11,6 +12,7 @@ use des_storage::DesStore;
 use des_storage::tombstones::{Tombstone, TombstoneLog, TombstoneSet};
 use prometheus::{IntCounter, IntGauge};
 
+use crate::hot::HotCache;
 use crate::metrics::Metrics;
 
 #[derive(Debug)]
@@ -22,12 +24,21 @@ pub struct Deleted {
     known: IntGauge,
     appended: IntCounter,
     poll_failures: IntCounter,
+    /// Requests check tombstones before the hot cache, so its copy of a
+    /// deleted file is never served; it is dropped anyway so deleted (GDPR)
+    /// bytes do not stay in memory until evicted.
+    hot: Option<HotCache>,
 }
 
 impl Deleted {
     /// Reads the whole log. Failing here fails startup: serving without
     /// knowing what was deleted could hand out files that must be gone.
-    pub async fn load(store: &DesStore, metrics: &Metrics) -> des_storage::Result<Self> {
+    /// `hot`: the payload cache to drop deleted files from.
+    pub async fn load(
+        store: &DesStore,
+        metrics: &Metrics,
+        hot: Option<HotCache>,
+    ) -> des_storage::Result<Self> {
         let log = TombstoneLog::new(store);
         let set = TombstoneSet::load(&log).await?;
         let d = Self {
@@ -37,6 +48,7 @@ impl Deleted {
             known: metrics.tombstones_known.clone(),
             appended: metrics.tombstones_appended.clone(),
             poll_failures: metrics.tombstones_poll_failures.clone(),
+            hot,
         };
         d.update_gauge();
         Ok(d)
@@ -67,6 +79,11 @@ impl Deleted {
         self.write().insert_tombstone(t);
         self.appended.inc();
         self.update_gauge();
+        // After the insert: the hot cache relies on the tombstone being
+        // visible before its invalidation (see HotCache::insert).
+        if let Some(hot) = &self.hot {
+            hot.invalidate(&t.uid, t.date).await;
+        }
         Ok(key)
     }
 
@@ -77,8 +94,19 @@ impl Deleted {
         let cursor = self.read().cursor().clone();
         let update = TombstoneSet::fetch_updates(&self.log, &cursor).await;
         let update = update.inspect_err(|_| self.poll_failures.inc())?;
+        // Every pair, not just the new ones: dropping an absent entry is a
+        // hash lookup, and `apply` does not say which pairs were new.
+        let dropped = match self.hot {
+            Some(_) => update.pairs.clone(),
+            None => Vec::new(),
+        };
         let new = self.write().apply(update);
         self.update_gauge();
+        if let Some(hot) = &self.hot {
+            for (uid, date) in &dropped {
+                hot.invalidate(uid, *date).await;
+            }
+        }
         Ok(new)
     }
 }

@@ -223,6 +223,11 @@ fn live_scrape_passes_promtool() {
         "des_s3_range_calls_total{backend=\"local\",type=\"big\"} 1",
         "des_index_cache_bytes",
         "des_index_cache_hits_total",
+        // On by default: the second GET of a.txt is served from memory.
+        "des_payload_cache_hits_total 1",
+        "des_payload_cache_misses_total 1",
+        "des_payload_cache_bytes",
+        "des_s3_range_calls_total{backend=\"local\",type=\"payload\"} 1",
         "http_requests_total{route=\"/ready\",status=\"200\"} 1",
     ] {
         assert!(text.contains(name), "{name} missing:\n{text}");

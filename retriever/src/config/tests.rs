@@ -21,6 +21,8 @@ fn defaults() {
     assert_eq!(s.cache_bytes, 512 << 20);
     assert_eq!(s.suffix_bytes, 64 << 10);
     assert_eq!(s.cache_ttl, None);
+    assert_eq!(s.payload_cache_bytes, 128 << 20);
+    assert_eq!(s.payload_cache_max_entry_bytes, 256 << 10);
     assert_eq!(s.workers, None);
     assert_eq!(s.auth, AuthSetting::Off);
     assert_eq!(s.rate_limits, RateLimits::default());
@@ -137,6 +139,57 @@ fn every_setting_from_each_source() {
     assert_eq!(s.log_format, LogFormat::Json);
     let s = resolve(&["--store", "x"], &[("DES_RETRIEVER_AUTH", "off")]).unwrap();
     assert_eq!(s.auth, AuthSetting::Off);
+}
+
+#[test]
+fn payload_cache_from_each_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("r.toml");
+    std::fs::write(
+        &file,
+        "store = \"/s\"\nauth = \"off\"\npayload_cache_bytes = 0\n\
+         payload_cache_max_entry_bytes = 4096\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let s = resolve(&["--config", f], &[]).unwrap();
+    assert_eq!(s.payload_cache_bytes, 0, "0 (off) from the file");
+    assert_eq!(s.payload_cache_max_entry_bytes, 4096);
+    let s = resolve(
+        &["--config", f],
+        &[
+            ("DES_RETRIEVER_PAYLOAD_CACHE_BYTES", "1048576"),
+            ("DES_RETRIEVER_PAYLOAD_CACHE_MAX_ENTRY_BYTES", " 512 "),
+        ],
+    )
+    .unwrap();
+    assert_eq!(s.payload_cache_bytes, 1 << 20, "env beats file");
+    assert_eq!(s.payload_cache_max_entry_bytes, 512);
+    let s = resolve(
+        &[
+            "--config",
+            f,
+            "--payload-cache-bytes",
+            "7",
+            "--payload-cache-max-entry-bytes",
+            "8",
+        ],
+        &[("DES_RETRIEVER_PAYLOAD_CACHE_BYTES", "1048576")],
+    )
+    .unwrap();
+    assert_eq!(
+        (s.payload_cache_bytes, s.payload_cache_max_entry_bytes),
+        (7, 8),
+        "cli beats env and file"
+    );
+    assert!(
+        resolve(
+            &["--store", "x", "--no-auth"],
+            &[("DES_RETRIEVER_PAYLOAD_CACHE_BYTES", "128M")],
+        )
+        .is_err(),
+        "bytes, as a number"
+    );
 }
 
 #[test]

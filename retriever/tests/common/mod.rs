@@ -106,10 +106,14 @@ pub fn pack(out: &Path, files: &[Spec], n_bits: u8, big_file_threshold: u64) {
     assert_eq!(report.files_failed, 0, "{report:?}");
 }
 
+/// Settings for tests of the storage path: the hot payload cache is off, so
+/// every GET reads (and checks) its payload and request budgets, stale shards,
+/// corruption and outages are seen. Tests of that cache turn it on.
 pub fn settings(store: &Path) -> Settings {
     Settings {
         listen: "127.0.0.1:0".into(),
         cache_bytes: 64 << 20,
+        payload_cache_bytes: 0,
         workers: Some(1),
         shutdown_timeout: std::time::Duration::from_secs(5),
         ..Settings::for_location(store.display().to_string())
