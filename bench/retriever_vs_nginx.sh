@@ -9,6 +9,11 @@
 #   PERF=/tmp/retriever.perf bench/retriever_vs_nginx.sh        # also `perf record -g` the
 #       retriever during its measured run (then: perf report -i /tmp/retriever.perf --no-children)
 #
+# Two retrievers run on the same store: one with its defaults (hot payload
+# cache on, 128 MiB, which holds the default file set), one with
+# payload_cache_bytes = 0, where every GET reads, checks and decodes its
+# entry from the shard.
+#
 # Needs: wrk and nginx (Debian: apt-get install -y wrk nginx), cargo.
 # Prints one RESULT line per server and the ratio. Auth is off and logging
 # is at warn for the retriever (nginx: access_log off), so both measure
@@ -66,6 +71,10 @@ rport=$(free_port)
 RUST_LOG=warn "$bin/des-retriever" --store "$work/store" --no-auth --listen "127.0.0.1:$rport" \
     --workers "$WORKERS" 2>"$work/retriever.log" &
 pids+=($!)
+cport=$(free_port)
+RUST_LOG=warn DES_RETRIEVER_PAYLOAD_CACHE_BYTES=0 "$bin/des-retriever" --store "$work/store" \
+    --no-auth --listen "127.0.0.1:$cport" --workers "$WORKERS" 2>"$work/retriever-nocache.log" &
+pids+=($!)
 
 nport=$(free_port)
 cat > "$work/nginx.conf" <<NGINX
@@ -95,6 +104,7 @@ mkdir -p "$work/nginx-tmp"
 nginx -c "$work/nginx.conf" -p "$work" &
 pids+=($!)
 wait_port "$rport"
+wait_port "$cport"
 wait_port "$nport"
 
 # Sanity: both serve the same bytes for one file.
@@ -106,6 +116,7 @@ check() { # url
     exit 1
 }
 check "http://127.0.0.1:$rport/files/$first?created_at=$CREATED_AT"
+check "http://127.0.0.1:$cport/files/$first?created_at=$CREATED_AT"
 check "http://127.0.0.1:$nport/$first"
 
 run() { # name port paths seconds
@@ -114,6 +125,7 @@ run() { # name port paths seconds
 }
 echo "warm-up ($WARMUP s each)..." >&2
 run retriever "$rport" "$work/paths-retriever" "$WARMUP" >/dev/null
+run retriever-nocache "$cport" "$work/paths-retriever" "$WARMUP" >/dev/null
 run nginx "$nport" "$work/paths-nginx" "$WARMUP" >/dev/null
 echo "measuring ($DURATION s each, $CONNECTIONS connections, $THREADS wrk threads, $WORKERS server workers)..." >&2
 if [[ -n ${PERF:-} ]]; then
@@ -123,13 +135,18 @@ fi
 r=$(run retriever "$rport" "$work/paths-retriever" "$DURATION")
 if [[ -n ${PERF:-} ]]; then wait "$perf_pid" || true; fi
 n=$(run nginx "$nport" "$work/paths-nginx" "$DURATION")
+c=$(run retriever-nocache "$cport" "$work/paths-retriever" "$DURATION")
 # The stack's ceiling: the same server answering /health (actix, middleware,
 # metrics, a small body) with no lookup, no read, no check.
 echo /health > "$work/paths-health"
 h=$(run retriever-health "$rport" "$work/paths-health" "$DURATION")
 echo "$r"
+echo "$c"
 echo "$n"
 echo "$h"
+hits=$(curl -sf "http://127.0.0.1:$rport/metrics" | awk '/^des_payload_cache_hits_total/ {print $2}')
+echo "hot cache hits of the default retriever: ${hits:-?}"
 rr=${r#*rps=} && rr=${rr%% *}
+cr=${c#*rps=} && cr=${cr%% *}
 nr=${n#*rps=} && nr=${nr%% *}
-python3 -c "print(f'ratio retriever/nginx = {$rr / $nr:.2f}')"
+python3 -c "print(f'ratio retriever/nginx = {$rr / $nr:.2f}; without the hot cache = {$cr / $nr:.2f}')"
