@@ -1,80 +1,24 @@
 //! Request handlers: `GET|HEAD /files/{uid}`, `/health`, `/ready`, `/metrics`.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use actix_web::body::SizedStream;
-use actix_web::http::header::{self, HeaderMap, HeaderValue};
+use actix_web::http::header::{self, HeaderMap};
 use actix_web::http::{Method, StatusCode};
-use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError, web};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use bytes::Bytes;
 use des_format::Timestamp;
-use des_format::shard::Located;
 
 use crate::auth::Scope;
 use crate::error::ApiError;
 use crate::metrics::{self, CacheSizes, breaker_name};
 use crate::payload::Payload;
 use crate::range::{self, RangeRequest};
+use crate::representation::Representation;
 use crate::state::AppState;
 
-/// Files are immutable under their (uid, created_at) address.
-pub const CACHE_FOREVER: &str = "public, max-age=31536000, immutable";
+pub use crate::representation::CACHE_FOREVER;
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// What the headers say about a file, all known from its index entry.
-#[derive(Debug, Clone)]
-pub struct Representation {
-    pub len: u64,
-    /// Quoted strong validator, if the entry has a digest.
-    pub etag: Option<String>,
-    pub content_type: HeaderValue,
-    pub last_modified: Option<String>,
-}
-
-impl Representation {
-    pub fn of(located: &Located) -> Self {
-        Self {
-            len: located.orig_len,
-            etag: located.etag().map(|hex| format!("\"{hex}\"")),
-            content_type: content_type(located),
-            last_modified: located.created_at.and_then(http_date),
-        }
-    }
-
-    fn apply(&self, b: &mut HttpResponseBuilder) {
-        b.insert_header((header::CONTENT_TYPE, self.content_type.clone()));
-        if let Some(etag) = &self.etag {
-            b.insert_header((header::ETAG, etag.as_str()));
-        }
-        if let Some(date) = &self.last_modified {
-            b.insert_header((header::LAST_MODIFIED, date.as_str()));
-        }
-        b.insert_header((header::ACCEPT_RANGES, "bytes"));
-        b.insert_header((header::CACHE_CONTROL, CACHE_FOREVER));
-        // Stored bytes are whatever was packed; never let a browser reinterpret them.
-        b.insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"));
-    }
-}
-
-/// The stored type if it is a valid header value, else a guess from the uid's extension.
-fn content_type(located: &Located) -> HeaderValue {
-    located
-        .content_type
-        .as_deref()
-        .and_then(|ct| HeaderValue::from_str(ct).ok())
-        .or_else(|| {
-            mime_guess::from_path(&located.uid)
-                .first()
-                .and_then(|m| HeaderValue::from_str(m.essence_str()).ok())
-        })
-        .unwrap_or(HeaderValue::from_static("application/octet-stream"))
-}
-
-fn http_date(t: Timestamp) -> Option<String> {
-    let secs = u64::try_from(t.unix_seconds()).ok()?;
-    let at = SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs))?;
-    Some(httpdate::fmt_http_date(at))
-}
 
 /// `created_at` from the query string. A literal `+` in an offset arrives as a
 /// space (form decoding); no valid RFC 3339 value contains one there, so put it back.
@@ -175,7 +119,7 @@ pub async fn get_file(
     let backend = at
         .as_ref()
         .ok()
-        .and_then(|t| r.backend_for(&uid, *t))
+        .and_then(|_| r.backend_for(&uid))
         .unwrap_or("none");
     let result = serve_file(&req, &uid, at, &state).await;
     let status = match &result {
@@ -212,16 +156,31 @@ async fn serve_file(
     // Before the lookup: a deleted file costs no storage request, and the
     // hot cache is never asked for it.
     state.check_not_deleted(uid, created_at)?;
+    if let Some(hot) = retriever.hot_hit(uid, created_at).await {
+        return answer(req, &hot.rep, Payload::Inline(hot.bytes), retriever);
+    }
     let hit = retriever.locate(uid, created_at).await?;
     let rep = Representation::of(&hit.located);
     // Everything up to here needed only the index: no payload read for these answers.
-    if not_modified(req.headers(), &rep) {
+    if let Some(early) = answer_from_headers(req, &rep)? {
+        return Ok(early);
+    }
+    let (hit, payload) = retriever.fetch(uid, created_at, hit, ticket).await?;
+    // The index may have been reloaded: describe what is actually sent.
+    answer(req, &Representation::of(&hit.located), payload, retriever)
+}
+
+/// 304 and HEAD answers, and 416, which need no payload.
+fn answer_from_headers(
+    req: &HttpRequest,
+    rep: &Representation,
+) -> Result<Option<HttpResponse>, ApiError> {
+    if not_modified(req.headers(), rep) {
         let mut b = HttpResponse::build(StatusCode::NOT_MODIFIED);
         rep.apply(&mut b);
-        return Ok(b.finish());
+        return Ok(Some(b.finish()));
     }
-    let wanted = wanted_range(req.headers(), &rep);
-    if wanted == RangeRequest::Unsatisfiable {
+    if wanted_range(req.headers(), rep) == RangeRequest::Unsatisfiable {
         return Err(ApiError::range_not_satisfiable(rep.len));
     }
     if req.method() == Method::HEAD {
@@ -229,12 +188,23 @@ async fn serve_file(
         rep.apply(&mut b);
         // An empty stream with an explicit length: the length is announced, no bytes are read.
         b.no_chunking(rep.len);
-        return Ok(b.streaming(futures::stream::empty::<Result<Bytes, std::io::Error>>()));
+        return Ok(Some(b.streaming(futures::stream::empty::<
+            Result<Bytes, std::io::Error>,
+        >())));
     }
-    let (hit, payload) = retriever.fetch(uid, created_at, hit, ticket).await?;
-    // The index may have been reloaded: describe what is actually sent.
-    let rep = Representation::of(&hit.located);
-    let span = match wanted_range(req.headers(), &rep) {
+    Ok(None)
+}
+
+fn answer(
+    req: &HttpRequest,
+    rep: &Representation,
+    payload: Payload,
+    retriever: &crate::lookup::Retriever,
+) -> Result<HttpResponse, ApiError> {
+    if let Some(early) = answer_from_headers(req, rep)? {
+        return Ok(early);
+    }
+    let span = match wanted_range(req.headers(), rep) {
         RangeRequest::Partial(r) => Some(r),
         RangeRequest::Full => None,
         RangeRequest::Unsatisfiable => return Err(ApiError::range_not_satisfiable(rep.len)),
@@ -339,7 +309,7 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
     let r = &state.retriever;
     let sizes = CacheSizes {
         index: r.cache_bytes().await,
-        payload: r.payload_cache_bytes().await,
+        payload: r.payload_cache_bytes(),
     };
     let text = r
         .metrics()

@@ -29,6 +29,7 @@ pub mod lookup;
 pub mod metrics;
 pub mod payload;
 pub mod range;
+pub mod representation;
 pub mod server;
 pub mod state;
 pub mod stream;

@@ -19,9 +19,10 @@ use moka::notification::RemovalCause;
 
 use crate::backend::Backends;
 use crate::error::ApiError;
-use crate::hot::{HotCache, Ticket};
+use crate::hot::{HotCache, HotHit, Ticket};
 use crate::metrics::Metrics;
 use crate::payload::{self, Payload};
+use crate::representation::Representation;
 
 /// Long enough to absorb a flood of requests for a file or shard that does
 /// not exist, short enough that newly packed files are served soon after.
@@ -181,9 +182,9 @@ impl Retriever {
     }
 
     /// Bytes held by the hot payload cache (as its weigher counts them).
-    pub async fn payload_cache_bytes(&self) -> u64 {
+    pub fn payload_cache_bytes(&self) -> u64 {
         match &self.hot {
-            Some(hot) => hot.weighted_size().await,
+            Some(hot) => hot.weighted_size(),
             None => 0,
         }
     }
@@ -195,9 +196,10 @@ impl Retriever {
     }
 
     /// The metrics label of the store `uid` routes to, if it routes at all.
-    pub fn backend_for(&self, uid: &str, created_at: Timestamp) -> Option<&str> {
-        let loc = self.store.locate(uid, created_at).ok()?;
-        Some(self.backends.label_for_shard(loc.shard_index))
+    pub fn backend_for(&self, uid: &str) -> Option<&str> {
+        // The shard index alone: no date directory string per request.
+        let shard = des_format::routing::shard_index(uid, self.store.n_bits()).ok()?;
+        Some(self.backends.label_for_shard(shard))
     }
 
     /// Finds `uid` in the shard it routes to. `created_at` only routes (its
@@ -252,18 +254,34 @@ impl Retriever {
             return self.read(uid, created_at, hit).await;
         };
         if hot.admits(&hit) {
-            if let Some(bytes) = hot.get(created_at, &hit).await {
+            // v3 asked before the index lookup (`hot_hit`); legacy only here.
+            if self.store.layout() == Layout::Legacy
+                && let Some(found) = hot.get(created_at, &hit)
+            {
                 self.metrics.payload_cache_hits.inc();
-                return Ok((hit, Payload::Inline(bytes)));
+                return Ok((hit, Payload::Inline(found.bytes)));
             }
             self.metrics.payload_cache_misses.inc();
         }
         let (hit, payload) = self.read(uid, created_at, hit).await?;
         // Only bytes `read` returned, which passed every check, get here.
         if let Payload::Inline(bytes) = &payload {
-            hot.insert(created_at, &hit, bytes, since).await;
+            let rep = Representation::of(&hit.located);
+            hot.insert(created_at, &hit, bytes, rep, since);
         }
         Ok((hit, payload))
+    }
+
+    /// A v3 file in the hot payload cache, served without even the index
+    /// lookup (see `hot`'s module comment for why that is safe there). Call
+    /// only after the tombstone check.
+    pub async fn hot_hit(&self, uid: &str, created_at: Timestamp) -> Option<HotHit> {
+        if self.store.layout() != Layout::V3 {
+            return None;
+        }
+        let found = self.hot.as_ref()?.get_file(uid, created_at)?;
+        self.metrics.payload_cache_hits.inc();
+        Some(found)
     }
 
     /// Reads the payload of `hit`. If storage says the shard changed since its

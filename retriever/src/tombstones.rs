@@ -82,7 +82,7 @@ impl Deleted {
         // After the insert: the hot cache relies on the tombstone being
         // visible before its invalidation (see HotCache::insert).
         if let Some(hot) = &self.hot {
-            hot.invalidate(&t.uid, t.date).await;
+            hot.invalidate(&t.uid, t.date);
         }
         Ok(key)
     }
@@ -104,7 +104,7 @@ impl Deleted {
         self.update_gauge();
         if let Some(hot) = &self.hot {
             for (uid, date) in &dropped {
-                hot.invalidate(uid, *date).await;
+                hot.invalidate(uid, *date);
             }
         }
         Ok(new)

@@ -290,3 +290,45 @@ async fn cold_legacy_lookup_budget() {
         }
     );
 }
+
+/// Legacy stores can gain a newer part holding a newer version of a uid, so
+/// the hot payload cache there answers only for the entry the index lookup
+/// found (v3 stores answer before the lookup): a second pass over the
+/// fixture reads no payload, but still consults the index.
+#[actix_web::test]
+async fn hot_cache_on_a_legacy_store_serves_the_located_entry() {
+    let fixture = workspace_root().join("testdata/legacy-des/store");
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture.join("expected.json")).unwrap()).unwrap();
+    let files = expected["files"].as_array().unwrap();
+    let root = fixture.join("shards");
+    let s = des_retriever::Settings {
+        payload_cache_bytes: 16 << 20,
+        ..legacy_settings(&root)
+    };
+    let (r, counts) = counted(&root, &s).await;
+    let state = web::Data::new(r);
+    let app = init_service(des_retriever::server::app(state.clone())).await;
+    let get_all = || async {
+        let mut bodies = Vec::new();
+        for f in files {
+            let uri = file_uri(
+                f["uid"].as_str().unwrap(),
+                f["created_at"].as_str().unwrap(),
+            );
+            let r = call(&app, TestRequest::get().uri(&uri).to_request()).await;
+            assert_eq!(r.status, 200);
+            bodies.push(r.bytes().to_vec());
+        }
+        bodies
+    };
+    let first = get_all().await;
+    let before = counts.counts();
+    let hits_before = state.retriever.metrics().payload_cache_hits.get();
+    let second = get_all().await;
+    assert_eq!(first, second);
+    // The fixture store has no big files: every payload comes from memory.
+    assert_eq!(counts.counts().get, before.get, "no payload read again");
+    let hits = state.retriever.metrics().payload_cache_hits.get() - hits_before;
+    assert_eq!(hits, files.len() as u64);
+}
