@@ -11,6 +11,10 @@
 # Several instances can run side by side under different NAMEs (default "default").
 # State lives in $DES_GARAGE_STATE (default /tmp/des-garage)/NAME.
 # The Rust tests do not use this: des_storage::testing starts its own servers.
+# GARAGE_BLOCK_SIZE (default 1M, Garage's default) and GARAGE_COMPRESSION (default 1;
+# "\"none\"" turns it off) set the data block size and zstd level of a new instance:
+# Garage reads, checks and decompresses whole blocks, so small range reads of big
+# shard objects cost a block each.
 set -euo pipefail
 
 VERSION=2.5.0
@@ -103,6 +107,8 @@ metadata_dir = "$dir/meta"
 data_dir = "$dir/data"
 db_engine = "sqlite"
 replication_factor = 1
+block_size = "${GARAGE_BLOCK_SIZE:-1M}"
+compression_level = ${GARAGE_COMPRESSION:-1}
 rpc_bind_addr = "127.0.0.1:$RPC_PORT"
 rpc_public_addr = "127.0.0.1:$RPC_PORT"
 rpc_secret = "$RPC_SECRET"
