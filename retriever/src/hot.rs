@@ -110,7 +110,7 @@ pub struct Ticket(u64);
 
 /// quick_cache rather than moka (which the index cache uses): a hit here is
 /// the whole of a warm GET's own work, and moka's per-read bookkeeping was
-/// 14 % of the retriever's CPU time under load against 2–3 % for this one.
+/// 14 % of the retriever's CPU time under load against 3–5 % for this one.
 type Entries = Cache<Key, Arc<Cached>, ByBytes>;
 
 #[derive(Clone)]
