@@ -3,6 +3,24 @@
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# build_bins ROOT [CARGO ARGS...]: release-builds des-retriever and des-pack (or
+# only des-retriever when DES_PACK names a des-pack binary, e.g. while the
+# packer is being changed) plus any extra targets; sets $bin and $pack_bin.
+# shellcheck disable=SC2034 # bin and pack_bin are for the sourcing script
+build_bins() {
+    local root=$1
+    shift
+    echo "building (release)..." >&2
+    bin="${CARGO_TARGET_DIR:-$root/target}/release"
+    if [[ -n ${DES_PACK:-} ]]; then
+        cargo build --release -q --manifest-path "$root/Cargo.toml" -p des-retriever --bins "$@"
+        pack_bin=$DES_PACK
+    else
+        cargo build --release -q --manifest-path "$root/Cargo.toml" -p des-retriever -p des-packer --bins "$@"
+        pack_bin=$bin/des-pack
+    fi
+}
+
 wait_port() { # port
     for _ in $(seq 1 100); do
         (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return

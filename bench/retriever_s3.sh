@@ -68,16 +68,7 @@ cleanup() {
 trap cleanup EXIT
 
 
-echo "building (release)..." >&2
-bin="${CARGO_TARGET_DIR:-$root/target}/release"
-cargo build --release -q --manifest-path "$root/Cargo.toml" -p des-storage --example s3_loose
-if [[ -n ${DES_PACK:-} ]]; then
-    cargo build --release -q --manifest-path "$root/Cargo.toml" -p des-retriever --bins
-    pack_bin=$DES_PACK
-else
-    cargo build --release -q --manifest-path "$root/Cargo.toml" -p des-retriever -p des-packer --bins
-    pack_bin=$bin/des-pack
-fi
+build_bins "$root" -p des-storage --example s3_loose
 
 echo "starting $BACKEND..." >&2
 case $BACKEND in

@@ -46,16 +46,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "building (release)..." >&2
-bin="${CARGO_TARGET_DIR:-$root/target}/release"
-if [[ -n ${DES_PACK:-} ]]; then
-    # A des-pack binary given explicitly (e.g. while the packer is being changed).
-    cargo build --release -q --manifest-path "$root/Cargo.toml" -p des-retriever --bins
-    pack_bin=$DES_PACK
-else
-    cargo build --release -q --manifest-path "$root/Cargo.toml" -p des-retriever -p des-packer --bins
-    pack_bin=$bin/des-pack
-fi
+build_bins "$root"
 
 echo "writing $FILES files of $MIN_SIZE..$MAX_SIZE bytes..." >&2
 write_files "$work/loose" "$FILES" "$MIN_SIZE" "$MAX_SIZE"
@@ -144,8 +135,11 @@ echo "$r"
 echo "$c"
 echo "$n"
 echo "$h"
-hits=$(curl -sf "http://127.0.0.1:$rport/metrics" | awk '/^des_payload_cache_hits_total/ {print $2}')
-echo "hot cache hits of the default retriever: ${hits:-?}"
+curl -sf "http://127.0.0.1:$rport/metrics" | awk '
+    /^des_payload_cache_hits_total/ { hits = $2 }
+    /^des_payload_cache_bytes/ { held = $2 }
+    END { printf "hot cache of the default retriever: %s hits, %s bytes held\n", hits, held }'
+
 rr=${r#*rps=} && rr=${rr%% *}
 cr=${c#*rps=} && cr=${cr%% *}
 nr=${n#*rps=} && nr=${nr%% *}

@@ -620,13 +620,13 @@ fn size_bytes(v: Option<Value>) -> Result<Option<u64>, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::fs;
 
-    type Item = Result<FileRecord, RecordFailure>;
+    pub(crate) type Item = Result<FileRecord, RecordFailure>;
 
-    fn collect(input: &Input) -> anyhow::Result<Vec<Item>> {
+    pub(crate) fn collect(input: &Input) -> anyhow::Result<Vec<Item>> {
         let mut out = Vec::new();
         read_input(input, |r| {
             out.push(r);
@@ -641,15 +641,15 @@ mod tests {
         Input::Manifest(p)
     }
 
-    fn ts(s: &str) -> Timestamp {
+    pub(crate) fn ts(s: &str) -> Timestamp {
         Timestamp::parse_rfc3339(s).unwrap()
     }
 
-    fn ok(item: &Item) -> &FileRecord {
+    pub(crate) fn ok(item: &Item) -> &FileRecord {
         item.as_ref().unwrap()
     }
 
-    fn failed(item: &Item) -> &RecordFailure {
+    pub(crate) fn failed(item: &Item) -> &RecordFailure {
         item.as_ref().unwrap_err()
     }
 

@@ -209,30 +209,8 @@ fn relative_uid(root: &Path, path: &Path) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::{Input, read_input};
-
-    type Item = Result<FileRecord, RecordFailure>;
-
-    fn collect(input: &Input) -> anyhow::Result<Vec<Item>> {
-        let mut out = Vec::new();
-        read_input(input, |r| {
-            out.push(r);
-            Ok(())
-        })?;
-        Ok(out)
-    }
-
-    fn ts(s: &str) -> Timestamp {
-        Timestamp::parse_rfc3339(s).unwrap()
-    }
-
-    fn ok(item: &Item) -> &FileRecord {
-        item.as_ref().unwrap()
-    }
-
-    fn failed(item: &Item) -> &RecordFailure {
-        item.as_ref().unwrap_err()
-    }
+    use crate::source::Input;
+    use crate::source::tests::{collect, failed, ok, ts};
 
     #[test]
     fn dir_walk_uids() {

@@ -1,5 +1,6 @@
 //! Request handlers: `GET|HEAD /files/{uid}`, `/health`, `/ready`, `/metrics`.
 
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use actix_web::body::SizedStream;
@@ -17,7 +18,6 @@ use crate::range::{self, RangeRequest};
 use crate::representation::Representation;
 use crate::state::AppState;
 
-pub use crate::representation::CACHE_FOREVER;
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `created_at` from the query string. A literal `+` in an offset arrives as a
@@ -156,59 +156,65 @@ async fn serve_file(
     // Before the lookup: a deleted file costs no storage request, and the
     // hot cache is never asked for it.
     state.check_not_deleted(uid, created_at)?;
-    if let Some(hot) = retriever.hot_hit(uid, created_at).await {
-        return answer(req, &hot.rep, Payload::Inline(hot.bytes), retriever);
+    if let Some(hot) = retriever.hot_hit(uid, created_at) {
+        return match wanted(req, &hot.rep)? {
+            Wanted::Answered(r) => Ok(r),
+            Wanted::Bytes(span) => send(&hot.rep, span, Payload::Inline(hot.bytes), retriever),
+        };
     }
     let hit = retriever.locate(uid, created_at).await?;
-    let rep = Representation::of(&hit.located);
     // Everything up to here needed only the index: no payload read for these answers.
-    if let Some(early) = answer_from_headers(req, &rep)? {
-        return Ok(early);
+    if let Wanted::Answered(r) = wanted(req, &Representation::of(&hit.located))? {
+        return Ok(r);
     }
     let (hit, payload) = retriever.fetch(uid, created_at, hit, ticket).await?;
     // The index may have been reloaded: describe what is actually sent.
-    answer(req, &Representation::of(&hit.located), payload, retriever)
+    let rep = Representation::of(&hit.located);
+    let span = span_of(req, &rep)?;
+    send(&rep, span, payload, retriever)
 }
 
-/// 304 and HEAD answers, and 416, which need no payload.
-fn answer_from_headers(
-    req: &HttpRequest,
-    rep: &Representation,
-) -> Result<Option<HttpResponse>, ApiError> {
+/// What a GET or HEAD asks of a file, decided from its headers alone.
+enum Wanted {
+    /// 304, or HEAD: answered without the payload.
+    Answered(HttpResponse),
+    /// The bytes to send: one range, or all of them.
+    Bytes(Option<Range<u64>>),
+}
+
+fn wanted(req: &HttpRequest, rep: &Representation) -> Result<Wanted, ApiError> {
     if not_modified(req.headers(), rep) {
         let mut b = HttpResponse::build(StatusCode::NOT_MODIFIED);
         rep.apply(&mut b);
-        return Ok(Some(b.finish()));
+        return Ok(Wanted::Answered(b.finish()));
     }
-    if wanted_range(req.headers(), rep) == RangeRequest::Unsatisfiable {
-        return Err(ApiError::range_not_satisfiable(rep.len));
-    }
+    let span = span_of(req, rep)?;
     if req.method() == Method::HEAD {
         let mut b = HttpResponse::Ok();
         rep.apply(&mut b);
         // An empty stream with an explicit length: the length is announced, no bytes are read.
         b.no_chunking(rep.len);
-        return Ok(Some(b.streaming(futures::stream::empty::<
-            Result<Bytes, std::io::Error>,
-        >())));
+        let empty = futures::stream::empty::<Result<Bytes, std::io::Error>>();
+        return Ok(Wanted::Answered(b.streaming(empty)));
     }
-    Ok(None)
+    Ok(Wanted::Bytes(span))
 }
 
-fn answer(
-    req: &HttpRequest,
+/// The range to send (`None`: everything), or 416.
+fn span_of(req: &HttpRequest, rep: &Representation) -> Result<Option<Range<u64>>, ApiError> {
+    match wanted_range(req.headers(), rep) {
+        RangeRequest::Partial(r) => Ok(Some(r)),
+        RangeRequest::Full => Ok(None),
+        RangeRequest::Unsatisfiable => Err(ApiError::range_not_satisfiable(rep.len)),
+    }
+}
+
+fn send(
     rep: &Representation,
+    span: Option<Range<u64>>,
     payload: Payload,
     retriever: &crate::lookup::Retriever,
 ) -> Result<HttpResponse, ApiError> {
-    if let Some(early) = answer_from_headers(req, rep)? {
-        return Ok(early);
-    }
-    let span = match wanted_range(req.headers(), rep) {
-        RangeRequest::Partial(r) => Some(r),
-        RangeRequest::Full => None,
-        RangeRequest::Unsatisfiable => return Err(ApiError::range_not_satisfiable(rep.len)),
-    };
     let mut b = match &span {
         Some(r) => {
             let mut b = HttpResponse::PartialContent();

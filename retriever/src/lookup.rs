@@ -51,12 +51,12 @@ pub struct CacheConfig {
 impl Default for CacheConfig {
     fn default() -> Self {
         Self {
-            index_bytes: 512 << 20,
+            index_bytes: crate::config::DEFAULT_CACHE_BYTES,
             index_ttl: None,
             negative_ttl: DEFAULT_NEGATIVE_TTL,
             parts_ttl: DEFAULT_PARTS_TTL,
-            payload_bytes: 128 << 20,
-            payload_max_entry: 256 << 10,
+            payload_bytes: crate::config::DEFAULT_PAYLOAD_CACHE_BYTES,
+            payload_max_entry: crate::config::DEFAULT_PAYLOAD_CACHE_MAX_ENTRY_BYTES,
         }
     }
 }
@@ -275,7 +275,7 @@ impl Retriever {
     /// A v3 file in the hot payload cache, served without even the index
     /// lookup (see `hot`'s module comment for why that is safe there). Call
     /// only after the tombstone check.
-    pub async fn hot_hit(&self, uid: &str, created_at: Timestamp) -> Option<HotHit> {
+    pub fn hot_hit(&self, uid: &str, created_at: Timestamp) -> Option<HotHit> {
         if self.store.layout() != Layout::V3 {
             return None;
         }

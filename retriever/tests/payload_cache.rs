@@ -28,6 +28,11 @@ fn hot_settings(root: &Path, bytes: u64, max_entry: u64) -> Settings {
     }
 }
 
+/// Every file inline (big-file threshold far above the test files).
+fn pack_small(dir: &Path, files: &[Spec]) {
+    pack(dir, files, N_BITS, 10 << 20);
+}
+
 fn created() -> Timestamp {
     Timestamp::parse_rfc3339(CREATED).unwrap()
 }
@@ -80,7 +85,7 @@ async fn second_get_is_served_from_memory() {
         Spec::new("a.txt", text(5000)),
         Spec::new("b.bin", noise(3000, 7)),
     ];
-    pack(dir.path(), &files, N_BITS, 10 << 20);
+    pack_small(dir.path(), &files);
     let (app, state, counts) = app!(dir.path(), hot_settings(dir.path(), 1 << 20, 64 << 10));
 
     for (uid, want) in [("a.txt", text(5000)), ("b.bin", noise(3000, 7))] {
@@ -120,12 +125,7 @@ async fn second_get_is_served_from_memory() {
 #[actix_web::test]
 async fn a_zero_sized_cache_reads_every_time() {
     let dir = tempfile::tempdir().unwrap();
-    pack(
-        dir.path(),
-        &[Spec::new("a.txt", text(500))],
-        N_BITS,
-        10 << 20,
-    );
+    pack_small(dir.path(), &[Spec::new("a.txt", text(500))]);
     let (app, state, counts) = app!(dir.path(), hot_settings(dir.path(), 0, 64 << 10));
     assert!(state.retriever.hot().is_none(), "no cache at all");
     assert_eq!(call(&app, get("a.txt").to_request()).await.status, 200);
@@ -151,7 +151,7 @@ async fn deleted_files_are_410_and_dropped_from_the_cache() {
         Spec::new("gone.txt", text(300)),
         Spec::new("kept.txt", text(200)),
     ];
-    pack(dir.path(), &files, N_BITS, 10 << 20);
+    pack_small(dir.path(), &files);
     let s = hot_settings(dir.path(), 1 << 20, 64 << 10);
     let (app, state, counts) = app!(dir.path(), s.clone());
     // Another replica over the same store, which learns of the delete by polling.
@@ -198,12 +198,7 @@ async fn deleted_files_are_410_and_dropped_from_the_cache() {
 #[actix_web::test]
 async fn a_delete_racing_a_read_leaves_nothing_cached() {
     let dir = tempfile::tempdir().unwrap();
-    pack(
-        dir.path(),
-        &[Spec::new("a.txt", text(100))],
-        N_BITS,
-        10 << 20,
-    );
+    pack_small(dir.path(), &[Spec::new("a.txt", text(100))]);
     let (_app, state, _) = app!(dir.path(), hot_settings(dir.path(), 1 << 20, 64 << 10));
     let r = &state.retriever;
     let hot = r.hot().unwrap();
@@ -263,7 +258,7 @@ async fn the_byte_bound_holds() {
     let files: Vec<Spec> = (0..40)
         .map(|i| Spec::new(&format!("f{i}.bin"), noise(SIZE, i)))
         .collect();
-    pack(dir.path(), &files, N_BITS, 10 << 20);
+    pack_small(dir.path(), &files);
     let (app, state, _) = app!(dir.path(), hot_settings(dir.path(), BOUND, 16 << 10));
     for round in 0..3 {
         for (i, f) in files.iter().enumerate() {
@@ -291,12 +286,7 @@ async fn the_byte_bound_holds() {
 async fn ranges_of_cached_files() {
     let dir = tempfile::tempdir().unwrap();
     let data = text(10_000);
-    pack(
-        dir.path(),
-        &[Spec::new("r.txt", data.clone())],
-        N_BITS,
-        10 << 20,
-    );
+    pack_small(dir.path(), &[Spec::new("r.txt", data.clone())]);
     let (app, state, counts) = app!(dir.path(), hot_settings(dir.path(), 1 << 20, 64 << 10));
     let full = call(&app, get("r.txt").to_request()).await;
     assert_eq!(full.bytes(), &data[..]);
@@ -358,24 +348,14 @@ async fn ranges_of_cached_files() {
 async fn a_replaced_v3_shard_keeps_serving_the_same_bytes_from_memory() {
     let dir = tempfile::tempdir().unwrap();
     let mates = same_shard("keep.txt", 1);
-    pack(
-        dir.path(),
-        &[Spec::new("keep.txt", text(2000))],
-        N_BITS,
-        10 << 20,
-    );
+    pack_small(dir.path(), &[Spec::new("keep.txt", text(2000))]);
     let mut s = hot_settings(dir.path(), 1 << 20, 64 << 10);
     s.negative_ttl = Duration::from_millis(300);
     let (app, state, counts) = app!(dir.path(), s);
     let first = call(&app, get("keep.txt").to_request()).await;
     assert_eq!(first.bytes(), &text(2000)[..]);
     // A new generation of the shard: keep.txt moves to the new object.
-    pack(
-        dir.path(),
-        &[Spec::new(&mates[0], noise(4000, 5))],
-        N_BITS,
-        10 << 20,
-    );
+    pack_small(dir.path(), &[Spec::new(&mates[0], noise(4000, 5))]);
     // Past the local store's kept file handles and the negative TTL, so the
     // new file's GET reloads the index.
     tokio::time::sleep(Duration::from_millis(1100)).await;

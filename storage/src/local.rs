@@ -491,7 +491,8 @@ impl ObjectWriter for LocalWriter {
             .ok_or_else(|| Error::Invalid("writer closed".into()))?;
         let key = self.key.clone();
         // The data fsync is the slow part and needs no lock: concurrent
-        // writers' fsyncs then share journal commits instead of queueing.
+        // writers' fsyncs run side by side (and can share journal commits)
+        // instead of queueing behind one another.
         blocking(move || {
             let f = f
                 .into_inner()
@@ -505,14 +506,20 @@ impl ObjectWriter for LocalWriter {
             self.dst.clone(),
             self.mode.clone(),
         );
-        let guard = self.lock.lock().await;
-        let res = blocking(move || commit_file(&key, &tmp, &dst, &mode)).await;
-        drop(guard);
+        let files = Arc::clone(&self.files);
+        let guard = Arc::clone(&self.lock).lock_owned().await;
+        let res = blocking(move || {
+            let put = commit_file(&key, &tmp, &dst, &mode);
+            // The directory fsync needs no lock either.
+            drop(guard);
+            let put = put?;
+            files.forget(&dst);
+            sync_parent(&key, &dst)?;
+            Ok(put)
+        })
+        .await;
         if res.is_ok() {
             self.cleanup.0 = None;
-            self.files.forget(&self.dst);
-            let (key, dst) = (self.key.clone(), self.dst.clone());
-            blocking(move || sync_parent(&key, &dst)).await?;
         }
         res
     }

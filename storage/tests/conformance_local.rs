@@ -48,25 +48,13 @@ async fn kept_handles_follow_a_file_replaced_elsewhere() {
             Ok::<_, des_storage::Error>((bytes, etag))
         }
     };
-    writer
-        .put(
-            "k",
-            Bytes::from_static(b"old-version"),
-            PutOptions::default(),
-        )
-        .await
-        .unwrap();
+    let put =
+        |data: &'static [u8]| writer.put("k", Bytes::from_static(data), PutOptions::default());
+    put(b"old-version").await.unwrap();
     let (bytes, old_etag) = read(range(None)).await.unwrap();
     assert_eq!(&bytes[..], b"old");
 
-    writer
-        .put(
-            "k",
-            Bytes::from_static(b"new-version"),
-            PutOptions::default(),
-        )
-        .await
-        .unwrap();
+    put(b"new-version").await.unwrap();
     let new_etag = writer.head("k").await.unwrap().etag;
     assert_ne!(old_etag, new_etag);
     // The kept handle may still serve the old version, but only under its own etag.

@@ -12,6 +12,7 @@
 
 mod config;
 mod error;
+mod quickack;
 mod read;
 mod store;
 mod writer;
