@@ -463,3 +463,37 @@ fn shard_partitions_from_an_indexed_job_cover_every_file_once() {
     ]);
     common::assert_exit(&o, 2);
 }
+
+/// A stored file never changes: packing the same uid for the same day with
+/// other bytes fails that file and keeps the stored bytes (the retriever's
+/// hot cache serves v3 files without an index lookup on the strength of it).
+#[test]
+fn a_stored_file_is_never_replaced_by_other_bytes() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("a.txt"), b"first version").unwrap();
+    std::fs::write(src.path().join("b.txt"), b"stays").unwrap();
+    let args = [
+        "--dir",
+        src.path().to_str().unwrap(),
+        "--created-at",
+        CREATED,
+        "--out",
+        out.path().to_str().unwrap(),
+        "--json",
+    ];
+    assert_eq!(des_pack(&args).status.code(), Some(0));
+    std::fs::write(src.path().join("a.txt"), b"second version").unwrap();
+    let again = des_pack(&args);
+    let r = report(&again);
+    assert_eq!(r["files_failed"].as_u64(), Some(1));
+    assert_eq!(r["files_already_present"].as_u64(), Some(1));
+    let reason = r["failures"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("different content"), "{reason}");
+    assert_ne!(again.status.code(), Some(0), "a failed file fails the run");
+    let kept = BTreeMap::from([
+        ("a.txt".to_string(), b"first version".to_vec()),
+        ("b.txt".to_string(), b"stays".to_vec()),
+    ]);
+    read_back(out.path(), &kept);
+}
