@@ -1,18 +1,26 @@
--- wrk script: GET a random path from the file named by $PATHS_FILE (one per line).
--- Used by bench/retriever_vs_nginx.sh for both servers, so both see the same mix.
+-- wrk script: GET a random path from the file named by $PATHS_FILE (one per
+-- line; a line "path<TAB>bytes=a-b" also sends that Range header). Used by
+-- the retrieval benchmarks for every server, so all see the same mix.
 local paths = {}
+local ranges = {}
 
 function init(args)
   local f = assert(io.open(os.getenv("PATHS_FILE"), "r"))
   for line in f:lines() do
-    paths[#paths + 1] = line
+    local path, range = line:match("^([^\t]*)\t(.*)$")
+    paths[#paths + 1] = path or line
+    ranges[#paths] = range
   end
   f:close()
   math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
 end
 
 function request()
-  return wrk.format("GET", paths[math.random(#paths)])
+  local i = math.random(#paths)
+  if ranges[i] then
+    return wrk.format("GET", paths[i], { Range = ranges[i] })
+  end
+  return wrk.format("GET", paths[i])
 end
 
 function done(summary, latency, requests)

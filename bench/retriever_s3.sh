@@ -10,6 +10,9 @@
 #   DES_PACK=/path/to/des-pack bench/retriever_s3.sh   # skip building the packer
 #   RETRIEVER_ARGS="--suffix-bytes 4096" bench/retriever_s3.sh   # extra retriever options
 #   QUICKACK=1 bench/retriever_s3.sh           # root: private netns, loopback route quickack
+#   PERF=/tmp/s3.perf bench/retriever_s3.sh    # also `perf record --call-graph dwarf` the
+#       retriever for 5 s of its warm run (then: perf report -i /tmp/s3.perf --no-children);
+#       PERF_TARGET=server records the S3 server instead
 #
 # Garage and s3s-fs do not set TCP_NODELAY and write headers and body of a
 # GET as two segments, so a client that delays its ACK (Linux, on a pooled
@@ -21,10 +24,17 @@
 #
 # Needs: wrk, curl, python3, cargo, and the server (scripts/garage.sh install,
 # scripts/s3s-fs.sh install). Prints RESULT lines for: direct (loose objects
-# from the server, after a warm-up), retriever-cold (fresh process, first
+# from the server, after a warm-up), direct-ranged (presigned range GETs of
+# the packed entries in their shards, straight from the server: the storage
+# request a retriever miss makes, without the retriever), nginx-proxy (the
+# same ranged GETs through nginx as a keep-alive reverse proxy, when nginx is
+# installed: what any proxy in front of the server costs, with no index, no
+# check and no decoding), retriever-cold (fresh process, first
 # DURATION s: index reads happen here) and retriever-warm (the next DURATION
 # s), with storage requests per GET from the retriever's /metrics
-# (des_s3_range_calls_total / des_retrievals_total), then warm/direct ratios.
+# (des_s3_range_calls_total / des_retrievals_total), then warm/direct ratios
+# and how the gap splits between the server (ranged/direct) and the
+# retriever (warm/ranged).
 # s3s-fs 0.14.1 answers 500 to a suffix range longer than the object, so with
 # it keep shards above the retriever's 64 KiB suffix read (FILES >= ~5000 at
 # n-bits 8) or pass RETRIEVER_ARGS="--suffix-bytes 4096".
@@ -110,6 +120,46 @@ echo "packing to s3://des/store..." >&2
 "$pack_bin" --dir "$work/loose" --created-at "$CREATED_AT" --out s3://des/store \
     --n-bits "$N_BITS" -q >/dev/null
 
+echo "presigning the packed entries' shard ranges..." >&2
+"$bin/examples/s3_loose" "$work/loose" des store 86400 --shard-ranges "$CREATED_AT" \
+    | cut -f2,3 > "$work/paths-ranged"
+
+# An nginx reverse proxy in front of the server, for the ranged GETs.
+pport=
+if command -v nginx >/dev/null; then
+    pport=$(free_port)
+    mkdir -p "$work/nginx-tmp"
+    cat > "$work/nginx.conf" <<NGINX
+worker_processes $WORKERS;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $work/nginx-tmp;
+    proxy_temp_path $work/nginx-tmp;
+    fastcgi_temp_path $work/nginx-tmp;
+    uwsgi_temp_path $work/nginx-tmp;
+    scgi_temp_path $work/nginx-tmp;
+    upstream s3 { server 127.0.0.1:$s3_port; keepalive 64; }
+    server {
+        listen 127.0.0.1:$pport;
+        location / {
+            proxy_pass http://s3;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host 127.0.0.1:$s3_port;
+            proxy_buffering off;
+        }
+    }
+}
+NGINX
+    nginx -c "$work/nginx.conf" -p "$work" &
+    pids+=($!)
+    wait_port "$pport"
+fi
+
 rport=$(free_port)
 read -ra extra <<<"${RETRIEVER_ARGS:-}"
 RUST_LOG=warn "$bin/des-retriever" --store s3://des/store --no-auth --listen "127.0.0.1:$rport" \
@@ -165,25 +215,55 @@ check() { # url
 }
 check "http://127.0.0.1:$s3_port$(head -1 "$work/paths-direct")"
 echo "sanity check: direct GET of $first is byte-identical" >&2
+IFS=$'\t' read -r rpath rrange < <(head -1 "$work/paths-ranged")
+rlen=$(curl -sf -H "Range: $rrange" "http://127.0.0.1:$s3_port$rpath" | wc -c)
+want=$(python3 -c "a, b = '${rrange#bytes=}'.split('-'); print(int(b) - int(a) + 1)")
+[[ $rlen == "$want" ]] || { echo "ranged GET returned $rlen bytes, wanted $want" >&2; exit 1; }
 
 echo "load before measuring: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 echo "measuring ($DURATION s each, $CONNECTIONS connections, $THREADS wrk threads, $WORKERS retriever workers)..." >&2
-run direct "http://127.0.0.1:$s3_port" "$work/paths-direct" "$WARMUP" >/dev/null
-b_s=$(cpu_ticks "$server_pid"); b_m=$(machine_ticks)
-d=$(run direct "http://127.0.0.1:$s3_port" "$work/paths-direct" "$DURATION")
-d="$d $(python3 -c "hz = $(getconf CLK_TCK); print(f'server_cpu_s={($(cpu_ticks "$server_pid") - $b_s) / hz:.1f} machine_cpu_s={($(machine_ticks) - $b_m) / hz:.1f}')")"
+direct() { # name paths [port]: warm-up, then a measured run with CPU seconds
+    local b_s b_m line port=${3:-$s3_port}
+    run "$1" "http://127.0.0.1:$port" "$2" "$WARMUP" >/dev/null
+    b_s=$(cpu_ticks "$server_pid"); b_m=$(machine_ticks)
+    line=$(run "$1" "http://127.0.0.1:$port" "$2" "$DURATION")
+    echo "$line $(python3 -c "hz = $(getconf CLK_TCK); print(f'server_cpu_s={($(cpu_ticks "$server_pid") - $b_s) / hz:.1f} machine_cpu_s={($(machine_ticks) - $b_m) / hz:.1f}')")"
+}
+d=$(direct direct "$work/paths-direct")
+g=$(direct direct-ranged "$work/paths-ranged")
+if [[ -n $pport ]]; then p=$(direct nginx-proxy "$work/paths-ranged" "$pport"); fi
 # Cold: the retriever has not served anything yet (the check below would warm one shard).
 c=$(measure retriever-cold)
+if [[ -n ${PERF:-} ]]; then
+    (sleep 2 && perf record -q --call-graph dwarf,16384 -F 1000 -o "$PERF" \
+        -p "$([[ ${PERF_TARGET:-} == server ]] && echo "$server_pid" || echo "$retriever_pid")" \
+        -- sleep 5 2>/dev/null) &
+    perf_pid=$!
+fi
 w=$(measure retriever-warm)
+if [[ -n ${PERF:-} ]]; then wait "$perf_pid" || true; fi
 check "http://127.0.0.1:$rport/files/$first?created_at=$CREATED_AT"
 echo "sanity check: retriever GET of $first is byte-identical" >&2
 echo "backend=$BACKEND quickack_route=${QUICKACK:-0} files=$FILES load=$(cut -d' ' -f1-3 /proc/loadavg)"
 echo "$d"
+echo "$g"
+if [[ -n $pport ]]; then echo "$p"; fi
 echo "$c"
 echo "$w"
-python3 - "$w" "$d" <<'PY'
+python3 - "$DURATION" "$w" "$d" "$g" "${p:-}" <<'PY'
 import re, sys
-w, d = ({k: float(v) for k, v in re.findall(r"(\w+)=([0-9.]+)", s)} for s in sys.argv[1:3])
+secs = float(sys.argv[1])
+w, d, g, p = ({k: float(v) for k, v in re.findall(r"(\w+)=([0-9.]+)", s)} for s in sys.argv[2:6])
 print(f"ratio warm/direct rps = {w['rps'] / d['rps']:.2f}"
       f"  p50 {w['p50_ms']:.2f}/{d['p50_ms']:.2f} ms  p99 {w['p99_ms']:.2f}/{d['p99_ms']:.2f} ms")
+print(f"split: server alone, ranged/direct = {g['rps'] / d['rps']:.2f};"
+      f" retriever on top, warm/ranged = {w['rps'] / g['rps']:.2f}")
+if p:
+    print(f"any proxy: nginx-proxy/direct = {p['rps'] / d['rps']:.2f}, warm/nginx-proxy = {w['rps'] / p['rps']:.2f}")
+for name, r in (("direct", d), ("direct-ranged", g), ("nginx-proxy", p), ("retriever-warm", w)):
+    if not r:
+        continue
+    gets = r["rps"] * secs
+    cpu = {k: r[k] / gets * 1000 for k in ("server_cpu_s", "machine_cpu_s", "retriever_cpu_s") if k in r}
+    print(f"  {name}: ms CPU per GET " + " ".join(f"{k[:-6]}={v:.3f}" for k, v in cpu.items()))
 PY

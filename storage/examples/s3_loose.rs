@@ -11,7 +11,15 @@
 //! Output, one line per file in sorted order:
 //! `<path relative to DIR>\t</bucket/key?X-Amz-...>` (path and query of the
 //! presigned URL, valid for SECONDS, default 3600). `--no-upload` only signs.
+//!
+//! `--shard-ranges CREATED_AT` reads instead: PREFIX is a DES store that
+//! holds DIR's files (packed with that `--created-at`), and each line is
+//! `<uid>\t</bucket/prefix/shard?X-Amz-...>\tbytes=<first>-<last>`, a
+//! presigned GET of the file's shard plus the `Range` of its entry: exactly
+//! the storage request the retriever makes on a hot-cache miss, so the
+//! benchmark can measure what the S3 server alone costs for it.
 
+use std::collections::HashMap;
 use std::error::Error;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,7 +27,8 @@ use std::time::Duration;
 use aws_config::BehaviorVersion;
 use aws_sdk_s3::presigning::PresigningConfig;
 use bytes::Bytes;
-use des_storage::{PutOptions, S3Config};
+use des_format::Timestamp;
+use des_storage::{DesStore, LoadedIndex, PutOptions, S3Config};
 use futures::{StreamExt, TryStreamExt};
 
 type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
@@ -44,6 +53,15 @@ async fn main() -> Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let upload = !args.iter().any(|a| a == "--no-upload");
     args.retain(|a| a != "--no-upload");
+    let shard_ranges = match args.iter().position(|a| a == "--shard-ranges") {
+        Some(i) if i + 1 < args.len() => {
+            let at = Timestamp::parse_rfc3339(&args[i + 1])?;
+            args.drain(i..i + 2);
+            Some(at)
+        }
+        Some(_) => return Err("--shard-ranges needs CREATED_AT".into()),
+        None => None,
+    };
     let [dir, bucket, prefix, rest @ ..] = args.as_slice() else {
         return Err("usage: s3_loose DIR BUCKET PREFIX [SECONDS] [--no-upload]".into());
     };
@@ -74,6 +92,15 @@ async fn main() -> Result<()> {
         entries.push((path, rel));
     }
 
+    if let Some(created_at) = shard_ranges {
+        let store = DesStore::open(des_storage::open_location(&location)?).await?;
+        let out = presign_shard_ranges(
+            &client, bucket, prefix, &store, &entries, created_at, expires,
+        )
+        .await?;
+        print!("{out}");
+        return Ok(());
+    }
     if upload {
         let store = des_storage::open_location(&location)?;
         futures::stream::iter(entries.iter().map(|(path, rel)| {
@@ -93,26 +120,79 @@ async fn main() -> Result<()> {
     let presigning = PresigningConfig::expires_in(expires)?;
     let mut out = String::new();
     for (_, rel) in &entries {
-        let key = if prefix.is_empty() {
-            rel.clone()
-        } else {
-            format!("{prefix}/{rel}")
-        };
-        let req = client
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .presigned(presigning.clone())
-            .await?;
-        // Keep path and query only: wrk takes the host from its command line.
-        let uri = req.uri();
-        let after_scheme = uri.split_once("://").map_or(uri, |(_, r)| r);
-        let path_query = after_scheme.find('/').map_or("/", |i| &after_scheme[i..]);
+        let path_query = presign(&client, bucket, &object_key(prefix, rel), &presigning).await?;
         out.push_str(rel);
         out.push('\t');
-        out.push_str(path_query);
+        out.push_str(&path_query);
         out.push('\n');
     }
     print!("{out}");
     Ok(())
+}
+
+fn object_key(prefix: &str, rel: &str) -> String {
+    if prefix.is_empty() {
+        rel.to_string()
+    } else {
+        format!("{prefix}/{rel}")
+    }
+}
+
+/// Path and query of a presigned GET (wrk takes the host from its command line).
+async fn presign(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    presigning: &PresigningConfig,
+) -> Result<String> {
+    let req = client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .presigned(presigning.clone())
+        .await?;
+    let uri = req.uri();
+    let after_scheme = uri.split_once("://").map_or(uri, |(_, r)| r);
+    Ok(after_scheme
+        .find('/')
+        .map_or("/", |i| &after_scheme[i..])
+        .to_string())
+}
+
+/// One line per file: its shard's presigned GET and its entry's `Range`. The
+/// `Range` header is not signed (a presigned URL signs only `host`), so a
+/// client may send it as is.
+async fn presign_shard_ranges(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+    store: &DesStore,
+    entries: &[(PathBuf, String)],
+    created_at: Timestamp,
+    expires: Duration,
+) -> Result<String> {
+    let presigning = PresigningConfig::expires_in(expires)?;
+    let mut indexes: HashMap<String, (LoadedIndex, String)> = HashMap::new();
+    let mut out = String::new();
+    for (_, uid) in entries {
+        let key = DesStore::shard_key(&store.locate(uid, created_at)?);
+        if !indexes.contains_key(&key) {
+            let loaded = store.load_index(&key).await?.ok_or("shard not found")?;
+            let url = presign(client, bucket, &object_key(prefix, &key), &presigning).await?;
+            indexes.insert(key.clone(), (loaded, url));
+        }
+        let (loaded, url) = &indexes[&key];
+        let located = loaded
+            .find(uid)
+            .ok_or_else(|| format!("{uid} not in {key}"))?;
+        let range = located
+            .shard_range()
+            .ok_or_else(|| format!("{uid} is not inline"))?;
+        out.push_str(&format!(
+            "{uid}\t{url}\tbytes={}-{}\n",
+            range.start,
+            range.end - 1
+        ));
+    }
+    Ok(out)
 }

@@ -20,6 +20,12 @@ fn server() -> &'static S3Server {
 
 conformance_tests!(async s3_suite::conformance_store(server()));
 
+/// The suite again with GETs through the SDK (the HTTPS and AWS path).
+mod sdk_get {
+    use super::*;
+    conformance_tests!(async s3_suite::conformance_store_sdk_get(server()));
+}
+
 #[tokio::test]
 async fn multipart_uploads_are_cleaned_up() {
     s3_suite::multipart_uploads_cleaned(server(), true).await;

@@ -18,14 +18,30 @@ fn server() -> &'static S3Server {
     s3_suite::shared(&SERVER, S3Server::s3s_fs)
 }
 
-async fn store() -> conformance::Store {
+fn declare_quirks() {
     conformance::declare_quirks(conformance::Quirks {
         suffix_longer_than_object_fails: true,
     });
+}
+
+async fn store() -> conformance::Store {
+    declare_quirks();
     s3_suite::conformance_store(server()).await
 }
 
 conformance_tests!(async store());
+
+/// The suite again with GETs through the SDK (the HTTPS and AWS path).
+mod sdk_get {
+    use super::*;
+
+    async fn store() -> conformance::Store {
+        declare_quirks();
+        s3_suite::conformance_store_sdk_get(server()).await
+    }
+
+    conformance_tests!(async store());
+}
 
 /// s3s-fs 0.14.1 has no ListMultipartUploads, so only abort is checked.
 #[tokio::test]

@@ -11,6 +11,7 @@ use aws_sdk_s3::config::{
     Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 
+use super::lean::LeanGet;
 use crate::error::{Error, Result};
 use crate::object::check_key;
 
@@ -78,6 +79,10 @@ pub struct S3Config {
     pub connect_timeout: Duration,
     /// Longest wait for the next bytes of a response.
     pub read_timeout: Duration,
+    /// Object GETs on plain-`http://` path-style endpoints are signed and sent
+    /// without the SDK's orchestrator (see `s3/lean.rs`); `false` keeps every
+    /// request on the SDK.
+    pub lean_get: bool,
 }
 
 impl S3Config {
@@ -93,13 +98,15 @@ impl S3Config {
             conditional_put: None,
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
+            lean_get: true,
         }
     }
 
     /// Parses `s3://bucket[/prefix]` and applies the DES environment overrides:
     /// `DES_S3_FORCE_PATH_STYLE` (1/true; otherwise implied by an
     /// `AWS_ENDPOINT_URL[_S3]` on an IP or localhost), `DES_S3_PART_SIZE`
-    /// (bytes) and `DES_S3_CONDITIONAL_PUT` (1/true/0/false). Region, endpoint
+    /// (bytes), `DES_S3_CONDITIONAL_PUT` (1/true/0/false) and `DES_S3_LEAN_GET`
+    /// (1/true/0/false, default true). Region, endpoint
     /// and credentials come from the standard `AWS_*` variables when the
     /// client is built.
     pub fn from_url(url: &str) -> Result<Self> {
@@ -125,6 +132,9 @@ impl S3Config {
         }
         if let Some(v) = env("DES_S3_CONDITIONAL_PUT") {
             cfg.conditional_put = Some(parse_bool("DES_S3_CONDITIONAL_PUT", &v)?);
+        }
+        if let Some(v) = env("DES_S3_LEAN_GET") {
+            cfg.lean_get = parse_bool("DES_S3_LEAN_GET", &v)?;
         }
         if let Some(v) = env("DES_S3_PART_SIZE") {
             cfg.part_size = v
@@ -184,9 +194,10 @@ impl S3Config {
         }
     }
 
-    /// Builds the SDK client. Loads the shared AWS configuration (environment,
-    /// profiles), so it is async; the store calls it once, on first use.
-    pub(crate) async fn build_client(&self) -> aws_sdk_s3::Client {
+    /// Builds the SDK client, and the lean GET client where it applies. Loads
+    /// the shared AWS configuration (environment, profiles), so it is async;
+    /// the store calls it once, on first use.
+    pub(crate) async fn build_client(&self) -> (aws_sdk_s3::Client, Option<LeanGet>) {
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(self.connect_timeout)
             .read_timeout(self.read_timeout)
@@ -229,13 +240,30 @@ impl S3Config {
             .clone()
             .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok())
             .or_else(|| shared.endpoint_url().map(str::to_string));
-        if endpoint.is_some_and(|e| e.starts_with("http://")) {
+        let plain_http = endpoint.as_ref().filter(|e| e.starts_with("http://"));
+        if plain_http.is_some() {
             builder = builder.http_client(super::quickack::client(
                 self.connect_timeout,
                 self.read_timeout,
             ));
         }
-        aws_sdk_s3::Client::from_conf(builder.build())
+        let config = builder.build();
+        let lean = match (plain_http, config.region(), shared.credentials_provider()) {
+            (Some(endpoint), Some(region), Some(credentials))
+                if self.lean_get && self.path_style() =>
+            {
+                Some(LeanGet::new(
+                    endpoint,
+                    &self.bucket,
+                    region.to_string(),
+                    credentials,
+                    self.connect_timeout,
+                    self.read_timeout,
+                ))
+            }
+            _ => None,
+        };
+        (aws_sdk_s3::Client::from_conf(config), lean)
     }
 }
 
@@ -302,8 +330,15 @@ mod tests {
             ("DES_S3_FORCE_PATH_STYLE", "1"),
             ("DES_S3_PART_SIZE", "6291456"),
             ("DES_S3_CONDITIONAL_PUT", "false"),
+            ("DES_S3_LEAN_GET", "0"),
         ];
         let c = S3Config::from_url_with_env("s3://bkt/p", env(&vars)).unwrap();
+        assert!(!c.lean_get);
+        assert!(
+            S3Config::from_url_with_env("s3://bkt/p", env(&[]))
+                .unwrap()
+                .lean_get
+        );
         assert!(c.force_path_style);
         assert_eq!(c.part_size, 6 << 20);
         assert_eq!(c.conditional_put, Some(false));

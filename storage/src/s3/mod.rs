@@ -12,6 +12,7 @@
 
 mod config;
 mod error;
+mod lean;
 mod quickack;
 mod read;
 mod store;

@@ -32,12 +32,9 @@ use tokio::net::TcpStream;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub(crate) fn client(connect_timeout: Duration, read_timeout: Duration) -> SharedHttpClient {
-    let mut tcp = Tcp::new();
-    tcp.set_nodelay(true);
-    tcp.set_connect_timeout(Some(connect_timeout));
     let client = Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
-        .build(Connector(tcp));
+        .build(connector(connect_timeout));
     SharedHttpClient::new(Quick(SharedHttpConnector::new(Adapter {
         client,
         read_timeout,
@@ -84,7 +81,14 @@ impl HttpConnector for Adapter {
 
 /// hyper's TCP connector, handing out [`QuickAck`] streams.
 #[derive(Debug, Clone)]
-struct Connector(Tcp);
+pub(crate) struct Connector(Tcp);
+
+pub(crate) fn connector(connect_timeout: Duration) -> Connector {
+    let mut tcp = Tcp::new();
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(connect_timeout));
+    Connector(tcp)
+}
 
 impl tower_service::Service<hyper::Uri> for Connector {
     type Response = QuickAck;
@@ -104,7 +108,7 @@ impl tower_service::Service<hyper::Uri> for Connector {
 /// A TCP stream that re-arms `TCP_QUICKACK` after every read: Linux
 /// clears it again on its own, so once per connection is not enough.
 #[derive(Debug)]
-struct QuickAck(TokioIo<TcpStream>);
+pub(crate) struct QuickAck(TokioIo<TcpStream>);
 
 impl Connection for QuickAck {
     fn connected(&self) -> Connected {

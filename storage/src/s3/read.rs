@@ -1,5 +1,6 @@
 //! GET helpers: the `Range` header for a [`ByteRange`], parsing what the
-//! server says it returned, and streaming the body without buffering it.
+//! server says it returned, and streaming the body without buffering it
+//! (shared by the SDK and the lean GET paths).
 
 use std::ops::Range;
 
@@ -46,22 +47,13 @@ pub(crate) fn parse_content_range(v: &str) -> Option<(Range<u64>, u64)> {
     (first <= last && last < total).then(|| (first..last + 1, total))
 }
 
-/// Turns the SDK body into the trait's stream, chunk by chunk as it arrives.
-/// If the server sent more than asked (some ignore `Range` and answer 200 with
-/// the whole object), `got` is trimmed down to `want` on the fly.
-pub(crate) fn body_stream(
-    key: &str,
-    body: ByteStream,
-    got: Range<u64>,
-    want: Range<u64>,
-) -> BoxStream<'static, Result<Bytes>> {
+/// The SDK body as the trait's stream, chunk by chunk as it arrives.
+pub(crate) fn sdk_stream(key: &str, body: ByteStream) -> BoxStream<'static, Result<Bytes>> {
     let key = key.to_string();
-    let mut skip = want.start - got.start;
-    let mut left = want.end - want.start;
-    let raw = futures::stream::unfold(body, |mut body| async move {
+    futures::stream::unfold(body, |mut body| async move {
         body.next().await.map(|chunk| (chunk, body))
-    });
-    raw.map(move |chunk| {
+    })
+    .map(move |chunk| {
         chunk.map_err(|e| Error::Unavailable {
             msg: format!(
                 "{key}: reading S3 body: {}",
@@ -70,7 +62,19 @@ pub(crate) fn body_stream(
             retry_after: None,
         })
     })
-    .filter_map(move |chunk| {
+    .boxed()
+}
+
+/// If the server sent more than asked (some ignore `Range` and answer 200 with
+/// the whole object), `got` is trimmed down to `want` on the fly.
+pub(crate) fn body_stream(
+    raw: BoxStream<'static, Result<Bytes>>,
+    got: Range<u64>,
+    want: Range<u64>,
+) -> BoxStream<'static, Result<Bytes>> {
+    let mut skip = want.start - got.start;
+    let mut left = want.end - want.start;
+    raw.filter_map(move |chunk| {
         let out = match chunk {
             Err(e) => Some(Err(e)),
             Ok(mut b) => {
@@ -126,12 +130,11 @@ mod tests {
 
     #[tokio::test]
     async fn trims_overlong_bodies() {
-        let body = ByteStream::from(Bytes::from_static(b"0123456789"));
-        let s = body_stream("k", body, 0..10, 7..10);
+        let body = || sdk_stream("k", ByteStream::from(Bytes::from_static(b"0123456789")));
+        let s = body_stream(body(), 0..10, 7..10);
         let chunks: Vec<Bytes> = s.map(|c| c.unwrap()).collect().await;
         assert_eq!(chunks.concat(), b"789");
-        let body = ByteStream::from(Bytes::from_static(b"0123456789"));
-        let s = body_stream("k", body, 0..10, 2..5);
+        let s = body_stream(body(), 0..10, 2..5);
         let chunks: Vec<Bytes> = s.map(|c| c.unwrap()).collect().await;
         assert_eq!(chunks.concat(), b"234");
     }

@@ -12,7 +12,8 @@ use rand::Rng;
 
 use super::config::S3Config;
 use super::error::map_sdk_error;
-use super::read::{RangeRequest, body_stream, parse_content_range, range_request};
+use super::lean::{LeanGet, Response};
+use super::read::{RangeRequest, body_stream, parse_content_range, range_request, sdk_stream};
 use super::writer::S3Writer;
 use crate::error::{Error, ErrorKind, Result};
 use crate::object::{
@@ -30,7 +31,7 @@ struct Inner {
     cfg: S3Config,
     /// Built on first use: loading the AWS configuration is async, and
     /// `open_location` is not.
-    client: tokio::sync::OnceCell<Client>,
+    clients: tokio::sync::OnceCell<(Client, Option<LeanGet>)>,
     /// Result of the last successful conditional-write probe.
     probed_conditional_put: OnceLock<bool>,
 }
@@ -64,7 +65,7 @@ impl S3Store {
         Ok(Self {
             inner: Arc::new(Inner {
                 cfg,
-                client: tokio::sync::OnceCell::new(),
+                clients: tokio::sync::OnceCell::new(),
                 probed_conditional_put: OnceLock::new(),
             }),
         })
@@ -85,16 +86,20 @@ impl S3Store {
         &self.inner.cfg
     }
 
-    pub(crate) async fn client(&self) -> &Client {
+    async fn clients(&self) -> &(Client, Option<LeanGet>) {
         self.inner
-            .client
+            .clients
             .get_or_init(|| self.inner.cfg.build_client())
             .await
     }
 
+    pub(crate) async fn client(&self) -> &Client {
+        &self.clients().await.0
+    }
+
     /// The client, if it has been built (for `Drop` paths that cannot await).
     pub(crate) fn client_now(&self) -> Option<&Client> {
-        self.inner.client.get()
+        self.inner.clients.get().map(|c| &c.0)
     }
 
     /// Whether conditional writes are known not to work (probed or configured
@@ -349,6 +354,69 @@ fn normalize_etag(e: &str) -> &str {
     e.trim_matches('"')
 }
 
+async fn sdk_get(
+    client: &Client,
+    bucket: &str,
+    full_key: &str,
+    key: &str,
+    range: Option<String>,
+    opts: &GetOptions,
+) -> Result<Response> {
+    let out = client
+        .get_object()
+        .bucket(bucket)
+        .key(full_key)
+        .set_range(range)
+        .set_if_match(opts.if_match.clone())
+        .send()
+        .await
+        .map_err(|e| map_sdk_error(key, e))?;
+    Ok(Response {
+        length: out
+            .content_length()
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0),
+        content_range: out.content_range().map(str::to_string),
+        etag: out.e_tag().map(str::to_string),
+        body: sdk_stream(key, out.body),
+    })
+}
+
+/// Turns what the server sent into the range that was asked for, or an error
+/// when it sent less (or another object version) than that.
+fn checked(key: &str, opts: &GetOptions, r: Response) -> Result<GetResult> {
+    let length = r.length;
+    let (got, size) = match r.content_range.as_deref().and_then(parse_content_range) {
+        Some(range) => range,
+        // 200: the whole object, whatever we asked for.
+        None => (0..length, length),
+    };
+    let want = opts
+        .range
+        .unwrap_or(ByteRange::All)
+        .resolve(size)
+        .ok_or_else(|| Error::Invalid(format!("{key}: range not satisfiable")))?;
+    if want.start < got.start || want.end > got.end || got.end - got.start != length {
+        return Err(Error::Unavailable {
+            msg: format!(
+                "{key}: asked for bytes {want:?} of {size}, server sent {got:?} ({length} bytes)"
+            ),
+            retry_after: None,
+        });
+    }
+    let meta = ObjectMeta {
+        key: key.to_string(),
+        size,
+        etag: r.etag,
+    };
+    check_if_match(key, opts.if_match.as_deref(), meta.etag.as_deref())?;
+    Ok(GetResult {
+        meta,
+        range: want.clone(),
+        body: body_stream(r.body, got, want),
+    })
+}
+
 pub(crate) async fn abort_upload(
     client: &Client,
     bucket: &str,
@@ -396,63 +464,34 @@ impl ObjectStore for S3Store {
             RangeRequest::Whole => None,
             RangeRequest::Header(h) => Some(h),
         };
-        let sent = self
-            .client()
-            .await
-            .get_object()
-            .bucket(self.bucket())
-            .key(self.full_key(key))
-            .set_range(header)
-            .set_if_match(opts.if_match.clone())
-            .send()
-            .await;
-        let out = match sent {
-            Ok(out) => out,
-            Err(e) => {
-                let e = map_sdk_error(key, e);
-                return if e.kind() == ErrorKind::Invalid {
-                    // 416: unsatisfiable for S3, but an empty range for us when
-                    // the object is empty or the offset is exactly its end.
-                    self.get_without_body(key, &opts).await
-                } else {
-                    Err(e)
-                };
+        let sent = match self.clients().await {
+            (_, Some(lean)) => {
+                let full = self.full_key(key);
+                lean.get(key, &full, header.as_deref(), opts.if_match.as_deref())
+                    .await
+            }
+            (client, None) => {
+                sdk_get(
+                    client,
+                    self.bucket(),
+                    &self.full_key(key),
+                    key,
+                    header,
+                    &opts,
+                )
+                .await
             }
         };
-        let length = out
-            .content_length()
-            .and_then(|n| u64::try_from(n).ok())
-            .unwrap_or(0);
-        let (got, size) = match out.content_range().and_then(parse_content_range) {
-            Some(r) => r,
-            // 200: the whole object, whatever we asked for.
-            None => (0..length, length),
+        let response = match sent {
+            Ok(r) => r,
+            // 416: unsatisfiable for S3, but an empty range for us when the
+            // object is empty or the offset is exactly its end.
+            Err(e) if e.kind() == ErrorKind::Invalid => {
+                return self.get_without_body(key, &opts).await;
+            }
+            Err(e) => return Err(e),
         };
-        let want = opts
-            .range
-            .unwrap_or(ByteRange::All)
-            .resolve(size)
-            .ok_or_else(|| Error::Invalid(format!("{key}: range not satisfiable")))?;
-        if want.start < got.start || want.end > got.end || got.end - got.start != length {
-            return Err(Error::Unavailable {
-                msg: format!(
-                    "{key}: asked for bytes {want:?} of {size}, server sent {got:?} ({length} bytes)"
-                ),
-                retry_after: None,
-            });
-        }
-        let meta = ObjectMeta {
-            key: key.to_string(),
-            size,
-            etag: out.e_tag().map(str::to_string),
-        };
-        check_if_match(key, opts.if_match.as_deref(), meta.etag.as_deref())?;
-        let body = body_stream(key, out.body, got, want.clone());
-        Ok(GetResult {
-            meta,
-            range: want,
-            body,
-        })
+        checked(key, &opts, response)
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
