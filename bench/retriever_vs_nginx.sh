@@ -15,9 +15,10 @@
 # entry from the shard.
 #
 # Needs: wrk and nginx (Debian: apt-get install -y wrk nginx), cargo.
-# Prints one RESULT line per server and the ratio. Auth is off and logging
-# is at warn for the retriever (nginx: access_log off), so both measure
-# serving, not logging.
+# Prints one RESULT line per server and the ratios. A second nginx with
+# sendfile off (nginx-copy) shows how much of nginx's lead is zero-copy.
+# Auth is off and logging is at warn for the retriever (nginx: access_log
+# off), so both measure serving, not logging.
 set -euo pipefail
 
 FILES=${FILES:-10000}          # number of files
@@ -67,36 +68,45 @@ RUST_LOG=warn DES_RETRIEVER_PAYLOAD_CACHE_BYTES=0 "$bin/des-retriever" --store "
     --no-auth --listen "127.0.0.1:$cport" --workers "$WORKERS" 2>"$work/retriever-nocache.log" &
 pids+=($!)
 
-nport=$(free_port)
-cat > "$work/nginx.conf" <<NGINX
+# nginx_conf NAME PORT SENDFILE: one nginx serving the loose files.
+nginx_conf() {
+    mkdir -p "$work/$1-tmp"
+    cat > "$work/$1.conf" <<NGINX
 worker_processes $WORKERS;
 daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
+pid $work/$1.pid;
+error_log $work/$1-error.log warn;
 events { worker_connections 4096; }
 http {
     access_log off;
-    sendfile on;
+    sendfile $3;
     tcp_nopush on;
     keepalive_requests 1000000;
     open_file_cache max=100000 inactive=60s;
-    client_body_temp_path $work/nginx-tmp;
-    proxy_temp_path $work/nginx-tmp;
-    fastcgi_temp_path $work/nginx-tmp;
-    uwsgi_temp_path $work/nginx-tmp;
-    scgi_temp_path $work/nginx-tmp;
+    client_body_temp_path $work/$1-tmp;
+    proxy_temp_path $work/$1-tmp;
+    fastcgi_temp_path $work/$1-tmp;
+    uwsgi_temp_path $work/$1-tmp;
+    scgi_temp_path $work/$1-tmp;
     server {
-        listen 127.0.0.1:$nport;
+        listen 127.0.0.1:$2;
         root $work/loose;
     }
 }
 NGINX
-mkdir -p "$work/nginx-tmp"
-nginx -c "$work/nginx.conf" -p "$work" &
-pids+=($!)
+    nginx -c "$work/$1.conf" -p "$work" &
+    pids+=($!)
+}
+nport=$(free_port)
+nginx_conf nginx "$nport" on
+# The same nginx copying each file through a user-space buffer, as any
+# server that holds the bytes in memory must: shows what sendfile is worth.
+xport=$(free_port)
+nginx_conf nginx-copy "$xport" off
 wait_port "$rport"
 wait_port "$cport"
 wait_port "$nport"
+wait_port "$xport"
 
 # Sanity: both serve the same bytes for one file.
 first=$(head -1 "$work/uids")
@@ -109,6 +119,7 @@ check() { # url
 check "http://127.0.0.1:$rport/files/$first?created_at=$CREATED_AT"
 check "http://127.0.0.1:$cport/files/$first?created_at=$CREATED_AT"
 check "http://127.0.0.1:$nport/$first"
+check "http://127.0.0.1:$xport/$first"
 
 run() { # name port paths seconds
     PATHS_FILE="$3" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$4s" -s "$root/bench/random_paths.lua" \
@@ -118,6 +129,7 @@ echo "warm-up ($WARMUP s each)..." >&2
 run retriever "$rport" "$work/paths-retriever" "$WARMUP" >/dev/null
 run retriever-nocache "$cport" "$work/paths-retriever" "$WARMUP" >/dev/null
 run nginx "$nport" "$work/paths-nginx" "$WARMUP" >/dev/null
+run nginx-copy "$xport" "$work/paths-nginx" "$WARMUP" >/dev/null
 echo "measuring ($DURATION s each, $CONNECTIONS connections, $THREADS wrk threads, $WORKERS server workers)..." >&2
 if [[ -n ${PERF:-} ]]; then
     perf record -q -g -o "$PERF" -p "${pids[0]}" -- sleep "$DURATION" 2>/dev/null &
@@ -127,6 +139,7 @@ r=$(run retriever "$rport" "$work/paths-retriever" "$DURATION")
 if [[ -n ${PERF:-} ]]; then wait "$perf_pid" || true; fi
 n=$(run nginx "$nport" "$work/paths-nginx" "$DURATION")
 c=$(run retriever-nocache "$cport" "$work/paths-retriever" "$DURATION")
+x=$(run nginx-copy "$xport" "$work/paths-nginx" "$DURATION")
 # The stack's ceiling: the same server answering /health (actix, middleware,
 # metrics, a small body) with no lookup, no read, no check.
 echo /health > "$work/paths-health"
@@ -134,6 +147,7 @@ h=$(run retriever-health "$rport" "$work/paths-health" "$DURATION")
 echo "$r"
 echo "$c"
 echo "$n"
+echo "$x"
 echo "$h"
 curl -sf "http://127.0.0.1:$rport/metrics" | awk '
     /^des_payload_cache_hits_total/ { hits = $2 }
@@ -143,4 +157,5 @@ curl -sf "http://127.0.0.1:$rport/metrics" | awk '
 rr=${r#*rps=} && rr=${rr%% *}
 cr=${c#*rps=} && cr=${cr%% *}
 nr=${n#*rps=} && nr=${nr%% *}
-python3 -c "print(f'ratio retriever/nginx = {$rr / $nr:.2f}; without the hot cache = {$cr / $nr:.2f}')"
+xr=${x#*rps=} && xr=${xr%% *}
+python3 -c "print(f'ratio retriever/nginx = {$rr / $nr:.2f}; without the hot cache = {$cr / $nr:.2f}; retriever/nginx-copy (sendfile off) = {$rr / $xr:.2f}')"

@@ -27,7 +27,7 @@ a source is a path (relative ones resolve against the manifest's directory) or
 s3://bucket/key. Re-running the same input is idempotent. Parallel packers must work on disjoint
 --shard-range values (e.g. one per Kubernetes Indexed Job completion); see
 docs/CONCURRENCY.md. S3 settings come from the AWS environment (AWS_REGION,
-AWS_ENDPOINT_URL, credentials) plus DES_S3_FORCE_PATH_STYLE and DES_S3_PART_SIZE.";
+AWS_ENDPOINT_URL, credentials) plus DES_S3_FORCE_PATH_STYLE, DES_S3_PART_SIZE and DES_S3_LEAN_GET.";
 
 #[derive(Debug, Parser)]
 #[command(name = "des-pack", version, about = "Pack small files into DES shards", after_help = AFTER_HELP)]
