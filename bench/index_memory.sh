@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Index memory: pack DIR into a local store, start des-retriever, request
 # enough random files to load every shard's index, then report the cache's
-# bytes per entry and the retriever's RSS.
+# bytes per entry and the retriever's RSS. The hot payload cache is off:
+# it would hold up to 128 MiB of the files read, which is not index memory.
 #
 #   bench/index_memory.sh DIR [N_BITS] [REQUESTS]
+#   DES_RETRIEVER=/path/to/des-retriever bench/index_memory.sh DIR   # a prebuilt retriever
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,8 +27,8 @@ bin=target/release
 "$bin/des-pack" --dir "$dir" --created-at "$at" --out "$work/store" --n-bits "$n_bits" \
     --compression none -q --json >"$work/report.json"
 entries=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["files_packed"])' "$work/report.json")
-RUST_LOG=warn "$bin/des-retriever" --store "$work/store" --no-auth --listen "127.0.0.1:$port" \
-    --cache-bytes 4294967296 >"$work/retriever.log" 2>&1 &
+RUST_LOG=warn "${DES_RETRIEVER:-$bin/des-retriever}" --store "$work/store" --no-auth --listen "127.0.0.1:$port" \
+    --cache-bytes 4294967296 --payload-cache-bytes 0 >"$work/retriever.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
 rss_before=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")

@@ -3,22 +3,26 @@
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# build_bins ROOT [CARGO ARGS...]: release-builds des-retriever and des-pack (or
-# only des-retriever when DES_PACK names a des-pack binary, e.g. while the
-# packer is being changed) plus any extra targets; sets $bin and $pack_bin.
-# shellcheck disable=SC2034 # bin and pack_bin are for the sourcing script
+# build_bins ROOT [CARGO ARGS...]: release-builds des-retriever and des-pack
+# plus any extra targets; sets $bin (the target dir's release/), $retriever_bin
+# and $pack_bin. DES_RETRIEVER / DES_PACK name prebuilt binaries to use
+# instead (A/B runs of two builds, or while the other crate is being changed).
+# shellcheck disable=SC2034 # these are for the sourcing script
 build_bins() {
     local root=$1
     shift
     echo "building (release)..." >&2
     bin="${CARGO_TARGET_DIR:-$root/target}/release"
-    if [[ -n ${DES_PACK:-} ]]; then
-        cargo build --release -q --manifest-path "$root/Cargo.toml" -p des-retriever --bins "$@"
-        pack_bin=$DES_PACK
-    else
-        cargo build --release -q --manifest-path "$root/Cargo.toml" -p des-retriever -p des-packer --bins "$@"
-        pack_bin=$bin/des-pack
+    local packages=()
+    [[ -n ${DES_RETRIEVER:-} ]] || packages+=(-p des-retriever)
+    [[ -n ${DES_PACK:-} ]] || packages+=(-p des-packer)
+    if ((${#packages[@]})); then
+        cargo build --release -q --manifest-path "$root/Cargo.toml" "${packages[@]}" --bins "$@"
+    elif (($#)); then
+        cargo build --release -q --manifest-path "$root/Cargo.toml" "$@"
     fi
+    retriever_bin=${DES_RETRIEVER:-$bin/des-retriever}
+    pack_bin=${DES_PACK:-$bin/des-pack}
 }
 
 wait_port() { # port

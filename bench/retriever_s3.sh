@@ -7,7 +7,7 @@
 #   bench/retriever_s3.sh                      # Garage, defaults below
 #   BACKEND=s3s-fs bench/retriever_s3.sh       # s3s-fs instead
 #   FILES=20000 DURATION=20 CONNECTIONS=64 bench/retriever_s3.sh
-#   DES_PACK=/path/to/des-pack bench/retriever_s3.sh   # skip building the packer
+#   DES_PACK=/path/to/des-pack DES_RETRIEVER=/path/to/des-retriever bench/retriever_s3.sh   # prebuilt binaries (A/B of two builds)
 #   RETRIEVER_ARGS="--suffix-bytes 4096" bench/retriever_s3.sh   # extra retriever options
 #   QUICKACK=1 bench/retriever_s3.sh           # root: private netns, loopback route quickack
 #   PERF=/tmp/s3.perf bench/retriever_s3.sh    # also `perf record --call-graph dwarf` the
@@ -162,7 +162,7 @@ fi
 
 rport=$(free_port)
 read -ra extra <<<"${RETRIEVER_ARGS:-}"
-RUST_LOG=warn "$bin/des-retriever" --store s3://des/store --no-auth --listen "127.0.0.1:$rport" \
+RUST_LOG=warn "$retriever_bin" --store s3://des/store --no-auth --listen "127.0.0.1:$rport" \
     --workers "$WORKERS" "${extra[@]}" 2>"$work/retriever.log" &
 retriever_pid=$!
 pids+=("$retriever_pid")

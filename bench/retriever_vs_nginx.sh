@@ -5,7 +5,7 @@
 #
 #   bench/retriever_vs_nginx.sh            # defaults below
 #   FILES=20000 DURATION=20 CONNECTIONS=64 WORKERS=2 bench/retriever_vs_nginx.sh
-#   DES_PACK=/path/to/des-pack bench/retriever_vs_nginx.sh   # skip building the packer
+#   DES_PACK=/path/to/des-pack DES_RETRIEVER=/path/to/des-retriever bench/retriever_vs_nginx.sh   # prebuilt binaries (A/B of two builds)
 #   PERF=/tmp/retriever.perf bench/retriever_vs_nginx.sh        # also `perf record -g` the
 #       retriever during its measured run (then: perf report -i /tmp/retriever.perf --no-children)
 #
@@ -60,11 +60,11 @@ echo "packing..." >&2
 
 
 rport=$(free_port)
-RUST_LOG=warn "$bin/des-retriever" --store "$work/store" --no-auth --listen "127.0.0.1:$rport" \
+RUST_LOG=warn "$retriever_bin" --store "$work/store" --no-auth --listen "127.0.0.1:$rport" \
     --workers "$WORKERS" 2>"$work/retriever.log" &
 pids+=($!)
 cport=$(free_port)
-RUST_LOG=warn DES_RETRIEVER_PAYLOAD_CACHE_BYTES=0 "$bin/des-retriever" --store "$work/store" \
+RUST_LOG=warn DES_RETRIEVER_PAYLOAD_CACHE_BYTES=0 "$retriever_bin" --store "$work/store" \
     --no-auth --listen "127.0.0.1:$cport" --workers "$WORKERS" 2>"$work/retriever-nocache.log" &
 pids+=($!)
 
