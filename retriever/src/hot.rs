@@ -8,7 +8,7 @@
 //! checked before this cache. So there a hit is served before the index
 //! lookup ([`HotCache::get_file`]). Legacy stores can gain a newer part
 //! holding a newer version of a uid, so there a hit must also come from the
-//! entry the index lookup found ([`HotCache::get`]).
+//! entry the index lookup found ([`HotCache::join`]).
 //!
 //! Entries are keyed by what a tombstone names, (uid, UTC day). A delete,
 //! accepted here or picked up from the log, then drops its entry with one
@@ -104,9 +104,74 @@ impl From<&Cached> for HotHit {
     }
 }
 
-/// Deletions seen before a payload read began; see [`HotCache::insert`].
+/// Deletions seen before a payload read began; see [`Slot::fill`].
 #[derive(Debug, Clone, Copy)]
 pub struct Ticket(u64);
+
+/// What [`HotCache::join`] found.
+pub enum Joined<'a> {
+    Cached(HotHit),
+    Slot(Slot<'a>),
+}
+
+type Guard<'a> = quick_cache::sync::PlaceholderGuard<
+    'a,
+    Key,
+    Arc<Cached>,
+    ByBytes,
+    quick_cache::DefaultHashBuilder,
+    quick_cache::sync::DefaultLifecycle<Key, Arc<Cached>>,
+>;
+
+/// The right to read one file and cache its bytes; dropping it unfilled
+/// hands it to the next request waiting for the same file.
+pub struct Slot<'a> {
+    cache: &'a HotCache,
+    key: Key,
+    guard: Option<Guard<'a>>,
+}
+
+impl Slot<'_> {
+    /// Caches `bytes`, which must have passed every check of `hit`'s entry,
+    /// and hands them to the requests waiting for this file.
+    ///
+    /// A delete may land between the request's tombstone check and this
+    /// fill, and invalidate before the bytes are here. Deletes bump the
+    /// counter after their tombstone is visible and before they invalidate,
+    /// so either the counter has moved since `since` (and the insert is
+    /// undone here) or the delete's invalidation comes after the insert.
+    /// (Requests already waiting get the bytes either way: they began before
+    /// the delete, as a read in flight does.)
+    pub fn fill(self, hit: &Hit, bytes: &Bytes, rep: Representation, since: Ticket) {
+        let Some(version) = Version::of(hit) else {
+            return;
+        };
+        if !self.cache.admits(hit) {
+            return;
+        }
+        // The decoded bytes may be a view into a larger read buffer (raw
+        // entries are a slice of what the network handed over); an exact
+        // copy keeps what the weigher counts equal to what is held.
+        let value = Arc::new(Cached {
+            version,
+            bytes: Bytes::copy_from_slice(bytes),
+            rep: Arc::new(rep),
+        });
+        let entries = &self.cache.entries;
+        match self.guard {
+            Some(guard) => {
+                // Refused only if the placeholder was replaced meanwhile.
+                if let Err(value) = guard.insert(value) {
+                    entries.insert(self.key.clone(), value);
+                }
+            }
+            None => entries.insert(self.key.clone(), value),
+        }
+        if self.cache.deletions.load(Ordering::SeqCst) != since.0 {
+            entries.remove(&self.key);
+        }
+    }
+}
 
 /// quick_cache rather than moka (which the index cache uses): a hit here is
 /// the whole of a warm GET's own work, and moka's per-read bookkeeping was
@@ -199,57 +264,34 @@ impl HotCache {
         Some(HotHit::from(cached.as_ref()))
     }
 
-    /// The bytes of `hit`, if cached from the very entry the index points at.
-    pub fn get(&self, created_at: Timestamp, hit: &Hit) -> Option<HotHit> {
-        let cached = self.entries.get(&KeyRef {
-            uid: &hit.located.uid,
-            date: created_at.date_number(),
-        })?;
-        cached
-            .version
-            .matches(hit)
-            .then(|| HotHit::from(cached.as_ref()))
-    }
-
     /// Take this before the request's tombstone check and pass it to
-    /// [`insert`](Self::insert).
+    /// [`Slot::fill`].
     pub fn ticket(&self) -> Ticket {
         Ticket(self.deletions.load(Ordering::SeqCst))
     }
 
-    /// Caches `bytes`, which must have passed every check of `hit`'s entry.
-    ///
-    /// A delete may land between the request's tombstone check and this
-    /// insert, and invalidate before the bytes are here. Deletes bump the
-    /// counter after their tombstone is visible and before they invalidate,
-    /// so either the counter has moved since `since` (and the insert is
-    /// undone here) or the delete's invalidation comes after the insert.
-    pub fn insert(
-        &self,
-        created_at: Timestamp,
-        hit: &Hit,
-        bytes: &Bytes,
-        rep: Representation,
-        since: Ticket,
-    ) {
-        let Some(version) = Version::of(hit) else {
-            return;
-        };
-        if !self.admits(hit) {
-            return;
-        }
+    /// The bytes of `hit` if cached from the very entry the index points at,
+    /// else the right to read them ([`Slot`]). While one request holds the
+    /// slot of a file, others that miss it wait here for its bytes instead of
+    /// reading the same entry again; if the holder fails or goes away without
+    /// filling it, the next waiter gets the slot.
+    pub async fn join(&self, created_at: Timestamp, hit: &Hit) -> Joined<'_> {
         let key = Self::key(&hit.located.uid, created_at);
-        // The decoded bytes may be a view into a larger read buffer (raw
-        // entries are a slice of what the network handed over); an exact
-        // copy keeps what the weigher counts equal to what is held.
-        let value = Arc::new(Cached {
-            version,
-            bytes: Bytes::copy_from_slice(bytes),
-            rep: Arc::new(rep),
-        });
-        self.entries.insert(key.clone(), value);
-        if self.deletions.load(Ordering::SeqCst) != since.0 {
-            self.entries.remove(&key);
+        match self.entries.get_value_or_guard_async(&key).await {
+            Ok(cached) if cached.version.matches(hit) => {
+                Joined::Cached(HotHit::from(cached.as_ref()))
+            }
+            // Bytes of another shard version or legacy part: read, and replace them.
+            Ok(_) => Joined::Slot(Slot {
+                cache: self,
+                key,
+                guard: None,
+            }),
+            Err(guard) => Joined::Slot(Slot {
+                cache: self,
+                key,
+                guard: Some(guard),
+            }),
         }
     }
 

@@ -19,7 +19,7 @@ use moka::notification::RemovalCause;
 
 use crate::backend::Backends;
 use crate::error::ApiError;
-use crate::hot::{HotCache, HotHit, Ticket};
+use crate::hot::{HotCache, HotHit, Joined, Ticket};
 use crate::metrics::Metrics;
 use crate::payload::{self, Payload};
 use crate::representation::Representation;
@@ -241,8 +241,10 @@ impl Retriever {
 
     /// The payload of `hit`: from the hot cache if it holds this very entry,
     /// else read (see [`read`](Self::read)) and, if small and inline, cached.
-    /// `since` is [`payload_ticket`](Self::payload_ticket), taken before the
-    /// request's tombstone check.
+    /// Concurrent misses of one cacheable file make one read; the others get
+    /// its bytes (counted as hits). `since` is
+    /// [`payload_ticket`](Self::payload_ticket), taken before the request's
+    /// tombstone check.
     pub async fn fetch(
         &self,
         uid: &str,
@@ -253,21 +255,23 @@ impl Retriever {
         let (Some(hot), Some(since)) = (&self.hot, since) else {
             return self.read(uid, created_at, hit).await;
         };
-        if hot.admits(&hit) {
-            // v3 asked before the index lookup (`hot_hit`); legacy only here.
-            if self.store.layout() == Layout::Legacy
-                && let Some(found) = hot.get(created_at, &hit)
-            {
+        if !hot.admits(&hit) {
+            return self.read(uid, created_at, hit).await;
+        }
+        // v3 hits were answered before the index lookup (`hot_hit`); what is
+        // left here is legacy hits and requests that wait for a read in flight.
+        let slot = match hot.join(created_at, &hit).await {
+            Joined::Cached(found) => {
                 self.metrics.payload_cache_hits.inc();
                 return Ok((hit, Payload::Inline(found.bytes)));
             }
-            self.metrics.payload_cache_misses.inc();
-        }
+            Joined::Slot(slot) => slot,
+        };
+        self.metrics.payload_cache_misses.inc();
         let (hit, payload) = self.read(uid, created_at, hit).await?;
         // Only bytes `read` returned, which passed every check, get here.
         if let Payload::Inline(bytes) = &payload {
-            let rep = Representation::of(&hit.located);
-            hot.insert(created_at, &hit, bytes, rep, since);
+            slot.fill(&hit, bytes, Representation::of(&hit.located), since);
         }
         Ok((hit, payload))
     }

@@ -19,7 +19,7 @@ use actix_web::web;
 use common::process::{Server, header, status_of};
 use common::*;
 use des_format::routing::shard_index;
-use des_retriever::{AppState, CountingStore, Storage};
+use des_retriever::{AppState, CountingStore, Settings, Storage};
 use des_storage::store::shard_index_of_key;
 use des_storage::testing::S3Server;
 use des_storage::zones::{S3Location, Zones, ZonesFile};
@@ -130,8 +130,9 @@ async fn single_s3_store_through_the_binary() {
 }
 
 macro_rules! app_on {
-    ($objects:expr) => {{
-        let dir_settings = settings(Path::new("/unused"));
+    ($objects:expr) => {{ app_on!($objects, settings(Path::new("/unused"))) }};
+    ($objects:expr, $settings:expr) => {{
+        let dir_settings = $settings;
         let state = state_on($objects, &dir_settings).await;
         init_service(des_retriever::server::app(web::Data::new(state))).await
     }};
@@ -202,6 +203,45 @@ async fn request_budget_and_single_flight_on_s3() {
         "100 concurrent cold requests, one index read"
     );
     assert_eq!(c3.get - c2.get, 101);
+}
+
+/// With the hot payload cache, 100 concurrent requests for 4 uncached files
+/// make one read per file: the others wait for its bytes.
+#[actix_web::test]
+async fn concurrent_misses_make_one_read_per_file_on_s3() {
+    let server = garage();
+    let dir = tempfile::tempdir().unwrap();
+    let uids = ["a.txt", "b.txt", "c.txt", "d.txt"];
+    let files: Vec<Spec> = uids.iter().map(|u| Spec::new(u, u.repeat(300))).collect();
+    pack(dir.path(), &files, N_BITS, 10 << 20);
+    upload(dir.path(), &*s3(&server, "flight"), |_| true).await;
+    let counting = CountingStore::new(s3(&server, "flight"));
+    let hot = Settings {
+        payload_cache_bytes: 1 << 20,
+        ..settings(Path::new("/unused"))
+    };
+    let app = app_on!(Arc::new(counting.clone()), hot);
+    let c0 = counting.counts();
+    let calls = (0..100).map(|i| {
+        let uid = uids[i % 4];
+        call(
+            &app,
+            TestRequest::get().uri(&file_uri(uid, CREATED)).to_request(),
+        )
+    });
+    for (i, r) in futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(
+            (r.status, r.bytes()),
+            (200, uids[i % 4].repeat(300).as_bytes())
+        );
+    }
+    let c1 = counting.counts();
+    let indexes = c1.suffix_get - c0.suffix_get;
+    assert_eq!(c1.get - c0.get - indexes, 4, "one payload read per file");
 }
 
 #[actix_web::test]

@@ -15,6 +15,7 @@ use actix_web::web;
 use common::*;
 use des_format::Timestamp;
 use des_format::routing::shard_index;
+use des_retriever::hot::{Joined, Slot};
 use des_retriever::representation::Representation;
 use des_retriever::{AppState, Settings};
 
@@ -210,13 +211,59 @@ async fn a_delete_racing_a_read_leaves_nothing_cached() {
     let ticket = r.payload_ticket().unwrap();
     hot.invalidate("a.txt", created().date_number());
     let rep = || Representation::of(&hit.located);
-    hot.insert(created(), &hit, &bytes, rep(), ticket);
+    slot(hot.join(created(), &hit).await).fill(&hit, &bytes, rep(), ticket);
     assert!(!hot.contains("a.txt", created()));
 
     // Without a delete in between, the same insert sticks.
     let ticket = r.payload_ticket().unwrap();
-    hot.insert(created(), &hit, &bytes, rep(), ticket);
+    slot(hot.join(created(), &hit).await).fill(&hit, &bytes, rep(), ticket);
     assert!(hot.contains("a.txt", created()));
+}
+
+fn slot(joined: Joined<'_>) -> Slot<'_> {
+    match joined {
+        Joined::Slot(s) => s,
+        Joined::Cached(_) => panic!("expected a miss"),
+    }
+}
+
+/// A waiter that is never woken fails the test instead of hanging it.
+async fn within_5s<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), f)
+        .await
+        .expect("woken within 5 s")
+}
+
+/// Requests that miss a file while another reads it wait for those bytes;
+/// if the reader gives up, the next waiter reads instead of failing.
+#[actix_web::test]
+async fn concurrent_misses_wait_for_one_read() {
+    let dir = tempfile::tempdir().unwrap();
+    pack_small(dir.path(), &[Spec::new("a.txt", text(100))]);
+    let (_app, state, _) = app!(dir.path(), hot_settings(dir.path(), 1 << 20, 64 << 10));
+    let r = &state.retriever;
+    let hot = r.hot().unwrap();
+    let hit = r.locate("a.txt", created()).await.unwrap();
+    let bytes = bytes::Bytes::from(text(100));
+    let rep = Representation::of(&hit.located);
+
+    let reader = slot(hot.join(created(), &hit).await);
+    let given_up = async {
+        tokio::task::yield_now().await;
+        drop(reader);
+    };
+    let (_, next) = futures::join!(given_up, within_5s(hot.join(created(), &hit)));
+    let next = slot(next);
+    let ticket = r.payload_ticket().unwrap();
+    let filled = async {
+        tokio::task::yield_now().await;
+        next.fill(&hit, &bytes, rep, ticket);
+    };
+    let (_, waiter) = futures::join!(filled, within_5s(hot.join(created(), &hit)));
+    match waiter {
+        Joined::Cached(found) => assert_eq!(found.bytes, bytes),
+        Joined::Slot(_) => panic!("the waiter read again"),
+    }
 }
 
 #[actix_web::test]
