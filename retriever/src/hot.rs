@@ -31,7 +31,7 @@ use crate::lookup::Hit;
 use crate::representation::Representation;
 
 /// What an entry costs beyond the bytes of its payload, uid, shard key and
-/// ETag (all counted by [`weight`]): moka's entry and frequency bookkeeping,
+/// ETag (all counted by [`weight`]): the cache's entry and frequency bookkeeping,
 /// the value's `Arc`, and the structs and string headers themselves.
 const ENTRY_OVERHEAD: usize = 192;
 

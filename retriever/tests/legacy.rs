@@ -332,3 +332,75 @@ async fn hot_cache_on_a_legacy_store_serves_the_located_entry() {
     let hits = state.retriever.metrics().payload_cache_hits.get() - hits_before;
     assert_eq!(hits, files.len() as u64);
 }
+
+/// A newer legacy part that holds a cached uid: the cached bytes came from
+/// the older part's entry, so they are not served for it; the newer entry is
+/// read once and replaces them (one copy), then served from memory again.
+#[actix_web::test]
+async fn hot_cache_follows_a_newer_legacy_part() {
+    use des_format::Timestamp;
+    use des_format::routing::locate;
+    use des_retriever::metrics::Metrics;
+    use des_retriever::payload::Payload;
+    use des_retriever::{CacheConfig, CountingStore, Retriever, Storage};
+    use des_storage::{DesStore, LocalStore, ObjectStore};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let fixture = workspace_root().join("testdata/legacy-des/store");
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture.join("expected.json")).unwrap()).unwrap();
+    let file = &expected["files"][0];
+    let (uid, at) = (
+        file["uid"].as_str().unwrap(),
+        file["created_at"].as_str().unwrap(),
+    );
+    let loc = locate(uid, at, 4).unwrap();
+    let part = |n: u32| format!("{}_{}_{n:04}.des", loc.date_dir, loc.shard_hex);
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture.join("shards").join(part(0));
+    std::fs::copy(&src, dir.path().join(part(0))).unwrap();
+
+    let objects: Arc<dyn ObjectStore> = Arc::new(CountingStore::new(Arc::new(
+        LocalStore::new(dir.path()).unwrap(),
+    )));
+    let cfg = CacheConfig {
+        // New parts are noticed at once instead of after a minute.
+        parts_ttl: Duration::from_millis(1),
+        payload_bytes: 1 << 20,
+        ..CacheConfig::default()
+    };
+    let r = Retriever::new(
+        DesStore::legacy(Arc::clone(&objects), 4).unwrap(),
+        Storage::single(objects, "local").backends,
+        Arc::new(Metrics::new().unwrap()),
+        &cfg,
+    );
+    let at = Timestamp::parse_rfc3339(at).unwrap();
+    let get = || async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let hit = r.locate(uid, at).await.unwrap();
+        let (hit, payload) = r.fetch(uid, at, hit, r.payload_ticket()).await.unwrap();
+        let Payload::Inline(bytes) = payload else {
+            panic!("a small file is inline");
+        };
+        let m = r.metrics();
+        let counts = (m.payload_cache_hits.get(), m.payload_cache_misses.get());
+        (hit.loaded.key.clone(), bytes, counts)
+    };
+    let (key, bytes, counts) = get().await;
+    assert_eq!((key, counts), (part(0), (0, 1)));
+    assert_eq!(bytes.len() as u64, file["size"].as_u64().unwrap());
+    assert_eq!(get().await.2, (1, 1), "served from memory");
+
+    std::fs::copy(&src, dir.path().join(part(1))).unwrap();
+    let (key, again, counts) = get().await;
+    assert_eq!(
+        (key, counts),
+        (part(1), (1, 2)),
+        "the newer part's entry is read"
+    );
+    assert_eq!(again, bytes);
+    assert_eq!(get().await.2, (2, 2), "and then served from memory");
+    assert_eq!(r.hot().unwrap().entry_count(), 1);
+}
