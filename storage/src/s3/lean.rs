@@ -8,6 +8,9 @@
 //! two optional headers and a signature. Used for plain-`http://` path-style
 //! endpoints (S3-compatible servers next to the service, where that CPU is
 //! the whole cost); AWS and HTTPS endpoints keep the SDK.
+//!
+//! Unlike the SDK there is no clock-skew correction: a server that rejects
+//! our clock answers `RequestTimeTooSkewed`, which maps to `Unauthorized`.
 
 use std::sync::RwLock;
 use std::time::{Duration, SystemTime};

@@ -4,6 +4,8 @@
 //! errors become [`ErrorKind`](crate::ErrorKind)s in one mapping function,
 //! bodies become byte streams. The SDK's own retries are off; a wrapper store
 //! retries, so each trait call here is exactly the requests it needs.
+//! Object GETs on plain-`http://` path-style endpoints skip the SDK's
+//! request pipeline (`lean.rs`; `DES_S3_LEAN_GET=0` turns that off).
 //!
 //! Conditional writes (`PutMode::Create`, `PutMode::UpdateIfMatch`) are sent
 //! as `If-None-Match: *` / `If-Match`, but not every server enforces them
