@@ -17,7 +17,7 @@ use des_format::Timestamp;
 use des_format::routing::shard_index;
 use des_retriever::hot::{Joined, Slot};
 use des_retriever::representation::Representation;
-use des_retriever::{AppState, Settings};
+use des_retriever::{AppState, Hit, Settings};
 
 const N_BITS: u8 = 4;
 
@@ -199,12 +199,9 @@ async fn deleted_files_are_410_and_dropped_from_the_cache() {
 #[actix_web::test]
 async fn a_delete_racing_a_read_leaves_nothing_cached() {
     let dir = tempfile::tempdir().unwrap();
-    pack_small(dir.path(), &[Spec::new("a.txt", text(100))]);
-    let (_app, state, _) = app!(dir.path(), hot_settings(dir.path(), 1 << 20, 64 << 10));
+    let (state, hit, bytes) = one_located_file(dir.path()).await;
     let r = &state.retriever;
     let hot = r.hot().unwrap();
-    let hit = r.locate("a.txt", created()).await.unwrap();
-    let bytes = bytes::Bytes::from(text(100));
 
     // A delete lands after the request's tombstone check (its ticket) but
     // before its insert: the insert must not stick.
@@ -218,6 +215,14 @@ async fn a_delete_racing_a_read_leaves_nothing_cached() {
     let ticket = r.payload_ticket().unwrap();
     slot(hot.join(created(), &hit).await).fill(&hit, &bytes, rep(), ticket);
     assert!(hot.contains("a.txt", created()));
+}
+
+/// "a.txt" packed and located by a retriever with the hot cache on, and its bytes.
+async fn one_located_file(dir: &Path) -> (web::Data<AppState>, Hit, bytes::Bytes) {
+    pack_small(dir, &[Spec::new("a.txt", text(100))]);
+    let (_app, state, _) = app!(dir, hot_settings(dir, 1 << 20, 64 << 10));
+    let hit = state.retriever.locate("a.txt", created()).await.unwrap();
+    (state, hit, bytes::Bytes::from(text(100)))
 }
 
 fn slot(joined: Joined<'_>) -> Slot<'_> {
@@ -239,12 +244,9 @@ async fn within_5s<T>(f: impl std::future::Future<Output = T>) -> T {
 #[actix_web::test]
 async fn concurrent_misses_wait_for_one_read() {
     let dir = tempfile::tempdir().unwrap();
-    pack_small(dir.path(), &[Spec::new("a.txt", text(100))]);
-    let (_app, state, _) = app!(dir.path(), hot_settings(dir.path(), 1 << 20, 64 << 10));
+    let (state, hit, bytes) = one_located_file(dir.path()).await;
     let r = &state.retriever;
     let hot = r.hot().unwrap();
-    let hit = r.locate("a.txt", created()).await.unwrap();
-    let bytes = bytes::Bytes::from(text(100));
     let rep = Representation::of(&hit.located);
 
     let reader = slot(hot.join(created(), &hit).await);
