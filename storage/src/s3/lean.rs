@@ -369,6 +369,121 @@ mod tests {
         assert!(auth.contains("x-amz-security-token"), "{auth}");
     }
 
+    /// A one-connection HTTP server that answers any request with `reply`,
+    /// then closes (`hang`: false) or keeps the connection open silently.
+    async fn server(reply: Vec<u8>, hang: bool) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut request = vec![0u8; 8192];
+            let _ = sock.read(&mut request).await;
+            let _ = sock.write_all(&reply).await;
+            if hang {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn client(endpoint: &str) -> LeanGet {
+        let creds = Credentials::new("AKID", "secret", None, None, "test");
+        LeanGet::new(
+            endpoint,
+            "bkt",
+            "us-east-1".into(),
+            SharedCredentialsProvider::new(creds),
+            Duration::from_secs(1),
+            Duration::from_millis(300),
+        )
+    }
+
+    async fn get_from(reply: &str, hang: bool) -> Result<Response> {
+        let endpoint = server(reply.as_bytes().to_vec(), hang).await;
+        client(&endpoint)
+            .get("k", "p/k", Some("bytes=0-99"), None)
+            .await
+    }
+
+    async fn body_error(r: Response) -> crate::ErrorKind {
+        let chunks: Vec<Result<Bytes>> = futures::StreamExt::collect(r.body).await;
+        chunks
+            .into_iter()
+            .find_map(Result::err)
+            .expect("the body fails")
+            .kind()
+    }
+
+    #[tokio::test]
+    async fn a_cut_or_stalled_body_is_an_error_not_short_data() {
+        let head = "HTTP/1.1 206 Partial Content\r\nContent-Length: 100\r\n\
+                    Content-Range: bytes 0-99/1000\r\nETag: \"e1\"\r\n\r\n0123456789";
+        let cut = get_from(head, false).await.unwrap();
+        assert_eq!((cut.length, cut.etag.as_deref()), (100, Some("\"e1\"")));
+        assert_eq!(cut.content_range.as_deref(), Some("bytes 0-99/1000"));
+        assert_eq!(body_error(cut).await, crate::ErrorKind::Unavailable);
+        let stalled = get_from(head, true).await.unwrap();
+        assert_eq!(body_error(stalled).await, crate::ErrorKind::Timeout);
+    }
+
+    #[tokio::test]
+    async fn no_answer_is_a_timeout_and_no_server_is_unavailable() {
+        let e = get_from("", true).await.map(|_| ()).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Timeout, "{e}");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let e = client(&closed)
+            .get("k", "k", None, None)
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Unavailable, "{e}");
+    }
+
+    #[tokio::test]
+    async fn error_responses_map_like_the_sdk_path() {
+        let reply = |status: &str, extra: &str, body: &str| {
+            format!(
+                "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        let xml = |code: &str| format!("<Error><Code>{code}</Code><Message>m</Message></Error>");
+        let slow = reply("503 Slow Down", "Retry-After: 7\r\n", &xml("SlowDown"));
+        let e = get_from(&slow, false).await.map(|_| ()).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Throttled, "{e}");
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
+        let cases = [
+            (
+                reply("404 Not Found", "", &xml("NoSuchKey")),
+                crate::ErrorKind::NotFound,
+            ),
+            (
+                reply("403 Forbidden", "", ""),
+                crate::ErrorKind::Unauthorized,
+            ),
+            (
+                reply("412 Precondition Failed", "", &xml("PreconditionFailed")),
+                crate::ErrorKind::PreconditionFailed,
+            ),
+            (
+                reply("416 Range Not Satisfiable", "", &xml("InvalidRange")),
+                crate::ErrorKind::Invalid,
+            ),
+            // Not an S3 error document, and too long to be one: the status decides.
+            (
+                reply("500 Internal Server Error", "", &"x".repeat(100_000)),
+                crate::ErrorKind::Unavailable,
+            ),
+        ];
+        for (r, kind) in cases {
+            let e = get_from(&r, false).await.map(|_| ()).unwrap_err();
+            assert_eq!(e.kind(), kind, "{e}");
+        }
+    }
+
     #[tokio::test]
     async fn expiring_credentials_are_refreshed() {
         use std::sync::Arc;
