@@ -15,7 +15,8 @@
 # entry from the shard.
 #
 # Needs: wrk and nginx (Debian: apt-get install -y wrk nginx), cargo.
-# Prints one RESULT line per server and the ratios. A second nginx with
+# Prints one RESULT line per server (with the serving process's CPU time
+# per request: user + system, from /proc) and the ratios. A second nginx with
 # sendfile off (nginx-copy) shows how much of nginx's lead is zero-copy.
 # Auth is off and logging is at warn for the retriever (nginx: access_log
 # off), so both measure serving, not logging.
@@ -121,9 +122,22 @@ check "http://127.0.0.1:$cport/files/$first?created_at=$CREATED_AT"
 check "http://127.0.0.1:$nport/$first"
 check "http://127.0.0.1:$xport/$first"
 
-run() { # name port paths seconds
-    PATHS_FILE="$3" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$4s" -s "$root/bench/random_paths.lua" \
-        "http://127.0.0.1:$2" | grep '^RESULT' | sed "s/^RESULT/$1/"
+# The processes that serve: each retriever, and each nginx's worker (a child
+# of the master, which only supervises).
+serving=("${pids[0]}" "${pids[1]}" "$(pgrep -P "${pids[2]}" | head -1)" "$(pgrep -P "${pids[3]}" | head -1)")
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+run() { # name port paths seconds [pid: also print its CPU time per request]
+    local before line
+    if [[ -n ${5:-} ]]; then before=$(ticks "$5"); fi
+    line=$(PATHS_FILE="$3" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$4s" -s "$root/bench/random_paths.lua" \
+        "http://127.0.0.1:$2" | grep '^RESULT' | sed "s/^RESULT/$1/")
+    if [[ -z ${5:-} ]]; then echo "$line"; return; fi
+    python3 - "$line" "$4" "$before" "$(ticks "$5")" "$(getconf CLK_TCK)" <<'PY'
+import sys
+line, secs, t0, t1, hz = sys.argv[1], float(sys.argv[2]), *map(int, sys.argv[3:6])
+rps = float(line.split("rps=")[1].split()[0])
+print(f"{line} cpu_us_per_req={(t1 - t0) / hz * 1e6 / (rps * secs):.1f}")
+PY
 }
 echo "warm-up ($WARMUP s each)..." >&2
 run retriever "$rport" "$work/paths-retriever" "$WARMUP" >/dev/null
@@ -135,15 +149,15 @@ if [[ -n ${PERF:-} ]]; then
     perf record -q -g -o "$PERF" -p "${pids[0]}" -- sleep "$DURATION" 2>/dev/null &
     perf_pid=$!
 fi
-r=$(run retriever "$rport" "$work/paths-retriever" "$DURATION")
+r=$(run retriever "$rport" "$work/paths-retriever" "$DURATION" "${serving[0]}")
 if [[ -n ${PERF:-} ]]; then wait "$perf_pid" || true; fi
-n=$(run nginx "$nport" "$work/paths-nginx" "$DURATION")
-c=$(run retriever-nocache "$cport" "$work/paths-retriever" "$DURATION")
-x=$(run nginx-copy "$xport" "$work/paths-nginx" "$DURATION")
+n=$(run nginx "$nport" "$work/paths-nginx" "$DURATION" "${serving[2]}")
+c=$(run retriever-nocache "$cport" "$work/paths-retriever" "$DURATION" "${serving[1]}")
+x=$(run nginx-copy "$xport" "$work/paths-nginx" "$DURATION" "${serving[3]}")
 # The stack's ceiling: the same server answering /health (actix, middleware,
 # metrics, a small body) with no lookup, no read, no check.
 echo /health > "$work/paths-health"
-h=$(run retriever-health "$rport" "$work/paths-health" "$DURATION")
+h=$(run retriever-health "$rport" "$work/paths-health" "$DURATION" "${serving[0]}")
 echo "$r"
 echo "$c"
 echo "$n"
