@@ -151,7 +151,7 @@ async fn serve_file(
     let created_at = created_at?;
     let retriever = &state.retriever;
     // Before the tombstone check, so a delete that check misses cannot leave
-    // the bytes this request reads in the hot cache (see HotCache::insert).
+    // the bytes this request reads in the hot cache (see hot::Slot::fill).
     let ticket = retriever.payload_ticket();
     // Before the lookup: a deleted file costs no storage request, and the
     // hot cache is never asked for it.

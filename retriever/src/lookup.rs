@@ -190,7 +190,7 @@ impl Retriever {
     }
 
     /// Take this before a request's tombstone check and give it to
-    /// [`fetch`](Self::fetch): see [`HotCache::insert`].
+    /// [`fetch`](Self::fetch): see [`Slot::fill`](crate::hot::Slot::fill).
     pub fn payload_ticket(&self) -> Option<Ticket> {
         self.hot.as_ref().map(HotCache::ticket)
     }

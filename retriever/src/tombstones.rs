@@ -80,7 +80,7 @@ impl Deleted {
         self.appended.inc();
         self.update_gauge();
         // After the insert: the hot cache relies on the tombstone being
-        // visible before its invalidation (see HotCache::insert).
+        // visible before its invalidation (see hot::Slot::fill).
         if let Some(hot) = &self.hot {
             hot.invalidate(&t.uid, t.date);
         }
