@@ -240,7 +240,7 @@ impl Retriever {
     }
 
     /// The payload of `hit`: from the hot cache if it holds this very entry,
-    /// else read (see [`read`](Self::read)) and, if small and inline, cached.
+    /// else read (see `read`) and, if small and inline, cached.
     /// Concurrent misses of one cacheable file make one read; the others get
     /// its bytes (counted as hits). `since` is
     /// [`payload_ticket`](Self::payload_ticket), taken before the request's
