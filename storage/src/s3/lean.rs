@@ -114,6 +114,8 @@ impl LeanGet {
         })
     }
 
+    /// Failures here are ours, not the request's (so not `Invalid`, which the
+    /// store reads as an unsatisfiable range).
     async fn signed(
         &self,
         key: &str,
@@ -137,7 +139,7 @@ impl LeanGet {
             .time(SystemTime::now())
             .settings(settings())
             .build()
-            .map_err(|e| Error::Invalid(format!("{key}: signing: {e}")))?
+            .map_err(|e| Error::other(format!("{key}: signing the GET"), e))?
             .into();
         let signable = SignableRequest::new(
             "GET",
@@ -146,14 +148,14 @@ impl LeanGet {
             SignableBody::Bytes(&[]),
         )
         .and_then(|r| sign(r, &params))
-        .map_err(|e| Error::Invalid(format!("{key}: signing: {e}")))?;
+        .map_err(|e| Error::other(format!("{key}: signing the GET"), e))?;
         let mut builder = http::Request::get(uri.as_str());
         for (name, value) in &headers {
             builder = builder.header(*name, *value);
         }
         let mut request = builder
             .body(Empty::new())
-            .map_err(|e| Error::Invalid(format!("{key}: request: {e}")))?;
+            .map_err(|e| Error::other(format!("{key}: building the GET"), e))?;
         signable
             .into_parts()
             .0
@@ -356,6 +358,15 @@ mod tests {
             "{auth}"
         );
         assert!(!h.contains_key("x-amz-security-token"));
+    }
+
+    #[tokio::test]
+    async fn a_request_that_cannot_be_built_is_not_an_unsatisfiable_range() {
+        let e = lean(None)
+            .signed("k", "k", None, Some("a\nb"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Other, "{e}");
     }
 
     #[tokio::test]
