@@ -491,8 +491,8 @@ impl ObjectWriter for LocalWriter {
             .ok_or_else(|| Error::Invalid("writer closed".into()))?;
         let key = self.key.clone();
         // The data fsync is the slow part and needs no lock: concurrent
-        // writers' fsyncs run side by side (and can share journal commits)
-        // instead of queueing behind one another.
+        // writers' fsyncs run side by side instead of queueing behind one
+        // another.
         blocking(move || {
             let f = f
                 .into_inner()

@@ -125,7 +125,7 @@ pub(crate) fn classify(
 }
 
 /// `Retry-After` in delay-seconds form; the HTTP-date form is not used by S3.
-fn parse_retry_after(v: &str) -> Option<Duration> {
+pub(crate) fn parse_retry_after(v: &str) -> Option<Duration> {
     v.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 

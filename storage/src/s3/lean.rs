@@ -30,8 +30,9 @@ use hyper::http::{self, HeaderMap};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::error::classify;
+use super::error::{classify, parse_retry_after};
 use super::quickack::{self, Connector};
+use super::read::Response;
 use crate::error::{Error, Result};
 
 /// Credentials this close to expiring are refreshed before use, so a
@@ -47,14 +48,6 @@ pub(crate) struct LeanGet {
     region: String,
     credentials: CredentialCache,
     read_timeout: Duration,
-}
-
-/// What came back for a successful GET, before the store checks it.
-pub(crate) struct Response {
-    pub length: u64,
-    pub content_range: Option<String>,
-    pub etag: Option<String>,
-    pub body: BoxStream<'static, Result<Bytes>>,
 }
 
 impl LeanGet {
@@ -175,8 +168,7 @@ impl LeanGet {
         let retry_after = headers
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok())
-            .map(Duration::from_secs);
+            .and_then(parse_retry_after);
         let detail = xml_element(&text, "Message").unwrap_or_default();
         let msg = format!("{key}: HTTP {status} {}: {detail}", code.unwrap_or("-"));
         classify(key, status, code, retry_after, msg.clone(), msg)

@@ -47,6 +47,15 @@ pub(crate) fn parse_content_range(v: &str) -> Option<(Range<u64>, u64)> {
     (first <= last && last < total).then(|| (first..last + 1, total))
 }
 
+/// What came back for a successful GET (by the SDK or the lean path),
+/// before the store checks it against what was asked.
+pub(crate) struct Response {
+    pub length: u64,
+    pub content_range: Option<String>,
+    pub etag: Option<String>,
+    pub body: BoxStream<'static, Result<Bytes>>,
+}
+
 /// The SDK body as the trait's stream, chunk by chunk as it arrives.
 pub(crate) fn sdk_stream(key: &str, body: ByteStream) -> BoxStream<'static, Result<Bytes>> {
     let key = key.to_string();

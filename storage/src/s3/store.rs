@@ -12,8 +12,10 @@ use rand::Rng;
 
 use super::config::S3Config;
 use super::error::map_sdk_error;
-use super::lean::{LeanGet, Response};
-use super::read::{RangeRequest, body_stream, parse_content_range, range_request, sdk_stream};
+use super::lean::LeanGet;
+use super::read::{
+    RangeRequest, Response, body_stream, parse_content_range, range_request, sdk_stream,
+};
 use super::writer::S3Writer;
 use crate::error::{Error, ErrorKind, Result};
 use crate::object::{
@@ -359,15 +361,15 @@ async fn sdk_get(
     bucket: &str,
     full_key: &str,
     key: &str,
-    range: Option<String>,
-    opts: &GetOptions,
+    range: Option<&str>,
+    if_match: Option<&str>,
 ) -> Result<Response> {
     let out = client
         .get_object()
         .bucket(bucket)
         .key(full_key)
-        .set_range(range)
-        .set_if_match(opts.if_match.clone())
+        .set_range(range.map(str::to_string))
+        .set_if_match(if_match.map(str::to_string))
         .send()
         .await
         .map_err(|e| map_sdk_error(key, e))?;
@@ -464,23 +466,11 @@ impl ObjectStore for S3Store {
             RangeRequest::Whole => None,
             RangeRequest::Header(h) => Some(h),
         };
+        let full = self.full_key(key);
+        let (range, if_match) = (header.as_deref(), opts.if_match.as_deref());
         let sent = match self.clients().await {
-            (_, Some(lean)) => {
-                let full = self.full_key(key);
-                lean.get(key, &full, header.as_deref(), opts.if_match.as_deref())
-                    .await
-            }
-            (client, None) => {
-                sdk_get(
-                    client,
-                    self.bucket(),
-                    &self.full_key(key),
-                    key,
-                    header,
-                    &opts,
-                )
-                .await
-            }
+            (_, Some(lean)) => lean.get(key, &full, range, if_match).await,
+            (client, None) => sdk_get(client, self.bucket(), &full, key, range, if_match).await,
         };
         let response = match sent {
             Ok(r) => r,
