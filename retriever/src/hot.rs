@@ -142,7 +142,7 @@ impl Slot<'_> {
     /// undone here) or the delete's invalidation comes after the insert.
     /// (Requests already waiting get the bytes either way: they began before
     /// the delete, as a read in flight does.)
-    pub fn fill(self, hit: &Hit, bytes: &Bytes, rep: Representation, since: Ticket) {
+    pub fn fill(self, hit: &Hit, bytes: &Bytes, rep: Arc<Representation>, since: Ticket) {
         let Some(version) = Version::of(hit) else {
             return;
         };
@@ -155,7 +155,7 @@ impl Slot<'_> {
         let value = Arc::new(Cached {
             version,
             bytes: Bytes::copy_from_slice(bytes),
-            rep: Arc::new(rep),
+            rep,
         });
         let entries = &self.cache.entries;
         match self.guard {
@@ -257,10 +257,8 @@ impl HotCache {
     /// version it was read from: only for stores whose files never change
     /// (v3, see the module comment).
     pub fn get_file(&self, uid: &str, created_at: Timestamp) -> Option<HotHit> {
-        let cached = self.entries.get(&KeyRef {
-            uid,
-            date: created_at.date_number(),
-        })?;
+        let date = created_at.date_number();
+        let cached = self.entries.get(&KeyRef { uid, date })?;
         Some(HotHit::from(cached.as_ref()))
     }
 
@@ -299,16 +297,13 @@ impl HotCache {
     /// tombstone is visible to the request path.
     pub fn invalidate(&self, uid: &str, date: u32) {
         self.deletions.fetch_add(1, Ordering::SeqCst);
-        let key = Key {
-            uid: uid.to_string(),
-            date,
-        };
-        self.entries.remove(&key);
+        self.entries.remove(&KeyRef { uid, date });
     }
 
     /// Whether anything is cached for `(uid, the UTC day of created_at)`.
     pub fn contains(&self, uid: &str, created_at: Timestamp) -> bool {
-        self.entries.peek(&Self::key(uid, created_at)).is_some()
+        let date = created_at.date_number();
+        self.entries.peek(&KeyRef { uid, date }).is_some()
     }
 
     /// Bytes held, as the weigher counts them.

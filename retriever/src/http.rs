@@ -1,6 +1,7 @@
 //! Request handlers: `GET|HEAD /files/{uid}`, `/health`, `/ready`, `/metrics`.
 
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::body::SizedStream;
@@ -163,15 +164,22 @@ async fn serve_file(
         };
     }
     let hit = retriever.locate(uid, created_at).await?;
+    let rep = Arc::new(Representation::of(&hit.located));
     // Everything up to here needed only the index: no payload read for these answers.
-    if let Wanted::Answered(r) = wanted(req, &Representation::of(&hit.located))? {
-        return Ok(r);
-    }
-    let (hit, payload) = retriever.fetch(uid, created_at, hit, ticket).await?;
-    // The index may have been reloaded: describe what is actually sent.
-    let rep = Representation::of(&hit.located);
-    let span = span_of(req, &rep)?;
-    send(&rep, span, payload, retriever)
+    let span = match wanted(req, &rep)? {
+        Wanted::Answered(r) => return Ok(r),
+        Wanted::Bytes(span) => span,
+    };
+    let (_, payload, sent) = retriever
+        .fetch(uid, created_at, hit, Arc::clone(&rep), ticket)
+        .await?;
+    // A reloaded index may describe other bytes: then so must the headers.
+    let span = if Arc::ptr_eq(&rep, &sent) {
+        span
+    } else {
+        span_of(req, &sent)?
+    };
+    send(&sent, span, payload, retriever)
 }
 
 /// What a GET or HEAD asks of a file, decided from its headers alone.

@@ -183,10 +183,7 @@ impl Retriever {
 
     /// Bytes held by the hot payload cache (as its weigher counts them).
     pub fn payload_cache_bytes(&self) -> u64 {
-        match &self.hot {
-            Some(hot) => hot.weighted_size(),
-            None => 0,
-        }
+        self.hot.as_ref().map_or(0, HotCache::weighted_size)
     }
 
     /// Take this before a request's tombstone check and give it to
@@ -242,7 +239,8 @@ impl Retriever {
     /// The payload of `hit`: from the hot cache if it holds this very entry,
     /// else read (see `read`) and, if small and inline, cached.
     /// Concurrent misses of one cacheable file make one read; the others get
-    /// its bytes (counted as hits). `since` is
+    /// its bytes (counted as hits). `rep` describes `hit` and is handed back
+    /// as is unless the index had to be reloaded. `since` is
     /// [`payload_ticket`](Self::payload_ticket), taken before the request's
     /// tombstone check.
     pub async fn fetch(
@@ -250,30 +248,48 @@ impl Retriever {
         uid: &str,
         created_at: Timestamp,
         hit: Hit,
+        rep: Arc<Representation>,
         since: Option<Ticket>,
-    ) -> Result<(Hit, Payload), ApiError> {
-        let (Some(hot), Some(since)) = (&self.hot, since) else {
-            return self.read(uid, created_at, hit).await;
+    ) -> Result<(Hit, Payload, Arc<Representation>), ApiError> {
+        let (hot, since) = match (&self.hot, since) {
+            (Some(hot), Some(since)) if hot.admits(&hit) => (hot, since),
+            _ => return self.read_described(uid, created_at, hit, rep).await,
         };
-        if !hot.admits(&hit) {
-            return self.read(uid, created_at, hit).await;
-        }
         // v3 hits were answered before the index lookup (`hot_hit`); what is
         // left here is legacy hits and requests that wait for a read in flight.
         let slot = match hot.join(created_at, &hit).await {
             Joined::Cached(found) => {
                 self.metrics.payload_cache_hits.inc();
-                return Ok((hit, Payload::Inline(found.bytes)));
+                return Ok((hit, Payload::Inline(found.bytes), rep));
             }
             Joined::Slot(slot) => slot,
         };
         self.metrics.payload_cache_misses.inc();
-        let (hit, payload) = self.read(uid, created_at, hit).await?;
+        let (hit, payload, rep) = self.read_described(uid, created_at, hit, rep).await?;
         // Only bytes `read` returned, which passed every check, get here.
         if let Payload::Inline(bytes) = &payload {
-            slot.fill(&hit, bytes, Representation::of(&hit.located), since);
+            slot.fill(&hit, bytes, Arc::clone(&rep), since);
         }
-        Ok((hit, payload))
+        Ok((hit, payload, rep))
+    }
+
+    /// [`read`](Self::read), and the description of what it read: `rep`
+    /// unless the index was reloaded on the way.
+    async fn read_described(
+        &self,
+        uid: &str,
+        created_at: Timestamp,
+        hit: Hit,
+        rep: Arc<Representation>,
+    ) -> Result<(Hit, Payload, Arc<Representation>), ApiError> {
+        let before = Arc::clone(&hit.loaded);
+        let (hit, payload) = self.read(uid, created_at, hit).await?;
+        let rep = if Arc::ptr_eq(&before, &hit.loaded) {
+            rep
+        } else {
+            Arc::new(Representation::of(&hit.located))
+        };
+        Ok((hit, payload, rep))
     }
 
     /// A v3 file in the hot payload cache, served without even the index

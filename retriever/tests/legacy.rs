@@ -342,6 +342,7 @@ async fn hot_cache_follows_a_newer_legacy_part() {
     use des_format::routing::locate;
     use des_retriever::metrics::Metrics;
     use des_retriever::payload::Payload;
+    use des_retriever::representation::Representation;
     use des_retriever::{CacheConfig, CountingStore, Retriever, Storage};
     use des_storage::{DesStore, LocalStore, ObjectStore};
     use std::sync::Arc;
@@ -380,7 +381,11 @@ async fn hot_cache_follows_a_newer_legacy_part() {
     let get = || async {
         tokio::time::sleep(Duration::from_millis(5)).await;
         let hit = r.locate(uid, at).await.unwrap();
-        let (hit, payload) = r.fetch(uid, at, hit, r.payload_ticket()).await.unwrap();
+        let rep = Arc::new(Representation::of(&hit.located));
+        let (hit, payload, _) = r
+            .fetch(uid, at, hit, rep, r.payload_ticket())
+            .await
+            .unwrap();
         let Payload::Inline(bytes) = payload else {
             panic!("a small file is inline");
         };

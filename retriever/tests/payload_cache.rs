@@ -7,6 +7,7 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::Method;
@@ -207,7 +208,7 @@ async fn a_delete_racing_a_read_leaves_nothing_cached() {
     // before its insert: the insert must not stick.
     let ticket = r.payload_ticket().unwrap();
     hot.invalidate("a.txt", created().date_number());
-    let rep = || Representation::of(&hit.located);
+    let rep = || Arc::new(Representation::of(&hit.located));
     slot(hot.join(created(), &hit).await).fill(&hit, &bytes, rep(), ticket);
     assert!(!hot.contains("a.txt", created()));
 
@@ -247,7 +248,7 @@ async fn concurrent_misses_wait_for_one_read() {
     let (state, hit, bytes) = one_located_file(dir.path()).await;
     let r = &state.retriever;
     let hot = r.hot().unwrap();
-    let rep = Representation::of(&hit.located);
+    let rep = Arc::new(Representation::of(&hit.located));
 
     let reader = slot(hot.join(created(), &hit).await);
     let given_up = async {
