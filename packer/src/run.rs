@@ -129,33 +129,35 @@ fn plan_input(
 }
 
 fn read_batches(input: &Input, tx: &mpsc::SyncSender<Batch>) -> Result<()> {
+    let send = |batch| {
+        tx.send(batch)
+            .map_err(|_| anyhow::anyhow!("planning stopped"))
+    };
     let mut batch = Vec::with_capacity(RECORD_BATCH);
     read_input(input, |r| {
         batch.push(r);
         if batch.len() >= RECORD_BATCH {
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(RECORD_BATCH));
-            tx.send(full)
-                .map_err(|_| anyhow::anyhow!("planning stopped"))?;
+            send(std::mem::replace(
+                &mut batch,
+                Vec::with_capacity(RECORD_BATCH),
+            ))?;
         }
         Ok(())
     })?;
     if !batch.is_empty() {
-        tx.send(batch)
-            .map_err(|_| anyhow::anyhow!("planning stopped"))?;
+        send(batch)?;
     }
     Ok(())
 }
 
 fn plan_batches(planner: &mut Planner, rx: Receiver<Batch>, report: &mut PackReport) -> Result<()> {
-    for batch in rx {
-        for r in batch {
-            match r.map(|rec| planner.push(rec)) {
-                Ok(pushed) => {
-                    if let Err(f) = pushed? {
-                        report.fail(f.into());
-                    }
+    for r in rx.into_iter().flatten() {
+        match r {
+            Err(f) => report.fail(f.into()),
+            Ok(rec) => {
+                if let Err(f) = planner.push(rec)? {
+                    report.fail(f.into());
                 }
-                Err(f) => report.fail(f.into()),
             }
         }
     }

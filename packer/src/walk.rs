@@ -122,10 +122,14 @@ struct Walk<'a, 's> {
 }
 
 impl Walk<'_, '_> {
+    /// Hands out a record or failure, numbered here (its own `line` is ignored).
     fn emit(&mut self, item: Result<FileRecord, RecordFailure>) -> anyhow::Result<()> {
         self.line += 1;
         let line = self.line;
-        (self.sink)(item.map_err(|f| RecordFailure { line, ..f }))
+        let item = item
+            .map(|r| FileRecord { line, ..r })
+            .map_err(|f| RecordFailure { line, ..f });
+        (self.sink)(item)
     }
 
     fn fail(&mut self, uid: Option<String>, path: &Path, reason: String) -> anyhow::Result<()> {
@@ -152,18 +156,15 @@ impl Walk<'_, '_> {
             Err(e) => Err(format!("cannot read: {e}")),
         };
         match size_hint {
-            Ok(size_hint) => {
-                let line = self.line + 1;
-                self.emit(Ok(FileRecord {
-                    uid,
-                    created_at: self.created_at,
-                    source: SourceRef::Local(entry.path),
-                    content_type: None,
-                    meta: None,
-                    size_hint,
-                    line,
-                }))
-            }
+            Ok(size_hint) => self.emit(Ok(FileRecord {
+                uid,
+                created_at: self.created_at,
+                source: SourceRef::Local(entry.path),
+                content_type: None,
+                meta: None,
+                size_hint,
+                line: 0,
+            })),
             Err(reason) => self.fail(Some(uid), &entry.path, reason),
         }
     }
