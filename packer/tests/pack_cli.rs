@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use common::{CREATED, corpus, des_pack, report};
+use common::{CREATED, corpus, des_pack, dir_args, pack_dir, report};
 use des_format::Timestamp;
 use des_storage::{DesStore, LocalStore};
 use serde_json::Value;
@@ -47,14 +47,7 @@ fn pack_dir_read_back_and_rerun_is_idempotent() {
     let out = tempfile::tempdir().unwrap();
     let files = corpus(src.path());
     let store = out.path().to_str().unwrap();
-    let args = [
-        "--dir",
-        src.path().to_str().unwrap(),
-        "--created-at",
-        CREATED,
-        "--out",
-        store,
-    ];
+    let args = dir_args(src.path(), store);
     let first = des_pack(
         &[
             &args[..],
@@ -125,17 +118,7 @@ fn appending_makes_a_new_generation_with_old_and_new_entries() {
             std::fs::write(dir.join(&uid), &body).unwrap();
             all.insert(uid, body);
         }
-        let o = des_pack(&[
-            "--dir",
-            dir.to_str().unwrap(),
-            "--created-at",
-            CREATED,
-            "--out",
-            store,
-            "--n-bits",
-            "4",
-            "--json",
-        ]);
+        let o = pack_dir(&dir, store, &["--n-bits", "4", "--json"]);
         assert_eq!(
             o.status.code(),
             Some(0),
@@ -239,35 +222,15 @@ fn wrong_n_bits_and_bad_usage_exit_2() {
     let store = out.path().to_str().unwrap();
     let d = src.path().to_str().unwrap();
     assert_eq!(
-        des_pack(&[
-            "--dir",
-            d,
-            "--created-at",
-            CREATED,
-            "--out",
-            store,
-            "--n-bits",
-            "6",
-            "-q"
-        ])
-        .status
-        .code(),
+        pack_dir(src.path(), store, &["--n-bits", "6", "-q"])
+            .status
+            .code(),
         Some(0)
     );
     assert_eq!(
-        des_pack(&[
-            "--dir",
-            d,
-            "--created-at",
-            CREATED,
-            "--out",
-            store,
-            "--n-bits",
-            "7",
-            "-q"
-        ])
-        .status
-        .code(),
+        pack_dir(src.path(), store, &["--n-bits", "7", "-q"])
+            .status
+            .code(),
         Some(2)
     );
     assert_eq!(
@@ -304,13 +267,7 @@ fn kill_9_mid_run_leaves_no_partial_shard_and_rerun_completes() {
         files.insert(uid, body);
     }
     let store = out.path().to_str().unwrap();
-    let args = [
-        "--dir",
-        src.path().to_str().unwrap(),
-        "--created-at",
-        CREATED,
-        "--out",
-        store,
+    let options = [
         "-q",
         "--n-bits",
         "4",
@@ -319,10 +276,11 @@ fn kill_9_mid_run_leaves_no_partial_shard_and_rerun_completes() {
         "--zstd-level",
         "19",
     ];
+    let args = [&dir_args(src.path(), store)[..], &options].concat();
     let mut killed = 0;
     for delay_ms in [30u64, 120, 400] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_des-pack"))
-            .args(args)
+            .args(&args)
             .spawn()
             .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
@@ -373,19 +331,12 @@ fn shard_ranges_split_the_work_and_skip_the_rest() {
         std::fs::write(src.path().join(uid), data).unwrap();
     }
     let run = |range: &str| {
-        let o = des_pack(&[
-            "--dir",
-            src.path().to_str().unwrap(),
-            "--created-at",
-            CREATED,
-            "--out",
-            out.path().to_str().unwrap(),
-            "--n-bits",
-            "4",
-            "--shard-range",
-            range,
-            "--json",
-        ]);
+        let out = out.path().to_str().unwrap();
+        let o = pack_dir(
+            src.path(),
+            out,
+            &["--n-bits", "4", "--shard-range", range, "--json"],
+        );
         common::assert_exit(&o, 0);
         report(&o)
     };
@@ -424,19 +375,12 @@ fn shard_partitions_from_an_indexed_job_cover_every_file_once() {
         std::fs::write(src.path().join(i.to_string()), format!("file {i}")).unwrap();
     }
     let run = |part: &str| {
-        let o = des_pack(&[
-            "--dir",
-            src.path().to_str().unwrap(),
-            "--created-at",
-            CREATED,
-            "--out",
-            out.path().to_str().unwrap(),
-            "--n-bits",
-            "4",
-            "--shard-partition",
-            part,
-            "--json",
-        ]);
+        let out = out.path().to_str().unwrap();
+        let o = pack_dir(
+            src.path(),
+            out,
+            &["--n-bits", "4", "--shard-partition", part, "--json"],
+        );
         common::assert_exit(&o, 0);
         report(&o)
     };
@@ -451,16 +395,11 @@ fn shard_partitions_from_an_indexed_job_cover_every_file_once() {
     assert_eq!(packed, 64);
     assert_eq!(shard_files(out.path()).len(), 16);
     // A count that does not divide the shard space is a usage error.
-    let o = des_pack(&[
-        "--dir",
-        src.path().to_str().unwrap(),
-        "--created-at",
-        CREATED,
-        "--out",
+    let o = pack_dir(
+        src.path(),
         out.path().to_str().unwrap(),
-        "--shard-partition",
-        "0/3",
-    ]);
+        &["--shard-partition", "0/3"],
+    );
     common::assert_exit(&o, 2);
 }
 
@@ -473,18 +412,13 @@ fn a_stored_file_is_never_replaced_by_other_bytes() {
     let out = tempfile::tempdir().unwrap();
     std::fs::write(src.path().join("a.txt"), b"first version").unwrap();
     std::fs::write(src.path().join("b.txt"), b"stays").unwrap();
-    let args = [
-        "--dir",
-        src.path().to_str().unwrap(),
-        "--created-at",
-        CREATED,
-        "--out",
-        out.path().to_str().unwrap(),
-        "--json",
-    ];
-    assert_eq!(des_pack(&args).status.code(), Some(0));
+    let out_dir = out.path().to_str().unwrap();
+    assert_eq!(
+        pack_dir(src.path(), out_dir, &["--json"]).status.code(),
+        Some(0)
+    );
     std::fs::write(src.path().join("a.txt"), b"second version").unwrap();
-    let again = des_pack(&args);
+    let again = pack_dir(src.path(), out_dir, &["--json"]);
     let r = report(&again);
     assert_eq!(r["files_failed"].as_u64(), Some(1));
     assert_eq!(r["files_already_present"].as_u64(), Some(1));

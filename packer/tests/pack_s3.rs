@@ -13,7 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{CREATED, assert_exit, corpus, noise, report};
+use common::{CREATED, assert_exit, corpus, dir_args, noise, report};
 use des_format::Timestamp;
 use des_storage::store::shard_index_of_key;
 use des_storage::testing::S3Server;
@@ -88,16 +88,10 @@ fn pack_dir_to_s3_read_back_and_rerun_is_idempotent() {
     let files = corpus(src.path());
     let out = url(&server, "store");
     let args = [
-        "--dir",
-        src.path().to_str().unwrap(),
-        "--created-at",
-        CREATED,
-        "--out",
-        &out,
-        "--big-file-threshold",
-        "64K",
-        "--json",
-    ];
+        &dir_args(src.path(), &out)[..],
+        &["--big-file-threshold", "64K", "--json"],
+    ]
+    .concat();
     let first = des_pack(&server, &[&args[..], &["-j", "3"]].concat());
     assert_exit(&first, 0);
     let r = report(&first);
@@ -175,13 +169,7 @@ fn kill_9_mid_upload_leaves_no_partial_shard_and_the_next_run_cleans_up() {
     let src = tempfile::tempdir().unwrap();
     let files = multipart_corpus(src.path());
     let out = url(&server, "crash");
-    let args = [
-        "--dir",
-        src.path().to_str().unwrap(),
-        "--created-at",
-        CREATED,
-        "--out",
-        &out,
+    let options = [
         "--n-bits",
         "4",
         "--compression",
@@ -190,6 +178,7 @@ fn kill_9_mid_upload_leaves_no_partial_shard_and_the_next_run_cleans_up() {
         "1",
         "--json",
     ];
+    let args = [&dir_args(src.path(), &out)[..], &options].concat();
     let killed = (0..3)
         .filter(|_| kill_during_upload(&server, &args))
         .count();
@@ -241,18 +230,10 @@ fn parallel_packers_on_disjoint_shard_ranges_pack_everything() {
             des_pack_cmd(
                 &server,
                 &[
-                    "--dir",
-                    src.path().to_str().unwrap(),
-                    "--created-at",
-                    CREATED,
-                    "--out",
-                    &out,
-                    "--n-bits",
-                    "4",
-                    "--shard-range",
-                    range,
-                    "--json",
-                ],
+                    &dir_args(src.path(), &out)[..],
+                    &["--n-bits", "4", "--shard-range", range, "--json"],
+                ]
+                .concat(),
             )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

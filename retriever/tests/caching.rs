@@ -16,16 +16,6 @@ use des_retriever::Counts;
 
 const N_BITS: u8 = 4;
 
-/// `n` uids that route to the same shard as `first`.
-fn same_shard(first: &str, n: usize) -> Vec<String> {
-    let want = shard_index(first, N_BITS).unwrap();
-    (0..)
-        .map(|i| format!("mate-{i}.txt"))
-        .filter(|u| shard_index(u, N_BITS).unwrap() == want)
-        .take(n)
-        .collect()
-}
-
 fn shard_path(root: &Path, uid: &str) -> std::path::PathBuf {
     let i = shard_index(uid, N_BITS).unwrap();
     root.join(format!(
@@ -55,7 +45,7 @@ macro_rules! app {
 #[actix_web::test]
 async fn cold_costs_two_requests_warm_one() {
     let dir = tempfile::tempdir().unwrap();
-    let mates = same_shard("a.txt", 2);
+    let mates = same_shard(N_BITS, "a.txt", 2);
     let files = [
         Spec::new("a.txt", text(500)),
         Spec::new(&mates[0], text(600)),
@@ -135,7 +125,7 @@ async fn cold_costs_two_requests_warm_one() {
 #[actix_web::test]
 async fn concurrent_cold_misses_load_the_index_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mates = same_shard("x.txt", 4);
+    let mates = same_shard(N_BITS, "x.txt", 4);
     let mut files: Vec<Spec> = mates.iter().map(|u| Spec::new(u, u.repeat(40))).collect();
     files.push(Spec::new("x.txt", text(100)));
     pack(dir.path(), &files, N_BITS, 10 << 20);
@@ -222,7 +212,7 @@ async fn missing_shards_are_remembered_briefly() {
 #[actix_web::test]
 async fn replaced_shard_is_reloaded_never_misread() {
     let dir = tempfile::tempdir().unwrap();
-    let mates = same_shard("keep.txt", 2);
+    let mates = same_shard(N_BITS, "keep.txt", 2);
     pack(
         dir.path(),
         &[
@@ -304,7 +294,7 @@ async fn replaced_shard_is_reloaded_never_misread() {
 #[actix_web::test]
 async fn new_file_in_a_cached_shard_appears_after_the_negative_ttl() {
     let dir = tempfile::tempdir().unwrap();
-    let mates = same_shard("first.txt", 1);
+    let mates = same_shard(N_BITS, "first.txt", 1);
     pack(
         dir.path(),
         &[Spec::new("first.txt", text(100))],
@@ -386,7 +376,7 @@ fn flip(path: &Path, at: u64) {
 #[actix_web::test]
 async fn corrupt_entries_are_500_never_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let mates = same_shard("raw.bin", 2);
+    let mates = same_shard(N_BITS, "raw.bin", 2);
     let files = [
         Spec::new("raw.bin", noise(3000, 3)),
         Spec::new(&mates[0], text(4000)),

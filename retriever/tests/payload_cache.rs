@@ -15,7 +15,6 @@ use actix_web::test::{TestRequest, init_service};
 use actix_web::web;
 use common::*;
 use des_format::Timestamp;
-use des_format::routing::shard_index;
 use des_retriever::hot::{Joined, Slot};
 use des_retriever::representation::Representation;
 use des_retriever::{AppState, Hit, Settings};
@@ -37,16 +36,6 @@ fn pack_small(dir: &Path, files: &[Spec]) {
 
 fn created() -> Timestamp {
     Timestamp::parse_rfc3339(CREATED).unwrap()
-}
-
-/// `n` uids that route to the same shard as `first`.
-fn same_shard(first: &str, n: usize) -> Vec<String> {
-    let want = shard_index(first, N_BITS).unwrap();
-    (0..)
-        .map(|i| format!("mate-{i}.txt"))
-        .filter(|u| shard_index(u, N_BITS).unwrap() == want)
-        .take(n)
-        .collect()
 }
 
 /// The app plus its state (for metrics and the cache) and storage counts.
@@ -397,7 +386,7 @@ async fn ranges_of_cached_files() {
 #[actix_web::test]
 async fn a_replaced_v3_shard_keeps_serving_the_same_bytes_from_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let mates = same_shard("keep.txt", 1);
+    let mates = same_shard(N_BITS, "keep.txt", 1);
     pack_small(dir.path(), &[Spec::new("keep.txt", text(2000))]);
     let mut s = hot_settings(dir.path(), 1 << 20, 64 << 10);
     s.negative_ttl = Duration::from_millis(300);

@@ -19,6 +19,17 @@ pub fn des_pack(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `--dir SRC --created-at CREATED --out OUT`, the start of most runs.
+pub fn dir_args<'a>(src: &'a Path, out: &'a str) -> Vec<&'a str> {
+    let src = src.to_str().unwrap();
+    vec!["--dir", src, "--created-at", CREATED, "--out", out]
+}
+
+/// `des-pack` on the directory `src` into `out`, plus `extra` options.
+pub fn pack_dir(src: &Path, out: &str, extra: &[&str]) -> Output {
+    des_pack(&[&dir_args(src, out)[..], extra].concat())
+}
+
 /// Real files (this repository's sources and fixtures) plus seeded synthetic
 /// ones, including incompressible and larger-than-threshold files.
 pub fn corpus(dir: &Path) -> BTreeMap<String, Vec<u8>> {

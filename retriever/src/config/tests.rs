@@ -12,6 +12,16 @@ fn resolve(args: &[&str], env: &[(&str, &str)]) -> Result<Settings, ConfigError>
     Settings::resolve(cli.opts, &|k| env.get(k).cloned())
 }
 
+/// A config file holding `toml`, and its path (the directory lives as long
+/// as the returned guard).
+fn config_file(toml: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("r.toml");
+    std::fs::write(&file, toml).unwrap();
+    let path = file.to_str().unwrap().to_string();
+    (dir, path)
+}
+
 #[test]
 fn defaults() {
     let s = resolve(&["--store", "/data", "--no-auth"], &[]).unwrap();
@@ -31,15 +41,11 @@ fn defaults() {
 
 #[test]
 fn precedence_cli_env_file_default() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("r.toml");
-    std::fs::write(
-        &file,
+    let (_dir, f) = config_file(
         "store = \"/from-file\"\nlisten = \"0.0.0.0:1\"\ncache_bytes = 1\nsuffix_bytes = 2\n\
          log_format = \"json\"\nauth = \"off\"\nrate_limit_per_ip = 7\n",
-    )
-    .unwrap();
-    let f = file.to_str().unwrap();
+    );
+    let f = f.as_str();
     let s = resolve(
         &["--config", f, "--listen", "127.0.0.1:3"],
         &[
@@ -85,15 +91,11 @@ fn precedence_cli_env_file_default() {
 
 #[test]
 fn every_setting_from_each_source() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("r.toml");
-    std::fs::write(
-        &file,
+    let (_dir, f) = config_file(
         "zones = \"z.yaml\"\napi_keys = \"k.toml\"\nrate_limit_per_key = 3\nworkers = 2\n\
          shutdown_timeout_secs = 4\nnegative_ttl_secs = 6\ntombstone_poll_interval_secs = 3\n",
-    )
-    .unwrap();
-    let s = resolve(&["--config", file.to_str().unwrap()], &[]).unwrap();
+    );
+    let s = resolve(&["--config", &f], &[]).unwrap();
     assert_eq!(s.source, Source::Zones("z.yaml".into()));
     assert_eq!(s.auth, AuthSetting::Keys("k.toml".into()));
     assert_eq!(s.rate_limits.per_key.unwrap().per_second.get(), 3);
@@ -143,15 +145,11 @@ fn every_setting_from_each_source() {
 
 #[test]
 fn payload_cache_from_each_source() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("r.toml");
-    std::fs::write(
-        &file,
+    let (_dir, f) = config_file(
         "store = \"/s\"\nauth = \"off\"\npayload_cache_bytes = 0\n\
          payload_cache_max_entry_bytes = 4096\n",
-    )
-    .unwrap();
-    let f = file.to_str().unwrap();
+    );
+    let f = f.as_str();
     let s = resolve(&["--config", f], &[]).unwrap();
     assert_eq!(s.payload_cache_bytes, 0, "0 (off) from the file");
     assert_eq!(s.payload_cache_max_entry_bytes, 4096);
@@ -268,17 +266,9 @@ fn invalid() {
         &[("DES_RETRIEVER_AUTH", "maybe")],
         "bad auth",
     );
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("r.toml");
-    std::fs::write(&file, "stor = \"typo\"\n").unwrap();
+    let (_dir, f) = config_file("stor = \"typo\"\n");
     bad(
-        &[
-            "--store",
-            "x",
-            "--no-auth",
-            "--config",
-            file.to_str().unwrap(),
-        ],
+        &["--store", "x", "--no-auth", "--config", &f],
         &[],
         "unknown key",
     );

@@ -22,6 +22,17 @@ use des_storage::{
 
 pub const CREATED: &str = "2024-05-17T10:00:00Z";
 
+/// `n` uids that route to the same shard as `first` in a store of `n_bits`.
+pub fn same_shard(n_bits: u8, first: &str, n: usize) -> Vec<String> {
+    use des_format::routing::shard_index;
+    let want = shard_index(first, n_bits).unwrap();
+    (0..)
+        .map(|i| format!("mate-{i}.txt"))
+        .filter(|u| shard_index(u, n_bits).unwrap() == want)
+        .take(n)
+        .collect()
+}
+
 /// One file to pack.
 pub struct Spec {
     pub uid: String,
