@@ -8,6 +8,8 @@
 #   DES_RETRIEVER=/path/to/des-retriever bench/index_memory.sh DIR   # a prebuilt retriever
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 dir=${1:?usage: bench/index_memory.sh DIR [N_BITS] [REQUESTS]}
 n_bits=${2:-8}
@@ -22,12 +24,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --release --locked -q -p des-packer -p des-retriever
-bin=target/release
-"$bin/des-pack" --dir "$dir" --created-at "$at" --out "$work/store" --n-bits "$n_bits" \
+build_bins "$PWD"
+"$pack_bin" --dir "$dir" --created-at "$at" --out "$work/store" --n-bits "$n_bits" \
     --compression none -q --json >"$work/report.json"
 entries=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["files_packed"])' "$work/report.json")
-RUST_LOG=warn "${DES_RETRIEVER:-$bin/des-retriever}" --store "$work/store" --no-auth --listen "127.0.0.1:$port" \
+RUST_LOG=warn "$retriever_bin" --store "$work/store" --no-auth --listen "127.0.0.1:$port" \
     --cache-bytes 4294967296 --payload-cache-bytes 0 >"$work/retriever.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done

@@ -51,3 +51,32 @@ for i in range(n):
         f.write(data[:size])
 PY
 }
+
+# cpu_ticks PID: user + system clock ticks the process has used so far.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# start_nginx WORK NAME WORKERS HTTP_DIRECTIVES: runs nginx in the
+# background (its pid is then $!) with its files under WORK/NAME*, errors
+# only in WORK/NAME-error.log, no access log, and HTTP_DIRECTIVES (servers,
+# upstreams, options) inside http {}.
+start_nginx() {
+    local work=$1 name=$2 workers=$3 directives=$4
+    mkdir -p "$work/$name-tmp"
+    cat > "$work/$name.conf" <<NGINX
+worker_processes $workers;
+daemon off;
+pid $work/$name.pid;
+error_log $work/$name-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $work/$name-tmp;
+    proxy_temp_path $work/$name-tmp;
+    fastcgi_temp_path $work/$name-tmp;
+    uwsgi_temp_path $work/$name-tmp;
+    scgi_temp_path $work/$name-tmp;
+$directives
+}
+NGINX
+    nginx -c "$work/$name.conf" -p "$work" &
+}

@@ -128,34 +128,18 @@ echo "presigning the packed entries' shard ranges..." >&2
 pport=
 if command -v nginx >/dev/null; then
     pport=$(free_port)
-    mkdir -p "$work/nginx-tmp"
-    cat > "$work/nginx.conf" <<NGINX
-worker_processes $WORKERS;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $work/nginx-tmp;
-    proxy_temp_path $work/nginx-tmp;
-    fastcgi_temp_path $work/nginx-tmp;
-    uwsgi_temp_path $work/nginx-tmp;
-    scgi_temp_path $work/nginx-tmp;
+    start_nginx "$work" nginx "$WORKERS" "
     upstream s3 { server 127.0.0.1:$s3_port; keepalive 64; }
     server {
         listen 127.0.0.1:$pport;
         location / {
             proxy_pass http://s3;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Connection \"\";
             proxy_set_header Host 127.0.0.1:$s3_port;
             proxy_buffering off;
         }
-    }
-}
-NGINX
-    nginx -c "$work/nginx.conf" -p "$work" &
+    }"
     pids+=($!)
     wait_port "$pport"
 fi
@@ -179,7 +163,6 @@ counts() {
         /^des_retrievals_total\{/ { g += $NF }
         END { printf "%d %d\n", s, g }'
 }
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 # All CPUs, busy ticks (user+nice+system+irq+softirq): shows what else ran.
 machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
 # A measured retriever run: RESULT line plus storage requests per GET and

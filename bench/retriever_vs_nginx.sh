@@ -71,31 +71,15 @@ pids+=($!)
 
 # nginx_conf NAME PORT SENDFILE: one nginx serving the loose files.
 nginx_conf() {
-    mkdir -p "$work/$1-tmp"
-    cat > "$work/$1.conf" <<NGINX
-worker_processes $WORKERS;
-daemon off;
-pid $work/$1.pid;
-error_log $work/$1-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
+    start_nginx "$work" "$1" "$WORKERS" "
     sendfile $3;
     tcp_nopush on;
     keepalive_requests 1000000;
     open_file_cache max=100000 inactive=60s;
-    client_body_temp_path $work/$1-tmp;
-    proxy_temp_path $work/$1-tmp;
-    fastcgi_temp_path $work/$1-tmp;
-    uwsgi_temp_path $work/$1-tmp;
-    scgi_temp_path $work/$1-tmp;
     server {
         listen 127.0.0.1:$2;
         root $work/loose;
-    }
-}
-NGINX
-    nginx -c "$work/$1.conf" -p "$work" &
+    }"
     pids+=($!)
 }
 nport=$(free_port)
@@ -125,14 +109,13 @@ check "http://127.0.0.1:$xport/$first"
 # The processes that serve: each retriever, and each nginx's worker (a child
 # of the master, which only supervises).
 serving=("${pids[0]}" "${pids[1]}" "$(pgrep -P "${pids[2]}" | head -1)" "$(pgrep -P "${pids[3]}" | head -1)")
-ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 run() { # name port paths seconds [pid: also print its CPU time per request]
     local before line
-    if [[ -n ${5:-} ]]; then before=$(ticks "$5"); fi
+    if [[ -n ${5:-} ]]; then before=$(cpu_ticks "$5"); fi
     line=$(PATHS_FILE="$3" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$4s" -s "$root/bench/random_paths.lua" \
         "http://127.0.0.1:$2" | grep '^RESULT' | sed "s/^RESULT/$1/")
     if [[ -z ${5:-} ]]; then echo "$line"; return; fi
-    python3 - "$line" "$4" "$before" "$(ticks "$5")" "$(getconf CLK_TCK)" <<'PY'
+    python3 - "$line" "$4" "$before" "$(cpu_ticks "$5")" "$(getconf CLK_TCK)" <<'PY'
 import sys
 line, secs, t0, t1, hz = sys.argv[1], float(sys.argv[2]), *map(int, sys.argv[3:6])
 rps = float(line.split("rps=")[1].split()[0])
