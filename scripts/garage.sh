@@ -12,9 +12,9 @@
 # State lives in $DES_GARAGE_STATE (default /tmp/des-garage)/NAME.
 # The Rust tests do not use this: des_storage::testing starts its own servers.
 # GARAGE_BLOCK_SIZE (default 1M, Garage's default) and GARAGE_COMPRESSION (default 1;
-# "\"none\"" turns it off) set the data block size and zstd level of a new instance:
-# Garage reads, checks and decompresses whole blocks, so small range reads of big
-# shard objects cost a block each.
+# "\"none\"" turns it off) set the data block size and zstd level of a new instance,
+# to measure their effect on small range reads of shard objects (docs/BENCHMARKS.md
+# §3: between 1 MiB and 256 KiB, with or without compression, it was small).
 set -euo pipefail
 
 VERSION=2.5.0
