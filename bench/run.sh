@@ -10,6 +10,7 @@
 #   pack       1. des-pack vs tar and tar|zstd on the Rust docs (and on the
 #                 synthetic set, if $SYNTH is a directory made by gen_synthetic.py)
 #   retrieve   2. des-retriever vs nginx, local store, warm
+#   cold       2. the same on a cold page cache (needs $SYNTH and root)
 #   s3         3. des-retriever on S3 (Garage on loopback) vs direct GETs of loose objects
 #   index      4. index cache bytes per entry and RSS (needs $SYNTH: 1M files)
 #   repack     5. des-repack MB/s with 10 % and 50 % deleted
@@ -24,7 +25,7 @@ cd "$(dirname "$0")/.."
 docs="$(rustc --print sysroot)/share/doc/rust/html"
 synth=${SYNTH:-}
 sections=("$@")
-[[ ${#sections[@]} -gt 0 ]] || sections=(pack retrieve s3 index repack micro staleness)
+[[ ${#sections[@]} -gt 0 ]] || sections=(pack retrieve cold s3 index repack micro staleness)
 
 banner() { printf '\n=== %s === %s, %s cores, load %s\n' "$1" "$(date -u +%FT%TZ)" "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)"; }
 have_synth() { [[ -n $synth && -d $synth ]]; }
@@ -57,6 +58,10 @@ for s in "${sections[@]}"; do
             if have_synth; then bench/pack.sh "$synth"; else echo "(no \$SYNTH: synthetic set skipped)"; fi
             ;;
         retrieve) bench/retriever_vs_nginx.sh ;;
+        cold)
+            if have_synth && [[ $EUID -eq 0 ]]; then bench/retriever_cold.sh "$synth"
+            else echo "(needs \$SYNTH and root: skipped)"; fi
+            ;;
         s3)
             # As root, a private network namespace gives wrk's direct GETs the
             # same quick ACKs the retriever's S3 client has (see the script).

@@ -2,6 +2,7 @@
 //! directory and in-memory backends, and DES store access on top of it.
 
 pub mod bridge;
+mod cached_read;
 mod error;
 pub mod local;
 pub mod memory;

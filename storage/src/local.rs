@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rand::Rng;
 
+use crate::cached_read::read_cached;
 use crate::error::{Error, Result};
 use crate::object::{
     ByteRange, GetOptions, GetResult, LIST_PAGE, ListPage, ObjectMeta, ObjectStore, ObjectWriter,
@@ -32,7 +33,8 @@ pub struct LocalStore {
     files: Arc<OpenFiles>,
 }
 
-/// Reads at most this long are done on the calling task (see `get`).
+/// Reads at most this long are done on the calling task when the page cache
+/// holds them (see `get`).
 const INLINE_READ_MAX: u64 = 64 * 1024;
 
 fn is_small(range: Option<ByteRange>) -> bool {
@@ -216,11 +218,13 @@ impl LocalStore {
     /// A bounded read of at most `INLINE_READ_MAX` bytes, through a kept
     /// handle when there is one. A kept handle whose version is not the one
     /// asked for may just be older than the file: it is reopened once before
-    /// the precondition is declared failed.
-    fn small_get(&self, key: &str, path: PathBuf, opts: &GetOptions) -> Result<GetResult> {
+    /// the precondition is declared failed. What the page cache holds is read
+    /// here; the rest, and opening a file, may wait for the disk and go to
+    /// the blocking pool.
+    async fn small_get(&self, key: &str, path: PathBuf, opts: &GetOptions) -> Result<GetResult> {
         let (mut file, kept) = match self.files.get(&path) {
             Some(f) => (f, true),
-            None => (self.open_and_keep(key, &path)?, false),
+            None => (self.open_and_keep(key, path.clone()).await?, false),
         };
         if let Some(want) = &opts.if_match
             && *want != file.etag
@@ -230,7 +234,7 @@ impl LocalStore {
                 return Err(failed());
             }
             self.files.forget(&path);
-            file = self.open_and_keep(key, &path)?;
+            file = self.open_and_keep(key, path).await?;
             if *want != file.etag {
                 return Err(failed());
             }
@@ -239,20 +243,37 @@ impl LocalStore {
         let len = usize::try_from(range.end - range.start)
             .map_err(|_| Error::Invalid(format!("{key}: range too long")))?;
         let mut buf = vec![0u8; len];
-        std::os::unix::fs::FileExt::read_exact_at(&file.file, &mut buf, range.start)
-            .map_err(|e| Error::io(key, e))?;
+        let cached =
+            read_cached(&file.file, &mut buf, range.start).map_err(|e| Error::io(key, e))?;
         let meta = ObjectMeta {
             key: key.to_string(),
             size: file.len,
             etag: Some(file.etag.clone()),
         };
+        if cached < len {
+            let (k, start) = (key.to_string(), range.start);
+            buf = blocking(move || {
+                std::os::unix::fs::FileExt::read_exact_at(
+                    &file.file,
+                    &mut buf[cached..],
+                    start + cached as u64,
+                )
+                .map_err(|e| Error::io(&k, e))?;
+                Ok(buf)
+            })
+            .await?;
+        }
         Ok(one_chunk(meta, range, Bytes::from(buf)))
     }
 
-    fn open_and_keep(&self, key: &str, path: &Path) -> Result<Arc<OpenFile>> {
-        let (f, md) = open_file(key, path)?;
-        let file = Arc::new(OpenFile::new(f, md.len(), etag_of(&md)));
-        self.files.insert(path.to_path_buf(), Arc::clone(&file));
+    async fn open_and_keep(&self, key: &str, path: PathBuf) -> Result<Arc<OpenFile>> {
+        let k = key.to_string();
+        let (file, path) = blocking(move || {
+            let (f, md) = open_file(&k, &path)?;
+            Ok((Arc::new(OpenFile::new(f, md.len(), etag_of(&md))), path))
+        })
+        .await?;
+        self.files.insert(path, Arc::clone(&file));
         Ok(file)
     }
 }
@@ -268,10 +289,11 @@ impl ObjectStore for LocalStore {
         // Small reads (index suffixes, typical payloads) are a few
         // microseconds from the page cache, less than a hand-off to the
         // blocking pool and back (docs/BENCHMARKS.md §2), so they are done
-        // on the calling task, through a kept handle. Larger or unbounded
+        // on the calling task, through a kept handle, as far as the page
+        // cache holds them (`small_get`). Larger or unbounded
         // reads go to the pool so a worker never stalls for long.
         if is_small(opts.range) {
-            return self.small_get(key, path, &opts);
+            return self.small_get(key, path, &opts).await;
         }
         let k = key.to_string();
         let (meta, range, file, first) = blocking(move || {

@@ -81,3 +81,37 @@ async fn kept_handles_follow_a_file_replaced_elsewhere() {
         Some(des_storage::ErrorKind::NotFound)
     );
 }
+
+/// A small read whose pages are partly out of the page cache: the cached
+/// head is read on the calling task, the rest on the blocking pool, and the
+/// two parts must join into the right bytes.
+#[tokio::test]
+async fn small_reads_join_cached_and_uncached_parts() {
+    use bytes::Bytes;
+    use des_storage::{ByteRange, GetOptions, ObjectStore, PutOptions};
+    use rustix::fs::{Advice, fadvise};
+    let dir = tempfile::tempdir().unwrap();
+    let s = des_storage::LocalStore::new(dir.path()).unwrap();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    s.put("k", Bytes::from(data.clone()), PutOptions::default())
+        .await
+        .unwrap();
+    let read = |start: u64, end: u64| {
+        let s = s.clone();
+        async move {
+            let got = s
+                .get("k", GetOptions::range(ByteRange::Bounded { start, end }))
+                .await
+                .unwrap();
+            got.bytes().await.unwrap()
+        }
+    };
+    let file = std::fs::File::open(dir.path().join("k")).unwrap();
+    for (start, end) in [(8192, 60_000), (100_000, 100_001), (150_000, 200_000)] {
+        // The store fsyncs what it writes, so its pages are clean and can go.
+        fadvise(&file, 0, None, Advice::DontNeed).unwrap();
+        assert_eq!(read(start, start + 4096).await, data[start as usize..][..4096]);
+        let got: Bytes = read(start, end).await;
+        assert_eq!(got, data[start as usize..end as usize], "{start}..{end}");
+    }
+}

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Cold GETs: random files of a set far larger than any cache, each server
+# started fresh after the page cache is dropped, so every GET waits for the
+# disk (an archive's usual read: a file nobody has asked for in weeks).
+# des-retriever on a local DES store vs nginx serving the same files loose,
+# with blocking reads (nginx's default) and with `aio threads`.
+#
+#   bench/retriever_cold.sh DIR                   # DIR: loose files, e.g. the 1M synthetic set
+#   STORE=/path/store bench/retriever_cold.sh DIR # a store already packed from DIR
+#                                                 #   (--created-at 2024-05-17T10:00:00Z)
+#   ROUNDS=3 DURATION=15 CONNECTIONS=32 WORKERS=1 bench/retriever_cold.sh DIR
+#   DES_RETRIEVER=/path/to/des-retriever ...      # a prebuilt retriever (A/B of two builds)
+#   PERF=/tmp/cold.perf ...                       # also `perf record -g` the retriever's first run
+#
+# Needs root (it writes /proc/sys/vm/drop_caches), wrk, nginx, cargo.
+# Prints one RESULT line per server and round, with the serving process's
+# CPU time per request and the disk reads per request (/proc/diskstats of
+# the device holding DIR; the store should be on the same device), then the
+# median ratios.
+set -euo pipefail
+
+dir=${1:?usage: bench/retriever_cold.sh DIR}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-15}
+CONNECTIONS=${CONNECTIONS:-32}
+THREADS=${THREADS:-1}          # wrk threads
+WORKERS=${WORKERS:-1}          # retriever workers = nginx worker_processes
+CREATED_AT=2024-05-17T10:00:00Z
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
+[[ $(id -u) == 0 ]] || { echo "needs root: drops the page cache before each run" >&2; exit 1; }
+for tool in wrk nginx cargo; do
+    command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y wrk nginx)" >&2; exit 1; }
+done
+work=$(mktemp -d /tmp/des-bench-cold.XXXXXX)
+chmod 755 "$work"
+server=
+cleanup() {
+    [[ -n $server ]] && kill "$server" 2>/dev/null
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+build_bins "$root"
+store=${STORE:-}
+if [[ -z $store ]]; then
+    store="$work/store"
+    echo "packing $dir..." >&2
+    "$pack_bin" --dir "$dir" --created-at "$CREATED_AT" --out "$store" --n-bits 8 -q >/dev/null
+fi
+chmod o+rx "$dir" # nginx workers run as an unprivileged user
+(cd "$dir" && find . -type f | sed 's|^\./||') > "$work/uids"
+sed "s|^\(.*\)$|/files/\1?created_at=$CREATED_AT|" "$work/uids" > "$work/paths-retriever"
+sed 's|^|/|' "$work/uids" > "$work/paths-nginx"
+echo "$(wc -l < "$work/uids") files" >&2
+
+device=$(basename "$(df --output=source "$dir" | tail -1)")
+disk_reads() { awk -v d="$device" '$3 == d { print $4 }' /proc/diskstats; }
+
+start() { # name port: starts one server, fresh, on a cold page cache
+    sync
+    echo 3 > /proc/sys/vm/drop_caches
+    case $1 in
+        retriever)
+            RUST_LOG=warn "$retriever_bin" --store "$store" --no-auth --listen "127.0.0.1:$2" \
+                --workers "$WORKERS" >>"$work/retriever.log" 2>&1 &
+            server=$! serving=$!
+            ;;
+        nginx*)
+            local aio=off
+            [[ $1 == nginx-aio ]] && aio=threads
+            start_nginx "$work" "$1" "$WORKERS" "
+    sendfile on;
+    aio $aio;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$2;
+        root $dir;
+    }"
+            server=$!
+            wait_port "$2"
+            serving=$(pgrep -P "$server" | head -1)
+            ;;
+    esac
+    wait_port "$2"
+}
+
+run() { # round name paths: one measured run, its line appended to $work/results
+    local round=$1
+    shift
+    local port before_cpu before_reads line
+    port=$(free_port)
+    start "$1" "$port"
+    before_cpu=$(cpu_ticks "$serving")
+    before_reads=$(disk_reads)
+    if [[ -n ${PERF:-} && $1 == retriever && $round == 1 ]]; then
+        perf record -q -g -o "$PERF" -p "$serving" -- sleep "$DURATION" 2>/dev/null &
+    fi
+    line=$(PATHS_FILE="$2" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" -s "$root/bench/random_paths.lua" \
+        "http://127.0.0.1:$port" | grep '^RESULT' | sed "s/^RESULT/$1/")
+    python3 - "round $round $line" "$DURATION" "$before_cpu" "$(cpu_ticks "$serving")" "$(getconf CLK_TCK)" \
+        "$before_reads" "$(disk_reads)" <<'PY' | tee -a "$work/results"
+import sys
+line, secs, t0, t1, hz, r0, r1 = sys.argv[1], float(sys.argv[2]), *map(int, sys.argv[3:8])
+n = float(line.split("rps=")[1].split()[0]) * secs
+print(f"{line} cpu_us_per_req={(t1 - t0) / hz * 1e6 / n:.1f} disk_reads_per_req={(r1 - r0) / n:.2f}")
+PY
+    kill "$server"
+    wait "$server" 2>/dev/null || true
+    server=
+}
+
+echo "measuring: $ROUNDS rounds of $DURATION s per server, $CONNECTIONS connections, $WORKERS server workers..." >&2
+for round in $(seq 1 "$ROUNDS"); do
+    for name in retriever nginx nginx-aio; do
+        paths="$work/paths-nginx"
+        [[ $name == retriever ]] && paths="$work/paths-retriever"
+        run "$round" "$name" "$paths"
+    done
+done
+python3 - "$work/results" <<'PY'
+import statistics, sys
+rps = {}
+for line in open(sys.argv[1]):
+    _, rnd, name, *fields = line.split()
+    rps.setdefault(name, {})[rnd] = float(fields[0].split("=")[1])
+r = rps["retriever"]
+for base in ("nginx", "nginx-aio"):
+    ratios = [r[k] / rps[base][k] for k in r if rps[base].get(k)]
+    print(f"ratio retriever/{base}: median {statistics.median(ratios):.2f} "
+          f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
+PY
