@@ -13,8 +13,8 @@
 #   PERF=/tmp/cold.perf ...                       # also `perf record -g` the retriever's first run
 #
 # Needs root (it writes /proc/sys/vm/drop_caches), wrk, nginx, cargo.
-# Prints one RESULT line per server and round, with the serving process's
-# CPU time per request and the disk reads per request (/proc/diskstats of
+# Prints one RESULT line per server and round, with the serving processes'
+# CPU time (the retriever; every nginx worker) per request and the disk reads and KiB read per request (/proc/diskstats of
 # the device holding DIR; the store should be on the same device), then the
 # median ratios.
 set -euo pipefail
@@ -37,6 +37,7 @@ done
 work=$(mktemp -d /tmp/des-bench-cold.XXXXXX)
 chmod 755 "$work"
 server=
+serving=()
 cleanup() {
     [[ -n $server ]] && kill "$server" 2>/dev/null
     wait 2>/dev/null || true
@@ -58,7 +59,9 @@ sed 's|^|/|' "$work/uids" > "$work/paths-nginx"
 echo "$(wc -l < "$work/uids") files" >&2
 
 device=$(basename "$(df --output=source "$dir" | tail -1)")
-disk_reads() { awk -v d="$device" '$3 == d { print $4 }' /proc/diskstats; }
+disk_reads() { awk -v d="$device" '$3 == d { print $4, $6 }' /proc/diskstats; } # reads, sectors
+
+cpu_of() { local t=0 p; for p in "$@"; do t=$((t + $(cpu_ticks "$p"))); done; echo "$t"; }
 
 start() { # name port: starts one server, fresh, on a cold page cache
     sync
@@ -67,7 +70,8 @@ start() { # name port: starts one server, fresh, on a cold page cache
         retriever)
             RUST_LOG=warn "$retriever_bin" --store "$store" --no-auth --listen "127.0.0.1:$2" \
                 --workers "$WORKERS" >>"$work/retriever.log" 2>&1 &
-            server=$! serving=$!
+            server=$!
+            serving=("$server")
             ;;
         nginx*)
             local aio=off
@@ -83,7 +87,7 @@ start() { # name port: starts one server, fresh, on a cold page cache
     }"
             server=$!
             wait_port "$2"
-            serving=$(pgrep -P "$server" | head -1)
+            mapfile -t serving < <(pgrep -P "$server") # every worker
             ;;
     esac
     wait_port "$2"
@@ -95,19 +99,21 @@ run() { # round name paths: one measured run, its line appended to $work/results
     local port before_cpu before_reads line
     port=$(free_port)
     start "$1" "$port"
-    before_cpu=$(cpu_ticks "$serving")
+    before_cpu=$(cpu_of "${serving[@]}")
     before_reads=$(disk_reads)
     if [[ -n ${PERF:-} && $1 == retriever && $round == 1 ]]; then
-        perf record -q -g -o "$PERF" -p "$serving" -- sleep "$DURATION" 2>/dev/null &
+        perf record -q -g -o "$PERF" -p "${serving[0]}" -- sleep "$DURATION" 2>/dev/null &
     fi
     line=$(PATHS_FILE="$2" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" -s "$root/bench/random_paths.lua" \
         "http://127.0.0.1:$port" | grep '^RESULT' | sed "s/^RESULT/$1/")
-    python3 - "round $round $line" "$DURATION" "$before_cpu" "$(cpu_ticks "$serving")" "$(getconf CLK_TCK)" \
+    python3 - "round $round $line" "$DURATION" "$before_cpu" "$(cpu_of "${serving[@]}")" "$(getconf CLK_TCK)" \
         "$before_reads" "$(disk_reads)" <<'PY' | tee -a "$work/results"
 import sys
-line, secs, t0, t1, hz, r0, r1 = sys.argv[1], float(sys.argv[2]), *map(int, sys.argv[3:8])
+line, secs, t0, t1, hz = sys.argv[1], float(sys.argv[2]), *map(int, sys.argv[3:6])
+(r0, s0), (r1, s1) = (map(int, a.split()) for a in sys.argv[6:8])
 n = float(line.split("rps=")[1].split()[0]) * secs
-print(f"{line} cpu_us_per_req={(t1 - t0) / hz * 1e6 / n:.1f} disk_reads_per_req={(r1 - r0) / n:.2f}")
+print(f"{line} cpu_us_per_req={(t1 - t0) / hz * 1e6 / n:.1f} disk_reads_per_req={(r1 - r0) / n:.2f} "
+      f"disk_kib_per_req={(s1 - s0) / 2 / n:.1f}")
 PY
     kill "$server"
     wait "$server" 2>/dev/null || true

@@ -85,6 +85,7 @@ async fn kept_handles_follow_a_file_replaced_elsewhere() {
 /// A small read whose pages are partly out of the page cache: the cached
 /// head is read on the calling task, the rest on the blocking pool, and the
 /// two parts must join into the right bytes.
+#[cfg(target_os = "linux")]
 #[tokio::test]
 async fn small_reads_join_cached_and_uncached_parts() {
     use bytes::Bytes;
@@ -110,7 +111,10 @@ async fn small_reads_join_cached_and_uncached_parts() {
     for (start, end) in [(8192, 60_000), (100_000, 100_001), (150_000, 200_000)] {
         // The store fsyncs what it writes, so its pages are clean and can go.
         fadvise(&file, 0, None, Advice::DontNeed).unwrap();
-        assert_eq!(read(start, start + 4096).await, data[start as usize..][..4096]);
+        assert_eq!(
+            read(start, start + 4096).await,
+            data[start as usize..][..4096]
+        );
         let got: Bytes = read(start, end).await;
         assert_eq!(got, data[start as usize..end as usize], "{start}..{end}");
     }
