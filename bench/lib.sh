@@ -80,3 +80,27 @@ $directives
 NGINX
     nginx -c "$work/$name.conf" -p "$work" &
 }
+
+# ratios RESULTS NAME BASE...: RESULTS holds lines "round R SERVER rps=X ...
+# [cpu_us_per_req=Y ...]"; prints NAME's req/s over each BASE's, round by
+# round and their median, then each server's median CPU µs per request.
+ratios() {
+    python3 - "$@" <<'PY'
+import statistics, sys
+path, name, *bases = sys.argv[1:]
+rps, cpu = {}, {}
+for line in open(path):
+    _, rnd, server, *fields = line.split()
+    kv = dict(f.split("=", 1) for f in fields if "=" in f)
+    rps.setdefault(server, {})[rnd] = float(kv["rps"])
+    if "cpu_us_per_req" in kv:
+        cpu.setdefault(server, []).append(float(kv["cpu_us_per_req"]))
+for base in bases:
+    rs = [rps[name][k] / rps[base][k] for k in rps.get(name, {}) if rps[base].get(k)]
+    if rs:
+        print(f"ratio {name}/{base}: median {statistics.median(rs):.2f} "
+              f"(rounds: {', '.join(f'{x:.2f}' for x in rs)})")
+for server, us in cpu.items():
+    print(f"cpu_us_per_req {server}: median {statistics.median(us):.1f} (rounds: {', '.join(f'{x:.1f}' for x in us)})")
+PY
+}

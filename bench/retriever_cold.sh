@@ -128,15 +128,4 @@ for round in $(seq 1 "$ROUNDS"); do
         run "$round" "$name" "$paths"
     done
 done
-python3 - "$work/results" <<'PY'
-import statistics, sys
-rps = {}
-for line in open(sys.argv[1]):
-    _, rnd, name, *fields = line.split()
-    rps.setdefault(name, {})[rnd] = float(fields[0].split("=")[1])
-r = rps["retriever"]
-for base in ("nginx", "nginx-aio"):
-    ratios = [r[k] / rps[base][k] for k in r if rps[base].get(k)]
-    print(f"ratio retriever/{base}: median {statistics.median(ratios):.2f} "
-          f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
-PY
+ratios "$work/results" retriever nginx nginx-aio

@@ -5,6 +5,7 @@
 #
 #   bench/retriever_vs_nginx.sh            # defaults below
 #   FILES=20000 DURATION=20 CONNECTIONS=64 WORKERS=2 bench/retriever_vs_nginx.sh
+#   ROUNDS=5 bench/retriever_vs_nginx.sh   # five measured rounds; medians of the ratios
 #   DES_PACK=/path/to/des-pack DES_RETRIEVER=/path/to/des-retriever bench/retriever_vs_nginx.sh   # prebuilt binaries (A/B of two builds)
 #   PERF=/tmp/retriever.perf bench/retriever_vs_nginx.sh        # also `perf record -g` the
 #       retriever during its measured run (then: perf report -i /tmp/retriever.perf --no-children)
@@ -15,8 +16,9 @@
 # entry from the shard.
 #
 # Needs: wrk and nginx (Debian: apt-get install -y wrk nginx), cargo.
-# Prints one RESULT line per server (with the serving process's CPU time
-# per request: user + system, from /proc) and the ratios. A second nginx with
+# Prints one RESULT line per server and round (with the serving process's CPU
+# time per request: user + system, from /proc), then the ratios round by round
+# with their medians. A second nginx with
 # sendfile off (nginx-copy) shows how much of nginx's lead is zero-copy.
 # Auth is off and logging is at warn for the retriever (nginx: access_log
 # off), so both measure serving, not logging.
@@ -28,6 +30,7 @@ MAX_SIZE=${MAX_SIZE:-16384}    # bytes
 DURATION=${DURATION:-15}       # seconds per measured run
 WARMUP=${WARMUP:-5}            # seconds per warm-up run (fills caches)
 CONNECTIONS=${CONNECTIONS:-32}
+ROUNDS=${ROUNDS:-1}            # measured rounds, servers interleaved in each
 THREADS=${THREADS:-1}          # wrk threads
 WORKERS=${WORKERS:-1}          # retriever workers = nginx worker_processes
 CREATED_AT=2024-05-17T10:00:00Z
@@ -127,32 +130,28 @@ run retriever "$rport" "$work/paths-retriever" "$WARMUP" >/dev/null
 run retriever-nocache "$cport" "$work/paths-retriever" "$WARMUP" >/dev/null
 run nginx "$nport" "$work/paths-nginx" "$WARMUP" >/dev/null
 run nginx-copy "$xport" "$work/paths-nginx" "$WARMUP" >/dev/null
-echo "measuring ($DURATION s each, $CONNECTIONS connections, $THREADS wrk threads, $WORKERS server workers)..." >&2
-if [[ -n ${PERF:-} ]]; then
-    perf record -q -g -o "$PERF" -p "${pids[0]}" -- sleep "$DURATION" 2>/dev/null &
-    perf_pid=$!
-fi
-r=$(run retriever "$rport" "$work/paths-retriever" "$DURATION" "${serving[0]}")
-if [[ -n ${PERF:-} ]]; then wait "$perf_pid" || true; fi
-n=$(run nginx "$nport" "$work/paths-nginx" "$DURATION" "${serving[2]}")
-c=$(run retriever-nocache "$cport" "$work/paths-retriever" "$DURATION" "${serving[1]}")
-x=$(run nginx-copy "$xport" "$work/paths-nginx" "$DURATION" "${serving[3]}")
+echo "measuring: $ROUNDS rounds of $DURATION s per server ($CONNECTIONS connections, $THREADS wrk threads, $WORKERS server workers)..." >&2
 # The stack's ceiling: the same server answering /health (actix, middleware,
 # metrics, a small body) with no lookup, no read, no check.
 echo /health > "$work/paths-health"
-h=$(run retriever-health "$rport" "$work/paths-health" "$DURATION" "${serving[0]}")
-echo "$r"
-echo "$c"
-echo "$n"
-echo "$x"
-echo "$h"
+for round in $(seq 1 "$ROUNDS"); do
+    if [[ -n ${PERF:-} && $round == 1 ]]; then
+        perf record -q -g -o "$PERF" -p "${pids[0]}" -- sleep "$DURATION" 2>/dev/null &
+        perf_pid=$!
+    fi
+    {
+        run retriever "$rport" "$work/paths-retriever" "$DURATION" "${serving[0]}"
+        run nginx "$nport" "$work/paths-nginx" "$DURATION" "${serving[2]}"
+        run retriever-nocache "$cport" "$work/paths-retriever" "$DURATION" "${serving[1]}"
+        run nginx-copy "$xport" "$work/paths-nginx" "$DURATION" "${serving[3]}"
+        run retriever-health "$rport" "$work/paths-health" "$DURATION" "${serving[0]}"
+    } | sed "s/^/round $round /" | tee -a "$work/results"
+    if [[ -n ${PERF:-} && $round == 1 ]]; then wait "$perf_pid" || true; fi
+done
 curl -sf "http://127.0.0.1:$rport/metrics" | awk '
     /^des_payload_cache_hits_total/ { hits = $2 }
     /^des_payload_cache_bytes/ { held = $2 }
     END { printf "hot cache of the default retriever: %s hits, %s bytes held\n", hits, held }'
 
-rr=${r#*rps=} && rr=${rr%% *}
-cr=${c#*rps=} && cr=${cr%% *}
-nr=${n#*rps=} && nr=${nr%% *}
-xr=${x#*rps=} && xr=${xr%% *}
-python3 -c "print(f'ratio retriever/nginx = {$rr / $nr:.2f}; without the hot cache = {$cr / $nr:.2f}; retriever/nginx-copy (sendfile off) = {$rr / $xr:.2f}')"
+ratios "$work/results" retriever nginx nginx-copy
+ratios "$work/results" retriever-nocache nginx | grep ^ratio
