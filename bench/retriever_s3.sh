@@ -7,6 +7,7 @@
 #   bench/retriever_s3.sh                      # Garage, defaults below
 #   BACKEND=s3s-fs bench/retriever_s3.sh       # s3s-fs instead
 #   FILES=20000 DURATION=20 CONNECTIONS=64 bench/retriever_s3.sh
+#   ROUNDS=3 bench/retriever_s3.sh             # three interleaved rounds; medians of the ratios
 #   DES_PACK=/path/to/des-pack DES_RETRIEVER=/path/to/des-retriever bench/retriever_s3.sh   # prebuilt binaries (A/B of two builds)
 #   RETRIEVER_ARGS="--suffix-bytes 4096" bench/retriever_s3.sh   # extra retriever options
 #   QUICKACK=1 bench/retriever_s3.sh           # root: private netns, loopback route quickack
@@ -49,6 +50,7 @@ WARMUP=${WARMUP:-5}            # seconds of warm-up for the direct run
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-1}          # wrk threads
 WORKERS=${WORKERS:-1}          # retriever workers
+ROUNDS=${ROUNDS:-1}            # measured rounds of direct, ranged, proxy and warm, interleaved
 N_BITS=${N_BITS:-8}
 CREATED_AT=2024-05-17T10:00:00Z
 
@@ -205,34 +207,14 @@ want=$(python3 -c "a, b = '${rrange#bytes=}'.split('-'); print(int(b) - int(a) +
 
 echo "load before measuring: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 echo "measuring ($DURATION s each, $CONNECTIONS connections, $THREADS wrk threads, $WORKERS retriever workers)..." >&2
-direct() { # name paths [port]: warm-up, then a measured run with CPU seconds
+direct() { # name paths [port]: warm-up in the first round, then a measured run with CPU seconds
     local b_s b_m line port=${3:-$s3_port}
-    run "$1" "http://127.0.0.1:$port" "$2" "$WARMUP" >/dev/null
+    if [[ $round == 1 ]]; then run "$1" "http://127.0.0.1:$port" "$2" "$WARMUP" >/dev/null; fi
     b_s=$(cpu_ticks "$server_pid"); b_m=$(machine_ticks)
     line=$(run "$1" "http://127.0.0.1:$port" "$2" "$DURATION")
     echo "$line $(python3 -c "hz = $(getconf CLK_TCK); print(f'server_cpu_s={($(cpu_ticks "$server_pid") - $b_s) / hz:.1f} machine_cpu_s={($(machine_ticks) - $b_m) / hz:.1f}')")"
 }
-d=$(direct direct "$work/paths-direct")
-g=$(direct direct-ranged "$work/paths-ranged")
-if [[ -n $pport ]]; then p=$(direct nginx-proxy "$work/paths-ranged" "$pport"); fi
-# Cold: the retriever has not served anything yet (the check below would warm one shard).
-c=$(measure retriever-cold)
-if [[ -n ${PERF:-} ]]; then
-    (sleep 2 && perf record -q --call-graph dwarf,16384 -F 1000 -o "$PERF" \
-        -p "$([[ ${PERF_TARGET:-} == server ]] && echo "$server_pid" || echo "$retriever_pid")" \
-        -- sleep 5 2>/dev/null) &
-    perf_pid=$!
-fi
-w=$(measure retriever-warm)
-if [[ -n ${PERF:-} ]]; then wait "$perf_pid" || true; fi
-check "http://127.0.0.1:$rport/files/$first?created_at=$CREATED_AT"
-echo "sanity check: retriever GET of $first is byte-identical" >&2
-echo "backend=$BACKEND quickack_route=${QUICKACK:-0} files=$FILES load=$(cut -d' ' -f1-3 /proc/loadavg)"
-echo "$d"
-echo "$g"
-if [[ -n $pport ]]; then echo "$p"; fi
-echo "$c"
-echo "$w"
+summary() { # one round's ratios and CPU per GET, from $d $g $p $w
 python3 - "$DURATION" "$w" "$d" "$g" "${p:-}" <<'PY'
 import re, sys
 secs = float(sys.argv[1])
@@ -250,3 +232,28 @@ for name, r in (("direct", d), ("direct-ranged", g), ("nginx-proxy", p), ("retri
     cpu = {k: r[k] / gets * 1000 for k in ("server_cpu_s", "machine_cpu_s", "retriever_cpu_s") if k in r}
     print(f"  {name}: ms CPU per GET " + " ".join(f"{k[:-6]}={v:.3f}" for k, v in cpu.items()))
 PY
+}
+# Cold: the retriever has not served anything yet (the check below would warm one shard).
+c=$(measure retriever-cold)
+echo "$c"
+for round in $(seq 1 "$ROUNDS"); do
+    d=$(direct direct "$work/paths-direct")
+    g=$(direct direct-ranged "$work/paths-ranged")
+    if [[ -n $pport ]]; then p=$(direct nginx-proxy "$work/paths-ranged" "$pport"); fi
+    if [[ -n ${PERF:-} && $round == 1 ]]; then
+        (sleep 2 && perf record -q --call-graph dwarf,16384 -F 1000 -o "$PERF" \
+            -p "$([[ ${PERF_TARGET:-} == server ]] && echo "$server_pid" || echo "$retriever_pid")" \
+            -- sleep 5 2>/dev/null) &
+        perf_pid=$!
+    fi
+    w=$(measure retriever-warm)
+    if [[ -n ${PERF:-} && $round == 1 ]]; then wait "$perf_pid" || true; fi
+    printf '%s\n' "$d" "$g" ${p:+"$p"} "$w" | sed "s/^/round $round /" | tee -a "$work/results"
+    summary
+done
+check "http://127.0.0.1:$rport/files/$first?created_at=$CREATED_AT"
+echo "sanity check: retriever GET of $first is byte-identical" >&2
+echo "backend=$BACKEND quickack_route=${QUICKACK:-0} files=$FILES rounds=$ROUNDS load=$(cut -d' ' -f1-3 /proc/loadavg)"
+ratios "$work/results" retriever-warm direct direct-ranged nginx-proxy | grep ^ratio
+ratios "$work/results" direct-ranged direct | grep ^ratio
+ratios "$work/results" nginx-proxy direct | grep ^ratio
