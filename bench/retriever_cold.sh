@@ -102,7 +102,7 @@ run() { # round name paths: one measured run, its line appended to $work/results
     before_cpu=$(cpu_of "${serving[@]}")
     before_reads=$(disk_reads)
     if [[ -n ${PERF:-} && $1 == retriever && $round == 1 ]]; then
-        perf record -q -g -o "$PERF" -p "${serving[0]}" -- sleep "$DURATION" 2>/dev/null &
+        perf record -q -F 499 -g -o "$PERF" -p "${serving[0]}" -- sleep "$DURATION" 2>/dev/null &
     fi
     line=$(PATHS_FILE="$2" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" -s "$root/bench/random_paths.lua" \
         "http://127.0.0.1:$port" | grep '^RESULT' | sed "s/^RESULT/$1/")
