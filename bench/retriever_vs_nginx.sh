@@ -30,6 +30,7 @@ MAX_SIZE=${MAX_SIZE:-16384}    # bytes
 DURATION=${DURATION:-15}       # seconds per measured run
 WARMUP=${WARMUP:-5}            # seconds per warm-up run (fills caches)
 CONNECTIONS=${CONNECTIONS:-32}
+N_BITS=${N_BITS:-8}            # shards per day = 2^N_BITS (local reads keep 256 shard files open)
 ROUNDS=${ROUNDS:-1}            # measured rounds, servers interleaved in each
 THREADS=${THREADS:-1}          # wrk threads
 WORKERS=${WORKERS:-1}          # retriever workers = nginx worker_processes
@@ -60,7 +61,7 @@ sed "s|^\(.*\)$|/files/\1?created_at=$CREATED_AT|" "$work/uids" > "$work/paths-r
 sed 's|^|/|' "$work/uids" > "$work/paths-nginx"
 
 echo "packing..." >&2
-"$pack_bin" --dir "$work/loose" --created-at "$CREATED_AT" --out "$work/store" --n-bits 8 -q >/dev/null
+"$pack_bin" --dir "$work/loose" --created-at "$CREATED_AT" --out "$work/store" --n-bits "$N_BITS" -q >/dev/null
 
 
 rport=$(free_port)

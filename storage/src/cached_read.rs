@@ -1,4 +1,5 @@
-//! Reading what the page cache already holds without waiting for the disk.
+//! Reading and opening what the kernel's caches already hold, without
+//! waiting for the disk.
 //!
 //! Small local reads run on the calling task because a hand-off to the
 //! blocking pool costs more than a read from the page cache. A read the
@@ -6,9 +7,31 @@
 //! other request of that HTTP worker, and it caps the disk's queue depth at
 //! the number of workers. `preadv2(RWF_NOWAIT)` (Linux ≥ 4.14) reads only
 //! what is cached and says `EAGAIN` otherwise, so the caller can take the
-//! rest to the blocking pool.
+//! rest to the blocking pool. Opening a shard file is the same trade:
+//! `openat2(RESOLVE_CACHED)` (Linux ≥ 5.12) opens only a path whose lookup
+//! needs no I/O.
 
 use std::fs::File;
+use std::path::Path;
+
+/// `path` opened read-only if that needs no I/O; `Ok(None)` means it must be
+/// opened by a call that may block (also where the kernel cannot tell).
+#[cfg(target_os = "linux")]
+pub(crate) fn open_cached(path: &Path) -> std::io::Result<Option<File>> {
+    use rustix::fs::{CWD, Mode, OFlags, ResolveFlags, openat2};
+    use rustix::io::Errno;
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC;
+    match openat2(CWD, path, flags, Mode::empty(), ResolveFlags::CACHED) {
+        Ok(fd) => Ok(Some(File::from(fd))),
+        Err(Errno::AGAIN | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn open_cached(_: &Path) -> std::io::Result<Option<File>> {
+    Ok(None)
+}
 
 /// Reads into `buf` from `offset` as much as can be read without blocking on
 /// I/O; `Ok(n)` with `n < buf.len()` means the rest must be read by a call
@@ -84,5 +107,29 @@ mod tests {
             "{got} bytes read from an evicted file without waiting"
         );
         assert_eq!(cold[..got], data[128 * 1024..128 * 1024 + got]);
+    }
+
+    #[test]
+    fn opens_a_cached_path_and_reports_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"abc").unwrap();
+        // Just written: every component of the path is in the dentry cache.
+        let file = open_cached(&path).unwrap().expect("a cached path opens");
+        let mut buf = [0u8; 3];
+        assert_eq!(read_cached(&file, &mut buf, 0).unwrap(), 3);
+        assert_eq!(&buf, b"abc");
+        // A name never looked up may need the disk to be found missing
+        // (ext4), or not (tmpfs); it is never opened.
+        let missing = dir.path().join("nope");
+        match open_cached(&missing) {
+            Ok(None) => {}
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound),
+            Ok(Some(_)) => panic!("a missing file opened"),
+        }
+        // Once a lookup has failed, the cache knows the name is not there.
+        assert!(std::fs::File::open(&missing).is_err());
+        let known_missing = open_cached(&missing).unwrap_err();
+        assert_eq!(known_missing.kind(), std::io::ErrorKind::NotFound);
     }
 }

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rand::Rng;
 
-use crate::cached_read::read_cached;
+use crate::cached_read::{open_cached, read_cached};
 use crate::error::{Error, Result};
 use crate::object::{
     ByteRange, GetOptions, GetResult, LIST_PAGE, ListPage, ObjectMeta, ObjectStore, ObjectWriter,
@@ -218,9 +218,8 @@ impl LocalStore {
     /// A bounded read of at most `INLINE_READ_MAX` bytes, through a kept
     /// handle when there is one. A kept handle whose version is not the one
     /// asked for may just be older than the file: it is reopened once before
-    /// the precondition is declared failed. What the page cache holds is read
-    /// here; the rest, and opening a file, may wait for the disk and go to
-    /// the blocking pool.
+    /// the precondition is declared failed. What the kernel's caches hold is
+    /// opened and read here; what needs the disk goes to the blocking pool.
     async fn small_get(&self, key: &str, path: PathBuf, opts: &GetOptions) -> Result<GetResult> {
         let (mut file, kept) = match self.files.get(&path) {
             Some(f) => (f, true),
@@ -267,12 +266,21 @@ impl LocalStore {
     }
 
     async fn open_and_keep(&self, key: &str, path: PathBuf) -> Result<Arc<OpenFile>> {
-        let k = key.to_string();
-        let (file, path) = blocking(move || {
-            let (f, md) = open_file(&k, &path)?;
-            Ok((Arc::new(OpenFile::new(f, md.len(), etag_of(&md))), path))
-        })
-        .await?;
+        let cached = open_cached(&path).map_err(|e| Error::io(key, e))?;
+        let (f, md) = match cached {
+            Some(f) => {
+                let md = f.metadata().map_err(|e| Error::io(key, e))?;
+                (f, md)
+            }
+            None => {
+                let (k, p) = (key.to_string(), path.clone());
+                blocking(move || open_file(&k, &p)).await?
+            }
+        };
+        if md.is_dir() {
+            return Err(Error::not_found(key));
+        }
+        let file = Arc::new(OpenFile::new(f, md.len(), etag_of(&md)));
         self.files.insert(path, Arc::clone(&file));
         Ok(file)
     }

@@ -15,9 +15,29 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// Handles kept at most; far below the usual 1024 soft fd limit, and enough
-/// for every shard of a day at `n_bits` 8.
+/// Handles kept at most where the fd limit is unknown or the usual 1024:
+/// enough for every shard of a day at `n_bits` 8.
 pub(crate) const DEFAULT_CAPACITY: usize = 256;
+/// Handles kept at most however high the fd limit: reads spread over
+/// several days' shards reopen files less the more are kept.
+const MAX_CAPACITY: usize = 16_384;
+
+/// A quarter of the soft fd limit, between [`DEFAULT_CAPACITY`] and
+/// [`MAX_CAPACITY`]: the rest stays for connections and writes.
+pub(crate) fn default_capacity() -> usize {
+    capacity_for(fd_limit())
+}
+
+fn capacity_for(fd_limit: Option<u64>) -> usize {
+    fd_limit
+        .and_then(|n| usize::try_from(n / 4).ok())
+        .unwrap_or(DEFAULT_CAPACITY)
+        .clamp(DEFAULT_CAPACITY, MAX_CAPACITY)
+}
+
+fn fd_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+}
 /// How long a handle is trusted without looking at the path again.
 pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(1);
 
@@ -57,7 +77,7 @@ struct Kept {
 
 impl Default for OpenFiles {
     fn default() -> Self {
-        Self::new(DEFAULT_CAPACITY, DEFAULT_TTL)
+        Self::new(default_capacity(), DEFAULT_TTL)
     }
 }
 
@@ -106,15 +126,12 @@ impl OpenFiles {
         }
         let map = &mut self.map().files;
         if map.len() >= self.capacity && !map.contains_key(&path) {
-            let ttl = self.ttl;
-            map.retain(|_, f| f.opened.elapsed() < ttl);
-            if map.len() >= self.capacity {
-                // Still full of live handles: drop any one. Which one matters
-                // little, an open costs microseconds.
-                let victim = map.keys().next().cloned();
-                if let Some(v) = victim {
-                    map.remove(&v);
-                }
+            // Full: drop any one. Expired handles go in `map`'s sweep; a scan
+            // for them here would run on every open once reads spread over
+            // more files than are kept.
+            let victim = map.keys().next().cloned();
+            if let Some(v) = victim {
+                map.remove(&v);
             }
         }
         map.insert(path, file);
@@ -187,6 +204,16 @@ mod tests {
             0,
             "a, b and c were released without being read"
         );
+    }
+
+    #[test]
+    fn capacity_follows_the_fd_limit_within_bounds() {
+        assert_eq!(capacity_for(None), DEFAULT_CAPACITY);
+        assert_eq!(capacity_for(Some(1024)), DEFAULT_CAPACITY);
+        assert_eq!(capacity_for(Some(256)), DEFAULT_CAPACITY);
+        assert_eq!(capacity_for(Some(20_000)), 5_000);
+        assert_eq!(capacity_for(Some(1 << 20)), MAX_CAPACITY);
+        assert_eq!(capacity_for(Some(u64::MAX)), MAX_CAPACITY);
     }
 
     #[test]
