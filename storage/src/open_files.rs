@@ -100,9 +100,11 @@ impl OpenFiles {
         // The map holds no invariant a panicking holder could break halfway.
         let mut kept = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         if kept.swept.elapsed() >= self.ttl {
-            let ttl = self.ttl;
-            kept.files.retain(|_, f| f.opened.elapsed() < ttl);
-            kept.swept = Instant::now();
+            // One clock read for the sweep: up to MAX_CAPACITY handles are visited.
+            let (now, ttl) = (Instant::now(), self.ttl);
+            kept.files
+                .retain(|_, f| now.saturating_duration_since(f.opened) < ttl);
+            kept.swept = now;
         }
         kept
     }
