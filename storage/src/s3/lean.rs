@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sigv4::http_request::{
     PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
     UriPathNormalizationMode, sign,
@@ -207,15 +208,10 @@ fn xml_element<'a>(doc: &'a str, name: &str) -> Option<&'a str> {
     Some(doc[start..start + len].trim())
 }
 
+/// The whole cause chain in the message, as the SDK path words its errors.
 fn unavailable(key: &str, e: &dyn std::error::Error) -> Error {
-    let mut msg = format!("{key}: {e}");
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        msg.push_str(&format!(": {c}"));
-        cause = c.source();
-    }
     Error::Unavailable {
-        msg,
+        msg: format!("{key}: {}", DisplayErrorContext(e)),
         retry_after: None,
     }
 }
