@@ -191,7 +191,14 @@ fn read_chunk(file: &mut std::fs::File, key: &str, max: u64) -> Result<Bytes> {
 /// Opens `path` for reading with its metadata, taken from the open handle so
 /// a concurrent rename cannot mix two versions.
 fn open_file(key: &str, path: &Path) -> Result<(std::fs::File, std::fs::Metadata)> {
-    let f = std::fs::File::open(path).map_err(|e| Error::io(key, e))?;
+    described(
+        key,
+        std::fs::File::open(path).map_err(|e| Error::io(key, e))?,
+    )
+}
+
+/// An opened object file with its metadata; a directory is no object.
+fn described(key: &str, f: std::fs::File) -> Result<(std::fs::File, std::fs::Metadata)> {
     let md = f.metadata().map_err(|e| Error::io(key, e))?;
     if md.is_dir() {
         return Err(Error::not_found(key));
@@ -266,20 +273,13 @@ impl LocalStore {
     }
 
     async fn open_and_keep(&self, key: &str, path: PathBuf) -> Result<Arc<OpenFile>> {
-        let cached = open_cached(&path).map_err(|e| Error::io(key, e))?;
-        let (f, md) = match cached {
-            Some(f) => {
-                let md = f.metadata().map_err(|e| Error::io(key, e))?;
-                (f, md)
-            }
+        let (f, md) = match open_cached(&path).map_err(|e| Error::io(key, e))? {
+            Some(f) => described(key, f)?,
             None => {
                 let (k, p) = (key.to_string(), path.clone());
                 blocking(move || open_file(&k, &p)).await?
             }
         };
-        if md.is_dir() {
-            return Err(Error::not_found(key));
-        }
         let file = Arc::new(OpenFile::new(f, md.len(), etag_of(&md)));
         self.files.insert(path, Arc::clone(&file));
         Ok(file)

@@ -15,24 +15,24 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// Handles kept at most where the fd limit is unknown or the usual 1024:
-/// enough for every shard of a day at `n_bits` 8.
-pub(crate) const DEFAULT_CAPACITY: usize = 256;
+/// Handles kept at least, and where the fd limit is unknown: enough for
+/// every shard of a day at `n_bits` 8 (and all that a limit of 1024 allows).
+const MIN_CAPACITY: usize = 256;
 /// Handles kept at most however high the fd limit: reads spread over
 /// several days' shards reopen files less the more are kept.
 const MAX_CAPACITY: usize = 16_384;
 
-/// A quarter of the soft fd limit, between [`DEFAULT_CAPACITY`] and
+/// A quarter of the soft fd limit, between [`MIN_CAPACITY`] and
 /// [`MAX_CAPACITY`]: the rest stays for connections and writes.
-pub(crate) fn default_capacity() -> usize {
+fn default_capacity() -> usize {
     capacity_for(fd_limit())
 }
 
 fn capacity_for(fd_limit: Option<u64>) -> usize {
     fd_limit
         .and_then(|n| usize::try_from(n / 4).ok())
-        .unwrap_or(DEFAULT_CAPACITY)
-        .clamp(DEFAULT_CAPACITY, MAX_CAPACITY)
+        .unwrap_or(MIN_CAPACITY)
+        .clamp(MIN_CAPACITY, MAX_CAPACITY)
 }
 
 fn fd_limit() -> Option<u64> {
@@ -210,9 +210,9 @@ mod tests {
 
     #[test]
     fn capacity_follows_the_fd_limit_within_bounds() {
-        assert_eq!(capacity_for(None), DEFAULT_CAPACITY);
-        assert_eq!(capacity_for(Some(1024)), DEFAULT_CAPACITY);
-        assert_eq!(capacity_for(Some(256)), DEFAULT_CAPACITY);
+        assert_eq!(capacity_for(None), MIN_CAPACITY);
+        assert_eq!(capacity_for(Some(1024)), MIN_CAPACITY);
+        assert_eq!(capacity_for(Some(256)), MIN_CAPACITY);
         assert_eq!(capacity_for(Some(20_000)), 5_000);
         assert_eq!(capacity_for(Some(1 << 20)), MAX_CAPACITY);
         assert_eq!(capacity_for(Some(u64::MAX)), MAX_CAPACITY);
