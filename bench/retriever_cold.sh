@@ -72,6 +72,7 @@ start() { # name port: starts one server, fresh, on a cold page cache
                 --workers "$WORKERS" >>"$work/retriever.log" 2>&1 &
             server=$!
             serving=("$server")
+            wait_port "$2"
             ;;
         nginx*)
             local aio=off
@@ -87,10 +88,9 @@ start() { # name port: starts one server, fresh, on a cold page cache
     }"
             server=$!
             wait_port "$2"
-            mapfile -t serving < <(pgrep -P "$server") # every worker
+            mapfile -t serving < <(pgrep -P "$server") # every worker, once listening
             ;;
     esac
-    wait_port "$2"
 }
 
 run() { # round name paths: one measured run, its line appended to $work/results
