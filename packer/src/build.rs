@@ -1,7 +1,10 @@
 //! Building one (date, shard) object: the previous generation's entries
 //! (copied as stored bytes, CRC-checked, in one sequential read) plus the new
-//! files, published atomically (see `publish` for how a concurrent writer is
-//! detected) in the store of the zone owning the shard.
+//! files, published atomically in the store of the zone owning the shard.
+//! The rules of publishing (conditional write, re-check, rebuild on
+//! conflict), of never adding a deleted file, and of relying on an existing
+//! big file are des-storage's (`des_storage::protocol`); this module follows
+//! them.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -11,12 +14,12 @@ use des_format::Timestamp;
 use des_format::shard::AnyIndex;
 use des_format::v3::{self, EntryRef, ShardIdent, ShardWriter};
 use des_storage::bridge::{BlockingStreamReader, SyncObjectWriter};
+use des_storage::protocol::{BigRef, PublishError, ShardPublish, rebuild_on_conflict};
 use des_storage::{ByteRange, ErrorKind, GetOptions, LoadedIndex, ObjectStore, PutOptions};
 
 use crate::ingest::{Ingest, Prepared};
 use crate::options::UPLOAD_CHUNK;
 use crate::plan::ShardGroup;
-use crate::publish::Publish;
 use crate::report::{Failure, ShardStat};
 use crate::source::FileRecord;
 
@@ -30,12 +33,23 @@ pub struct GroupResult {
     pub bytes_in: u64,
     pub bytes_stored: u64,
     pub failures: Vec<Failure>,
+    /// Files whose (uid, day) is deleted: not packed (see `partition`).
+    pub deleted: Vec<Failure>,
 }
 
 pub(crate) enum BuildError {
     /// Someone else replaced the shard while we built ours: rebuild from theirs.
     Conflict,
     Fatal(String),
+}
+
+impl From<PublishError> for BuildError {
+    fn from(e: PublishError) -> Self {
+        match e {
+            PublishError::Conflict => Self::Conflict,
+            PublishError::Store(e) => Self::Fatal(e.to_string()),
+        }
+    }
 }
 
 fn failure(rec: &FileRecord, reason: impl Into<String>) -> Failure {
@@ -48,17 +62,19 @@ fn failure(rec: &FileRecord, reason: impl Into<String>) -> Failure {
 }
 
 pub fn build_group(ctx: &Ingest<'_>, group: &ShardGroup) -> GroupResult {
-    for _ in 0..=ctx.opts.conflict_retries {
-        match try_build(ctx, group) {
-            Ok(r) => return r,
-            Err(BuildError::Conflict) => continue,
-            Err(BuildError::Fatal(msg)) => return fail_all(group, &msg),
-        }
+    let built = rebuild_on_conflict(
+        ctx.opts.conflict_retries,
+        || try_build(ctx, group),
+        |e| matches!(e, BuildError::Conflict),
+    );
+    match built {
+        Ok(Some(r)) => r,
+        Err(BuildError::Fatal(msg)) => fail_all(group, &msg),
+        Ok(None) | Err(BuildError::Conflict) => fail_all(
+            group,
+            "shard kept changing under concurrent writers; retry later",
+        ),
     }
-    fail_all(
-        group,
-        "shard kept changing under concurrent packers; retry later",
-    )
 }
 
 fn fail_all(group: &ShardGroup, msg: &str) -> GroupResult {
@@ -69,11 +85,7 @@ fn fail_all(group: &ShardGroup, msg: &str) -> GroupResult {
 }
 
 pub(crate) fn storage_err(e: des_storage::Error) -> BuildError {
-    if e.kind() == ErrorKind::PreconditionFailed {
-        BuildError::Conflict
-    } else {
-        BuildError::Fatal(e.to_string())
-    }
+    PublishError::from_store(e).into()
 }
 
 fn load_old(
@@ -119,12 +131,16 @@ fn try_build(ctx: &Ingest<'_>, group: &ShardGroup) -> Result<GroupResult, BuildE
         .objects_for_shard(group.shard_index)
         .map_err(|e| BuildError::Fatal(format!("no store for {key}: {e}")))?;
     let old = load_old(ctx, &key, group)?;
+    // After reading the base generation, never before: see `DeletionGuard`.
+    ctx.handle
+        .block_on(ctx.deletions.refresh())
+        .map_err(|e| BuildError::Fatal(format!("reading the tombstone log: {e}")))?;
     let mut out = GroupResult::default();
     let to_add = partition(ctx, group, old.as_ref(), &mut out);
     if to_add.is_empty() {
         return Ok(out);
     }
-    let publish = Publish::new(ctx, &objects, &key, old.as_ref());
+    let publish = ShardPublish::new(Arc::clone(&objects), &key, old.as_ref());
     let upload = ctx
         .handle
         .block_on(objects.put_writer(
@@ -150,13 +166,17 @@ fn try_build(ctx: &Ingest<'_>, group: &ShardGroup) -> Result<GroupResult, BuildE
     if let Some(o) = &old {
         copy_old(ctx, &objects, o, &mut w)?;
     }
-    let added = add_new(ctx, &objects, &to_add, &mut w, &mut out);
+    let mut refs = Vec::new();
+    let added = add_new(ctx, &objects, &to_add, &mut w, &mut out, &mut refs);
     if added.is_empty() {
         // Everything new failed: keep the old shard untouched (dropping `w` aborts the upload).
         return Ok(out);
     }
     let (sink, summary) = w.finish().map_err(|e| BuildError::Fatal(e.to_string()))?;
-    let put = publish.commit(sink, &added)?;
+    recheck_big_files(ctx, &objects, &mut refs)?;
+    let put = publish.commit_blocking(ctx.handle, ctx.store, sink, |latest| {
+        added.iter().all(|uid| latest.find(uid).is_some())
+    })?;
     out.stat = Some(ShardStat {
         key,
         generation: summary.trailer.generation,
@@ -170,9 +190,35 @@ fn try_build(ctx: &Ingest<'_>, group: &ShardGroup) -> Result<GroupResult, BuildE
     Ok(out)
 }
 
+/// Right before publishing: every big file the new entries rely on must
+/// still exist, under a ref young enough to protect it (see
+/// `des_storage::protocol::bigrefs`). One that clean-up deleted meanwhile
+/// makes the attempt start over, which uploads it again.
+fn recheck_big_files(
+    ctx: &Ingest<'_>,
+    objects: &Arc<dyn ObjectStore>,
+    refs: &mut [BigRef],
+) -> Result<(), BuildError> {
+    for r in refs.iter_mut() {
+        if r.needs_renewal(Timestamp::now()) {
+            ctx.handle
+                .block_on(r.renew(objects.as_ref()))
+                .map_err(storage_err)?;
+        }
+        let key = format!("{}{}", des_storage::keys::BIG_PREFIX, r.hex);
+        match ctx.handle.block_on(objects.head(&key)) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Err(BuildError::Conflict),
+            Err(e) => return Err(storage_err(e)),
+        }
+    }
+    Ok(())
+}
+
 /// Splits the group into files to add and files already in the old shard
 /// (identical content: counted as present; different content: a failure,
-/// because stored files are immutable).
+/// because stored files are immutable). A deleted (uid, day) is never added:
+/// it is reported as deleted, whether or not the shard still holds it.
 fn partition<'g>(
     ctx: &Ingest<'_>,
     group: &'g ShardGroup,
@@ -181,6 +227,13 @@ fn partition<'g>(
 ) -> Vec<&'g FileRecord> {
     let mut to_add = Vec::with_capacity(group.files.len());
     for rec in &group.files {
+        if ctx
+            .deletions
+            .is_deleted(&rec.uid, rec.created_at.date_number())
+        {
+            out.deleted.push(failure(rec, "deleted"));
+            continue;
+        }
         let Some(existing) = old.and_then(|o| o.find(&rec.uid)) else {
             to_add.push(rec);
             continue;
@@ -265,6 +318,7 @@ fn add_new<'g>(
     to_add: &[&'g FileRecord],
     w: &mut ShardWriter<SyncObjectWriter>,
     out: &mut GroupResult,
+    refs: &mut Vec<BigRef>,
 ) -> Vec<&'g str> {
     let mut added = Vec::with_capacity(to_add.len());
     for rec in to_add {
@@ -283,7 +337,11 @@ fn add_new<'g>(
                 entry,
                 stored_len,
                 crc32c,
-            } => w.add_external(entry, stored_len, crc32c),
+                big_ref,
+            } => {
+                refs.push(big_ref);
+                w.add_external(entry, stored_len, crc32c)
+            }
         };
         match res {
             Ok(()) => {

@@ -48,9 +48,10 @@ pub struct Args {
     /// (and that zone's replicas)
     #[arg(long, conflicts_with = "out")]
     pub zones: Option<PathBuf>,
-    /// At start, abort S3 multipart uploads older than this (left by crashed
-    /// runs); must exceed the longest upload of any packer still running.
-    /// Units s, m, h, d
+    /// At start, abort S3 multipart uploads older than this and remove
+    /// `.des-tmp-*` files of local stores not modified for this long (both
+    /// left by crashed runs); must exceed the longest upload of any packer
+    /// still running. Units s, m, h, d
     #[arg(long, default_value = "24h", value_name = "DURATION")]
     pub abort_stale_uploads_after: String,
     /// Shard bits (4..=16), only when creating a store; must match an existing one

@@ -11,6 +11,8 @@ use des_format::codec::{self, Codec};
 use des_format::v3::{NewEntry, external_key};
 use des_format::{ContentDigest, DigestAlgorithm};
 use des_storage::bridge::SyncObjectWriter;
+use des_storage::keys::BIG_PREFIX;
+use des_storage::protocol::{BigRef, DeletionGuard};
 use des_storage::{DesStore, ErrorKind, ObjectStore, PutOptions};
 use tokio::runtime::Handle;
 
@@ -23,11 +25,13 @@ pub enum Prepared {
         entry: NewEntry,
         stored: Vec<u8>,
     },
-    /// Payload already uploaded to `_big/<digest>`, stored raw.
+    /// Payload already uploaded to `_big/<digest>`, stored raw, and the
+    /// ref that keeps clean-up from deleting it until the shard is published.
     External {
         entry: NewEntry,
         stored_len: u64,
         crc32c: u32,
+        big_ref: BigRef,
     },
 }
 
@@ -51,6 +55,10 @@ pub struct Ingest<'a> {
     pub handle: &'a Handle,
     pub opts: &'a PackOptions,
     pub sources: &'a SourceStores,
+    /// Deleted (uid, day) pairs: never packed again.
+    pub deletions: &'a DeletionGuard,
+    /// This run's name on the big-file refs it writes.
+    pub holder: &'a str,
 }
 
 /// Streams `r`, returning (digest, crc32c, length). Raw storage makes the
@@ -159,7 +167,20 @@ impl Ingest<'_> {
         let read_err = |e: std::io::Error| format!("cannot read {}: {e}", rec.source);
         let (digest, crc, len) = scan(self.alg(), src.reader, None).map_err(read_err)?;
         let key = external_key(&digest);
+        let hex = key.strip_prefix(BIG_PREFIX).unwrap_or(&key);
+        // The ref comes before the check that the object exists, so that
+        // clean-up either sees the ref or deleted the object before the check.
+        let big_ref = self
+            .handle
+            .block_on(BigRef::take(
+                objects.as_ref(),
+                hex,
+                self.holder,
+                self.opts.big_ref_ttl,
+            ))
+            .map_err(|e| format!("recording a reference to {key}: {e}"))?;
         let existing = self.handle.block_on(objects.head(&key));
+        crate::pause::PausePoint::AfterBigFileCheck.check();
         match existing {
             // Content-addressed and stored raw: an object of the right size is this file.
             Ok(meta) if meta.size == len => {}
@@ -173,6 +194,7 @@ impl Ingest<'_> {
             entry: new_entry(rec, Codec::None, len, digest),
             stored_len: len,
             crc32c: crc,
+            big_ref,
         })
     }
 

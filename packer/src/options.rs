@@ -24,8 +24,9 @@ pub struct PackOptions {
     /// their index, and to its replicas.
     pub zones: Option<PathBuf>,
     /// At the start of a run, S3 multipart uploads older than this are
-    /// aborted: they can only be left over from a packer that died. Must be
-    /// longer than any shard upload of a packer still running.
+    /// aborted, and local temp files not modified for this long removed:
+    /// they can only be left over from a packer that died. Must be longer
+    /// than any shard upload of a packer still running.
     pub abort_stale_uploads_after: Duration,
     /// Only when creating a store; must match an existing one.
     pub n_bits: Option<u8>,
@@ -47,6 +48,9 @@ pub struct PackOptions {
     pub shard_partition: Option<(u32, u32)>,
     /// How many times to rebuild a shard that another packer replaced under us.
     pub conflict_retries: u32,
+    /// How long a reference to an existing big file protects it from
+    /// clean-up (`des_storage::protocol::bigrefs`); renewed at half.
+    pub big_ref_ttl: Duration,
 }
 
 impl Default for PackOptions {
@@ -65,6 +69,7 @@ impl Default for PackOptions {
             shard_range: None,
             shard_partition: None,
             conflict_retries: 5,
+            big_ref_ttl: des_storage::protocol::big_ref_ttl(),
         }
     }
 }

@@ -48,6 +48,9 @@ pub struct PackReport {
     pub files_already_present: u64,
     pub files_failed: u64,
     pub files_outside_shard_range: u64,
+    /// Files whose (uid, day) has a tombstone: not packed, so a deleted file
+    /// never comes back (a re-run, or the same file sent again). Not failures.
+    pub files_deleted: u64,
     pub bytes_in: u64,
     pub bytes_stored: u64,
     pub big_files: u64,
@@ -55,12 +58,16 @@ pub struct PackReport {
     pub shards_unchanged: u64,
     /// S3 multipart uploads of crashed runs aborted at the start of this one.
     pub stale_uploads_aborted: u64,
+    /// Temp files of crashed runs (local stores) removed at the start of this one.
+    pub temp_files_swept: u64,
     /// Problems that did not stop the run.
     pub warnings: Vec<String>,
     pub elapsed_seconds: f64,
     pub shards: Vec<ShardStat>,
     /// At most [`MAX_REPORTED_FAILURES`] entries; `files_failed` has the full count.
     pub failures: Vec<Failure>,
+    /// At most [`MAX_REPORTED_FAILURES`] entries; `files_deleted` has the full count.
+    pub deleted: Vec<Failure>,
 }
 
 pub const MAX_REPORTED_FAILURES: usize = 10_000;
@@ -70,6 +77,13 @@ impl PackReport {
         self.files_failed += 1;
         if self.failures.len() < MAX_REPORTED_FAILURES {
             self.failures.push(f);
+        }
+    }
+
+    pub fn skip_deleted(&mut self, f: Failure) {
+        self.files_deleted += 1;
+        if self.deleted.len() < MAX_REPORTED_FAILURES {
+            self.deleted.push(f);
         }
     }
 

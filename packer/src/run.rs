@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use des_storage::protocol::{DeletionGuard, holder_id};
 use des_storage::{CreateOptions, DesStore};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::runtime::Handle;
@@ -59,6 +60,7 @@ pub fn pack_into(
         store_created: created,
         n_bits: store.n_bits(),
         stale_uploads_aborted: housekeeping.stale_uploads_aborted,
+        temp_files_swept: housekeeping.temp_files_swept,
         warnings: housekeeping.warnings,
         ..PackReport::default()
     };
@@ -73,11 +75,17 @@ pub fn pack_into(
     let plan = plan_input(input, opts, &store, spill_dir, &mut report)?;
     let bar = progress_bar(progress, report.files_seen);
     let sources = SourceStores::default();
+    let deletions = handle
+        .block_on(DeletionGuard::load(&store))
+        .context("reading the tombstone log")?;
+    let holder = holder_id();
     let ingest = Ingest {
         store: &store,
         handle,
         opts,
         sources: &sources,
+        deletions: &deletions,
+        holder: &holder,
     };
     run_groups(&ingest, plan, &bar, &mut report)?;
     bar.finish_and_clear();
@@ -263,6 +271,7 @@ fn merge(msg: Msg, bar: &ProgressBar, report: &mut PackReport) {
                 None => report.shards_unchanged += 1,
             }
             r.failures.into_iter().for_each(|f| report.fail(f));
+            r.deleted.into_iter().for_each(|f| report.skip_deleted(f));
             bar.inc(n as u64);
             bar.set_message(format!("{} MB in", report.bytes_in / 1_000_000));
         }

@@ -1,6 +1,7 @@
 //! Where a run writes: the placement every shard and big-file request goes
 //! through (with retries and breakers for S3), plus the bare S3 stores behind
-//! it for the S3-only housekeeping done once per run.
+//! it for the S3-only housekeeping done once per run (the rest of the
+//! housekeeping goes through the placement's stores).
 
 use std::cell::RefCell;
 use std::path::Path;
@@ -9,9 +10,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use des_storage::ObjectStore;
+use des_storage::keys::StoreKey;
 use des_storage::s3::{S3Config, S3Store};
+use des_storage::store::Placement;
 use des_storage::store::Single;
-use des_storage::store::{Placement, shard_index_of_key};
 use des_storage::zones::open_placement_with;
 use serde::Serialize;
 
@@ -26,6 +28,8 @@ pub struct Target {
 pub struct Housekeeping {
     /// Multipart uploads aborted as left over from crashed runs.
     pub stale_uploads_aborted: u64,
+    /// Temp files (local stores) removed as left over from crashed runs.
+    pub temp_files_swept: u64,
     /// Problems that did not stop the run (e.g. no permission to list uploads).
     pub warnings: Vec<String>,
 }
@@ -58,16 +62,27 @@ impl Target {
         Self { placement, s3 }
     }
 
-    /// One object store, no housekeeping.
+    /// One object store, no S3 housekeeping.
     pub fn single(objects: Arc<dyn ObjectStore>) -> Self {
         Self::new(Arc::new(Single(objects)), Vec::new())
     }
 
     /// Finds out whether each S3 location enforces conditional writes (the
-    /// answer drives how shards are published, see `build`), and aborts
-    /// multipart uploads older than `stale_after`.
+    /// answer drives how shards are published, see `build`), aborts
+    /// multipart uploads older than `stale_after` and removes temp files not
+    /// modified for as long: both are what crashed writers leave, and the
+    /// same threshold keeps both clear of writers still running.
     pub async fn housekeeping(&self, stale_after: Duration) -> Result<Housekeeping> {
         let mut done = Housekeeping::default();
+        for store in self.placement.stores() {
+            match store.sweep_leftovers(stale_after).await {
+                Ok(n) => done.temp_files_swept += n,
+                Err(e) => done.warnings.push(format!(
+                    "{}: could not remove leftover temp files: {e}",
+                    store.describe()
+                )),
+            }
+        }
         for s3 in &self.s3 {
             if s3.config().conditional_put.is_none() {
                 s3.probe_conditional_put()
@@ -94,7 +109,10 @@ impl Target {
 /// What a packer uploads in parts: shards and big files. Other keys may be
 /// another application's, when the store sits at the root of a shared bucket.
 fn is_des_object(key: &str) -> bool {
-    key.starts_with("_big/") || shard_index_of_key(key).is_ok()
+    matches!(
+        StoreKey::parse(key),
+        Some(StoreKey::Shard(_) | StoreKey::Big { .. })
+    )
 }
 
 #[cfg(test)]

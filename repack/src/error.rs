@@ -27,6 +27,26 @@ pub enum RepackError {
     Invalid(String),
 }
 
+impl From<des_storage::protocol::lease::LeaseError> for RepackError {
+    fn from(e: des_storage::protocol::lease::LeaseError) -> Self {
+        use des_storage::protocol::lease::LeaseError;
+        match e {
+            LeaseError::Held {
+                key,
+                holder,
+                expires_at,
+            } => Self::LeaseHeld {
+                key,
+                holder,
+                expires_at,
+            },
+            LeaseError::Lost { key, detail } => Self::LeaseLost { key, detail },
+            LeaseError::Store(e) => Self::Storage(e),
+            LeaseError::Invalid(m) => Self::Invalid(m),
+        }
+    }
+}
+
 pub type Result<T, E = RepackError> = std::result::Result<T, E>;
 
 impl RepackError {

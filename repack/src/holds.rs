@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{RepackError, Result};
 
-pub const HOLDS_PREFIX: &str = "_legal_holds/";
+pub use des_storage::keys::HOLDS_PREFIX;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -74,7 +74,7 @@ impl Hold {
     }
 
     fn key(&self) -> String {
-        format!("{HOLDS_PREFIX}{}.json", self.name)
+        key_of(&self.name)
     }
 
     pub fn new(name: &str, uid_prefix: &str, created_by: &str) -> Self {
@@ -140,6 +140,13 @@ impl HoldSet {
     }
 }
 
+fn key_of(name: &str) -> String {
+    des_storage::keys::StoreKey::Hold {
+        name: name.to_string(),
+    }
+    .to_string()
+}
+
 /// Places a hold in every store; an existing hold of that name is an error.
 pub async fn place(store: &DesStore, hold: &Hold) -> Result<()> {
     hold.validate()?;
@@ -166,7 +173,7 @@ pub async fn place(store: &DesStore, hold: &Hold) -> Result<()> {
 
 /// Releases a hold (from every store); `false` if there was none.
 pub async fn release(store: &DesStore, name: &str) -> Result<bool> {
-    let key = format!("{HOLDS_PREFIX}{name}.json");
+    let key = key_of(name);
     let mut found = false;
     for objects in store.placement().stores() {
         found |= exists(objects.as_ref(), &key).await?;

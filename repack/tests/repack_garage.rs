@@ -4,6 +4,10 @@
 //! store -> tombstone -> repack -> the deleted bytes are absent from every
 //! raw object -> everything else identical -> des-verify clean.
 //!
+//! The store's invariants on S3 too: a deleted file never comes back with a
+//! re-run of the packer, and a packer frozen next to big-file clean-up keeps
+//! the big file it relies on (docs/CONCURRENCY.md, I2 and I3).
+//!
 //! Needs `garage` 2.5.0 (`scripts/garage.sh install`); fails, never skips,
 //! without it. Run: `cargo test -p des-repack --features s3-tests --test repack_garage`.
 
@@ -19,6 +23,7 @@ use des_storage::testing::S3Server;
 use des_storage::{ByteRange, ObjectStore, ObjectStoreExt, S3Store};
 
 const PREFIX: &str = "e2e";
+const INV_PREFIX: &str = "inv";
 
 fn with_s3_env(mut c: Command, server: &S3Server) -> Command {
     c.env("AWS_ENDPOINT_URL", server.endpoint())
@@ -130,4 +135,157 @@ fn delete_repack_verify_on_garage() {
     let v = json(&verify);
     assert_eq!(v["clean"], true);
     assert_eq!(v["tombstones_pending"], 0);
+}
+
+fn ok_json(c: Command, server: &S3Server) -> serde_json::Value {
+    let out = with_s3_env(c, server).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        describe(&out),
+        server.log()
+    );
+    json(&out)
+}
+
+#[test]
+fn deleted_files_never_come_back_on_garage() {
+    let server = S3Server::garage().unwrap_or_else(|e| panic!("garage is required: {e}"));
+    let objects: Arc<dyn ObjectStore> =
+        Arc::new(S3Store::new(server.config().with_prefix(INV_PREFIX)).unwrap());
+    let url = format!("s3://{}/{INV_PREFIX}", server.bucket());
+    let src = tempfile::tempdir().unwrap();
+    let mut specs: Vec<FileSpec> = (0..10)
+        .map(|i| FileSpec::new(&format!("g-{i}"), "2024-05-17T10:00:00Z", 5_000 + i * 10))
+        .collect();
+    specs.push(FileSpec::new("g-big", "2024-05-17T11:00:00Z", 300_000));
+    let mut lines = String::new();
+    for s in &specs {
+        let path = src.path().join(&s.uid);
+        std::fs::write(&path, content(&s.uid, s.size)).unwrap();
+        let rec = serde_json::json!({"uid": s.uid, "created_at": s.created_at, "source": path});
+        lines.push_str(&format!("{rec}\n"));
+    }
+    let manifest = src.path().join("m.jsonl");
+    std::fs::write(&manifest, lines).unwrap();
+    let pack = || {
+        let mut c = des_pack();
+        c.arg("--manifest").arg(&manifest);
+        c.args(["--out", &url, "--n-bits", "4", "--json", "--quiet"]);
+        c.args(["--big-file-threshold", "100K"]);
+        // Its refs to big files expire in 1 s (1 h by default).
+        c.env("DES_BIG_REF_TTL_SECS", "1");
+        ok_json(c, &server)
+    };
+    assert_eq!(pack()["files_packed"], 11);
+    let deleted = [specs[3].clone(), specs[10].clone()];
+    for s in &deleted {
+        let mut c = bin("des-tombstones");
+        c.args(["--store", &url, "add", "--uid", &s.uid]);
+        c.args(["--created-at", &s.created_at, "--reason", "gdpr"]);
+        c.args(["--deleted-by", "e2e", "--json"]);
+        ok_json(c, &server);
+    }
+    // The packer's ref to the big file (1 s here) must have expired.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let repack = || {
+        let mut c = bin("des-repack");
+        c.args(["--store", &url, "--json", "--max-delay", "0s"]);
+        c.args(["--big-file-grace", "0s"]);
+        ok_json(c, &server)
+    };
+    let r = repack();
+    assert_eq!(r["entries_dropped"], 2, "{r:#}");
+    assert_eq!(
+        r["big_files"]["deleted"].as_array().unwrap().len(),
+        1,
+        "{r:#}"
+    );
+
+    let again = pack();
+    assert_eq!(again["files_packed"], 0, "{again:#}");
+    assert_eq!(again["files_deleted"], 2, "{again:#}");
+    let r = repack();
+    assert_eq!(
+        r["shards_considered"], 0,
+        "every shard already checked: {r:#}"
+    );
+    let rt = rt();
+    for s in &deleted {
+        let found = rt.block_on(raw_contains(objects.as_ref(), &needle(s)));
+        assert_eq!(found, None, "{}'s bytes are in an object", s.uid);
+    }
+    let gone: Vec<&str> = deleted.iter().map(|s| s.uid.as_str()).collect();
+    check_files(Arc::clone(&objects), &specs, &gone);
+}
+
+/// Scenario 3 on S3: a packer frozen (SIGSTOP) right after it found a big
+/// file present while clean-up with no grace runs: the object survives and
+/// the packer's reference to it reads back.
+#[test]
+fn a_frozen_packer_keeps_its_big_file_on_garage() {
+    let server = S3Server::garage().unwrap_or_else(|e| panic!("garage is required: {e}"));
+    let objects: Arc<dyn ObjectStore> =
+        Arc::new(S3Store::new(server.config().with_prefix(INV_PREFIX)).unwrap());
+    let url = format!("s3://{}/{INV_PREFIX}", server.bucket());
+    let src = tempfile::tempdir().unwrap();
+    let data = content("big-1", 300_000);
+    let manifest = |uid: &str| {
+        let path = src.path().join(uid);
+        std::fs::write(&path, &data).unwrap();
+        let rec =
+            serde_json::json!({"uid": uid, "created_at": "2024-05-17T09:00:00Z", "source": path});
+        let m = src.path().join(format!("{uid}.jsonl"));
+        std::fs::write(&m, format!("{rec}\n")).unwrap();
+        m
+    };
+    let pack_cmd = |m: &std::path::Path| {
+        let mut c = des_pack();
+        c.arg("--manifest").arg(m);
+        c.args(["--out", &url, "--n-bits", "4", "--json", "--quiet"]);
+        c.args(["--big-file-threshold", "100K"]);
+        with_s3_env(c, &server)
+    };
+    let out = pack_cmd(&manifest("big-1")).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let mut c = bin("des-tombstones");
+    c.args(["--store", &url, "add", "--uid", "big-1"]);
+    c.args(["--created-at", "2024-05-17T09:00:00Z", "--reason", "gdpr"]);
+    c.args(["--deleted-by", "e2e", "--json"]);
+    ok_json(c, &server);
+    let repack = |grace: &str| {
+        let mut c = bin("des-repack");
+        c.args(["--store", &url, "--json", "--max-delay", "0s"]);
+        c.args(["--big-file-grace", grace]);
+        ok_json(c, &server)
+    };
+    repack("1h");
+
+    let child = pack_cmd(&manifest("big-2"))
+        .env("DES_PACK_PAUSE_AT", "after_big_file_check")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_stopped(child.id());
+    let r = repack("0s");
+    assert_eq!(
+        r["big_files"]["deleted"].as_array().unwrap().len(),
+        0,
+        "{r:#}"
+    );
+    let cont = Command::new("kill")
+        .args(["-CONT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(cont.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    rt().block_on(async {
+        let store = des_storage::DesStore::open(objects).await.unwrap();
+        let at = des_format::Timestamp::parse_rfc3339("2024-05-17T09:00:00Z").unwrap();
+        let (_, got) = store.get_file("big-2", at).await.unwrap();
+        assert!(got == data);
+    });
 }

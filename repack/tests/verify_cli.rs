@@ -13,6 +13,7 @@ use des_format::codec::{self, Compression};
 use des_format::routing;
 use des_format::v3::{NewEntry, ShardIdent, ShardWriter};
 use des_format::{Codec, Timestamp};
+use des_storage::tombstones::{DeleteReason, LOG_PREFIX, Tombstone, format_time};
 use des_storage::{CreateOptions, DesStore, LocalStore};
 use serde_json::Value;
 
@@ -475,4 +476,67 @@ fn lone_v3_shard_is_checked_against_itself() {
     assert!(findings(&r).is_empty());
     let problems = r["problems"].as_array().unwrap();
     assert!(problems.iter().any(|p| p["uid"] == "big-0"), "{problems:?}");
+}
+
+/// Logs a tombstone for `uid` (of the day of shard `key`) as if written
+/// `days` ago: the log name carries the time, and no tool backdates it.
+fn log_old_tombstone(s: &Built, uid: &str, key: &str, days: i64) {
+    let date: u32 = key.split('/').next().unwrap().parse().unwrap();
+    let at = Timestamp::from_micros(Timestamp::now().micros() - days * 86_400_000_000);
+    let t = Tombstone::for_date(uid, date, DeleteReason::Gdpr, "dpo").unwrap();
+    let name = format!("{}-{date:08}-u{uid}.json", format_time(at));
+    let path = s.root().join(LOG_PREFIX).join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, t.to_json().unwrap()).unwrap();
+}
+
+#[test]
+fn one_shard_of_a_store_is_judged_for_deleted_files_too() {
+    let s = build_store();
+    let key = s.shard_of["file-1"].clone();
+    log_old_tombstone(&s, "file-1", &key, 10);
+
+    let out = run_path(&s.path(&key), &["--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let r = json(&out);
+    let overdue = r["overdue_deletions"].as_array().unwrap();
+    assert_eq!(overdue.len(), 1, "{r:#}");
+    assert_eq!(overdue[0]["key"], key.as_str());
+    assert_eq!(overdue[0]["uid"], "file-1");
+    assert!(findings(&r).is_empty(), "not corruption: {r:#}");
+
+    let other = s.shard_of.values().find(|k| **k != key).unwrap();
+    assert_eq!(run_path(&s.path(other), &[]).status.code(), Some(0));
+    assert_eq!(
+        run_path(&s.path(&key), &["--max-delay", "11d"])
+            .status
+            .code(),
+        Some(0)
+    );
+
+    // A copy outside its store has no tombstones to be judged by.
+    let lone = tempfile::tempdir().unwrap();
+    let copy = lone.path().join("copy.des");
+    std::fs::copy(s.path(&key), &copy).unwrap();
+    let out = run_path(&copy, &["--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(json(&out)["max_delay_seconds"], Value::Null);
+}
+
+#[test]
+fn max_delay_takes_a_duration_and_is_documented() {
+    let s = build_store();
+    for bad in ["1w", "", "-1h", "soon"] {
+        let out = run_path(s.root(), &["--max-delay", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+    }
+    let out = run_path(s.root(), &["--json", "--max-delay", "90m"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(json(&out)["max_delay_seconds"], 5_400);
+    let help = stdout(&run(&["--help"]));
+    assert!(help.contains("--max-delay <DURATION>"), "{help}");
+    assert!(
+        help.contains("deleted files still in a shard more than --max-delay"),
+        "{help}"
+    );
 }

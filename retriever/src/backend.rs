@@ -208,4 +208,8 @@ impl ObjectStore for MeteredStore {
     async fn list(&self, prefix: &str, start_after: Option<&str>) -> Result<ListPage> {
         self.inner.list(prefix, start_after).await
     }
+
+    async fn sweep_leftovers(&self, older_than: std::time::Duration) -> Result<u64> {
+        self.inner.sweep_leftovers(older_than).await
+    }
 }

@@ -113,4 +113,8 @@ impl ObjectStore for CountingStore {
         bump(&self.counters.list);
         self.inner.list(prefix, start_after).await
     }
+
+    async fn sweep_leftovers(&self, older_than: std::time::Duration) -> Result<u64> {
+        self.inner.sweep_leftovers(older_than).await
+    }
 }

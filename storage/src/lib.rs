@@ -4,10 +4,12 @@
 pub mod bridge;
 mod cached_read;
 mod error;
+pub mod keys;
 pub mod local;
 pub mod memory;
 pub mod object;
 mod open_files;
+pub mod protocol;
 pub mod resilience;
 pub mod s3;
 pub mod store;

@@ -2,34 +2,67 @@
 //! to a temp file in the target directory, is fsynced, then renamed (or
 //! hard-linked for create-only) and the directory fsynced, so a crash leaves
 //! the old object or the new one, never a partial one under the final name.
+//!
+//! # Compare-and-swap across processes
+//!
+//! Two packers, or a packer and a repacker, may publish the same shard at the
+//! same time, and `UpdateIfMatch` is only a compare-and-swap if nobody can
+//! replace the file between the ETag check and the rename. Every commit (and
+//! every delete) therefore holds an exclusive `flock(2)` on the target's
+//! directory across that check and the rename/link, and only there: the data
+//! fsync before it and the directory fsync after it run unlocked, so writers
+//! queue for microseconds, not for the disk. The lock belongs to a descriptor
+//! opened for this one commit, so it serialises threads of one process as well
+//! as processes. A crashed holder releases it (the kernel closes its
+//! descriptors); a stopped one (`SIGSTOP`) stalls writers of that directory.
+//!
+//! Limits: `flock` is advisory, so only writers that take it (this store, in
+//! any process) are excluded; a tool renaming files into the store on its own
+//! is not. On a network filesystem the lock is only as wide as the
+//! filesystem makes it: Linux's NFS and CIFS/SMB clients keep a `flock` on a
+//! directory local to the host (NFS emulates `flock` with server-side
+//! byte-range locks for regular files only, and not even those with
+//! `local_lock=flock`), and FUSE filesystems may do the same. Processes on one
+//! host are then still excluded, processes on different hosts are not: there
+//! the compare-and-swap does not hold, and parallel packers must use disjoint
+//! `--shard-range`s, as on backends that ignore conditional writes
+//! (docs/CONCURRENCY.md).
+//!
+//! # Leftover temp files
+//!
+//! A writer killed before its rename leaves its `.des-tmp-*` file behind;
+//! [`ObjectStore::sweep_leftovers`] removes those not modified for a while.
+//! Removing the temp file of a writer that is still running costs that writer
+//! its write, never data: its commit renames or links a name that no longer
+//! exists, which fails, and the object it meant to replace stays as it was.
 
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use rand::Rng;
 
 use crate::cached_read::{open_cached, read_cached};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::object::{
     ByteRange, GetOptions, GetResult, LIST_PAGE, ListPage, ObjectMeta, ObjectStore, ObjectWriter,
     PutMode, PutOptions, PutResult, check_key,
 };
 use crate::open_files::{OpenFile, OpenFiles};
 
-/// Temp files start with this; `list` hides them and `sweep_temp_files` removes leftovers.
+/// Temp files start with this; `list` hides them and `sweep_leftovers` removes leftovers.
 pub const TEMP_PREFIX: &str = ".des-tmp-";
 const READ_CHUNK: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     root: Arc<PathBuf>,
-    /// Serialises conditional commits inside this process; across processes,
-    /// create-only is still atomic (hard link), update-if-match is not.
-    commit_lock: Arc<tokio::sync::Mutex<()>>,
-    /// Handles kept for small reads; writes through this store drop theirs.
+    /// Handles kept for small reads; every write or delete through this store
+    /// drops the handle of its path, whether it succeeded or not.
     files: Arc<OpenFiles>,
 }
 
@@ -80,7 +113,6 @@ impl LocalStore {
         std::fs::create_dir_all(&root).map_err(|e| Error::io(&root.display().to_string(), e))?;
         Ok(Self {
             root: Arc::new(root),
-            commit_lock: Arc::new(tokio::sync::Mutex::new(())),
             files: Arc::default(),
         })
     }
@@ -101,8 +133,8 @@ impl LocalStore {
         target.with_file_name(format!("{TEMP_PREFIX}{name}-{tag:016x}"))
     }
 
-    /// Removes temp files left by crashed writers (older than `min_age`).
-    pub fn sweep_temp_files(&self, min_age: std::time::Duration) -> Result<usize> {
+    /// Removes temp files left by crashed writers (not modified for `min_age`).
+    pub fn sweep_temp_files(&self, min_age: Duration) -> Result<usize> {
         let mut removed = 0;
         let now = std::time::SystemTime::now();
         let mut stack = vec![self.root.to_path_buf()];
@@ -130,11 +162,69 @@ impl LocalStore {
     }
 }
 
+/// An exclusive `flock` on a directory, released when dropped (closing the
+/// descriptor, which was opened for this lock alone, releases it).
+struct DirLock {
+    _fd: OwnedFd,
+}
+
+fn lock_dir(dir: &Path) -> std::io::Result<DirLock> {
+    use rustix::fs::{FlockOperation, Mode, OFlags};
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    loop {
+        match rustix::fs::flock(&fd, FlockOperation::LockExclusive) {
+            Ok(()) => return Ok(DirLock { _fd: fd }),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Locks the directory holding `path` (see the module doc); `None` when the
+/// directory does not exist.
+fn lock_parent(key: &str, path: &Path) -> Result<Option<DirLock>> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| Error::Invalid(format!("bad key {key}")))?;
+    match lock_dir(dir) {
+        Ok(lock) => Ok(Some(lock)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(key, e)),
+    }
+}
+
+/// A commit whose temp file is gone: a sweep took it for a crashed writer's
+/// leftover. Not a `NotFound`, which callers read as "the object is absent".
+fn temp_gone(key: &str, tmp: &Path, e: std::io::Error) -> Error {
+    Error::other(
+        format!(
+            "{key}: temp file {} was removed before the commit (swept as a leftover?)",
+            tmp.display()
+        ),
+        e,
+    )
+}
+
 /// Moves a finished (already fsynced) temp file into place according to
-/// `mode`. Runs under the store's commit lock; the directory fsync that makes
-/// the rename durable is left to the caller, outside the lock.
+/// `mode`, holding the directory's lock across the check and the move; the
+/// directory fsync that makes the move durable is left to the caller, after
+/// the lock is released.
 fn commit_file(key: &str, tmp: &Path, dst: &Path, mode: &PutMode) -> Result<PutResult> {
-    let io = |e| Error::io(key, e);
+    let moved = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            temp_gone(key, tmp, e)
+        } else {
+            Error::io(key, e)
+        }
+    };
+    let Some(_lock) = lock_parent(key, dst)? else {
+        // The directory was made when the temp file was created in it.
+        return Err(temp_gone(key, tmp, std::io::ErrorKind::NotFound.into()));
+    };
     match mode {
         PutMode::Create => {
             // link(2) fails if the target exists: an atomic create-if-absent.
@@ -144,7 +234,7 @@ fn commit_file(key: &str, tmp: &Path, dst: &Path, mode: &PutMode) -> Result<PutR
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     return Err(Error::PreconditionFailed { key: key.into() });
                 }
-                other => other.map_err(io)?,
+                other => other.map_err(moved)?,
             }
         }
         PutMode::UpdateIfMatch(want) => {
@@ -153,12 +243,14 @@ fn commit_file(key: &str, tmp: &Path, dst: &Path, mode: &PutMode) -> Result<PutR
                 let _ = std::fs::remove_file(tmp);
                 return Err(Error::PreconditionFailed { key: key.into() });
             }
-            std::fs::rename(tmp, dst).map_err(io)?;
+            std::fs::rename(tmp, dst).map_err(moved)?;
         }
-        PutMode::Overwrite => std::fs::rename(tmp, dst).map_err(io)?,
+        // Locked too: an overwrite landing between a conditional writer's
+        // check and rename would be undone by that rename.
+        PutMode::Overwrite => std::fs::rename(tmp, dst).map_err(moved)?,
     }
     // Under the lock: after it, another writer may already have replaced `dst`.
-    let md = std::fs::metadata(dst).map_err(io)?;
+    let md = std::fs::metadata(dst).map_err(|e| Error::io(key, e))?;
     Ok(PutResult {
         etag: Some(etag_of(&md)),
         size: md.len(),
@@ -273,6 +365,9 @@ impl LocalStore {
     }
 
     async fn open_and_keep(&self, key: &str, path: PathBuf) -> Result<Arc<OpenFile>> {
+        // Taken before the open: a write that finishes while we open must
+        // not find its path's old inode kept after it (see `OpenFiles::insert`).
+        let seen = self.files.generation();
         let (f, md) = match open_cached(&path).map_err(|e| Error::io(key, e))? {
             Some(f) => described(key, f)?,
             None => {
@@ -281,7 +376,7 @@ impl LocalStore {
             }
         };
         let file = Arc::new(OpenFile::new(f, md.len(), etag_of(&md)));
-        self.files.insert(path, Arc::clone(&file));
+        self.files.insert(path, Arc::clone(&file), seen);
         Ok(file)
     }
 }
@@ -304,8 +399,9 @@ impl ObjectStore for LocalStore {
             return self.small_get(key, path, &opts).await;
         }
         let k = key.to_string();
-        let (meta, range, file, first) = blocking(move || {
-            let (mut f, md) = open_file(&k, &path)?;
+        let p = path.clone();
+        let opened = blocking(move || {
+            let (mut f, md) = open_file(&k, &p)?;
             let meta = meta_of(&k, &md);
             if opts
                 .if_match
@@ -327,7 +423,16 @@ impl ObjectStore for LocalStore {
             };
             Ok((meta, range, f, first))
         })
-        .await?;
+        .await;
+        if opened
+            .as_ref()
+            .is_err_and(|e| e.kind() == ErrorKind::PreconditionFailed)
+        {
+            // The caller's ETag came from an older version, maybe through a
+            // kept handle: its retry must not be served that version again.
+            self.files.forget(&path);
+        }
+        let (meta, range, file, first) = opened?;
         if let Some(chunk) = first {
             return Ok(one_chunk(meta, range, chunk));
         }
@@ -385,7 +490,6 @@ impl ObjectStore for LocalStore {
             tmp: tmp.clone(),
             file: Some(std::io::BufWriter::with_capacity(1 << 20, file)),
             mode: opts.mode,
-            lock: Arc::clone(&self.commit_lock),
             files: Arc::clone(&self.files),
             cleanup: TempGuard(Some(tmp)),
         }))
@@ -393,12 +497,23 @@ impl ObjectStore for LocalStore {
 
     async fn delete(&self, key: &str) -> Result<()> {
         let path = self.path(key)?;
-        self.files.forget(&path);
         let k = key.to_string();
-        blocking(move || match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(&k, e)),
+        let files = Arc::clone(&self.files);
+        blocking(move || {
+            // Locked like a commit, so a delete cannot fall between a
+            // conditional writer's check and its rename, and be undone by it.
+            let Some(_lock) = lock_parent(&k, &path)? else {
+                return Ok(());
+            };
+            let removed = std::fs::remove_file(&path);
+            // After the unlink: a read that opened the old file before it
+            // must not keep that handle.
+            files.forget(&path);
+            match removed {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Error::io(&k, e)),
+            }
         })
         .await
     }
@@ -408,6 +523,11 @@ impl ObjectStore for LocalStore {
         let prefix = prefix.to_string();
         let after = start_after.map(str::to_string);
         blocking(move || list_blocking(&root, &prefix, after.as_deref())).await
+    }
+
+    async fn sweep_leftovers(&self, older_than: Duration) -> Result<u64> {
+        let store = self.clone();
+        blocking(move || store.sweep_temp_files(older_than).map(|n| n as u64)).await
     }
 }
 
@@ -492,7 +612,6 @@ struct LocalWriter {
     tmp: PathBuf,
     file: Option<std::io::BufWriter<std::fs::File>>,
     mode: PutMode,
-    lock: Arc<tokio::sync::Mutex<()>>,
     files: Arc<OpenFiles>,
     cleanup: TempGuard,
 }
@@ -527,6 +646,14 @@ impl ObjectWriter for LocalWriter {
             let f = f
                 .into_inner()
                 .map_err(|e| Error::io(&key, e.into_error()))?;
+            // The ETag is inode, mtime and length. Many kernels stamp mtime
+            // from a clock that ticks every few milliseconds, and ext4 hands
+            // a freed inode number to the next file at once, so two versions
+            // of one length written within a tick would share an ETag and a
+            // stale `UpdateIfMatch` would pass; the nanosecond clock keeps
+            // them apart.
+            f.set_modified(std::time::SystemTime::now())
+                .map_err(|e| Error::io(&key, e))?;
             f.sync_all().map_err(|e| Error::io(&key, e))
         })
         .await?;
@@ -537,13 +664,16 @@ impl ObjectWriter for LocalWriter {
             self.mode.clone(),
         );
         let files = Arc::clone(&self.files);
-        let guard = Arc::clone(&self.lock).lock_owned().await;
         let res = blocking(move || {
             let put = commit_file(&key, &tmp, &dst, &mode);
-            // The directory fsync needs no lock either.
-            drop(guard);
-            let put = put?;
+            // Whatever the outcome, a kept handle of `dst` may now be older
+            // than the file: ours replaced it, or a competitor's did and made
+            // this commit fail, and that loser is about to re-read it to
+            // rebuild; serving it the version it lost on would only make it
+            // lose again.
             files.forget(&dst);
+            let put = put?;
+            // The directory fsync needs no lock.
             sync_parent(&key, &dst)?;
             Ok(put)
         })

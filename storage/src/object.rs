@@ -186,6 +186,18 @@ pub trait ObjectStore: Send + Sync + fmt::Debug + 'static {
     /// Keys starting with `prefix`, in byte order, strictly after `start_after`,
     /// at most [`LIST_PAGE`] per call.
     async fn list(&self, prefix: &str, start_after: Option<&str>) -> Result<ListPage>;
+
+    /// Removes temporary objects left by crashed writers that have not been
+    /// modified for `older_than`, and says how many. Removing one that a
+    /// slow writer still uses makes that writer's write fail; it never
+    /// touches a committed object. Backends without such leftovers return 0
+    /// (S3's, unfinished multipart uploads, are aborted by
+    /// `S3Store::abort_stale_uploads`); wrappers forward to every store
+    /// they hold.
+    async fn sweep_leftovers(&self, older_than: std::time::Duration) -> Result<u64> {
+        let _ = older_than;
+        Ok(0)
+    }
 }
 
 /// Convenience reads on any store.

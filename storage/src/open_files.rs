@@ -8,10 +8,17 @@
 //! new one — is closed by the first read of any key after that. Until then a kept handle still reads the
 //! version it was opened on, whose etag is what an `If-Match` is compared with,
 //! so a reader never mixes two versions.
+//!
+//! A path this store writes or deletes is forgotten at once, also when the
+//! write lost a compare-and-swap: the loser re-reads to rebuild on the
+//! winner's version and must not be handed the version it lost on. A read that
+//! opened the path before such a forget does not keep its handle (see
+//! [`OpenFiles::insert`]).
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -66,6 +73,8 @@ pub(crate) struct OpenFiles {
     inner: Mutex<Kept>,
     capacity: usize,
     ttl: Duration,
+    /// Bumped by every `forget`, under `inner`'s lock.
+    generation: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -90,7 +99,15 @@ impl OpenFiles {
             }),
             capacity,
             ttl,
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// To be read before opening a file that will be passed to `insert`.
+    pub fn generation(&self) -> u64 {
+        // Acquire: a reader that sees a forget's bump also sees the rename or
+        // unlink made before it, so its open finds the new file.
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The kept handles, with every expired one closed if that was last done
@@ -121,12 +138,21 @@ impl OpenFiles {
         }
     }
 
-    /// Keeps `file` for later reads, making room if needed.
-    pub fn insert(&self, path: PathBuf, file: Arc<OpenFile>) {
+    /// Keeps `file` for later reads, making room if needed, unless a path
+    /// was forgotten since `generation` (read before `file` was opened): the
+    /// file may then be an inode that a write replaced after the open, and
+    /// keeping it would serve the old version after the write. Any forget
+    /// counts, not only one of `path`; they are rare next to reads, and a
+    /// refused handle is merely opened again by the next read.
+    pub fn insert(&self, path: PathBuf, file: Arc<OpenFile>, generation: u64) {
         if self.capacity == 0 {
             return;
         }
-        let map = &mut self.map().files;
+        let mut kept = self.map();
+        if self.generation.load(Ordering::Relaxed) != generation {
+            return;
+        }
+        let map = &mut kept.files;
         if map.len() >= self.capacity && !map.contains_key(&path) {
             // Full: drop any one. Expired handles go in `map`'s sweep; a scan
             // for them here would run on every open once reads spread over
@@ -139,9 +165,13 @@ impl OpenFiles {
         map.insert(path, file);
     }
 
-    /// Called when this store replaces or deletes `path`.
+    /// Called after this store replaced or deleted `path`, or tried to.
     pub fn forget(&self, path: &Path) {
-        self.map().files.remove(path);
+        let mut kept = self.map();
+        kept.files.remove(path);
+        // Under the lock, so an `insert` either comes before (and its handle
+        // was just removed) or sees the new generation.
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     #[cfg(test)]
@@ -168,7 +198,7 @@ mod tests {
         let files = OpenFiles::new(3, Duration::from_secs(60));
         for i in 0..10 {
             let (p, f) = open(dir.path(), &format!("f{i}"));
-            files.insert(p.clone(), f);
+            files.insert(p.clone(), f, files.generation());
             assert!(files.get(&p).is_some(), "the newest handle is kept");
         }
         assert_eq!(files.len(), 3);
@@ -179,14 +209,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = OpenFiles::new(8, Duration::from_millis(30));
         let (p, f) = open(dir.path(), "a");
-        files.insert(p.clone(), f);
+        files.insert(p.clone(), f, files.generation());
         assert_eq!(files.get(&p).unwrap().etag, "a");
         std::thread::sleep(Duration::from_millis(40));
         assert!(files.get(&p).is_none(), "expired handles are not used");
         assert_eq!(files.len(), 0, "and are dropped, closing the file");
 
         let (p, f) = open(dir.path(), "b");
-        files.insert(p.clone(), f);
+        files.insert(p.clone(), f, files.generation());
         files.forget(&p);
         assert!(files.get(&p).is_none());
     }
@@ -197,7 +227,7 @@ mod tests {
         let files = OpenFiles::new(8, Duration::from_millis(30));
         for name in ["a", "b", "c"] {
             let (p, f) = open(dir.path(), name);
-            files.insert(p, f);
+            files.insert(p, f, files.generation());
         }
         std::thread::sleep(Duration::from_millis(40));
         assert!(files.get(&dir.path().join("never-kept")).is_none());
@@ -206,6 +236,24 @@ mod tests {
             0,
             "a, b and c were released without being read"
         );
+    }
+
+    #[test]
+    fn a_handle_opened_before_a_forget_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = OpenFiles::new(8, Duration::from_secs(60));
+        let seen = files.generation();
+        let (p, f) = open(dir.path(), "a");
+        // A write replaces `a` and forgets it between our open and our insert.
+        files.forget(&p);
+        files.insert(p.clone(), f, seen);
+        assert!(
+            files.get(&p).is_none(),
+            "the old inode would outlive the write"
+        );
+        let (p, f) = open(dir.path(), "a");
+        files.insert(p.clone(), f, files.generation());
+        assert!(files.get(&p).is_some(), "opened after the forget: kept");
     }
 
     #[test]
@@ -223,7 +271,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = OpenFiles::new(0, DEFAULT_TTL);
         let (p, f) = open(dir.path(), "a");
-        files.insert(p.clone(), f);
+        files.insert(p.clone(), f, files.generation());
         assert!(files.get(&p).is_none());
     }
 }

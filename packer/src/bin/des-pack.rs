@@ -68,6 +68,9 @@ fn print_summary(r: &PackReport) {
             r.stale_uploads_aborted
         );
     }
+    if r.temp_files_swept > 0 {
+        println!("{} temp files of crashed runs removed", r.temp_files_swept);
+    }
     for w in &r.warnings {
         eprintln!("warning: {w}");
     }

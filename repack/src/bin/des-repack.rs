@@ -82,6 +82,11 @@ struct Cli {
     /// Lease lifetime; renewed every third of it while running.
     #[arg(long, default_value = "15m", value_parser = parse_duration)]
     lease_ttl: Duration,
+    /// At the start of each run, remove temp files (`.des-tmp-*`, local
+    /// stores) not modified for this long: writers killed mid-write leave
+    /// them. Must exceed the longest write of any packer still running.
+    #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = parse_duration)]
+    sweep_temp_after: Duration,
     /// Run as a daemon on this cron schedule ("0 3 * * *", or with seconds
     /// "0 0 3 * * *"; UTC) instead of once.
     #[arg(long, value_name = "CRON")]
@@ -167,6 +172,9 @@ fn options(cli: &Cli) -> Result<RepackOptions> {
 /// One run: report, metrics, exit code.
 async fn once(cli: &Cli, store: &DesStore, opts: &RepackOptions) -> u8 {
     let started = Instant::now();
+    if !cli.dry_run {
+        sweep_temp_files(store, cli.sweep_temp_after).await;
+    }
     let bar = progress_bar(cli.quiet);
     let on_progress = |p: Progress<'_>| match p {
         Progress::Planned { shards } => bar.set_length(shards as u64),
@@ -217,6 +225,24 @@ async fn once(cli: &Cli, store: &DesStore, opts: &RepackOptions) -> u8 {
         }
     }
     code
+}
+
+/// Nothing else removes crashed writers' temp files between packer runs; a
+/// failure only leaves them for the next run, so it is a warning.
+async fn sweep_temp_files(store: &DesStore, older_than: Duration) {
+    for s in store.placement().stores() {
+        match s.sweep_leftovers(older_than).await {
+            Ok(0) => {}
+            Ok(n) => eprintln!(
+                "des-repack: removed {n} temp files of crashed writers from {}",
+                s.describe()
+            ),
+            Err(e) => eprintln!(
+                "des-repack: warning: removing temp files from {}: {e}",
+                s.describe()
+            ),
+        }
+    }
 }
 
 fn print_report(cli: &Cli, r: &RepackReport) -> Result<()> {

@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
-use des_repack::units::parse_size;
+use des_repack::units::{parse_duration, parse_size};
 use des_repack::verify::open::{self, Scope};
 use des_repack::verify::{
     ByteRate, DEFAULT_JOBS, Progress, Sample, VerifyOptions, verify_key, verify_store,
@@ -18,10 +19,14 @@ use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
 const EXIT_CODES: &str = "\
 Exit status:
-  0  clean: every check passed
-  1  corruption found; the summary (or --json report) names each shard and uid
+  0  clean: every check passed (deleted files still within --max-delay, or
+     kept by a legal hold, are reported but are not errors)
+  1  corruption found, or deleted files still in a shard more than --max-delay
+     after their tombstone; the summary (or --json report) names each shard
+     and uid
   2  usage error, I/O error, or store not found; also when some objects could
-     not be checked and no corruption was found";
+     not be checked (tombstones or legal holds included) and nothing above was
+     found";
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LayoutArg {
@@ -49,7 +54,10 @@ impl From<LayoutArg> for Layout {
 /// checksums, so for them only structure and decoding can be checked.
 ///
 /// For v3 stores the report also lists shards that still hold deleted files
-/// (pending tombstones) with their garbage ratio; those are not errors.
+/// (pending tombstones) with their garbage ratio; those are not errors. A
+/// deleted file whose tombstone (pending, or marked applied: then the bytes
+/// came back) was logged more than --max-delay ago and that a shard still
+/// lists is an error, unless a legal hold keeps it (reported as held).
 #[derive(Debug, Parser)]
 #[command(name = "des-verify", version, after_help = EXIT_CODES)]
 struct Cli {
@@ -75,6 +83,13 @@ struct Cli {
     /// Seed for --sample; the same seed checks the same entries.
     #[arg(long, requires = "sample")]
     seed: Option<u64>,
+    /// Deletion deadline (90s, 15m, 24h, 7d): a deleted file still in a
+    /// shard this long after its tombstone was logged, and not under a legal
+    /// hold, is an error. Give the bound the repacker keeps: its --max-delay
+    /// plus the time between its runs. Judged from the index, for every
+    /// entry, whatever --sample says.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    max_delay: Duration,
     /// Shards checked concurrently.
     #[arg(long, default_value_t = DEFAULT_JOBS,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
@@ -138,6 +153,7 @@ async fn verify(cli: &Cli) -> Result<u8> {
     opts.sample = sample;
     opts.jobs = cli.jobs;
     opts.rate = cli.rate.and_then(ByteRate::new).map(Arc::new);
+    opts.max_delay = cli.max_delay;
     let opened = match (&cli.path, &cli.zones) {
         (Some(path), _) => open::open(path, cli.layout.map(Layout::from), cli.n_bits)
             .await

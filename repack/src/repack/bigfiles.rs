@@ -3,13 +3,18 @@
 //!
 //! Big files are content-addressed and may be shared by several shards, so
 //! dropping an entry does not mean its object can go. The repacker registers
-//! the object as a *candidate* (`_des/gc/big/<hex>`) before it publishes the
-//! generation that drops the reference — so a crash after publishing cannot
-//! forget it — and a later step, once the candidate is older than the grace
-//! period, scans every shard index of that store and deletes the object only
-//! if none references it. The grace period covers readers still holding an
-//! older index and packers that found the object present and are about to
-//! publish a shard referencing it.
+//! the object as a *candidate* (`_des/gc/big/<hex>`, naming the files whose
+//! entries referenced it) before it publishes the generation that drops the
+//! reference — so a crash after publishing cannot forget it. A later step,
+//! once the candidate is older than the grace period (readers still holding
+//! an older index), deletes the object only if
+//!
+//! - no shard index of that store references it (a full scan),
+//! - no legal hold covers a file the candidate names (I5: a hold stops every
+//!   step of physical deletion, even one registered before the hold), and
+//! - no packer in flight holds a live reference to it, under the rule of
+//!   `des_storage::protocol::bigrefs` (refs are listed after the scan, and
+//!   nothing is deleted once half the ref TTL has passed since the scan began).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -18,48 +23,60 @@ use std::time::Duration;
 use bytes::Bytes;
 use des_format::Timestamp;
 use des_format::shard::AnyIndex;
+use des_storage::keys::{BIG_PREFIX, BIG_REFS_PREFIX, GC_PREFIX, StoreKey};
+use des_storage::protocol::{GcWindow, refs_of};
 use des_storage::{
     ByteRange, DesStore, ErrorKind, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::error::{RepackError, Result};
+use crate::holds::HoldSet;
 
-pub const GC_PREFIX: &str = "_des/gc/big/";
-pub const BIG_PREFIX: &str = "_big/";
+/// Files named per candidate at most: enough for any real sharing of one
+/// content, and a bound on the record's size.
+const MAX_NAMED_FILES: usize = 1000;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Candidate {
     big_key: String,
     shard_key: String,
     registered_at: String,
     registered_at_us: i64,
+    /// The files whose dropped entries referenced the object.
+    #[serde(default)]
+    files: Vec<(String, u32)>,
 }
 
-/// Registers `_big/<hex>` keys whose last known reference is being dropped.
+/// Registers `_big/<hex>` keys whose last known reference is being dropped;
+/// `dropped` pairs each key with the uid whose entry referenced it.
 pub async fn register(
     objects: &dyn ObjectStore,
-    big_keys: &[String],
+    dropped: &[(String, String)],
     shard_key: &str,
+    date: u32,
 ) -> Result<()> {
     let now = Timestamp::now();
-    for big in big_keys {
-        let Some(hex) = big.strip_prefix(BIG_PREFIX) else {
+    for (big, uid) in dropped {
+        let Some(StoreKey::Big { hex }) = StoreKey::parse(big) else {
             continue;
         };
-        let c = Candidate {
-            big_key: big.clone(),
-            shard_key: shard_key.to_string(),
-            registered_at: now.to_rfc3339(),
-            registered_at_us: now.micros(),
-        };
+        let key = StoreKey::GcCandidate { hex }.to_string();
+        // Only the lease holder writes candidates: read-modify-write is safe.
+        let mut c = read_candidate(objects, &key).await?.unwrap_or_default();
+        c.big_key = big.clone();
+        c.shard_key = shard_key.to_string();
+        c.registered_at = now.to_rfc3339();
+        c.registered_at_us = now.micros();
+        let file = (uid.clone(), date);
+        if !c.files.contains(&file) && c.files.len() < MAX_NAMED_FILES {
+            c.files.push(file);
+        }
         let body = serde_json::to_vec(&c).map_err(|e| RepackError::Invalid(e.to_string()))?;
         let put = PutOptions {
             mode: PutMode::Overwrite,
         };
-        objects
-            .put(&format!("{GC_PREFIX}{hex}"), Bytes::from(body), put)
-            .await?;
+        objects.put(&key, Bytes::from(body), put).await?;
     }
     Ok(())
 }
@@ -74,23 +91,39 @@ pub struct GcOutcome {
     pub still_referenced: u64,
     /// Candidates younger than the grace period.
     pub waiting: u64,
+    /// Candidates kept because a legal hold covers a file they name.
+    pub held: u64,
+    /// Candidates kept because a packer in flight references them.
+    pub in_flight: u64,
+    /// Expired packer refs removed.
+    pub refs_expired: u64,
     /// Shard indexes read to look for references.
     pub shards_scanned: u64,
 }
 
-/// Deletes candidates past `grace` that no shard of their store references.
-pub async fn collect(store: &DesStore, grace: Duration, dry_run: bool) -> Result<GcOutcome> {
+/// How a collection runs.
+#[derive(Debug, Clone, Copy)]
+pub struct GcOptions {
+    pub grace: Duration,
+    /// The packers' big-file ref TTL (`des_storage::protocol::bigrefs`).
+    pub ref_ttl: Duration,
+    pub dry_run: bool,
+}
+
+/// Deletes candidates past the grace period that nothing references or holds.
+pub async fn collect(store: &DesStore, holds: &HoldSet, opts: GcOptions) -> Result<GcOutcome> {
     let mut out = GcOutcome::default();
-    let grace_us = i64::try_from(grace.as_micros()).unwrap_or(i64::MAX);
+    let grace_us = i64::try_from(opts.grace.as_micros()).unwrap_or(i64::MAX);
     let now = Timestamp::now().micros();
-    let mut shards: Option<Vec<String>> = None;
     for objects in store.placement().stores() {
-        let mut due: BTreeMap<String, String> = BTreeMap::new();
+        if !opts.dry_run {
+            out.refs_expired += sweep_expired_refs(objects.as_ref()).await?;
+        }
+        let mut due: BTreeMap<String, Candidate> = BTreeMap::new();
         for meta in objects.list_all(GC_PREFIX).await? {
-            let c = read_candidate(objects.as_ref(), &meta.key).await?;
-            match c {
+            match read_candidate(objects.as_ref(), &meta.key).await? {
                 Some(c) if now.saturating_sub(c.registered_at_us) >= grace_us => {
-                    due.insert(meta.key, c.big_key);
+                    due.insert(meta.key, c);
                 }
                 Some(_) => out.waiting += 1,
                 None => {}
@@ -99,47 +132,77 @@ pub async fn collect(store: &DesStore, grace: Duration, dry_run: bool) -> Result
         if due.is_empty() {
             continue;
         }
-        if shards.is_none() {
-            shards = Some(
-                store
-                    .list_shards()
-                    .await?
-                    .into_iter()
-                    .map(|m| m.key)
-                    .collect(),
-            );
-        }
-        let owned: Vec<&String> = shards
-            .iter()
-            .flatten()
-            .filter(|k| {
-                store
-                    .objects_for_key(k)
-                    .is_ok_and(|o| Arc::ptr_eq(&o, &objects))
-            })
-            .collect();
-        let wanted: HashSet<&str> = due.values().map(String::as_str).collect();
-        let referenced = referenced_among(store, &owned, &wanted, &mut out).await?;
-        for (candidate, big) in &due {
-            if referenced.contains(big.as_str()) {
-                out.still_referenced += 1;
-            } else {
-                out.bytes_deleted += match objects.head(big).await {
-                    Ok(m) => m.size,
-                    Err(e) if e.kind() == ErrorKind::NotFound => 0,
-                    Err(e) => return Err(e.into()),
-                };
-                out.deleted.push(big.clone());
-                if !dry_run {
-                    objects.delete(big).await?;
-                }
+        // The window opens before the scan: refs are listed after it.
+        let window = GcWindow::start(opts.ref_ttl);
+        let wanted: HashSet<&str> = due.values().map(|c| c.big_key.as_str()).collect();
+        let referenced = referenced_in(store, &objects, &wanted, &mut out).await?;
+        for (candidate, c) in &due {
+            let gone = decide(&objects, holds, &referenced, c, &window, &mut out).await?;
+            if gone && !opts.dry_run {
+                objects.delete(&c.big_key).await?;
             }
-            if !dry_run {
+            // A held or in-flight candidate stays for a later run to decide again.
+            let settled = gone || referenced.contains(c.big_key.as_str());
+            if settled && !opts.dry_run {
                 objects.delete(candidate).await?;
             }
         }
     }
     Ok(out)
+}
+
+/// Whether `c`'s object may be deleted now; counts why not.
+async fn decide(
+    objects: &Arc<dyn ObjectStore>,
+    holds: &HoldSet,
+    referenced: &HashSet<&str>,
+    c: &Candidate,
+    window: &GcWindow,
+    out: &mut GcOutcome,
+) -> Result<bool> {
+    if referenced.contains(c.big_key.as_str()) {
+        out.still_referenced += 1;
+        return Ok(false);
+    }
+    if c.files
+        .iter()
+        .any(|(uid, date)| holds.holding(uid, *date).is_some())
+    {
+        out.held += 1;
+        return Ok(false);
+    }
+    let hex = c.big_key.strip_prefix(BIG_PREFIX).unwrap_or(&c.big_key);
+    if refs_of(objects.as_ref(), hex, Timestamp::now()).await?.live > 0 || !window.open() {
+        out.in_flight += 1;
+        return Ok(false);
+    }
+    out.bytes_deleted += match objects.head(&c.big_key).await {
+        Ok(m) => m.size,
+        Err(e) if e.kind() == ErrorKind::NotFound => 0,
+        Err(e) => return Err(e.into()),
+    };
+    out.deleted.push(c.big_key.clone());
+    Ok(true)
+}
+
+/// Removes packer refs past their expiry (packers never remove their own:
+/// a ref must outlive the publish it protects).
+async fn sweep_expired_refs(objects: &dyn ObjectStore) -> Result<u64> {
+    let now = Timestamp::now();
+    let mut hexes = HashSet::new();
+    for meta in objects.list_all(BIG_REFS_PREFIX).await? {
+        if let Some(StoreKey::BigRef { hex, .. }) = StoreKey::parse(&meta.key) {
+            hexes.insert(hex);
+        }
+    }
+    let mut n = 0;
+    for hex in hexes {
+        for key in refs_of(objects, &hex, now).await?.expired {
+            objects.delete(&key).await?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 async fn read_candidate(objects: &dyn ObjectStore, key: &str) -> Result<Option<Candidate>> {
@@ -150,16 +213,22 @@ async fn read_candidate(objects: &dyn ObjectStore, key: &str) -> Result<Option<C
     }
 }
 
-/// Which of `wanted` (big-file keys) some shard in `keys` references.
-async fn referenced_among<'w>(
+/// Which of `wanted` (big-file keys) some shard of `objects` references.
+async fn referenced_in<'w>(
     store: &DesStore,
-    keys: &[&String],
+    objects: &Arc<dyn ObjectStore>,
     wanted: &HashSet<&'w str>,
     out: &mut GcOutcome,
 ) -> Result<HashSet<&'w str>> {
     let mut found = HashSet::new();
-    for key in keys {
-        let Some(loaded) = store.load_index(key).await? else {
+    for meta in store.list_shards().await? {
+        let owned = store
+            .objects_for_key(&meta.key)
+            .is_ok_and(|o| Arc::ptr_eq(&o, objects));
+        if !owned {
+            continue;
+        }
+        let Some(loaded) = store.load_index(&meta.key).await? else {
             continue;
         };
         out.shards_scanned += 1;

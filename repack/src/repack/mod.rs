@@ -3,14 +3,21 @@
 //! A run takes the store's lease, works out which shards hold files with
 //! pending tombstones, and for each one decides: rewrite it now (forced,
 //! enough garbage, or a tombstone older than `max_delay`), defer it, or just
-//! record that the files are already gone. A rewrite publishes a new
-//! generation atomically, *then* marks the shard's tombstones applied,
-//! *then* (after a grace period, possibly in a later run) deletes big-file
-//! objects nothing references any more. A crash anywhere leaves the old or
-//! the new generation in place, both complete; a re-run finishes the job.
+//! record that the files are already gone. A rewrite journals what it drops,
+//! publishes a new generation atomically, *then* marks the shard's
+//! tombstones applied, *then* (after a grace period, possibly in a later
+//! run) deletes big-file objects nothing references any more. A crash
+//! anywhere leaves the old or the new generation in place, both complete; a
+//! re-run finishes the job, and the journal keeps its proofs exact.
+//!
+//! Then it re-checks every shard that some tombstone routes to and that
+//! changed since it was last checked (`des_storage::protocol::checked`): a
+//! packer racing a tombstone may have published deleted bytes again after
+//! they were proven gone, and such bytes are removed now.
 
 pub mod bigfiles;
 mod capture;
+mod recheck;
 pub mod report;
 mod rewrite;
 pub mod state;
@@ -24,8 +31,10 @@ use std::time::{Duration, Instant};
 
 use des_format::shard::AnyIndex;
 use des_format::{Compression, Timestamp};
+use des_storage::keys::ShardKey;
+use des_storage::protocol::{big_ref_ttl, checked, journal};
 use des_storage::tombstones::{AppliedMarker, AppliedOutcome, TombstoneLog};
-use des_storage::{DesStore, Layout, LoadedIndex};
+use des_storage::{DesStore, Layout, LoadedIndex, ObjectMeta};
 use futures::StreamExt;
 use tokio::runtime::Handle;
 
@@ -65,6 +74,9 @@ pub struct RepackOptions {
     pub lease: LeaseConfig,
     /// Rebuilds of a shard replaced under us (e.g. by a packer) before giving up.
     pub conflict_retries: u32,
+    /// The packers' big-file ref TTL: refs younger than this keep their
+    /// big file (`des_storage::protocol::bigrefs`).
+    pub big_ref_ttl: Duration,
 }
 
 impl Default for RepackOptions {
@@ -79,6 +91,7 @@ impl Default for RepackOptions {
             big_file_grace: DEFAULT_BIG_FILE_GRACE,
             lease: LeaseConfig::default(),
             conflict_retries: 3,
+            big_ref_ttl: big_ref_ttl(),
         }
     }
 }
@@ -98,6 +111,8 @@ struct Ctx<'a> {
     opts: &'a RepackOptions,
     lease_lost: Arc<AtomicBool>,
     now: Timestamp,
+    /// The shard versions last checked (`des_storage::protocol::checked`).
+    checked: HashMap<ShardKey, String>,
 }
 
 /// One run. `Err` when the run could not proceed at all (lease held, store
@@ -156,6 +171,7 @@ async fn run_locked(
             + state.held.len() as u64,
         ..RepackReport::default()
     };
+    let checked = recheck::recorded(store).await?;
     let mut ctx = Ctx {
         store,
         log,
@@ -164,24 +180,33 @@ async fn run_locked(
         opts,
         lease_lost,
         now,
+        checked,
     };
     let order = plan_order(&mut ctx);
     progress(Progress::Planned {
         shards: order.len(),
     });
     let mut budget = 0u64;
-    for (key, pending, forced) in order {
-        let outcome = process_shard(&ctx, &key, &pending, forced, &mut budget).await;
+    let mut done = HashSet::new();
+    for (key, pending, trigger) in order {
+        let outcome = process_shard(&ctx, &key, &pending, trigger, &mut budget).await;
+        done.insert(key);
         progress(Progress::ShardDone(&outcome));
         report.add(outcome);
-        if ctx.lease_lost.load(Ordering::SeqCst) {
-            return Err(RepackError::LeaseLost {
-                key: crate::lease::LEASE_KEY.into(),
-                detail: "stopped the run".into(),
-            });
-        }
+        check_lease(&ctx)?;
     }
-    report.big_files = bigfiles::collect(store, opts.big_file_grace, opts.dry_run).await?;
+    for key in recheck::changed(&ctx, &done).await? {
+        let outcome = process_shard(&ctx, &key, &[], Trigger::Recheck, &mut budget).await;
+        progress(Progress::ShardDone(&outcome));
+        report.add(outcome);
+        check_lease(&ctx)?;
+    }
+    let gc = bigfiles::GcOptions {
+        grace: opts.big_file_grace,
+        ref_ttl: opts.big_ref_ttl,
+        dry_run: opts.dry_run,
+    };
+    report.big_files = bigfiles::collect(store, &ctx.holds, gc).await?;
     finish_counts(&ctx, &mut report).await?;
     report.duration_seconds = started.elapsed().as_secs_f64();
     report.read_mb_per_second = if report.duration_seconds > 0.0 {
@@ -192,17 +217,41 @@ async fn run_locked(
     Ok(report)
 }
 
+fn check_lease(ctx: &Ctx<'_>) -> Result<()> {
+    if ctx.lease_lost.load(Ordering::SeqCst) {
+        return Err(RepackError::LeaseLost {
+            key: crate::lease::LEASE_KEY.into(),
+            detail: "stopped the run".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Why a shard is looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// It has pending tombstones.
+    Pending,
+    /// `--shard`: rewritten whatever the rules say.
+    Forced,
+    /// It changed since it was last checked: deleted bytes found in it are
+    /// past their proof and go now.
+    Recheck,
+}
+
 /// Forced shards first, then the rest by their oldest pending tombstone, so
 /// the deletions closest to their deadline go first when the budget runs out.
-fn plan_order(ctx: &mut Ctx<'_>) -> Vec<(String, Vec<PendingTomb>, bool)> {
+fn plan_order(ctx: &mut Ctx<'_>) -> Vec<(String, Vec<PendingTomb>, Trigger)> {
     let mut by_shard = std::mem::take(&mut ctx.state.by_shard);
     let mut order = Vec::new();
     for key in &ctx.opts.force_shards {
         let pending = by_shard.remove(key).unwrap_or_default();
-        order.push((key.clone(), pending, true));
+        order.push((key.clone(), pending, Trigger::Forced));
     }
-    let mut rest: Vec<(String, Vec<PendingTomb>, bool)> =
-        by_shard.into_iter().map(|(k, p)| (k, p, false)).collect();
+    let mut rest: Vec<(String, Vec<PendingTomb>, Trigger)> = by_shard
+        .into_iter()
+        .map(|(k, p)| (k, p, Trigger::Pending))
+        .collect();
     rest.sort_by_key(|(k, p, _)| (p.iter().map(PendingTomb::logged_at).min(), k.clone()));
     order.extend(rest);
     order
@@ -216,7 +265,7 @@ async fn process_shard(
     ctx: &Ctx<'_>,
     key: &str,
     pending: &[PendingTomb],
-    forced: bool,
+    trigger: Trigger,
     budget: &mut u64,
 ) -> ShardOutcome {
     let started = Instant::now();
@@ -226,7 +275,7 @@ async fn process_shard(
         .iter()
         .map(|p| age_seconds(ctx.now, p.logged_at()))
         .fold(0.0, f64::max);
-    if let Err(e) = try_process(ctx, key, pending, forced, budget, &mut out).await {
+    if let Err(e) = try_process(ctx, key, pending, trigger, budget, &mut out).await {
         out.action = Action::Failed;
         out.reason = "error".into();
         out.error = Some(e.to_string());
@@ -276,7 +325,7 @@ async fn try_process(
     ctx: &Ctx<'_>,
     key: &str,
     pending: &[PendingTomb],
-    forced: bool,
+    trigger: Trigger,
     budget: &mut u64,
     out: &mut ShardOutcome,
 ) -> Result<()> {
@@ -284,7 +333,7 @@ async fn try_process(
         let Some(loaded) = ctx.store.load_index(key).await? else {
             out.action = Action::NothingToRemove;
             out.reason = "no_shard".into();
-            out.tombstones_marked = mark(ctx, key, pending, None, &[]).await?;
+            out.tombstones_marked = mark(ctx, key, pending, None, &HashSet::new()).await?;
             return Ok(());
         };
         out.generation_before = loaded.index.trailer().map(|t| t.generation);
@@ -293,14 +342,10 @@ async fn try_process(
         let garbage = assess(ctx, &loaded)?;
         out.garbage_ratio = garbage.ratio;
         out.entries_dropped = garbage.drop.len() as u64;
-        if garbage.drop.is_empty() && !forced {
-            out.action = Action::NothingToRemove;
-            out.reason = "not_in_shard".into();
-            out.entries_after = out.entries_before;
-            out.tombstones_marked = mark(ctx, key, pending, out.generation_before, &[]).await?;
-            return Ok(());
+        if garbage.drop.is_empty() && trigger != Trigger::Forced {
+            return nothing_to_remove(ctx, key, pending, &loaded, out).await;
         }
-        let Some(reason) = decide(ctx, pending, forced, garbage.ratio) else {
+        let Some(reason) = decide(ctx, pending, trigger, garbage.ratio) else {
             out.action = Action::Deferred;
             out.reason = "below_ratio".into();
             return Ok(());
@@ -318,6 +363,8 @@ async fn try_process(
         if ctx.opts.dry_run {
             out.action = Action::WouldRewrite;
             out.bytes_read = loaded.object.size;
+            out.entries_after = out.entries_before - out.entries_dropped;
+            out.bytes_after = loaded.object.size;
             return Ok(());
         }
         *budget += loaded.object.size;
@@ -333,18 +380,77 @@ async fn try_process(
     ))
 }
 
+/// The shard holds none of the deleted files. Those a journal of a run that
+/// crashed after publishing names were removed by it (in the journal's
+/// generation); the rest were never there.
+async fn nothing_to_remove(
+    ctx: &Ctx<'_>,
+    key: &str,
+    pending: &[PendingTomb],
+    loaded: &LoadedIndex,
+    out: &mut ShardOutcome,
+) -> Result<()> {
+    out.action = Action::NothingToRemove;
+    out.reason = "not_in_shard".into();
+    out.entries_after = out.entries_before;
+    out.bytes_after = out.bytes_before;
+    let generation = out.generation_before;
+    let (objects, shard) = shard_store(ctx, key)?;
+    let journal = journal::read(objects.as_ref(), &shard).await?;
+    let mut removed = HashSet::new();
+    let mut marked_in = generation;
+    if let Some(j) = journal.filter(|j| generation.is_some_and(|g| g >= j.generation)) {
+        removed = j.dropped.into_iter().collect();
+        marked_in = Some(j.generation);
+    }
+    if ctx.opts.dry_run {
+        return Ok(());
+    }
+    let (absent, gone): (Vec<PendingTomb>, Vec<PendingTomb>) = pending
+        .iter()
+        .cloned()
+        .partition(|p| !removed.contains(&p.uid));
+    out.tombstones_marked = mark(ctx, key, &absent, generation, &HashSet::new()).await?
+        + mark(ctx, key, &gone, marked_in, &removed).await?;
+    journal::clear(objects.as_ref(), &shard).await?;
+    record_checked(ctx, key, &loaded.object).await
+}
+
+/// The store holding `key` and the key parsed.
+fn shard_store(ctx: &Ctx<'_>, key: &str) -> Result<(Arc<dyn des_storage::ObjectStore>, ShardKey)> {
+    let shard = ShardKey::parse(key, Some(ctx.store.n_bits()))
+        .ok_or_else(|| RepackError::Invalid(format!("{key:?} is not a shard key")))?;
+    Ok((ctx.store.objects_for_key(key)?, shard))
+}
+
+/// Records that `version` of the shard was checked against every tombstone.
+async fn record_checked(ctx: &Ctx<'_>, key: &str, version: &ObjectMeta) -> Result<()> {
+    let (objects, shard) = shard_store(ctx, key)?;
+    let old = ctx.checked.get(&shard).map(String::as_str);
+    checked::record(
+        objects.as_ref(),
+        &shard,
+        &checked::version_tag(version),
+        old,
+    )
+    .await?;
+    Ok(())
+}
+
 fn decide(
     ctx: &Ctx<'_>,
     pending: &[PendingTomb],
-    forced: bool,
+    trigger: Trigger,
     ratio: f64,
 ) -> Option<&'static str> {
     let max_delay = i64::try_from(ctx.opts.max_delay.as_micros()).unwrap_or(i64::MAX);
     let overdue = pending
         .iter()
         .any(|p| ctx.now.micros().saturating_sub(p.logged_at().micros()) >= max_delay);
-    if forced {
+    if trigger == Trigger::Forced {
         Some("forced")
+    } else if trigger == Trigger::Recheck {
+        Some("recheck")
     } else if ratio >= ctx.opts.min_garbage_ratio {
         Some("garbage_ratio")
     } else if overdue {
@@ -387,14 +493,17 @@ async fn finish_rewrite(
     out.entries_dropped = r.dropped.len() as u64;
     out.bytes_after = r.bytes_after;
     out.bytes_read = r.bytes_read;
-    let dropped: HashSet<&str> = r.dropped.iter().map(String::as_str).collect();
-    let removed: Vec<&PendingTomb> = pending
-        .iter()
-        .filter(|p| dropped.contains(p.uid.as_str()))
-        .collect();
-    out.tombstones_marked = mark(ctx, key, pending, Some(r.generation), &removed).await?;
+    let dropped: HashSet<String> = r.dropped.iter().cloned().collect();
+    out.tombstones_marked = mark(ctx, key, pending, Some(r.generation), &dropped).await?;
     CrashPoint::AfterMark.check();
-    Ok(())
+    let (objects, shard) = shard_store(ctx, key)?;
+    journal::clear(objects.as_ref(), &shard).await?;
+    let published = ObjectMeta {
+        key: key.to_string(),
+        size: r.bytes_after,
+        etag: r.etag.clone(),
+    };
+    record_checked(ctx, key, &published).await
 }
 
 /// Reads the published shard back: whatever generation is there now must
@@ -424,25 +533,22 @@ async fn read_back(store: &DesStore, key: &str, r: &Rewritten) -> Result<()> {
     Ok(())
 }
 
-/// Marks `pending` applied: `removed` ones as removed in `generation`, the
-/// rest as absent from it. Returns how many markers were written.
+/// Marks `pending` applied: those whose uid is in `removed` as removed in
+/// `generation`, the rest as absent from it. Returns how many markers were
+/// written.
 async fn mark(
     ctx: &Ctx<'_>,
     key: &str,
     pending: &[PendingTomb],
     generation: Option<u64>,
-    removed: &[&PendingTomb],
+    removed: &HashSet<String>,
 ) -> Result<u64> {
     if ctx.opts.dry_run {
         return Ok(0);
     }
-    let removed: HashMap<&str, ()> = removed
-        .iter()
-        .map(|p| (p.at.name.name.as_str(), ()))
-        .collect();
     let writes = futures::stream::iter(pending)
         .map(|p| {
-            let outcome = if removed.contains_key(p.at.name.name.as_str()) {
+            let outcome = if removed.contains(&p.uid) {
                 AppliedOutcome::Removed
             } else {
                 AppliedOutcome::Absent
@@ -450,7 +556,7 @@ async fn mark(
             let marker = AppliedMarker::new(key, generation, outcome);
             async move { ctx.log.mark_applied(&p.at, &marker).await }
         })
-        .buffer_unordered(16)
+        .buffer_unordered(MARK_CONCURRENCY)
         .collect::<Vec<_>>()
         .await;
     for w in writes {
@@ -458,6 +564,9 @@ async fn mark(
     }
     Ok(pending.len() as u64)
 }
+
+/// Markers written at once (small objects: latency-bound).
+const MARK_CONCURRENCY: usize = 16;
 
 /// Pending and held counts after the run, from a fresh listing.
 async fn finish_counts(ctx: &Ctx<'_>, report: &mut RepackReport) -> Result<()> {

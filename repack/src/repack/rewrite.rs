@@ -3,9 +3,10 @@
 //! Live entries are copied as stored bytes (CRC-checked on the way, never
 //! re-compressed unless asked) from one sequential read of the old data
 //! region; the new index and trailer are captured and checked against what
-//! was meant to be written before the upload is committed; the commit is
-//! conditional on the old generation's ETag where the store enforces it.
-//! Runs on a blocking thread.
+//! was meant to be written before the upload is committed. Publishing
+//! follows des-storage's protocol (`ShardPublish`: conditional on the old
+//! generation, or re-checked where the store ignores conditions), after the
+//! journal names what this generation drops. Runs on a blocking thread.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -16,9 +17,9 @@ use des_format::shard::{AnyIndex, Located};
 use des_format::v3::{self, EntryRef, ShardIdent, ShardWriter, Trailer};
 use des_format::{Compression, ContentDigest, Timestamp, codec};
 use des_storage::bridge::{BlockingStreamReader, SyncObjectWriter};
-use des_storage::{
-    ByteRange, DesStore, GetOptions, Layout, LoadedIndex, ObjectStore, PutMode, PutOptions,
-};
+use des_storage::keys::ShardKey;
+use des_storage::protocol::{PublishError, RepackJournal, ShardPublish, journal};
+use des_storage::{ByteRange, DesStore, GetOptions, Layout, LoadedIndex, ObjectStore, PutOptions};
 use tokio::runtime::Handle;
 
 use super::bigfiles;
@@ -46,14 +47,17 @@ pub struct RewriteInput {
 #[derive(Debug, Clone, Default)]
 pub struct Rewritten {
     pub generation: u64,
+    /// The published object's ETag.
+    pub etag: Option<String>,
     pub bytes_after: u64,
     pub entries_after: u64,
     /// Bytes of the old data region read.
     pub bytes_read: u64,
     /// uids actually left out.
     pub dropped: Vec<String>,
-    /// `_big/<hex>` keys of dropped external entries (registered for collection).
-    pub big_dropped: Vec<String>,
+    /// `_big/<hex>` keys of dropped external entries, with the uid of each
+    /// (registered for collection).
+    pub big_dropped: Vec<(String, String)>,
 }
 
 /// What the new index must say about one kept entry.
@@ -74,12 +78,8 @@ pub fn rewrite(handle: &Handle, input: &RewriteInput) -> Result<Rewritten> {
     let old = ix.trailer();
     check_identity(&input.store, key, old)?;
     let objects = input.store.objects_for_key(key)?;
-    let conditional = objects.capabilities().conditional_put;
-    let etag = input.loaded.object.etag.clone();
-    let mode = match (&etag, conditional) {
-        (Some(e), true) => PutMode::UpdateIfMatch(e.clone()),
-        _ => PutMode::Overwrite,
-    };
+    let publish = ShardPublish::new(Arc::clone(&objects), key, Some(&input.loaded));
+    let mode = publish.mode();
     let upload = handle
         .block_on(objects.put_writer(key, PutOptions { mode }))
         .map_err(|e| RepackError::on_shard(key, e))?;
@@ -107,28 +107,40 @@ pub fn rewrite(handle: &Handle, input: &RewriteInput) -> Result<Rewritten> {
         &input.drop,
     )?;
     // Before publishing, so a crash right after cannot forget them.
-    handle.block_on(bigfiles::register(objects.as_ref(), &out.big_dropped, key))?;
+    handle.block_on(bigfiles::register(
+        objects.as_ref(),
+        &out.big_dropped,
+        key,
+        ident.date,
+    ))?;
+    let shard = ShardKey::parse(key, Some(ident.n_bits))
+        .ok_or_else(|| RepackError::shard(key, "not a shard key"))?;
+    let entry = RepackJournal {
+        generation: ident.generation,
+        dropped: out.dropped.clone(),
+    };
+    handle.block_on(journal::write(objects.as_ref(), &shard, &entry))?;
     CrashPoint::BeforePublish.check();
-    if !conditional {
-        // No If-Match to rely on: at least make the window as short as we can.
-        let now = handle.block_on(objects.head(key))?;
-        if now.etag != etag || now.size != input.loaded.object.size {
-            return Err(RepackError::Conflict {
-                key: key.to_string(),
-            });
-        }
-    }
     if input.lease_lost.load(Ordering::SeqCst) {
         return Err(RepackError::LeaseLost {
             key: crate::lease::LEASE_KEY.to_string(),
             detail: "not publishing".into(),
         });
     }
-    let put = sink
-        .into_inner()
-        .finish()
-        .map_err(|e| RepackError::on_shard(key, e))?;
+    let kept: Vec<&String> = expect.keys().collect();
+    let put = publish
+        .commit_blocking(handle, &input.store, sink.into_inner(), |latest| {
+            out.dropped.iter().all(|u| latest.find(u).is_none())
+                && kept.iter().all(|u| latest.find(u).is_some())
+        })
+        .map_err(|e| match e {
+            PublishError::Conflict => RepackError::Conflict {
+                key: key.to_string(),
+            },
+            PublishError::Store(e) => RepackError::on_shard(key, e),
+        })?;
     out.generation = ident.generation;
+    out.etag = put.etag;
     out.bytes_after = put.size;
     out.entries_after = u64::from(summary.entries);
     Ok(out)
@@ -184,7 +196,8 @@ fn copy_live<W: std::io::Write>(
         if !live(&e) {
             out.dropped.push(e.uid.to_string());
             if e.is_external() {
-                out.big_dropped.push(v3::external_key(&e.digest()));
+                out.big_dropped
+                    .push((v3::external_key(&e.digest()), e.uid.to_string()));
             }
             continue;
         }

@@ -1,7 +1,7 @@
 //! The tombstone state a run works from: every deleted pair, the pending
 //! tombstones with their uids, and which of those a legal hold keeps.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use des_format::{Timestamp, routing};
 use des_storage::DesStore;
@@ -34,6 +34,9 @@ pub struct TombState {
     pub by_shard: BTreeMap<String, Vec<PendingTomb>>,
     /// Pending but held: (store, name) of each.
     pub held: HashSet<(usize, String)>,
+    /// Every shard some tombstone (applied, or pending and not held) routes
+    /// to: the shards whose changes are re-checked.
+    pub routed: BTreeSet<String>,
 }
 
 /// The v3 key of the shard holding `(uid, date)`.
@@ -59,6 +62,7 @@ pub async fn load(log: &TombstoneLog, holds: &HoldSet) -> Result<TombState> {
         match &n.name.uid {
             Some(uid) => {
                 state.set.insert(uid, n.name.date);
+                route(log.store(), &mut state.routed, uid, n.name.date);
             }
             None => unnamed.push(n),
         }
@@ -84,6 +88,7 @@ pub async fn load(log: &TombstoneLog, holds: &HoldSet) -> Result<TombState> {
     for logged in log.read_all(unnamed).await? {
         let t = &logged.tombstone;
         state.set.insert(&t.uid, t.date);
+        route(log.store(), &mut state.routed, &t.uid, t.date);
         if unnamed_pending.contains(&logged.at) {
             pending_tombs.push(PendingTomb {
                 uid: t.uid.clone(),
@@ -98,7 +103,15 @@ pub async fn load(log: &TombstoneLog, holds: &HoldSet) -> Result<TombState> {
             continue;
         }
         let key = shard_key_of(log.store(), &p.uid, p.date)?;
+        state.routed.insert(key.clone());
         state.by_shard.entry(key).or_default().push(p);
     }
     Ok(state)
+}
+
+/// An unroutable uid is in no shard: nothing to re-check for it.
+fn route(store: &DesStore, routed: &mut BTreeSet<String>, uid: &str, date: u32) {
+    if let Ok(key) = shard_key_of(store, uid, date) {
+        routed.insert(key);
+    }
 }

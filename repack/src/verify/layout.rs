@@ -35,12 +35,9 @@ pub enum Listed {
 }
 
 fn parse_date(s: &str) -> Option<u32> {
-    if s.len() != 8 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let n: u32 = s.parse().ok()?;
-    let (month, day) = (n / 100 % 100, n % 100);
-    ((1..=12).contains(&month) && (1..=31).contains(&day)).then_some(n)
+    (s.len() == 8)
+        .then(|| des_storage::tombstones::parse_date(s).ok())
+        .flatten()
 }
 
 /// Only the canonical spelling (uppercase, padded as the router pads) names a

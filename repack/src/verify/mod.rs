@@ -5,6 +5,11 @@
 //! entry, or of a reproducible random sample, are then read and checked
 //! against their CRC32C, codec and content digest. Findings name the shard
 //! key and uid; nothing is modified.
+//!
+//! In a v3 store, deleted files are judged from the index alone: a file
+//! whose oldest tombstone (pending or marked applied) was logged more than
+//! [`VerifyOptions::max_delay`] ago, that no legal hold keeps, and that a
+//! shard still lists, is a finding too (the deletion deadline is broken).
 
 mod deleted;
 mod entry;
@@ -18,19 +23,21 @@ mod shard;
 mod summary;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
 use des_storage::{DesStore, Layout, Result};
 
-pub use deleted::Deleted;
+pub use deleted::{Deleted, ShardDeletions};
 pub use entry::MAX_BUFFERED;
 pub use layout::{Listed, ShardPlace, ShardTarget, classify, place_of};
 pub use listing::list_targets;
 pub use rate::ByteRate;
 pub use report::{
-    Finding, FindingKind, PendingShard, Problem, ShardFormat, ShardReport, VerifyReport,
+    Finding, FindingKind, KeptDeletion, PendingShard, Problem, ShardFormat, ShardReport,
+    VerifyReport,
 };
 pub use sample::Sample;
 pub use shard::verify_shard;
@@ -50,6 +57,10 @@ pub struct VerifyOptions {
     pub rate: Option<Arc<ByteRate>>,
     /// Deletion state to report per shard; v3 store runs load it when unset.
     pub deleted: Option<Arc<Deleted>>,
+    /// A deleted file still in a shard this long after its tombstone was
+    /// logged (and not held) is a finding. Defaults to des-repack's own
+    /// `--max-delay`.
+    pub max_delay: Duration,
 }
 
 impl Default for VerifyOptions {
@@ -59,6 +70,7 @@ impl Default for VerifyOptions {
             jobs: DEFAULT_JOBS,
             rate: None,
             deleted: None,
+            max_delay: crate::repack::DEFAULT_MAX_DELAY,
         }
     }
 }
@@ -81,6 +93,19 @@ async fn with_deletions(
         }
     }
     report.tombstones_pending = opts.deleted.as_ref().map_or(0, |d| d.pending_total);
+    if let Some(d) = &opts.deleted {
+        match &d.holds_error {
+            // Without the holds, a held file would look overdue: judge none.
+            Some(e) => report.add_problem(
+                crate::holds::HOLDS_PREFIX,
+                format!(
+                    "legal holds could not be read, so deleted files kept past their \
+                     deadline were not looked for: {e}"
+                ),
+            ),
+            None => report.max_delay_seconds = Some(opts.max_delay.as_secs()),
+        }
+    }
     opts
 }
 

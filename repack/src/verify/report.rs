@@ -7,6 +7,7 @@ use des_storage::{DesStore, Layout};
 use serde::Serialize;
 
 use super::sample::Sample;
+use crate::tombstones_cli::TombstoneState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -33,6 +34,28 @@ pub struct Finding {
     pub uid: Option<String>,
     pub kind: FindingKind,
     pub reason: String,
+}
+
+/// A deleted file whose bytes a shard's current generation still holds
+/// (its entry makes them readable), past the deletion deadline or under a
+/// legal hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeptDeletion {
+    /// The shard key.
+    pub key: String,
+    pub uid: String,
+    /// The file's UTC day, `YYYYMMDD`, as `des-tombstones show --date` takes it.
+    pub date: String,
+    /// Of the file's oldest tombstone: `pending` (the repacker has not
+    /// removed the bytes) or `applied` (it did, and they came back).
+    pub tombstone_state: TombstoneState,
+    /// When that tombstone was logged (RFC 3339).
+    pub logged_at: String,
+    /// Its age when the log was read.
+    pub tombstone_age_seconds: u64,
+    /// The legal hold keeping the bytes (only for held files).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold: Option<String>,
 }
 
 /// Something that could not be checked (I/O failure, payload out of reach).
@@ -71,6 +94,11 @@ pub struct ShardReport {
     pub deleted_entries: u64,
     /// Share of the shard's inline bytes that belong to deleted files.
     pub garbage_ratio: f64,
+    /// Deleted files still here longer than the deadline after their
+    /// tombstone, and not held: each makes the run exit 1.
+    pub overdue_deletions: Vec<KeptDeletion>,
+    /// Deleted files kept by a legal hold (not errors).
+    pub held_deletions: Vec<KeptDeletion>,
 }
 
 /// A shard a repack would have work in.
@@ -80,6 +108,10 @@ pub struct PendingShard {
     pub pending_tombstones: u64,
     pub deleted_entries: u64,
     pub garbage_ratio: f64,
+    /// Of `deleted_entries`, those past the deadline (findings).
+    pub overdue_entries: u64,
+    /// Of `deleted_entries`, those a legal hold keeps.
+    pub held_entries: u64,
 }
 
 impl ShardReport {
@@ -91,7 +123,7 @@ impl ShardReport {
     }
 
     pub fn is_clean(&self) -> bool {
-        self.findings.is_empty() && self.problems.is_empty()
+        self.findings.is_empty() && self.problems.is_empty() && self.overdue_deletions.is_empty()
     }
 
     pub(crate) fn find(&mut self, uid: Option<&str>, kind: FindingKind, reason: impl Into<String>) {
@@ -139,6 +171,16 @@ pub struct VerifyReport {
     pub tombstones_pending: u64,
     /// Shards holding deleted files or with pending tombstones, by key.
     pub shards_with_pending_tombstones: Vec<PendingShard>,
+    /// The deletion deadline applied (`--max-delay`); `None` when deletions
+    /// were not judged (not a v3 store, or its tombstones or legal holds
+    /// could not be read).
+    pub max_delay_seconds: Option<u64>,
+    /// Deleted files still in their shard's current generation more than
+    /// `max_delay_seconds` after their tombstone was logged, and not held:
+    /// any makes the run exit 1.
+    pub overdue_deletions: Vec<KeptDeletion>,
+    /// Deleted files still in their shard because a legal hold keeps them.
+    pub held_deletions: Vec<KeptDeletion>,
 }
 
 impl VerifyReport {
@@ -167,6 +209,9 @@ impl VerifyReport {
             clean: true,
             tombstones_pending: 0,
             shards_with_pending_tombstones: Vec::new(),
+            max_delay_seconds: None,
+            overdue_deletions: Vec::new(),
+            held_deletions: Vec::new(),
         }
     }
 
@@ -185,10 +230,14 @@ impl VerifyReport {
                 pending_tombstones: shard.pending_tombstones,
                 deleted_entries: shard.deleted_entries,
                 garbage_ratio: shard.garbage_ratio,
+                overdue_entries: shard.overdue_deletions.len() as u64,
+                held_entries: shard.held_deletions.len() as u64,
             });
         }
         self.findings.extend(shard.findings);
         self.problems.extend(shard.problems);
+        self.overdue_deletions.extend(shard.overdue_deletions);
+        self.held_deletions.extend(shard.held_deletions);
     }
 
     pub fn add_finding(&mut self, finding: Finding) {
@@ -210,6 +259,9 @@ impl VerifyReport {
         self.problems.sort();
         self.shards_with_pending_tombstones
             .sort_by(|a, b| a.key.cmp(&b.key));
+        for list in [&mut self.overdue_deletions, &mut self.held_deletions] {
+            list.sort_by(|a, b| (&a.key, &a.uid).cmp(&(&b.key, &b.uid)));
+        }
         let not_stray = || {
             self.findings
                 .iter()
@@ -225,17 +277,27 @@ impl VerifyReport {
             .filter_map(|f| f.uid.as_ref().map(|u| (&f.key, u)))
             .collect::<BTreeSet<_>>()
             .len() as u64;
-        self.clean = self.findings.is_empty() && self.problems.is_empty();
+        self.clean = self.findings.is_empty()
+            && self.problems.is_empty()
+            && self.overdue_deletions.is_empty();
     }
 
     pub fn has_corruption(&self) -> bool {
         !self.findings.is_empty()
     }
 
-    /// 0 clean, 1 corruption, 2 incomplete. Corruption wins over an incomplete
-    /// run: a confirmed bad shard is the more urgent thing to act on.
+    /// Deleted files readable past their deadline: a deletion promise
+    /// (GDPR, retention) broken, as urgent as corruption.
+    pub fn has_overdue_deletions(&self) -> bool {
+        !self.overdue_deletions.is_empty()
+    }
+
+    /// 0 clean, 1 corruption or deleted files kept past their deadline, 2
+    /// incomplete. Those findings win over an incomplete run: a confirmed
+    /// bad shard, or bytes that should be gone, is the more urgent thing to
+    /// act on.
     pub fn exit_code(&self) -> u8 {
-        if self.has_corruption() {
+        if self.has_corruption() || self.has_overdue_deletions() {
             1
         } else if !self.problems.is_empty() {
             2

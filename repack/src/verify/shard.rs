@@ -71,7 +71,11 @@ async fn verify_once(
     }
     if let Some(d) = &opts.deleted {
         report.pending_tombstones = d.pending_by_shard.get(&target.key).copied().unwrap_or(0);
-        (report.deleted_entries, report.garbage_ratio) = d.garbage(&loaded.index);
+        let found = d.assess(&target.key, &loaded.index, opts.max_delay);
+        report.deleted_entries = found.deleted_entries;
+        report.garbage_ratio = found.garbage_ratio;
+        report.overdue_deletions = found.overdue;
+        report.held_deletions = found.held;
     }
     check_placement(store, target.place, &loaded.index, &mut report);
     for located in loaded.index.located() {

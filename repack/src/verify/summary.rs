@@ -4,7 +4,7 @@ use std::fmt;
 
 use indicatif::HumanBytes;
 
-use super::report::{FindingKind, VerifyReport};
+use super::report::{FindingKind, KeptDeletion, VerifyReport};
 
 impl fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -49,6 +49,24 @@ impl fmt::Display for VerifyReport {
                 self.shards_with_pending_tombstones.len()
             )?;
         }
+        if !self.overdue_deletions.is_empty() {
+            let deadline = self
+                .max_delay_seconds
+                .map_or_else(|| "the deadline".to_string(), human_duration);
+            writeln!(
+                f,
+                "overdue deletes: {} deleted files still readable more than {deadline} after \
+                 their tombstone",
+                self.overdue_deletions.len()
+            )?;
+        }
+        if !self.held_deletions.is_empty() {
+            writeln!(
+                f,
+                "held deletes:    {} deleted files kept by legal holds",
+                self.held_deletions.len()
+            )?;
+        }
         if self.stray_objects > 0 {
             writeln!(f, "stray objects:   {}", self.stray_objects)?;
         }
@@ -63,6 +81,13 @@ impl fmt::Display for VerifyReport {
                 Some(uid) => writeln!(f, "{label} {} uid={uid}: {}", x.key, x.reason)?,
                 None => writeln!(f, "{label} {}: {}", x.key, x.reason)?,
             }
+        }
+        for k in &self.overdue_deletions {
+            writeln!(f, "OVERDUE {}, bytes still in the shard", kept(k))?;
+        }
+        for k in &self.held_deletions {
+            let hold = k.hold.as_deref().unwrap_or_default();
+            writeln!(f, "HELD {}, kept by legal hold {hold:?}", kept(k))?;
         }
         for s in &self.shards_with_pending_tombstones {
             writeln!(
@@ -80,11 +105,71 @@ impl fmt::Display for VerifyReport {
                 None => writeln!(f, "UNCHECKED {}: {}", p.key, p.message)?,
             }
         }
-        let verdict = match self.exit_code() {
-            0 => "clean",
-            1 => "CORRUPTION FOUND",
-            _ => "INCOMPLETE: some objects could not be checked",
+        let verdict = match (self.has_corruption(), self.has_overdue_deletions()) {
+            (true, true) => "CORRUPTION FOUND; DELETED FILES KEPT PAST THEIR DEADLINE",
+            (true, false) => "CORRUPTION FOUND",
+            (false, true) => "DELETED FILES KEPT PAST THEIR DEADLINE",
+            (false, false) if self.exit_code() == 0 => "clean",
+            (false, false) => "INCOMPLETE: some objects could not be checked",
         };
         write!(f, "result:          {verdict}")
+    }
+}
+
+/// `KEY uid=U date=D: tombstone pending since T (3d 4h)`.
+fn kept(k: &KeptDeletion) -> String {
+    let state = match k.tombstone_state {
+        crate::tombstones_cli::TombstoneState::Pending => "pending",
+        crate::tombstones_cli::TombstoneState::Applied => "marked applied",
+    };
+    format!(
+        "{} uid={} date={}: tombstone {state}, logged {} ({} ago)",
+        k.key,
+        k.uid,
+        k.date,
+        k.logged_at,
+        human_duration(k.tombstone_age_seconds)
+    )
+}
+
+/// `3d 4h`, `5h 2m`, `40s`: the two largest units, enough to judge an age.
+fn human_duration(secs: u64) -> String {
+    let units = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")];
+    let mut parts = Vec::new();
+    let mut rest = secs;
+    for (size, unit) in units {
+        let n = rest / size;
+        rest %= size;
+        if n > 0 || !parts.is_empty() {
+            parts.push((n, unit));
+        }
+        if parts.len() == 2 {
+            break;
+        }
+    }
+    let shown: Vec<String> = parts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect();
+    if shown.is_empty() {
+        "0s".to_string()
+    } else {
+        shown.join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_duration;
+
+    #[test]
+    fn durations_read_at_a_glance() {
+        assert_eq!(human_duration(0), "0s");
+        assert_eq!(human_duration(40), "40s");
+        assert_eq!(human_duration(86_400), "1d");
+        assert_eq!(human_duration(90_000), "1d 1h");
+        assert_eq!(human_duration(3 * 86_400 + 59), "3d");
+        assert_eq!(human_duration(3_720), "1h 2m");
     }
 }

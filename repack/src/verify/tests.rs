@@ -2,6 +2,7 @@
 //! not reach (misrouting, oversized inline entries, format mismatches).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use des_format::codec::{self, Compression};
 use des_format::v3::{NewEntry, ShardIdent, ShardWriter};
@@ -282,4 +283,82 @@ async fn zones_hold_their_own_shards_and_big_files() {
     assert_eq!(r.findings[0].kind, FindingKind::Stray);
     assert_eq!(r.findings[0].key, low_key);
     assert!(r.problems.is_empty(), "{:?}", r.problems);
+}
+
+#[tokio::test]
+async fn unreadable_holds_leave_deleted_files_unjudged() {
+    use des_storage::tombstones::{DeleteReason, Tombstone, TombstoneLog};
+    let s = store().await;
+    let at = ts("2024-05-17T10:00:00Z");
+    let (key, idx) = key_of(&s, "12345", at);
+    let files = [("12345", at, b"a".to_vec())];
+    put(&s, &key, shard(at, idx, &files, Compression::None)).await;
+    let t = Tombstone::new("12345", at, DeleteReason::Gdpr, "dpo");
+    TombstoneLog::new(&s).append(&t).await.unwrap();
+    let opts = VerifyOptions {
+        max_delay: Duration::ZERO,
+        ..VerifyOptions::default()
+    };
+    let r = verify_store(&s, &opts, |_| {}).await.unwrap();
+    assert_eq!(r.overdue_deletions.len(), 1, "{r}");
+    assert_eq!(r.overdue_deletions[0].uid, "12345");
+    assert_eq!(r.exit_code(), 1);
+    assert!(!r.clean);
+    assert_eq!((r.corrupt_entries, r.corrupt_shards), (0, 0));
+
+    // Without the holds a held file would look overdue: none is judged, and
+    // the run is incomplete rather than wrong.
+    put(&s, "_legal_holds/broken.json", b"{".to_vec()).await;
+    let r = verify_store(&s, &opts, |_| {}).await.unwrap();
+    assert!(r.overdue_deletions.is_empty(), "{r}");
+    assert_eq!(r.max_delay_seconds, None);
+    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+    assert!(r.problems[0].message.contains("legal holds"), "{r}");
+    assert_eq!(r.exit_code(), 2);
+    // What does not need the holds is still reported.
+    assert_eq!(r.tombstones_pending, 1);
+    assert_eq!(r.shards_with_pending_tombstones.len(), 1);
+}
+
+#[tokio::test]
+async fn the_oldest_tombstone_of_a_file_sets_its_deadline() {
+    let s = store().await;
+    let at = ts("2024-05-17T10:00:00Z");
+    let day = at.date_number();
+    let (key, idx) = key_of(&s, "12345", at);
+    put(
+        &s,
+        &key,
+        shard(at, idx, &[("12345", at, b"a".to_vec())], Compression::None),
+    )
+    .await;
+    let now = Timestamp::now();
+    let hours_ago = |h: i64| Timestamp::from_micros(now.micros() - h * 3_600_000_000);
+    let mut d = Deleted::empty(now);
+    // Logged anew an hour ago; first deleted (and applied) two days ago.
+    d.add(&s, "12345".into(), day, hours_ago(1), false);
+    d.add(&s, "12345".into(), day, hours_ago(48), true);
+    d.add(&s, "12345".into(), day, hours_ago(2), false);
+    let opts = VerifyOptions {
+        deleted: Some(Arc::new(d)),
+        ..VerifyOptions::default()
+    };
+    let r = verify_store(&s, &opts, |_| {}).await.unwrap();
+    assert_eq!(r.overdue_deletions.len(), 1, "{r}");
+    let kept = &r.overdue_deletions[0];
+    assert_eq!(
+        kept.tombstone_state,
+        crate::tombstones_cli::TombstoneState::Applied
+    );
+    assert_eq!(kept.tombstone_age_seconds, 48 * 3600);
+    assert_eq!(kept.date, "20240517");
+    // Pending ones count for the shard; the applied one does not.
+    assert_eq!(r.tombstones_pending, 2);
+
+    let later = VerifyOptions {
+        max_delay: Duration::from_secs(49 * 3600),
+        ..opts
+    };
+    let r = verify_store(&s, &later, |_| {}).await.unwrap();
+    assert!(r.clean, "{r}");
 }

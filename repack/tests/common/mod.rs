@@ -260,6 +260,22 @@ pub fn bin(name: &str) -> Command {
     c
 }
 
+/// `des-pack`, from another package of the workspace: found next to this
+/// test's binary, where `cargo test --workspace` builds it.
+pub fn des_pack() -> Command {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join("des-pack");
+    assert!(
+        path.exists(),
+        "{} missing: build it (cargo build -p des-packer, or cargo test --workspace)",
+        path.display()
+    );
+    let mut c = Command::new(path);
+    c.env_remove("DES_PACK_PAUSE_AT");
+    c
+}
+
 pub fn run(name: &str, args: &[&str]) -> Output {
     bin(name).args(args).output().unwrap()
 }
@@ -296,4 +312,24 @@ pub fn standard_specs() -> Vec<FileSpec> {
     specs.push(FileSpec::new("big-a", "2024-05-17T11:00:00Z", 150_000).big());
     specs.push(FileSpec::new("big-b", "2024-05-18T11:00:00Z", 150_000).big());
     specs
+}
+
+/// Waits until `pid` is stopped (state `T` in /proc/PID/stat).
+pub fn wait_stopped(pid: u32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next());
+        if state == Some("T") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "des-pack never paused: {stat}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -82,6 +83,11 @@ impl<S: ?Sized + ObjectStore> ObjectStore for BreakerStore<S> {
 
     async fn list(&self, prefix: &str, start_after: Option<&str>) -> Result<ListPage> {
         self.guarded(|| self.inner.list(prefix, start_after)).await
+    }
+
+    async fn sweep_leftovers(&self, older_than: Duration) -> Result<u64> {
+        self.guarded(|| self.inner.sweep_leftovers(older_than))
+            .await
     }
 }
 

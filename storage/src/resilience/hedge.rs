@@ -116,4 +116,8 @@ impl<S: ?Sized + ObjectStore> ObjectStore for HedgedStore<S> {
     async fn list(&self, prefix: &str, start_after: Option<&str>) -> Result<ListPage> {
         self.inner.list(prefix, start_after).await
     }
+
+    async fn sweep_leftovers(&self, older_than: Duration) -> Result<u64> {
+        self.inner.sweep_leftovers(older_than).await
+    }
 }

@@ -185,6 +185,11 @@ impl<S: ?Sized + ObjectStore> ObjectStore for RateLimitedStore<S> {
         self.limiter.acquire().await?;
         self.inner.list(prefix, start_after).await
     }
+
+    /// No permit: a local walk, once per run.
+    async fn sweep_leftovers(&self, older_than: Duration) -> Result<u64> {
+        self.inner.sweep_leftovers(older_than).await
+    }
 }
 
 #[cfg(test)]

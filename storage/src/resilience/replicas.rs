@@ -36,6 +36,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -185,6 +186,12 @@ impl ObjectStore for ReplicatedStore {
 
     async fn list(&self, prefix: &str, start_after: Option<&str>) -> Result<ListPage> {
         self.read(|s| s.list(prefix, start_after)).await
+    }
+
+    /// Every copy has its own leftovers.
+    async fn sweep_leftovers(&self, older_than: Duration) -> Result<u64> {
+        let swept = join_all(self.stores().map(|s| s.sweep_leftovers(older_than))).await;
+        Ok(first_error(swept)?.into_iter().sum())
     }
 
     async fn put(&self, key: &str, data: Bytes, opts: PutOptions) -> Result<PutResult> {

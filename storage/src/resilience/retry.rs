@@ -266,6 +266,11 @@ impl<S: ?Sized + ObjectStore> ObjectStore for RetryStore<S> {
         self.run("list", prefix, || self.inner.list(prefix, start_after))
             .await
     }
+
+    /// Not retried: a sweep that failed half-way is redone by the next run.
+    async fn sweep_leftovers(&self, older_than: Duration) -> Result<u64> {
+        self.inner.sweep_leftovers(older_than).await
+    }
 }
 
 #[cfg(test)]

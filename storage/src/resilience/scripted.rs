@@ -299,6 +299,10 @@ impl ObjectStore for ScriptedStore {
         self.enter(Op::List, prefix).await?;
         self.memory.list(prefix, start_after).await
     }
+
+    async fn sweep_leftovers(&self, older_than: Duration) -> Result<u64> {
+        self.memory.sweep_leftovers(older_than).await
+    }
 }
 
 struct ScriptedWriter {

@@ -143,7 +143,10 @@ impl S3Store {
     /// ignores both). The answer is cached for [`ObjectStore::capabilities`].
     pub async fn probe_conditional_put(&self) -> Result<bool> {
         let tag: u64 = rand::thread_rng().r#gen();
-        let key = format!("_des/.probe-{tag:016x}");
+        let key = crate::keys::StoreKey::Probe {
+            tag: format!("{tag:016x}"),
+        }
+        .to_string();
         let result = self.run_probe(&key).await;
         // Best effort: a leftover probe object is harmless, the probe result is not.
         let _ = self.delete(&key).await;

@@ -19,10 +19,9 @@ pub use index::LoadedIndex;
 pub use placement::{Placement, Single, shard_index_of_key};
 pub use read::{external_key, verify_stream};
 
-pub const STORE_CONFIG_KEY: &str = "_des/store.json";
+pub use crate::keys::{CONFIG_KEY as STORE_CONFIG_KEY, SHARD_EXT};
 /// One suffix read of this size returns trailer and index for typical shards.
 pub const DEFAULT_SUFFIX_LEN: u64 = 64 * 1024;
-pub const SHARD_EXT: &str = ".des";
 
 /// Written once when a store is created; every tool reads n_bits from it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -118,6 +118,58 @@ impl S3Location {
             None => s,
         }
     }
+
+    /// Whether the two locations share objects: the same bucket on the same
+    /// endpoint, with one prefix equal to the other or nested in it (`des`
+    /// and `des/x` do, `des` and `desx` do not; an empty prefix is the whole
+    /// bucket). Big-file clean-up and stray checks in one location would
+    /// then act on objects the other still uses.
+    pub fn overlaps(&self, other: &Self) -> bool {
+        let (a, b) = (self.segments(), other.segments());
+        let common = a.len().min(b.len());
+        self.bucket == other.bucket
+            && self.endpoint_key() == other.endpoint_key()
+            && a.get(..common) == b.get(..common)
+    }
+
+    /// The endpoint as compared for overlaps: lower case, no trailing `/`.
+    /// No endpoint is AWS's default one; and since AWS bucket names are
+    /// global, every AWS S3 endpoint (regional, dual-stack) reaches the same
+    /// buckets, so they all compare equal to it.
+    fn endpoint_key(&self) -> String {
+        let url = self
+            .endpoint_url
+            .as_deref()
+            .map(|u| u.trim().trim_end_matches('/').to_ascii_lowercase())
+            .filter(|u| !u.is_empty());
+        match url {
+            Some(url) if !is_aws_s3(&url) => url,
+            _ => AWS_ENDPOINT.to_string(),
+        }
+    }
+
+    /// The prefix as the S3 store uses it (trimmed of `/`), by segment.
+    fn segments(&self) -> Vec<&str> {
+        let prefix = self.prefix.trim_matches('/');
+        if prefix.is_empty() {
+            Vec::new()
+        } else {
+            prefix.split('/').collect()
+        }
+    }
+}
+
+/// What a location without `endpoint_url` talks to, for overlap checks.
+const AWS_ENDPOINT: &str = "https://s3.amazonaws.com";
+
+/// `https://s3.amazonaws.com`, `https://s3.eu-west-1.amazonaws.com`,
+/// `https://s3.dualstack.eu-west-1.amazonaws.com`, … (`url` lower case).
+/// Other partitions (`amazonaws.com.cn`) have buckets of their own.
+fn is_aws_s3(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+    host.ends_with(".amazonaws.com") && (host.starts_with("s3.") || host.starts_with("s3-"))
 }
 
 /// What one zone runs with, after top-level defaults are applied.
@@ -254,6 +306,7 @@ impl ZonesFile {
         if self.n_bits_ok() {
             self.check_layout(&mut problems);
         }
+        self.check_locations(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -305,6 +358,86 @@ impl ZonesFile {
         if zone.hedge_after_ms == Some(0) {
             say("hedge_after_ms must be positive (omit it to disable hedging)".into());
         }
+    }
+
+    /// No two locations (primaries and replicas, of any zones) may share
+    /// objects: each zone cleans up its own big files, which would delete
+    /// objects another zone (or copy) still references. Sorted by endpoint,
+    /// bucket and prefix segments, every location a given one nests in (or
+    /// equals) comes before it and forms a chain, so a stack of those finds
+    /// every overlapping pair without comparing all pairs (a file may have
+    /// one zone per shard, 65536 of them).
+    fn check_locations(&self, problems: &mut Vec<String>) {
+        struct Place<'a> {
+            /// Position in the file, so messages name the later one first.
+            order: usize,
+            zone: &'a str,
+            role: String,
+            loc: &'a S3Location,
+            key: (String, &'a str, Vec<&'a str>),
+        }
+        let mut places: Vec<Place<'_>> = Vec::new();
+        for zone in &self.zones {
+            let replicas = zone
+                .replicas
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("replicas[{i}]"), r));
+            for (role, loc) in std::iter::once(("s3".to_string(), &zone.s3)).chain(replicas) {
+                // An empty bucket is reported on its own.
+                if loc.bucket.trim().is_empty() {
+                    continue;
+                }
+                places.push(Place {
+                    order: places.len(),
+                    zone: &zone.name,
+                    role,
+                    loc,
+                    key: (loc.endpoint_key(), &loc.bucket, loc.segments()),
+                });
+            }
+        }
+        places.sort_by(|a, b| a.key.cmp(&b.key).then(a.order.cmp(&b.order)));
+        let mut chain: Vec<&Place<'_>> = Vec::new();
+        let mut found = Vec::new();
+        for place in &places {
+            while chain.last().is_some_and(|top| !top.loc.overlaps(place.loc)) {
+                chain.pop();
+            }
+            for &other in &chain {
+                // The same location twice in one zone is reported as listed twice.
+                if other.zone == place.zone && other.loc == place.loc {
+                    continue;
+                }
+                let (first, second) = if other.order < place.order {
+                    (other, place)
+                } else {
+                    (place, other)
+                };
+                let whose = if first.zone == second.zone {
+                    "its".to_string()
+                } else {
+                    format!("zone {:?}'s", first.zone)
+                };
+                found.push((
+                    second.order,
+                    first.order,
+                    format!(
+                        "zone {:?}: {} ({}) overlaps {whose} {} ({}): one bucket and \
+                         prefix (or one inside the other), so clean-up in either would \
+                         delete objects the other still uses",
+                        second.zone,
+                        second.role,
+                        second.loc.label(),
+                        first.role,
+                        first.loc.label()
+                    ),
+                ));
+            }
+            chain.push(place);
+        }
+        found.sort();
+        problems.extend(found.into_iter().map(|(_, _, msg)| msg));
     }
 
     /// Overlaps always, gaps unless `allow_gaps`; on the zones sorted by start.

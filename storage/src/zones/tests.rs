@@ -397,3 +397,177 @@ fn open_placement_needs_exactly_one_source() {
         ErrorKind::Invalid
     );
 }
+
+/// Two zones splitting 16 shards, with these `s3` and `replicas` (flow maps).
+fn two_zones(a: &str, a_replicas: &str, b: &str, b_replicas: &str) -> String {
+    format!(
+        "n_bits: 4\nzones:\n  - name: a\n    range: {{start: 0, end: 7}}\n    s3: {a}\n    replicas: [{a_replicas}]\n  - name: b\n    range: {{start: 8, end: 15}}\n    s3: {b}\n    replicas: [{b_replicas}]\n"
+    )
+}
+
+fn overlap_problems(msg: &str) -> Vec<&str> {
+    msg.split("; ")
+        .filter(|p| p.contains(" overlaps "))
+        .collect()
+}
+
+#[test]
+fn two_zones_on_one_bucket_and_prefix_are_rejected() {
+    let msg = invalid(&two_zones(
+        "{bucket: shared, prefix: des}",
+        "",
+        "{bucket: shared, prefix: /des/}",
+        "",
+    ));
+    assert!(
+        msg.contains(r#"zone "b": s3 (s3://shared/des) overlaps zone "a"'s s3 (s3://shared/des)"#),
+        "{msg}"
+    );
+    assert_eq!(overlap_problems(&msg).len(), 1, "{msg}");
+}
+
+#[test]
+fn a_zone_and_another_zones_replica_on_one_location_are_rejected() {
+    let msg = invalid(&two_zones(
+        "{bucket: a, prefix: des}",
+        "{bucket: copy, prefix: des}",
+        "{bucket: copy, prefix: des}",
+        "",
+    ));
+    assert!(
+        msg.contains(
+            r#"zone "b": s3 (s3://copy/des) overlaps zone "a"'s replicas[0] (s3://copy/des)"#
+        ),
+        "{msg}"
+    );
+}
+
+#[test]
+fn two_replicas_on_one_location_are_rejected() {
+    let msg = invalid(&two_zones(
+        "{bucket: a}",
+        "{bucket: copy, prefix: des}",
+        "{bucket: b}",
+        "{bucket: copy, prefix: des}",
+    ));
+    assert!(
+        msg.contains(
+            r#"zone "b": replicas[0] (s3://copy/des) overlaps zone "a"'s replicas[0] (s3://copy/des)"#
+        ),
+        "{msg}"
+    );
+    // Within one zone too, when they differ only in what does not matter
+    // (an exact repeat is reported as listed twice, once).
+    let msg = invalid(&two_zones(
+        "{bucket: a}",
+        "{bucket: copy, region_name: eu-west-1}, {bucket: copy, region_name: eu-central-1}",
+        "{bucket: b}",
+        "",
+    ));
+    assert!(
+        msg.contains(r#"zone "a": replicas[1] (s3://copy) overlaps its replicas[0] (s3://copy)"#),
+        "{msg}"
+    );
+    let msg = invalid(&two_zones("{bucket: a}", "{bucket: a}", "{bucket: b}", ""));
+    assert!(msg.contains("is listed twice"), "{msg}");
+    assert!(overlap_problems(&msg).is_empty(), "{msg}");
+}
+
+#[test]
+fn nested_prefixes_overlap_by_segment() {
+    for (a, b) in [
+        ("des", "des/x"),
+        ("des/x/y", "/des/"),
+        ("", "des"),
+        ("", ""),
+    ] {
+        let msg = invalid(&two_zones(
+            &format!("{{bucket: s, prefix: \"{a}\"}}"),
+            "",
+            &format!("{{bucket: s, prefix: \"{b}\"}}"),
+            "",
+        ));
+        assert_eq!(overlap_problems(&msg).len(), 1, "{a:?} {b:?}: {msg}");
+        assert!(msg.contains(r#"zone "b": s3"#), "{msg}");
+    }
+    for (a, b) in [("des", "desx"), ("des/a", "des/b"), ("des/x", "x")] {
+        let yaml = two_zones(
+            &format!("{{bucket: s, prefix: \"{a}\"}}"),
+            "",
+            &format!("{{bucket: s, prefix: \"{b}\"}}"),
+            "",
+        );
+        assert!(ZonesFile::from_yaml_str(&yaml).is_ok(), "{a:?} {b:?}");
+    }
+}
+
+#[test]
+fn every_overlapping_pair_is_named() {
+    // `des` holds both others; `des/a` and `des/b` are apart.
+    let yaml = two_zones(
+        "{bucket: s, prefix: des/a}",
+        "{bucket: s, prefix: des}",
+        "{bucket: s, prefix: des/b}",
+        "",
+    );
+    let msg = invalid(&yaml);
+    let found = overlap_problems(&msg);
+    assert_eq!(found.len(), 2, "{msg}");
+    assert!(
+        found[0].contains(r#"zone "a": replicas[0] (s3://s/des) overlaps its s3 (s3://s/des/a)"#),
+        "{msg}"
+    );
+    assert!(
+        found[1].contains(
+            r#"zone "b": s3 (s3://s/des/b) overlaps zone "a"'s replicas[0] (s3://s/des)"#
+        ),
+        "{msg}"
+    );
+}
+
+#[test]
+fn endpoints_compare_without_case_or_trailing_slash() {
+    let msg = invalid(&two_zones(
+        r#"{bucket: s, endpoint_url: "https://S3.Example/"}"#,
+        "",
+        r#"{bucket: s, endpoint_url: "https://s3.example"}"#,
+        "",
+    ));
+    assert_eq!(overlap_problems(&msg).len(), 1, "{msg}");
+    // No endpoint is AWS's, where bucket names are global.
+    for aws in [
+        "https://s3.amazonaws.com",
+        "https://s3.eu-west-1.amazonaws.com/",
+        "https://s3.dualstack.us-east-1.amazonaws.com:443",
+    ] {
+        let msg = invalid(&two_zones(
+            "{bucket: s, region_name: eu-west-1}",
+            "",
+            &format!("{{bucket: s, endpoint_url: \"{aws}\"}}"),
+            "",
+        ));
+        assert_eq!(overlap_problems(&msg).len(), 1, "{aws}: {msg}");
+    }
+    // The same bucket name on different services is a different bucket.
+    let apart = two_zones(
+        r#"{bucket: s, endpoint_url: "https://s3.example"}"#,
+        r#"{bucket: s, endpoint_url: "http://127.0.0.1:3900"}"#,
+        "{bucket: s, prefix: des}",
+        r#"{bucket: s, endpoint_url: "https://s3.amazonaws.com.cn"}"#,
+    );
+    assert!(ZonesFile::from_yaml_str(&apart).is_ok());
+}
+
+#[test]
+fn separate_locations_still_validate() {
+    // One bucket split by prefix, replicas in buckets of their own.
+    let yaml = two_zones(
+        "{bucket: des, prefix: zone-a}",
+        "{bucket: des-copy, prefix: zone-a}",
+        "{bucket: des, prefix: zone-b}",
+        "{bucket: des-copy, prefix: zone-b}",
+    );
+    assert!(ZonesFile::from_yaml_str(&yaml).is_ok());
+    assert!(ZonesFile::from_yaml_str(YAML).is_ok());
+    assert!(ZonesFile::from_toml_str(TOML).is_ok());
+}

@@ -1,0 +1,221 @@
+//! Publishing a new generation of a shard without silently dropping what
+//! another writer (a packer, the repacker) published meanwhile.
+//!
+//! Where the backend enforces conditional writes (local directories, AWS S3,
+//! MinIO), the upload is conditional on the generation read (`If-Match` its
+//! ETag, or `If-None-Match: *` for a new shard): a loser gets
+//! [`PublishError::Conflict`] and rebuilds on the winner's generation.
+//!
+//! Where it does not (Garage ignores both headers), the rule is approximated
+//! in two steps: right before completing the upload, the shard must still be
+//! the generation read (HEAD); right after, re-reading the shard must show our
+//! ETag, or a generation that the caller accepts as built on ours (the
+//! `still_ours` check: a packer's added files are all there, a repacker's
+//! dropped files are all gone). A writer whose check and completion both fall
+//! between our completion and our re-read can still win unseen: on such
+//! backends parallel packers must work on disjoint shard ranges
+//! (docs/CONCURRENCY.md).
+
+use std::sync::Arc;
+
+use tokio::runtime::Handle;
+
+use crate::bridge::SyncObjectWriter;
+use crate::error::{Error, ErrorKind};
+use crate::object::{ObjectStore, PutMode, PutResult};
+use crate::store::{DesStore, LoadedIndex};
+
+/// Why a publish did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The shard changed under us: rebuild on its current generation.
+    #[error("the shard changed while it was being rebuilt")]
+    Conflict,
+    #[error(transparent)]
+    Store(#[from] Error),
+}
+
+impl PublishError {
+    /// A store error that is a lost condition is a conflict.
+    pub fn from_store(e: Error) -> Self {
+        if e.kind() == ErrorKind::PreconditionFailed {
+            Self::Conflict
+        } else {
+            Self::Store(e)
+        }
+    }
+}
+
+/// The generation a writer built on.
+#[derive(Debug, Clone)]
+enum Base {
+    Absent,
+    Present { etag: Option<String> },
+}
+
+/// One attempt to publish one shard generation.
+#[derive(Debug)]
+pub struct ShardPublish {
+    objects: Arc<dyn ObjectStore>,
+    key: String,
+    base: Base,
+    conditional: bool,
+}
+
+impl ShardPublish {
+    /// `base` is the generation the new one is built on (`None`: no shard yet).
+    pub fn new(objects: Arc<dyn ObjectStore>, key: &str, base: Option<&LoadedIndex>) -> Self {
+        let base = match base {
+            None => Base::Absent,
+            Some(o) => Base::Present {
+                etag: o.object.etag.clone(),
+            },
+        };
+        let conditional = objects.capabilities().conditional_put;
+        Self {
+            objects,
+            key: key.to_string(),
+            base,
+            conditional,
+        }
+    }
+
+    /// The write mode for the upload: conditional where it is enforced.
+    pub fn mode(&self) -> PutMode {
+        if !self.conditional {
+            return PutMode::Overwrite;
+        }
+        match &self.base {
+            Base::Absent => PutMode::Create,
+            Base::Present { etag: Some(e) } => PutMode::UpdateIfMatch(e.clone()),
+            // No ETag to condition on (a backend without ETags): last writer wins.
+            Base::Present { etag: None } => PutMode::Overwrite,
+        }
+    }
+
+    /// Completes the upload (nothing is visible before) and makes sure our
+    /// generation, or one `still_ours` accepts, is what the shard now holds.
+    /// Call from a blocking thread.
+    pub fn commit_blocking(
+        self,
+        handle: &Handle,
+        store: &DesStore,
+        sink: SyncObjectWriter,
+        still_ours: impl Fn(&LoadedIndex) -> bool,
+    ) -> Result<PutResult, PublishError> {
+        if self.conditional {
+            return sink.finish().map_err(PublishError::from_store);
+        }
+        if let Err(e) = handle.block_on(self.check_unchanged()) {
+            // The upload is aborted: the shard keeps the other writer's generation.
+            let _ = sink.abort();
+            return Err(e);
+        }
+        let put = sink.finish().map_err(PublishError::from_store)?;
+        handle.block_on(self.confirm(store, &put, still_ours))?;
+        Ok(put)
+    }
+
+    async fn check_unchanged(&self) -> Result<(), PublishError> {
+        let current = match self.objects.head(&self.key).await {
+            Ok(meta) => Some(meta.etag),
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) => return Err(PublishError::Store(e)),
+        };
+        let unchanged = match (&self.base, current) {
+            (Base::Absent, None) => true,
+            (Base::Present { etag: Some(ours) }, Some(Some(now))) => same_etag(ours, &now),
+            // Nothing to compare: the re-read after publishing still checks.
+            (Base::Present { etag: None }, Some(_)) => true,
+            _ => false,
+        };
+        if unchanged {
+            Ok(())
+        } else {
+            Err(PublishError::Conflict)
+        }
+    }
+
+    async fn confirm(
+        &self,
+        store: &DesStore,
+        put: &PutResult,
+        still_ours: impl Fn(&LoadedIndex) -> bool,
+    ) -> Result<(), PublishError> {
+        let latest = store.load_index(&self.key).await.map_err(|e| {
+            PublishError::Store(Error::Invalid(format!(
+                "published {} but could not re-read it to confirm ({e}); re-run to check",
+                self.key
+            )))
+        })?;
+        // Deleted right after we wrote it: rebuild from nothing.
+        let Some(latest) = latest else {
+            return Err(PublishError::Conflict);
+        };
+        if let (Some(ours), Some(now)) = (&put.etag, &latest.object.etag)
+            && same_etag(ours, now)
+        {
+            return Ok(());
+        }
+        if still_ours(&latest) {
+            Ok(())
+        } else {
+            Err(PublishError::Conflict)
+        }
+    }
+}
+
+/// Runs `attempt` until it does not end in a conflict, at most `retries`
+/// extra times; `Ok(None)` when every attempt conflicted. Each attempt must
+/// re-read the shard (and whatever it decides from, such as tombstones).
+pub fn rebuild_on_conflict<T, E>(
+    retries: u32,
+    mut attempt: impl FnMut() -> Result<T, E>,
+    is_conflict: impl Fn(&E) -> bool,
+) -> Result<Option<T>, E> {
+    for _ in 0..=retries {
+        match attempt() {
+            Ok(v) => return Ok(Some(v)),
+            Err(e) if is_conflict(&e) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// `W/"abc"`, `"abc"` and `abc` name the same ETag.
+pub fn same_etag(a: &str, b: &str) -> bool {
+    fn bare(e: &str) -> &str {
+        let e = e.trim();
+        e.strip_prefix("W/").unwrap_or(e).trim_matches('"')
+    }
+    bare(a) == bare(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_compare_without_quotes_or_weak_marker() {
+        assert!(same_etag("\"abc-2\"", "abc-2"));
+        assert!(same_etag("W/\"abc\"", "\"abc\""));
+        assert!(!same_etag("\"abc\"", "\"abd\""));
+    }
+
+    #[test]
+    fn conflicts_are_retried_then_given_up() {
+        let mut n = 0;
+        let r: Result<Option<u32>, bool> = rebuild_on_conflict(
+            2,
+            || {
+                n += 1;
+                Err(true)
+            },
+            |c| *c,
+        );
+        assert_eq!((r, n), (Ok(None), 3));
+        let r: Result<Option<u32>, bool> = rebuild_on_conflict(2, || Err(false), |c| *c);
+        assert_eq!(r, Err(false));
+    }
+}
