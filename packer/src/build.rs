@@ -14,6 +14,7 @@ use des_format::Timestamp;
 use des_format::shard::AnyIndex;
 use des_format::v3::{self, EntryRef, ShardIdent, ShardWriter};
 use des_storage::bridge::{BlockingStreamReader, SyncObjectWriter};
+use des_storage::keys::{BIG_PREFIX, ShardKey};
 use des_storage::protocol::{BigRef, PublishError, ShardPublish, rebuild_on_conflict};
 use des_storage::{ByteRange, ErrorKind, GetOptions, LoadedIndex, ObjectStore, PutOptions};
 
@@ -120,12 +121,8 @@ fn load_old(
 
 fn try_build(ctx: &Ingest<'_>, group: &ShardGroup) -> Result<GroupResult, BuildError> {
     let started = Instant::now();
-    let key = format!(
-        "{}/{}{}",
-        group.date_dir,
-        group.shard_hex,
-        des_storage::store::SHARD_EXT
-    );
+    let date = group.date_dir.parse().unwrap_or(0);
+    let key = ShardKey::new(date, group.shard_index, ctx.store.n_bits()).to_string();
     let objects = ctx
         .store
         .objects_for_shard(group.shard_index)
@@ -205,7 +202,7 @@ fn recheck_big_files(
                 .block_on(r.renew(objects.as_ref()))
                 .map_err(storage_err)?;
         }
-        let key = format!("{}{}", des_storage::keys::BIG_PREFIX, r.hex);
+        let key = format!("{BIG_PREFIX}{}", r.hex);
         match ctx.handle.block_on(objects.head(&key)) {
             Ok(_) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => return Err(BuildError::Conflict),

@@ -431,3 +431,37 @@ fn a_stored_file_is_never_replaced_by_other_bytes() {
     ]);
     read_back(out.path(), &kept);
 }
+
+/// A stored entry whose bytes no longer match their CRC is never carried
+/// into a new generation with a fresh CRC: appending to its shard fails
+/// (exit 1) and the shard stays exactly as it was.
+#[test]
+fn a_corrupt_entry_is_not_copied_into_a_new_generation() {
+    let (src, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let store = out.path().to_str().unwrap();
+    let first = src.path().join("first");
+    std::fs::create_dir_all(&first).unwrap();
+    std::fs::write(first.join("a.bin"), common::noise(3, 20_000)).unwrap();
+    common::assert_exit(&pack_dir(&first, store, &["--n-bits", "4"]), 0);
+    let shard = shard_files(out.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&shard).unwrap();
+    // Incompressible, so stored raw right after the header.
+    bytes[des_format::v3::HEADER_LEN as usize + 10_000] ^= 0x40;
+    std::fs::write(&shard, &bytes).unwrap();
+
+    let target = des_format::routing::shard_index("a.bin", 4).unwrap();
+    let uid = (0..)
+        .map(|i| format!("b-{i}.bin"))
+        .find(|u| des_format::routing::shard_index(u, 4).unwrap() == target)
+        .unwrap();
+    let second = src.path().join("second");
+    std::fs::create_dir_all(&second).unwrap();
+    std::fs::write(second.join(&uid), b"appended").unwrap();
+    let o = pack_dir(&second, store, &["--json"]);
+    common::assert_exit(&o, 1);
+    let r = report(&o);
+    assert_eq!(r["files_packed"], 0, "{r:#}");
+    let reason = r["failures"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("CRC") || reason.contains("crc"), "{reason}");
+    assert!(std::fs::read(&shard).unwrap() == bytes, "the shard changed");
+}

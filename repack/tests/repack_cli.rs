@@ -676,3 +676,25 @@ fn schedule_mode_runs_on_each_tick_and_stops_on_sigterm() {
     assert!(!s.raw_contains(&needle(s.spec("file-09"))));
     s.check_files(&["file-09"]);
 }
+
+/// A forced rewrite of a shard with a corrupt entry copies nothing: the
+/// entry's CRC is checked as it is carried forward, the shard fails (exit
+/// 1) and stays exactly as it was.
+#[test]
+fn a_corrupt_entry_fails_a_forced_rewrite_and_changes_nothing() {
+    let s = Local::build(standard_specs());
+    let key = s.shard_of["file-00"].clone();
+    let path = s.root().join(&key);
+    let mut bytes = std::fs::read(&path).unwrap();
+    // The first entry's stored bytes start right after the header.
+    bytes[des_format::v3::HEADER_LEN as usize + 100] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+    let shard = key.trim_end_matches(".des");
+    let out = repack(&s, &["--shard", shard]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let r = json(&out);
+    assert_eq!(r["shards_failed"], 1, "{r:#}");
+    let err = r["shards"][0]["error"].as_str().unwrap_or_default();
+    assert!(err.contains("crc"), "{err}");
+    assert!(std::fs::read(&path).unwrap() == bytes, "the shard changed");
+}

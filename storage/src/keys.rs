@@ -53,6 +53,15 @@ impl ShardKey {
         }
     }
 
+    /// The key of a routed location.
+    pub fn at(loc: &routing::ShardLocation) -> Self {
+        Self {
+            date: loc.date_dir.parse().unwrap_or(0),
+            index: loc.shard_index,
+            hex: loc.shard_hex.clone(),
+        }
+    }
+
     /// The shard holding `(uid, date)` in a store of `n_bits`.
     pub fn of(uid: &str, date: u32, n_bits: u8) -> Option<Self> {
         let index = routing::shard_index(uid, n_bits).ok()?;

@@ -3,9 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use des_format::{Timestamp, routing};
+use des_format::Timestamp;
 use des_storage::DesStore;
-use des_storage::store::SHARD_EXT;
+use des_storage::keys::ShardKey;
 use des_storage::tombstones::{LoggedName, TombstoneLog, TombstoneSet};
 
 use crate::error::{RepackError, Result};
@@ -41,13 +41,9 @@ pub struct TombState {
 
 /// The v3 key of the shard holding `(uid, date)`.
 pub fn shard_key_of(store: &DesStore, uid: &str, date: u32) -> Result<String> {
-    let n_bits = store.n_bits();
-    let index =
-        routing::shard_index(uid, n_bits).map_err(|e| RepackError::Invalid(e.to_string()))?;
-    Ok(format!(
-        "{date:08}/{}{SHARD_EXT}",
-        routing::shard_hex(index, n_bits)
-    ))
+    ShardKey::of(uid, date, store.n_bits())
+        .map(|k| k.to_string())
+        .ok_or_else(|| RepackError::Invalid(format!("{uid:?} cannot be routed")))
 }
 
 pub async fn load(log: &TombstoneLog, holds: &HoldSet) -> Result<TombState> {

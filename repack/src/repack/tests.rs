@@ -420,3 +420,110 @@ async fn a_tombstone_for_a_file_never_stored_is_just_marked() {
     assert_eq!(r.tombstones_pending, 0);
     assert_eq!(r.shards[0].action, Action::NothingToRemove);
 }
+
+/// Puts the shard's previous bytes back right after the repacker's publish
+/// completes, as a writer that ignores conditions (Garage's last writer
+/// wins) would.
+#[derive(Debug)]
+struct Restorer {
+    inner: MemoryStore,
+    key: String,
+}
+
+struct RestoringWriter {
+    inner: Box<dyn ObjectWriter>,
+    store: MemoryStore,
+    key: String,
+    old: Bytes,
+}
+
+#[async_trait]
+impl ObjectWriter for RestoringWriter {
+    async fn write(&mut self, chunk: Bytes) -> des_storage::Result<()> {
+        self.inner.write(chunk).await
+    }
+    async fn finish(self: Box<Self>) -> des_storage::Result<PutResult> {
+        let put = self.inner.finish().await?;
+        self.store
+            .put(&self.key, self.old, PutOptions::default())
+            .await?;
+        Ok(put)
+    }
+    async fn abort(self: Box<Self>) -> des_storage::Result<()> {
+        self.inner.abort().await
+    }
+}
+
+#[async_trait]
+impl ObjectStore for Restorer {
+    fn describe(&self) -> String {
+        "restorer".into()
+    }
+    async fn get(&self, key: &str, opts: GetOptions) -> des_storage::Result<GetResult> {
+        self.inner.get(key, opts).await
+    }
+    async fn head(&self, key: &str) -> des_storage::Result<ObjectMeta> {
+        self.inner.head(key).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        data: Bytes,
+        opts: PutOptions,
+    ) -> des_storage::Result<PutResult> {
+        self.inner.put(key, data, opts).await
+    }
+    async fn put_writer(
+        &self,
+        key: &str,
+        opts: PutOptions,
+    ) -> des_storage::Result<Box<dyn ObjectWriter>> {
+        let inner = self.inner.put_writer(key, opts).await?;
+        if key != self.key {
+            return Ok(inner);
+        }
+        let (_, old) = self.inner.get_range(key, ByteRange::All).await?;
+        Ok(Box::new(RestoringWriter {
+            inner,
+            store: self.inner.clone(),
+            key: key.to_string(),
+            old,
+        }))
+    }
+    async fn delete(&self, key: &str) -> des_storage::Result<()> {
+        self.inner.delete(key).await
+    }
+    async fn list(&self, prefix: &str, after: Option<&str>) -> des_storage::Result<ListPage> {
+        self.inner.list(prefix, after).await
+    }
+}
+
+/// The read-back check after publishing is the only guard against a writer
+/// that puts an older generation back: the shard fails and no tombstone is
+/// marked applied.
+#[tokio::test]
+async fn an_old_generation_restored_after_publishing_fails_the_shard() {
+    let mem = MemoryStore::new();
+    let files = vec![file("1", noise(1, 4000)), file("17", noise(2, 4000))];
+    let plain = single(Arc::new(mem.clone())).await;
+    write(&plain, &files).await;
+    let key = DesStore::shard_key(&plain.locate("1", ts(files[0].at)).unwrap());
+    delete(&plain, &files[0]).await;
+    let store = single(Arc::new(Restorer {
+        inner: mem.clone(),
+        key: key.clone(),
+    }))
+    .await;
+    let r = repack(&store, &opts(), |_| {}).await.unwrap();
+    assert_eq!(r.shards_failed, 1, "{r:#?}");
+    let err = r.shards[0].error.clone().unwrap_or_default();
+    assert!(err.contains("reads back generation 1"), "{err}");
+    assert!(
+        mem.list_all(des_storage::tombstones::APPLIED_PREFIX)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a tombstone was marked applied"
+    );
+    assert_eq!(r.tombstones_pending, 1, "{r:#?}");
+}

@@ -281,7 +281,7 @@ impl DesStore {
 
     /// The v3 key of a (date, shard).
     pub fn shard_key(loc: &ShardLocation) -> String {
-        format!("{}/{}{SHARD_EXT}", loc.date_dir, loc.shard_hex)
+        crate::keys::ShardKey::at(loc).to_string()
     }
 
     /// Keys that may hold the shard: one for v3; every part for legacy.
