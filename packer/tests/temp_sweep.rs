@@ -1,7 +1,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-//! A packer killed mid-write leaves its temp file in a local store; the next
-//! run removes it (with `--abort-stale-uploads-after`) and completes.
+//! A packer killed mid-write (on an observed temp file, so the kill surely
+//! lands during a shard write) leaves no partial shard: whatever is visible
+//! under a final name is whole. It does leave its temp file in a local
+//! store; the next run removes it (with `--abort-stale-uploads-after`) and
+//! completes.
 
 mod common;
 
@@ -53,7 +56,25 @@ fn kill_mid_write(args: &[&str], out: &Path) -> Vec<PathBuf> {
     child.kill().unwrap(); // SIGKILL
     let status = child.wait().unwrap();
     assert_eq!(status.code(), None, "killed by the signal, not finished");
+    assert_visible_shards_whole(out);
     temp_files(out)
+}
+
+/// Every shard readers can see (the store's own listing) has a valid index.
+fn assert_visible_shards_whole(out: &Path) {
+    if !out.join("_des/store.json").exists() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = rt
+        .block_on(DesStore::open(Arc::new(LocalStore::new(out).unwrap())))
+        .unwrap();
+    for meta in rt.block_on(store.list_shards()).unwrap() {
+        let key = meta.key;
+        rt.block_on(store.load_index(&key))
+            .unwrap_or_else(|e| panic!("{key}: {e}"))
+            .unwrap();
+    }
 }
 
 #[test]

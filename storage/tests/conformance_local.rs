@@ -119,3 +119,11 @@ async fn small_reads_join_cached_and_uncached_parts() {
         assert_eq!(got, data[start as usize..end as usize], "{start}..{end}");
     }
 }
+
+/// Packers and the repacker publish with a real compare-and-swap only where
+/// the store says it enforces one: this store must say so (and the
+/// conformance suite proves it does).
+#[test]
+fn conditional_writes_are_reported_as_enforced() {
+    assert!(store().capabilities().conditional_put);
+}

@@ -9,3 +9,11 @@ fn store() -> conformance::Store {
 }
 
 conformance_tests!(store());
+
+/// Packers and the repacker publish with a real compare-and-swap only where
+/// the store says it enforces one: this store must say so (and the
+/// conformance suite proves it does).
+#[test]
+fn conditional_writes_are_reported_as_enforced() {
+    assert!(store().capabilities().conditional_put);
+}
