@@ -176,6 +176,7 @@ impl Ingest<'_> {
                 objects.as_ref(),
                 hex,
                 self.holder,
+                (&rec.uid, rec.created_at.date_number()),
                 self.opts.big_ref_ttl,
             ))
             .map_err(|e| format!("recording a reference to {key}: {e}"))?;

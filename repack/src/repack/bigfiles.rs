@@ -15,8 +15,11 @@
 //! - no packer in flight holds a live reference to it, under the rule of
 //!   `des_storage::protocol::bigrefs` (refs are listed after the scan, and
 //!   nothing is deleted once half the ref TTL has passed since the scan began).
+//!
+//! Objects a packer uploaded but never published a reference to (it failed
+//! or died) become candidates when the packer's ref expires.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,11 +117,12 @@ pub struct GcOptions {
 pub async fn collect(store: &DesStore, holds: &HoldSet, opts: GcOptions) -> Result<GcOutcome> {
     let mut out = GcOutcome::default();
     let grace_us = i64::try_from(opts.grace.as_micros()).unwrap_or(i64::MAX);
-    let now = Timestamp::now().micros();
     for objects in store.placement().stores() {
         if !opts.dry_run {
             out.refs_expired += sweep_expired_refs(objects.as_ref()).await?;
         }
+        // After the sweep, which may have just registered candidates.
+        let now = Timestamp::now().micros();
         let mut due: BTreeMap<String, Candidate> = BTreeMap::new();
         for meta in objects.list_all(GC_PREFIX).await? {
             match read_candidate(objects.as_ref(), &meta.key).await? {
@@ -185,11 +189,16 @@ async fn decide(
     Ok(true)
 }
 
-/// Removes packer refs past their expiry (packers never remove their own:
-/// a ref must outlive the publish it protects).
+/// Turns packer refs past their expiry into candidates, then removes them.
+/// Packers never remove their own refs (a ref must outlive the publish it
+/// protects), so an expired ref is either one whose shard was published —
+/// the scan then finds the reference and drops the candidate — or one whose
+/// packer failed or died after uploading: an object nothing may reference,
+/// collected like any other candidate (grace, holds, scan).
 async fn sweep_expired_refs(objects: &dyn ObjectStore) -> Result<u64> {
     let now = Timestamp::now();
-    let mut hexes = HashSet::new();
+    // Ordered, so a run's requests come in the same order every time.
+    let mut hexes = BTreeSet::new();
     for meta in objects.list_all(BIG_REFS_PREFIX).await? {
         if let Some(StoreKey::BigRef { hex, .. }) = StoreKey::parse(&meta.key) {
             hexes.insert(hex);
@@ -197,7 +206,13 @@ async fn sweep_expired_refs(objects: &dyn ObjectStore) -> Result<u64> {
     }
     let mut n = 0;
     for hex in hexes {
-        for key in refs_of(objects, &hex, now).await?.expired {
+        let big = StoreKey::Big { hex: hex.clone() }.to_string();
+        for (key, (uid, date)) in refs_of(objects, &hex, now).await?.expired {
+            match objects.head(&big).await {
+                Ok(_) => register(objects, &[(big.clone(), uid)], "", date).await?,
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
             objects.delete(&key).await?;
             n += 1;
         }

@@ -107,7 +107,6 @@ struct Ctx<'a> {
     store: &'a DesStore,
     log: TombstoneLog,
     state: TombState,
-    holds: HoldSet,
     opts: &'a RepackOptions,
     lease_lost: Arc<AtomicBool>,
     now: Timestamp,
@@ -176,7 +175,6 @@ async fn run_locked(
         store,
         log,
         state,
-        holds,
         opts,
         lease_lost,
         now,
@@ -206,7 +204,9 @@ async fn run_locked(
         ref_ttl: opts.big_ref_ttl,
         dry_run: opts.dry_run,
     };
-    report.big_files = bigfiles::collect(store, &ctx.holds, gc).await?;
+    // Read again: a hold placed during the run keeps its big files too.
+    let holds = HoldSet::load(store).await?;
+    report.big_files = bigfiles::collect(store, &holds, gc).await?;
     finish_counts(&ctx, &mut report).await?;
     report.duration_seconds = started.elapsed().as_secs_f64();
     report.read_mb_per_second = if report.duration_seconds > 0.0 {
@@ -290,7 +290,7 @@ struct Garbage {
     ratio: f64,
 }
 
-fn assess(ctx: &Ctx<'_>, loaded: &LoadedIndex) -> Result<Garbage> {
+fn assess(ctx: &Ctx<'_>, holds: &HoldSet, loaded: &LoadedIndex) -> Result<Garbage> {
     let AnyIndex::V3(ix) = &loaded.index else {
         return Err(RepackError::shard(&loaded.key, "not a v3 shard"));
     };
@@ -299,8 +299,7 @@ fn assess(ctx: &Ctx<'_>, loaded: &LoadedIndex) -> Result<Garbage> {
     let mut drop = HashSet::new();
     for e in ix.view().iter() {
         count += 1;
-        let deleted =
-            ctx.state.set.contains(e.uid, date) && ctx.holds.holding(e.uid, date).is_none();
+        let deleted = ctx.state.set.contains(e.uid, date) && holds.holding(e.uid, date).is_none();
         if !e.is_external() {
             inline += e.stored_len();
             if deleted {
@@ -329,6 +328,16 @@ async fn try_process(
     budget: &mut u64,
     out: &mut ShardOutcome,
 ) -> Result<()> {
+    // Holds are read again for every shard: one placed while the run goes on
+    // binds every shard the run starts after it (I5). A tombstone it covers
+    // stays pending, unmarked.
+    let holds = HoldSet::load(ctx.store).await?;
+    let pending: Vec<PendingTomb> = pending
+        .iter()
+        .filter(|p| holds.holding(&p.uid, p.date).is_none())
+        .cloned()
+        .collect();
+    let pending = pending.as_slice();
     for _ in 0..=ctx.opts.conflict_retries {
         let Some(loaded) = ctx.store.load_index(key).await? else {
             out.action = Action::NothingToRemove;
@@ -339,7 +348,7 @@ async fn try_process(
         out.generation_before = loaded.index.trailer().map(|t| t.generation);
         out.entries_before = loaded.index.len() as u64;
         out.bytes_before = loaded.object.size;
-        let garbage = assess(ctx, &loaded)?;
+        let garbage = assess(ctx, &holds, &loaded)?;
         out.garbage_ratio = garbage.ratio;
         out.entries_dropped = garbage.drop.len() as u64;
         if garbage.drop.is_empty() && trigger != Trigger::Forced {

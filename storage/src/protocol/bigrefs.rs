@@ -56,6 +56,14 @@ struct RefRecord {
     taken_at: String,
     taken_at_us: i64,
     expires_at_us: i64,
+    /// The file whose entry will reference the big file: a ref that
+    /// expires unpublished (its packer failed or died) leaves an object
+    /// nothing may reference, which clean-up then collects — unless a legal
+    /// hold covers this file.
+    #[serde(default)]
+    uid: String,
+    #[serde(default)]
+    date: u32,
 }
 
 fn micros(d: Duration) -> i64 {
@@ -68,16 +76,19 @@ pub struct BigRef {
     pub hex: String,
     key: String,
     holder: String,
+    file: (String, u32),
     taken_at_us: i64,
     ttl: Duration,
 }
 
 impl BigRef {
-    /// Writes the ref; call before checking that the big file exists.
+    /// Writes the ref for the file `(uid, date)`; call before checking that
+    /// the big file exists.
     pub async fn take(
         objects: &dyn ObjectStore,
         hex: &str,
         holder: &str,
+        file: (&str, u32),
         ttl: Duration,
     ) -> Result<Self> {
         let mut r = Self {
@@ -88,6 +99,7 @@ impl BigRef {
             }
             .to_string(),
             holder: holder.to_string(),
+            file: (file.0.to_string(), file.1),
             taken_at_us: 0,
             ttl,
         };
@@ -102,6 +114,8 @@ impl BigRef {
             taken_at: now.to_rfc3339(),
             taken_at_us: now.micros(),
             expires_at_us: now.micros().saturating_add(micros(self.ttl)),
+            uid: self.file.0.clone(),
+            date: self.file.1,
         };
         let body = serde_json::to_vec(&rec).map_err(|e| Error::other("big-file ref", e))?;
         let put = PutOptions {
@@ -128,8 +142,9 @@ impl BigRef {
 pub struct RefScan {
     /// Refs younger than their TTL: the object must stay.
     pub live: u64,
-    /// Expired refs (their keys), safe to delete.
-    pub expired: Vec<String>,
+    /// Expired refs: their keys (safe to delete once the object is
+    /// registered for collection) and the files they named.
+    pub expired: Vec<(String, (String, u32))>,
 }
 
 /// The refs of `_big/<hex>` as of `now`.
@@ -142,7 +157,9 @@ pub async fn refs_of(objects: &dyn ObjectStore, hex: &str, now: Timestamp) -> Re
             Err(e) => return Err(e),
         };
         match rec {
-            Some(r) if now.micros() >= r.expires_at_us => out.expired.push(meta.key),
+            Some(r) if now.micros() >= r.expires_at_us => {
+                out.expired.push((meta.key, (r.uid, r.date)));
+            }
             // Unreadable records count as live: keeping an object is the safe side.
             _ => out.live += 1,
         }
@@ -184,9 +201,15 @@ mod tests {
     #[tokio::test]
     async fn refs_are_live_until_they_expire() {
         let objects = MemoryStore::new();
-        let r = BigRef::take(&objects, "ab01", "packer-1", Duration::from_secs(60))
-            .await
-            .unwrap();
+        let r = BigRef::take(
+            &objects,
+            "ab01",
+            "packer-1",
+            ("u1", 20240517),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
         let now = Timestamp::now();
         assert!(!r.needs_renewal(now));
         let scan = refs_of(&objects, "ab01", now).await.unwrap();
@@ -194,7 +217,8 @@ mod tests {
         let later = Timestamp::from_micros(now.micros() + 61_000_000);
         assert!(r.needs_renewal(later));
         let scan = refs_of(&objects, "ab01", later).await.unwrap();
-        assert_eq!((scan.live, scan.expired.len()), (0, 1));
+        assert_eq!(scan.live, 0);
+        assert_eq!(scan.expired[0].1, ("u1".to_string(), 20240517));
         assert_eq!(refs_of(&objects, "ab02", now).await.unwrap().live, 0);
     }
 
