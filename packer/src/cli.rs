@@ -17,7 +17,8 @@ pub const EXIT_FATAL: i32 = 2;
 
 const AFTER_HELP: &str = "\
 EXIT CODES:
-    0  every input file is in the store (packed now or already present)
+    0  every input file is in the store (packed now or already present) or deleted
+       (a tombstone exists for its uid and day: reported as deleted, never packed again)
     1  some files failed (listed in the summary/report); all others were packed
     2  usage error, or the run could not proceed (store unreadable, manifest unreadable)
 

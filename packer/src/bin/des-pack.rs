@@ -80,6 +80,12 @@ fn print_summary(r: &PackReport) {
             r.files_outside_shard_range
         );
     }
+    if r.files_deleted > 0 {
+        println!(
+            "{} files not packed: deleted (a tombstone exists for their uid and day)",
+            r.files_deleted
+        );
+    }
     for f in r.failures.iter().take(50) {
         eprintln!(
             "failed: line {} uid {:?}: {}",
