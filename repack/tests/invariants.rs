@@ -267,14 +267,7 @@ fn a_frozen_packer_keeps_the_big_file_it_relies_on() {
     };
     let manifest = s.manifest("second", std::slice::from_ref(&second));
     std::fs::write(manifest.with_file_name("big-2"), content("big-1", 300_000)).unwrap();
-    let child = s
-        .pack_cmd(&manifest)
-        .env("DES_PACK_PAUSE_AT", "after_big_file_check")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_stopped(child.id());
+    let child = spawn_paused_at_big_file(&mut s.pack_cmd(&manifest));
     let r = s.repack(&["--big-file-grace", "0s"]);
     assert_eq!(
         r["big_files"]["deleted"].as_array().unwrap().len(),

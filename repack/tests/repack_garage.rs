@@ -137,6 +137,15 @@ fn delete_repack_verify_on_garage() {
     assert_eq!(v["tombstones_pending"], 0);
 }
 
+/// A Garage server and the store (objects and URL) under [`INV_PREFIX`].
+fn garage_store() -> (S3Server, Arc<dyn ObjectStore>, String) {
+    let server = S3Server::garage().unwrap_or_else(|e| panic!("garage is required: {e}"));
+    let objects: Arc<dyn ObjectStore> =
+        Arc::new(S3Store::new(server.config().with_prefix(INV_PREFIX)).unwrap());
+    let url = format!("s3://{}/{INV_PREFIX}", server.bucket());
+    (server, objects, url)
+}
+
 fn ok_json(c: Command, server: &S3Server) -> serde_json::Value {
     let out = with_s3_env(c, server).output().unwrap();
     assert_eq!(
@@ -151,10 +160,7 @@ fn ok_json(c: Command, server: &S3Server) -> serde_json::Value {
 
 #[test]
 fn deleted_files_never_come_back_on_garage() {
-    let server = S3Server::garage().unwrap_or_else(|e| panic!("garage is required: {e}"));
-    let objects: Arc<dyn ObjectStore> =
-        Arc::new(S3Store::new(server.config().with_prefix(INV_PREFIX)).unwrap());
-    let url = format!("s3://{}/{INV_PREFIX}", server.bucket());
+    let (server, objects, url) = garage_store();
     let src = tempfile::tempdir().unwrap();
     let mut specs: Vec<FileSpec> = (0..10)
         .map(|i| FileSpec::new(&format!("g-{i}"), "2024-05-17T10:00:00Z", 5_000 + i * 10))
@@ -225,10 +231,7 @@ fn deleted_files_never_come_back_on_garage() {
 /// the packer's reference to it reads back.
 #[test]
 fn a_frozen_packer_keeps_its_big_file_on_garage() {
-    let server = S3Server::garage().unwrap_or_else(|e| panic!("garage is required: {e}"));
-    let objects: Arc<dyn ObjectStore> =
-        Arc::new(S3Store::new(server.config().with_prefix(INV_PREFIX)).unwrap());
-    let url = format!("s3://{}/{INV_PREFIX}", server.bucket());
+    let (server, objects, url) = garage_store();
     let src = tempfile::tempdir().unwrap();
     let data = content("big-1", 300_000);
     let manifest = |uid: &str| {
@@ -262,13 +265,7 @@ fn a_frozen_packer_keeps_its_big_file_on_garage() {
     };
     repack("1h");
 
-    let child = pack_cmd(&manifest("big-2"))
-        .env("DES_PACK_PAUSE_AT", "after_big_file_check")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_stopped(child.id());
+    let child = spawn_paused_at_big_file(&mut pack_cmd(&manifest("big-2")));
     let r = repack("0s");
     assert_eq!(
         r["big_files"]["deleted"].as_array().unwrap().len(),

@@ -174,16 +174,19 @@ fn sabotaged(kind: Sabotage) -> RunResult {
     panic!("no seed in 0..200 had anything to sabotage with {kind:?}");
 }
 
+/// The labels of the violations reported at the sabotage's own step.
+fn at_sabotage(r: &RunResult) -> Vec<&str> {
+    r.violations
+        .iter()
+        .filter(|v| Some(v.step) == r.sabotage_step)
+        .map(|v| v.label.as_str())
+        .collect()
+}
+
 #[test]
 fn the_checker_sees_a_deleted_big_file() {
     let r = sabotaged(Sabotage::DeleteBigFile);
-    let at = r.sabotage_step;
-    let found: Vec<&str> = r
-        .violations
-        .iter()
-        .filter(|v| Some(v.step) == at)
-        .map(|v| v.label.as_str())
-        .collect();
+    let found = at_sabotage(&r);
     assert!(
         found.iter().any(|l| l.starts_with("I3 dangling")),
         "{found:?}\n{}",
@@ -199,13 +202,7 @@ fn the_checker_sees_a_deleted_big_file() {
 #[test]
 fn the_checker_sees_a_shard_rolled_back() {
     let r = sabotaged(Sabotage::RollbackShard);
-    let at = r.sabotage_step;
-    let found: Vec<&str> = r
-        .violations
-        .iter()
-        .filter(|v| Some(v.step) == at)
-        .map(|v| v.label.as_str())
-        .collect();
+    let found = at_sabotage(&r);
     assert!(
         found.iter().any(|l| l.starts_with("I1 ")),
         "{found:?}\n{}",

@@ -314,6 +314,19 @@ pub fn standard_specs() -> Vec<FileSpec> {
     specs
 }
 
+/// Starts `cmd` (a des-pack run) so that it stops itself right after it
+/// looks up a big file, and waits until it has.
+pub fn spawn_paused_at_big_file(cmd: &mut Command) -> std::process::Child {
+    let child = cmd
+        .env("DES_PACK_PAUSE_AT", "after_big_file_check")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_stopped(child.id());
+    child
+}
+
 /// Waits until `pid` is stopped (state `T` in /proc/PID/stat).
 pub fn wait_stopped(pid: u32) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
