@@ -26,7 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use des_format::Timestamp;
 use des_format::shard::AnyIndex;
-use des_storage::keys::{BIG_PREFIX, BIG_REFS_PREFIX, GC_PREFIX, StoreKey};
+use des_storage::keys::{BIG_PREFIX, BIG_REFS_PREFIX, GC_PREFIX, ShardKey, StoreKey};
 use des_storage::protocol::{GcWindow, refs_of};
 use des_storage::{
     ByteRange, DesStore, ErrorKind, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
@@ -119,7 +119,7 @@ pub async fn collect(store: &DesStore, holds: &HoldSet, opts: GcOptions) -> Resu
     let grace_us = i64::try_from(opts.grace.as_micros()).unwrap_or(i64::MAX);
     for objects in store.placement().stores() {
         if !opts.dry_run {
-            out.refs_expired += sweep_expired_refs(objects.as_ref()).await?;
+            out.refs_expired += sweep_expired_refs(store, objects.as_ref()).await?;
         }
         // After the sweep, which may have just registered candidates.
         let now = Timestamp::now().micros();
@@ -189,13 +189,13 @@ async fn decide(
     Ok(true)
 }
 
-/// Turns packer refs past their expiry into candidates, then removes them.
-/// Packers never remove their own refs (a ref must outlive the publish it
-/// protects), so an expired ref is either one whose shard was published —
-/// the scan then finds the reference and drops the candidate — or one whose
-/// packer failed or died after uploading: an object nothing may reference,
-/// collected like any other candidate (grace, holds, scan).
-async fn sweep_expired_refs(objects: &dyn ObjectStore) -> Result<u64> {
+/// Removes packer refs past their expiry. Packers never remove their own
+/// refs (a ref must outlive the publish it protects), so an expired ref is
+/// either one whose shard was published — the shard it names references the
+/// object, and the ref simply goes — or one whose packer failed or died after
+/// uploading: then the object is registered as a candidate and collected
+/// like any other (grace, holds, scan). One index read per expired ref.
+async fn sweep_expired_refs(store: &DesStore, objects: &dyn ObjectStore) -> Result<u64> {
     let now = Timestamp::now();
     // Ordered, so a run's requests come in the same order every time.
     let mut hexes = BTreeSet::new();
@@ -208,16 +208,35 @@ async fn sweep_expired_refs(objects: &dyn ObjectStore) -> Result<u64> {
     for hex in hexes {
         let big = StoreKey::Big { hex: hex.clone() }.to_string();
         for (key, (uid, date)) in refs_of(objects, &hex, now).await?.expired {
-            match objects.head(&big).await {
-                Ok(_) => register(objects, &[(big.clone(), uid)], "", date).await?,
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
+            if !shard_references(store, &uid, date, &big).await? {
+                match objects.head(&big).await {
+                    Ok(_) => register(objects, &[(big.clone(), uid)], "", date).await?,
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
             objects.delete(&key).await?;
             n += 1;
         }
     }
     Ok(n)
+}
+
+/// Whether the shard holding `(uid, date)` has an entry for `uid` stored as
+/// the big file `big`.
+async fn shard_references(store: &DesStore, uid: &str, date: u32, big: &str) -> Result<bool> {
+    let Some(key) = ShardKey::of(uid, date, store.n_bits()) else {
+        return Ok(false);
+    };
+    let Some(loaded) = store.load_index(&key.to_string()).await? else {
+        return Ok(false);
+    };
+    let AnyIndex::V3(ix) = &loaded.index else {
+        return Ok(false);
+    };
+    Ok(ix.view().iter().any(|e| {
+        e.uid == uid && e.is_external() && des_format::v3::external_key(&e.digest()) == big
+    }))
 }
 
 async fn read_candidate(objects: &dyn ObjectStore, key: &str) -> Result<Option<Candidate>> {
