@@ -527,3 +527,35 @@ async fn an_old_generation_restored_after_publishing_fails_the_shard() {
     );
     assert_eq!(r.tombstones_pending, 1, "{r:#?}");
 }
+
+/// A big file whose packer uploaded it and then died before publishing is
+/// referenced by nothing: once the packer's ref expires, clean-up collects
+/// it. A big file whose shard was published keeps its object when the
+/// packer's ref expires.
+#[tokio::test]
+async fn an_orphan_big_file_is_collected_once_its_ref_expires() {
+    use des_storage::protocol::BigRef;
+    let mem = MemoryStore::new();
+    let store = single(Arc::new(mem.clone())).await;
+    let mut kept = file("k", noise(3, 50_000));
+    kept.big = true;
+    write(&store, std::slice::from_ref(&kept)).await;
+    let kept_key = des_format::v3::external_key(&store.digest().digest(&kept.data));
+    let orphan = noise(4, 50_000);
+    let orphan_key = des_format::v3::external_key(&store.digest().digest(&orphan));
+    mem.put(&orphan_key, Bytes::from(orphan), PutOptions::default())
+        .await
+        .unwrap();
+    for (key, uid) in [(&kept_key, "k"), (&orphan_key, "o")] {
+        let hex = key.strip_prefix("_big/").unwrap();
+        // Expired at once: the packer is long gone.
+        BigRef::take(&mem, hex, "dead-packer", (uid, 20240517), Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    let r = repack(&store, &opts(), |_| {}).await.unwrap();
+    assert_eq!(r.big_files.refs_expired, 2, "{r:#?}");
+    assert_eq!(r.big_files.deleted, vec![orphan_key.clone()], "{r:#?}");
+    assert!(mem.head(&orphan_key).await.is_err());
+    assert_eq!(read(&store, &kept).await.unwrap(), kept.data);
+}
