@@ -207,7 +207,10 @@ async fn sweep_expired_refs(store: &DesStore, objects: &dyn ObjectStore) -> Resu
     let mut n = 0;
     for hex in hexes {
         let big = StoreKey::Big { hex: hex.clone() }.to_string();
-        for (key, (uid, date)) in refs_of(objects, &hex, now).await?.expired {
+        let mut expired = refs_of(objects, &hex, now).await?.expired;
+        // By file, not by key: keys end in random holder names.
+        expired.sort_by(|a, b| a.1.cmp(&b.1));
+        for (key, (uid, date)) in expired {
             if !shard_references(store, &uid, date, &big).await? {
                 match objects.head(&big).await {
                     Ok(_) => register(objects, &[(big.clone(), uid)], "", date).await?,

@@ -1,0 +1,114 @@
+//! Applied markers and legal holds as they appear in the store: a marker
+//! must be true of every version of its generation (I6), and a hold starts
+//! protecting what it covers (I5).
+
+use super::*;
+
+impl Checker {
+    pub(super) fn on_marker(&mut self, key: &str, by: &By, step: u64) {
+        let uid = key
+            .strip_prefix(APPLIED_PREFIX)
+            .and_then(parse_name)
+            .and_then(|n| n.uid);
+        let Some(uid) = uid else {
+            return;
+        };
+        match block_on(self.mem.get_range(key, ByteRange::All)) {
+            Ok((_, body)) => match serde_json::from_slice::<AppliedMarker>(&body) {
+                Ok(marker) => {
+                    self.markers.insert(
+                        key.to_string(),
+                        MarkerInfo {
+                            uid,
+                            marker,
+                            step,
+                            by: by.name.clone(),
+                        },
+                    );
+                    self.check_marker(key, step);
+                }
+                Err(e) => {
+                    self.violate("I6 applied marker does not parse", key, step, e.to_string())
+                }
+            },
+            Err(_) => {
+                self.markers.remove(key);
+            }
+        }
+    }
+
+    /// I6: a marker "applied at generation g" is only true if no version
+    /// with generation g ever held the file. A marker without a generation
+    /// ("no shard at all") speaks of the moment the repacker looked: a
+    /// packer that read before the tombstone may create the shard since,
+    /// which I2 covers (the file must then go in a later run).
+    pub(super) fn check_marker(&mut self, mkey: &str, step: u64) {
+        let Some(m) = self.markers.get(mkey) else {
+            return;
+        };
+        let Some(g) = m.marker.generation else {
+            return;
+        };
+        let shard = m.marker.shard_key.clone();
+        let head = format!(
+            "marker {:?} for {} in {shard} at generation {g} (written by {} at step {})",
+            m.marker.outcome, m.uid, m.by, m.step
+        );
+        let uid = m.uid.clone();
+        let holding: Vec<(String, u64)> = self
+            .history
+            .get(&shard)
+            .into_iter()
+            .flatten()
+            .filter(|v| v.generation == g && v.uids.contains(&uid))
+            .map(|v| (v.by.name.clone(), v.step))
+            .collect();
+        for (who, at) in holding {
+            self.violate(
+                "I6 applied marker contradicts a generation holding the file",
+                mkey,
+                step,
+                format!("{head}, but generation {g} published by {who} at step {at} holds it"),
+            );
+        }
+    }
+
+    pub(super) fn on_hold(&mut self, key: &str, step: u64) {
+        match block_on(self.mem.get_range(key, ByteRange::All)) {
+            Ok((_, body)) => {
+                let Ok(hold) = serde_json::from_slice::<Hold>(&body) else {
+                    return;
+                };
+                let covered: Vec<usize> = (0..self.files.len())
+                    .filter(|&i| {
+                        self.files
+                            .get(i)
+                            .is_some_and(|f| hold.covers(&f.uid, f.date))
+                    })
+                    .collect();
+                self.holds
+                    .entry(key.to_string())
+                    .or_insert(HoldInfo { hold, since: step });
+                for i in covered {
+                    self.check_file(i, step);
+                }
+            }
+            Err(_) => {
+                if let Some(h) = self.holds.remove(key) {
+                    self.past_holds.push(PastHold {
+                        hold: h.hold,
+                        from: h.since,
+                        to: step,
+                    });
+                    let keep: BTreeSet<Pair> = self
+                        .protected
+                        .iter()
+                        .filter(|p| self.held_now(p))
+                        .cloned()
+                        .collect();
+                    self.protected = keep;
+                }
+            }
+        }
+    }
+}

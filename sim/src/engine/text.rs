@@ -1,0 +1,75 @@
+//! How a run is written down: operations and jobs as trace text, with what
+//! differs between two runs of one seed (clock readings, holder names)
+//! masked.
+
+use super::*;
+
+/// A key with what differs from one run of a seed to the next masked:
+/// clock readings, and the random holder name in big-file ref keys.
+pub(super) fn mask_key(key: &str) -> String {
+    let key = mask_times(key);
+    match key.strip_prefix(BIG_REFS_PREFIX) {
+        Some(rest) => match rest.split_once('/') {
+            Some((hex, _)) => format!("{BIG_REFS_PREFIX}{hex}/<holder>"),
+            None => key,
+        },
+        None => key,
+    }
+}
+
+/// Replaces clock readings (`20240601T080000123456Z`) with `<time>`.
+pub(super) fn mask_times(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < b.len() {
+        let is_time = b.len() >= i + 22
+            && b[i..i + 8].iter().all(u8::is_ascii_digit)
+            && b[i + 8] == b'T'
+            && b[i + 9..i + 21].iter().all(u8::is_ascii_digit)
+            && b[i + 21] == b'Z';
+        if is_time {
+            out.push_str("<time>");
+            i += 22;
+        } else {
+            out.push(char::from(b[i]));
+            i += 1;
+        }
+    }
+    out
+}
+
+pub(super) fn job_text(job: &Job, scn: &Scenario) -> String {
+    match job {
+        Job::Pack { files } => {
+            let names: Vec<String> = files
+                .iter()
+                .filter_map(|&i| scn.files.get(i))
+                .map(|f| {
+                    let big = if f.big_key.is_some() { "*" } else { "" };
+                    format!("{}@{}{big}", f.uid, f.date % 100)
+                })
+                .collect();
+            format!("pack [{}] (* = big file)", names.join(" "))
+        }
+        Job::Repack(s) => format!(
+            "repack max-delay {} min-garbage-ratio {} big-file-grace {}",
+            if s.max_delay_zero { "0" } else { "1d" },
+            s.min_garbage_ratio,
+            if s.grace_zero { "0" } else { "1d" }
+        ),
+        Job::Delete { pairs } => {
+            let names: Vec<String> = pairs
+                .iter()
+                .map(|(u, d)| format!("{u}@{}", d % 100))
+                .collect();
+            format!("delete [{}]", names.join(" "))
+        }
+        Job::PlaceHold(h) => format!(
+            "place hold {} uid-prefix {:?} date {:?}",
+            h.name, h.uid_prefix, h.date
+        ),
+        Job::ReleaseHold { name } => format!("release hold {name}"),
+        Job::Retention { prefix } => format!("retention: uids {prefix:?}* live 1 day"),
+    }
+}
