@@ -235,3 +235,64 @@ fn truncation_and_extension_are_errors() {
     prefixed.extend_from_slice(&f.shard);
     assert!(!check(&f, &prefixed, "one byte prepended"));
 }
+
+/// One raw entry `e` whose stored bytes are `stored` (its CRC computed over
+/// them by the writer) and whose digest is that of `original`.
+fn one_raw_entry(original: &[u8], stored: &[u8]) -> des_format::shard::Located {
+    let alg = DigestAlgorithm::Blake3;
+    let ident = ShardIdent {
+        date: 20240517,
+        shard_index: 3,
+        n_bits: 4,
+        generation: 1,
+        digest_alg: alg,
+        written_at: Timestamp::from_micros(1_715_947_200_000_000),
+    };
+    let mut w = ShardWriter::new(Vec::new(), ident).unwrap();
+    let e = NewEntry {
+        uid: "e".into(),
+        created_at: Timestamp::from_micros(1_715_947_200_000_000),
+        content_type: None,
+        meta: None,
+        codec: Codec::None,
+        orig_len: original.len() as u64,
+        digest: alg.digest(original),
+    };
+    w.add_inline(e, stored).unwrap();
+    let (shard, _) = w.finish().unwrap();
+    let tail = Tail::parse(&shard, shard.len() as u64).unwrap();
+    let r = tail.index_range();
+    let index = Bytes::copy_from_slice(&shard[r.start as usize..r.end as usize]);
+    let ix = AnyIndex::parse(&tail, index, None).unwrap().unwrap();
+    ix.located().into_iter().next().unwrap()
+}
+
+/// Each check catches the damage it is there for, not a later one: a
+/// flipped stored byte fails the CRC (before decoding); bytes whose CRC was
+/// computed after the damage (a bad copy carried forward) fail the digest.
+#[test]
+fn each_check_fires_on_its_own_damage() {
+    let original: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut damaged = original.clone();
+    damaged[100] ^= 0x10;
+
+    let loc = one_raw_entry(&original, &original);
+    for err in [
+        loc.decode(&damaged).unwrap_err(),
+        loc.decode_bytes(Bytes::from(damaged.clone())).unwrap_err(),
+    ] {
+        assert!(err.to_string().contains("crc32c"), "{err}");
+    }
+
+    let loc = one_raw_entry(&original, &damaged);
+    for err in [
+        loc.decode(&damaged).unwrap_err(),
+        loc.decode_bytes(Bytes::from(damaged.clone())).unwrap_err(),
+    ] {
+        let text = err.to_string();
+        assert!(
+            text.contains("digest") && !text.contains("crc32c"),
+            "{text}"
+        );
+    }
+}
