@@ -27,7 +27,7 @@ fn sha(key: &str) -> String {
 }
 
 /// Keys: reader (read, pub/ but not pub/secret/), admin (read+delete),
-/// expired (read, expired).
+/// expired (read, expired), deleter (delete only: may not read).
 fn keys_file(dir: &Path) -> PathBuf {
     let p = dir.join("keys.toml");
     std::fs::write(
@@ -37,10 +37,12 @@ fn keys_file(dir: &Path) -> PathBuf {
              allow_prefixes = [\"pub/\"]\ndeny_prefixes = [\"pub/secret/\"]\n\n\
              [[keys]]\nname = \"admin\"\nsha256 = \"{}\"\nscopes = [\"read\", \"delete\"]\n\n\
              [[keys]]\nname = \"expired\"\nsha256 = \"{}\"\nscopes = [\"read\"]\n\
-             expires_at = \"2021-06-01T00:00:00Z\"\n",
+             expires_at = \"2021-06-01T00:00:00Z\"\n\n\
+             [[keys]]\nname = \"deleter\"\nsha256 = \"{}\"\nscopes = [\"delete\"]\n",
             sha("k-reader"),
             sha("k-admin"),
-            sha("k-expired")
+            sha("k-expired"),
+            sha("k-deleter")
         ),
     )
     .unwrap();
@@ -114,6 +116,7 @@ async fn auth_matrix() {
             404,
             "allowed but absent",
         ),
+        ("pub/a.txt", Some("k-deleter"), 403, "no read scope"),
     ];
     for (uid, key, status, why) in cases {
         let r = call(&app, get(uid, key).to_request()).await;
@@ -285,11 +288,12 @@ async fn rate_limits_per_key_and_per_ip() {
     assert_eq!(r.status, 200);
 }
 
-/// The value of the sample `name` (exact series text) in a scrape.
+/// The value of the sample `name` (exact series text) in a scrape; a
+/// series that is not there fails the test (it is not zero).
 fn sample(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
 }
 
 #[actix_web::test]
