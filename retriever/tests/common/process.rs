@@ -10,6 +10,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_des-retriever");
 pub struct Server {
     pub child: Child,
     pub addr: String,
+    /// Every log line the server wrote after it started listening.
+    logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -36,9 +38,39 @@ impl Server {
                 break rest.split('"').next().unwrap().to_string();
             }
         };
-        // Keep draining the logs so the server never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        Self { child, addr }
+        // Keep draining the logs so the server never blocks on a full pipe,
+        // and keep them, so a test can wait for an event instead of a delay.
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = std::sync::Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
+        Self { child, addr, logs }
+    }
+
+    /// Waits (at most 10 s) until the server has logged a line containing
+    /// `needle` more than `seen` times; returns the new count.
+    pub fn wait_log(&self, needle: &str, seen: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let n = self
+                .logs
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(needle))
+                .count();
+            if n > seen {
+                return n;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server never logged {needle:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn request(&self, head: &str) -> (String, Vec<u8>) {
