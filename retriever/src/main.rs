@@ -61,8 +61,9 @@ fn hash_key(args: &HashKeyArgs) -> ExitCode {
     match auth::key_entry(&args.name, &args.scopes, &key) {
         Ok(entry) => {
             if !args.stdin {
-                // Only the hash goes in the file; the key itself is shown once.
-                println!("# API key (give it to the client; it is not stored): {key}");
+                // Shown once, on stderr: `hash-key >> keys.toml` must append
+                // only the entry (the hash), never the key itself.
+                eprintln!("API key (give it to the client; it is not stored): {key}");
             }
             print!("{entry}");
             ExitCode::from(EXIT_OK)

@@ -24,13 +24,17 @@ fn hash_key(name: &str) -> (String, String) {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
-    let key = text
+    let key = String::from_utf8(out.stderr)
+        .unwrap()
         .lines()
         .find_map(|l| l.split("not stored): ").nth(1))
         .unwrap()
         .to_string();
-    (key, text)
+    // What `>> keys.toml` appends: the entry, with the key's hash only.
+    let entry = String::from_utf8(out.stdout).unwrap();
+    assert!(!entry.contains(&key), "the plaintext key is in the entry");
+    assert!(entry.contains(&sha256_hex(key.as_bytes())), "{entry}");
+    (key, entry)
 }
 
 fn status_with_key(server: &Server, key: &str) -> u16 {
@@ -52,7 +56,7 @@ fn keys_reload_on_sighup_and_a_bad_file_keeps_the_old_keys() {
     pack(store.path(), &[Spec::new("a.txt", text(10))], 4, 1 << 20);
     let (key_a, entry_a) = hash_key("a");
     let (key_b, entry_b) = hash_key("b");
-    // The helper's output is a valid keys file as it stands (comments included).
+    // The helper's standard output is a valid keys file as it stands.
     let keys = store.path().join("keys.toml");
     std::fs::write(&keys, &entry_a).unwrap();
     let server = Server::start(
