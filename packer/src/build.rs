@@ -149,7 +149,7 @@ fn try_build(ctx: &Ingest<'_>, group: &ShardGroup) -> Result<GroupResult, BuildE
         .map_err(storage_err)?;
     let sink = SyncObjectWriter::new(ctx.handle.clone(), upload, UPLOAD_CHUNK);
     let ident = ShardIdent {
-        date: group.date_dir.parse().unwrap_or(0),
+        date,
         shard_index: u16::try_from(group.shard_index).unwrap_or(u16::MAX),
         n_bits: ctx.store.n_bits(),
         generation: old
