@@ -698,3 +698,25 @@ fn a_corrupt_entry_fails_a_forced_rewrite_and_changes_nothing() {
     assert!(err.contains("crc"), "{err}");
     assert!(std::fs::read(&path).unwrap() == bytes, "the shard changed");
 }
+
+/// Batch pods get their store from `DES_STORE` (docs/DEPLOYMENT.md), and a
+/// reason may be spelled as the HTTP API and the records spell it.
+#[test]
+fn batch_tools_take_the_store_from_des_store() {
+    let s = Local::build(standard_specs());
+    let spec = s.spec("file-01");
+    let out = bin("des-tombstones")
+        .env("DES_STORE", s.root_str())
+        .args(["add", "--uid", "file-01", "--created-at", &spec.created_at])
+        .args(["--reason", "user_request", "--deleted-by", "api", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let out = bin("des-verify")
+        .env("DES_STORE", s.root_str())
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(json(&out)["tombstones_pending"], 1);
+}

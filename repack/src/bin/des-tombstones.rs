@@ -34,7 +34,7 @@ Exit status:
 #[command(name = "des-tombstones", version, after_help = EXIT_CODES)]
 struct Cli {
     /// Store location: a directory, file:// or s3://bucket/prefix URL.
-    #[arg(long, global = true, value_name = "LOCATION")]
+    #[arg(long, global = true, value_name = "LOCATION", env = "DES_STORE")]
     store: Option<String>,
     /// Zones file (YAML/TOML) instead of --store.
     #[arg(long, global = true, value_name = "FILE")]
@@ -64,7 +64,10 @@ enum Cmd {
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum ReasonArg {
     Gdpr,
+    // The spelling the HTTP API and the records use works here too.
+    #[value(alias = "retention_expired")]
     RetentionExpired,
+    #[value(alias = "user_request")]
     UserRequest,
 }
 

@@ -61,8 +61,12 @@ impl From<LayoutArg> for Layout {
 #[derive(Debug, Parser)]
 #[command(name = "des-verify", version, after_help = EXIT_CODES)]
 struct Cli {
-    /// Shard file or store root.
-    #[arg(required_unless_present = "zones", conflicts_with = "zones")]
+    /// Shard file or store root (env DES_STORE).
+    #[arg(
+        env = "DES_STORE",
+        required_unless_present = "zones",
+        conflicts_with = "zones"
+    )]
     path: Option<String>,
     /// Verify every zone of a zones file (YAML/TOML) instead of PATH.
     #[arg(long, value_name = "FILE")]
