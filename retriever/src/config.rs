@@ -495,7 +495,10 @@ fn layout(
 /// Auth is off only when asked for; no keys file and no `off` is an error,
 /// so a forgotten setting can never publish a store.
 fn auth(src: &Sources<'_>, cli: &Options, file: &FileConfig) -> Result<AuthSetting, ConfigError> {
-    let flag = cli.no_auth.then_some(AuthMode::Off);
+    // `--no-auth` is also `DES_RETRIEVER_NO_AUTH=true` (and `no_auth = true`
+    // in the file is spelled `auth = "off"`).
+    let no_auth = src.pick("no_auth", cli.no_auth.then_some(true), None)?;
+    let flag = no_auth.unwrap_or(false).then_some(AuthMode::Off);
     let mode = src.pick("auth", cli.auth.or(flag), file.auth)?;
     let keys = src.pick("api_keys", cli.api_keys.clone(), file.api_keys.clone())?;
     match (mode, keys) {

@@ -316,3 +316,12 @@ fn hash_key_subcommand_parses() {
     assert_eq!(args.name, "ops");
     assert_eq!(args.scopes, ["read", "delete"]);
 }
+
+/// `--no-auth` is a setting like the others: `DES_RETRIEVER_NO_AUTH` too.
+#[test]
+fn no_auth_from_the_environment() {
+    let s = resolve(&["--store", "/data"], &[("DES_RETRIEVER_NO_AUTH", "true")]).unwrap();
+    assert_eq!(s.auth, AuthSetting::Off);
+    assert!(resolve(&["--store", "/data"], &[("DES_RETRIEVER_NO_AUTH", "false")]).is_err());
+    assert!(resolve(&["--store", "/data"], &[("DES_RETRIEVER_NO_AUTH", "maybe")]).is_err());
+}
