@@ -110,12 +110,27 @@ fn dry_run_changes_nothing() {
     assert_eq!(r["shards"][0]["action"], "would_rewrite");
     assert_eq!(r["tombstones_pending"], 1);
     assert_eq!(s.snapshot(), before, "a dry run wrote something");
+    // The plan says what the rewrite would leave and reclaim: the deleted
+    // file's stored bytes (the index shrinks a little more).
+    let plan = &r["shards"][0];
+    assert_eq!(
+        plan["entries_after"].as_u64(),
+        plan["entries_before"].as_u64().map(|n| n - 1)
+    );
+    let estimate = r["bytes_reclaimed"].as_u64().unwrap();
+    assert!(estimate >= s.spec("file-05").size as u64, "{r:#}");
     // The text plan is readable too.
     let text = run("des-repack", &["--store", &s.root_str(), "--dry-run"]);
     let stdout = String::from_utf8_lossy(&text.stdout);
     assert!(
         stdout.contains("dry run") && stdout.contains("WouldRewrite"),
         "{stdout}"
+    );
+    let real = json(&repack(&s, &["--min-garbage-ratio", "0"]));
+    let reclaimed = real["bytes_reclaimed"].as_u64().unwrap();
+    assert!(
+        estimate <= reclaimed && reclaimed < estimate + 1024,
+        "{estimate} vs {real:#}"
     );
 }
 

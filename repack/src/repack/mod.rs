@@ -288,6 +288,8 @@ async fn process_shard(
 struct Garbage {
     drop: HashSet<String>,
     ratio: f64,
+    /// Stored bytes of the inline entries to drop.
+    inline_bytes: u64,
 }
 
 fn assess(ctx: &Ctx<'_>, holds: &HoldSet, loaded: &LoadedIndex) -> Result<Garbage> {
@@ -317,7 +319,11 @@ fn assess(ctx: &Ctx<'_>, holds: &HoldSet, loaded: &LoadedIndex) -> Result<Garbag
     } else {
         0.0
     };
-    Ok(Garbage { drop, ratio })
+    Ok(Garbage {
+        drop,
+        ratio,
+        inline_bytes: gone_inline,
+    })
 }
 
 async fn try_process(
@@ -373,7 +379,8 @@ async fn try_process(
             out.action = Action::WouldRewrite;
             out.bytes_read = loaded.object.size;
             out.entries_after = out.entries_before - out.entries_dropped;
-            out.bytes_after = loaded.object.size;
+            // The index shrinks too; the data region is what counts.
+            out.bytes_after = loaded.object.size.saturating_sub(garbage.inline_bytes);
             return Ok(());
         }
         *budget += loaded.object.size;

@@ -110,7 +110,8 @@ impl RepackReport {
         self.entries_dropped += s.entries_dropped;
         self.tombstones_marked += s.tombstones_marked;
         self.bytes_read += s.bytes_read;
-        if s.action == Action::Rewritten {
+        // A dry run reports what the rewrite would reclaim.
+        if matches!(s.action, Action::Rewritten | Action::WouldRewrite) {
             self.bytes_written += s.bytes_after;
             self.bytes_reclaimed += s.bytes_before.saturating_sub(s.bytes_after);
         }
