@@ -25,6 +25,8 @@ pub enum ErrorKind {
     Throttled,
     Internal,
     NotImplemented,
+    /// A known path asked with a method it does not serve.
+    MethodNotAllowed,
 }
 
 /// Retry-After sent when storage gave no hint: long enough to shed load,
@@ -47,6 +49,7 @@ pub const fn describe(kind: ErrorKind) -> (StatusCode, &'static str) {
         ErrorKind::Throttled => (StatusCode::TOO_MANY_REQUESTS, "throttled"),
         ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         ErrorKind::NotImplemented => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
+        ErrorKind::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
     }
 }
 
@@ -75,6 +78,8 @@ pub struct ApiError {
     retry_after: Option<Duration>,
     /// For 416: the representation length, sent as `Content-Range: bytes */len`.
     range_len: Option<u64>,
+    /// For 405: the methods the path serves, sent as `Allow`.
+    allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -84,7 +89,18 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
             range_len: None,
+            allow: None,
         }
+    }
+
+    /// 405 for a known path; `allow` lists the methods it serves.
+    pub fn method_not_allowed(method: &str, path: &str, allow: &'static str) -> Self {
+        let mut e = Self::new(
+            ErrorKind::MethodNotAllowed,
+            format!("{method} is not served on {path} (allowed: {allow})"),
+        );
+        e.allow = Some(allow);
+        e
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -190,6 +206,9 @@ impl ResponseError for ApiError {
             // RFC 6750 §3: say which scheme would work.
             resp.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"des\""));
         }
+        if let Some(allow) = self.allow {
+            resp.insert_header((header::ALLOW, allow));
+        }
         if let Some(len) = self.range_len {
             resp.insert_header((header::CONTENT_RANGE, format!("bytes */{len}")));
             resp.insert_header((header::ACCEPT_RANGES, HeaderValue::from_static("bytes")));
@@ -219,6 +238,7 @@ mod tests {
             (ErrorKind::Throttled, 429, "throttled"),
             (ErrorKind::Internal, 500, "internal"),
             (ErrorKind::NotImplemented, 501, "not_implemented"),
+            (ErrorKind::MethodNotAllowed, 405, "method_not_allowed"),
         ];
         for (kind, status, code) in rows {
             assert_eq!(

@@ -97,16 +97,29 @@ pub async fn files_or_no_route(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let Some(uid) = files_uid(&req) else {
+        // The operator's paths serve GET only; any other method lands here.
+        if OPS_PATHS.contains(&req.path()) {
+            return Err(ApiError::method_not_allowed(
+                req.method().as_str(),
+                req.path(),
+                "GET",
+            ));
+        }
         return no_route(req).await;
     };
     match *req.method() {
         Method::GET | Method::HEAD => get_file(req, uid, state).await,
         Method::DELETE => crate::delete::delete_route(req, uid, state).await,
-        _ => Ok(HttpResponse::MethodNotAllowed()
-            .insert_header((header::ALLOW, "GET, HEAD, DELETE"))
-            .finish()),
+        _ => Err(ApiError::method_not_allowed(
+            req.method().as_str(),
+            req.path(),
+            "GET, HEAD, DELETE",
+        )),
     }
 }
+
+/// The routes registered for GET alone (server.rs).
+const OPS_PATHS: [&str; 3] = ["/health", "/ready", "/metrics"];
 
 /// `GET|HEAD /files/{uid}`, counted in `des_retrievals_total` and timed.
 pub async fn get_file(

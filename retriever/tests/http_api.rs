@@ -209,6 +209,13 @@ async fn other_methods_on_files_are_not_allowed() {
         let r = call(&app, req.uri(&file_uri("notes.txt", CREATED)).to_request()).await;
         assert_eq!(r.status, 405);
         assert_eq!(r.header("allow"), Some("GET, HEAD, DELETE"));
+        assert_eq!(r.json()["error"], "method_not_allowed", "errors are JSON");
+    }
+    // The operator's paths are known too: 405, not 404.
+    for path in ["/health", "/ready", "/metrics"] {
+        let r = call(&app, TestRequest::post().uri(path).to_request()).await;
+        assert_eq!((r.status, r.header("allow")), (405, Some("GET")), "{path}");
+        assert_eq!(r.json()["error"], "method_not_allowed", "{path}");
     }
 }
 
