@@ -266,6 +266,14 @@ impl Auth {
         }
     }
 
+    /// The keys file, when auth is on.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Self::Off => None,
+            Self::Keys { path, .. } => Some(path),
+        }
+    }
+
     /// Re-reads the keys file. On error the keys in force stay, so a typo
     /// in an edit cannot lock everyone out (or in).
     pub fn reload(&self) -> Result<usize, AuthError> {

@@ -20,6 +20,8 @@ pub const DEFAULT_SUFFIX_BYTES: u64 = 64 << 10;
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_NEGATIVE_TTL_SECS: u64 = 5;
 pub const DEFAULT_TOMBSTONE_POLL_SECS: u64 = 10;
+/// How often the API keys file is checked for changes.
+pub const DEFAULT_KEYS_POLL_SECS: u64 = 10;
 /// Prefix of every environment variable the retriever reads.
 pub const ENV_PREFIX: &str = "DES_RETRIEVER_";
 
@@ -125,6 +127,11 @@ pub struct Options {
     /// API keys file (TOML or YAML); reloaded on SIGHUP.
     #[arg(long)]
     pub api_keys: Option<PathBuf>,
+    /// Seconds between checks of the API keys file for changes, which are
+    /// then reloaded as on SIGHUP (a Kubernetes Secret is updated in place);
+    /// 0: on SIGHUP only [default: 10].
+    #[arg(long)]
+    pub keys_poll_interval_secs: Option<u64>,
     /// `off` serves everyone without a key; `on` (the default) needs --api-keys.
     #[arg(long)]
     pub auth: Option<AuthMode>,
@@ -228,6 +235,7 @@ struct FileConfig {
     shutdown_timeout_secs: Option<u64>,
     tombstone_poll_interval_secs: Option<u64>,
     api_keys: Option<PathBuf>,
+    keys_poll_interval_secs: Option<u64>,
     auth: Option<AuthMode>,
     rate_limit_per_key: Option<u32>,
     rate_limit_per_ip: Option<u32>,
@@ -295,6 +303,8 @@ pub struct Settings {
     pub workers: Option<usize>,
     pub shutdown_timeout: Duration,
     pub tombstone_poll_interval: Duration,
+    /// `None`: the keys file is reloaded on SIGHUP only.
+    pub keys_poll_interval: Option<Duration>,
     pub auth: AuthSetting,
     pub rate_limits: RateLimits,
     pub log_format: LogFormat,
@@ -317,6 +327,7 @@ impl Settings {
             workers: None,
             shutdown_timeout: Duration::from_secs(DEFAULT_SHUTDOWN_TIMEOUT_SECS),
             tombstone_poll_interval: Duration::from_secs(DEFAULT_TOMBSTONE_POLL_SECS),
+            keys_poll_interval: Some(Duration::from_secs(DEFAULT_KEYS_POLL_SECS)),
             auth: AuthSetting::Off,
             rate_limits: RateLimits::default(),
             log_format: LogFormat::Text,
@@ -437,6 +448,16 @@ impl Settings {
                 .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_SECS),
             ),
             tombstone_poll_interval: secs(poll),
+            keys_poll_interval: Some(
+                src.pick(
+                    "keys_poll_interval_secs",
+                    cli.keys_poll_interval_secs,
+                    file.keys_poll_interval_secs,
+                )?
+                .unwrap_or(DEFAULT_KEYS_POLL_SECS),
+            )
+            .filter(|s| *s > 0)
+            .map(secs),
             auth,
             rate_limits,
             log_format: src

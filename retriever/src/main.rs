@@ -91,6 +91,9 @@ async fn run(settings: Settings) -> u8 {
         tracing::error!(error = %e, "cannot watch SIGHUP");
         return EXIT_CONFIG;
     }
+    if let Some(every) = settings.keys_poll_interval {
+        server::reload_keys_when_changed(Arc::clone(&state.auth), every);
+    }
     if let Some(deleted) = &state.deleted {
         tombstones::spawn_polling(Arc::clone(deleted), settings.tombstone_poll_interval);
     }

@@ -146,6 +146,38 @@ pub fn reload_keys_on_sighup(auth: Arc<Auth>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Reloads the API keys whenever the file's content changes, checked every
+/// `every`: a Kubernetes Secret mounted as a volume is replaced in place (an
+/// atomic swap of the `..data` symlink), and the image has no `kill` to send
+/// SIGHUP. The content is compared, not the mtime, so the swap is seen
+/// whatever the timestamps say; a broken file keeps the old keys (once
+/// logged, until it changes again).
+pub fn reload_keys_when_changed(auth: Arc<Auth>, every: std::time::Duration) {
+    let Some(path) = auth.path().map(std::path::Path::to_path_buf) else {
+        return;
+    };
+    actix_web::rt::spawn(async move {
+        let mut seen = std::fs::read(&path).ok();
+        loop {
+            actix_web::rt::time::sleep(every).await;
+            // Missing for a moment (mid-swap) is no change.
+            let Ok(now) = std::fs::read(&path) else {
+                continue;
+            };
+            if seen.as_deref() == Some(now.as_slice()) {
+                continue;
+            }
+            seen = Some(now);
+            match auth.reload() {
+                Ok(n) => tracing::info!(keys = n, "API keys reloaded (file changed)"),
+                Err(e) => {
+                    tracing::error!(error = %e, "API keys not reloaded; keeping the previous keys")
+                }
+            }
+        }
+    });
+}
+
 /// Installs the global subscriber: `RUST_LOG` filter (default info), text or JSON on stderr.
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -88,6 +88,59 @@ fn keys_reload_on_sighup_and_a_bad_file_keeps_the_old_keys() {
     assert_eq!(server.terminate(), 0);
 }
 
+/// A Kubernetes Secret volume is updated in place: the file is a symlink
+/// through `..data`, which is swapped atomically to a new directory, and the
+/// image has no `kill` to send SIGHUP. The retriever notices the change by
+/// itself; a broken update keeps the old keys.
+#[test]
+fn keys_reload_when_a_secret_volume_is_swapped() {
+    let store = tempfile::tempdir().unwrap();
+    pack(store.path(), &[Spec::new("a.txt", text(10))], 4, 1 << 20);
+    let (key_a, entry_a) = hash_key("a");
+    let (key_b, entry_b) = hash_key("b");
+    let volume = store.path().join("secret");
+    std::fs::create_dir_all(&volume).unwrap();
+    // What the kubelet does on each update: a new timestamped directory, a
+    // new `..data` link made beside the old one and renamed over it.
+    let publish = |version: &str, content: &str| {
+        let dir = volume.join(format!("..{version}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("keys.toml"), content).unwrap();
+        let tmp = volume.join("..data_tmp");
+        std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
+        std::fs::rename(&tmp, volume.join("..data")).unwrap();
+    };
+    publish("v1", &entry_a);
+    std::os::unix::fs::symlink("..data/keys.toml", volume.join("keys.toml")).unwrap();
+    let keys = volume.join("keys.toml");
+    let server = Server::start(
+        &[
+            "--store",
+            store.path().to_str().unwrap(),
+            "--api-keys",
+            keys.to_str().unwrap(),
+            "--keys-poll-interval-secs",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    assert_eq!(status_with_key(&server, &key_a), 200);
+    assert_eq!(status_with_key(&server, &key_b), 401);
+
+    publish("v2", &entry_b);
+    let reloads = server.wait_log("API keys reloaded (file changed)", 0);
+    assert_eq!(status_with_key(&server, &key_b), 200);
+    assert_eq!(status_with_key(&server, &key_a), 401, "key a was revoked");
+
+    publish("v3", "[[keys]]\nname = \"broken\"\n");
+    server.wait_log("API keys not reloaded", 0);
+    assert_eq!(status_with_key(&server, &key_b), 200, "old keys kept");
+    assert_eq!(reloads, 1);
+    assert_eq!(server.terminate(), 0);
+}
+
 #[test]
 fn hash_key_from_stdin_matches_sha256sum() {
     let mut child = Command::new(BIN)

@@ -325,3 +325,24 @@ fn no_auth_from_the_environment() {
     assert!(resolve(&["--store", "/data"], &[("DES_RETRIEVER_NO_AUTH", "false")]).is_err());
     assert!(resolve(&["--store", "/data"], &[("DES_RETRIEVER_NO_AUTH", "maybe")]).is_err());
 }
+
+/// The keys file is checked for changes every 10 s unless told otherwise;
+/// 0 leaves SIGHUP as the only way to reload it.
+#[test]
+fn keys_poll_interval_from_each_source() {
+    let base = ["--store", "/data", "--no-auth"];
+    let s = resolve(&base, &[]).unwrap();
+    assert_eq!(s.keys_poll_interval, Some(Duration::from_secs(10)));
+    let (_dir, f) = config_file("store = \"/s\"\nauth = \"off\"\nkeys_poll_interval_secs = 3\n");
+    let s = resolve(&["--config", &f], &[]).unwrap();
+    assert_eq!(s.keys_poll_interval, Some(Duration::from_secs(3)));
+    let env = [("DES_RETRIEVER_KEYS_POLL_INTERVAL_SECS", "0")];
+    assert_eq!(resolve(&base, &env).unwrap().keys_poll_interval, None);
+    let cli = [&base[..], &["--keys-poll-interval-secs", "4"]].concat();
+    let s = resolve(&cli, &env).unwrap();
+    assert_eq!(
+        s.keys_poll_interval,
+        Some(Duration::from_secs(4)),
+        "cli beats env"
+    );
+}
