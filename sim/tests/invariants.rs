@@ -138,6 +138,13 @@ fn invariants_hold_for_every_seed() {
         return;
     }
     println!("\n{failing} of {n} seeds broke an invariant; distinct violations:");
+    let seeds: Vec<String> = results
+        .iter()
+        .filter(|r| !r.violations.is_empty())
+        .take(50)
+        .map(|r| r.config.seed.to_string())
+        .collect();
+    println!("  failing seeds (first 50): {}", seeds.join(" "));
     for (label, (count, r)) in &kinds {
         println!(
             "  {label}: {count} seeds, first {} ({})",

@@ -491,8 +491,11 @@ impl Checker {
                             .any(|h| h.hold.covers(&uid, pair.1) && h.since > v.by.launched)
                 });
                 // The promise (docs/CONCURRENCY.md, I5): a hold binds every
-                // repack run that starts after it is placed.
+                // repack run that starts after it is placed. A file removed by
+                // a run that started before is gone, not lost by whoever
+                // publishes the shard next: it is no longer protected.
                 if during {
+                    self.protected.remove(&pair);
                     return;
                 }
                 let label = format!("I5 held file lost: {label}");
