@@ -92,27 +92,10 @@ fn delete_repack_verify_on_garage() {
         assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     }
 
-    let out = s3(
-        &server,
-        "des-repack",
-        &[
-            "--store",
-            &url,
-            "--json",
-            "--min-garbage-ratio",
-            "0",
-            "--big-file-grace",
-            "0s",
-        ],
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        describe(&out),
-        server.log()
-    );
-    let r = json(&out);
+    let mut repack = bin("des-repack");
+    repack.args(["--store", &url, "--json", "--min-garbage-ratio", "0"]);
+    repack.args(["--big-file-grace", "0s"]);
+    let r = ok_json(repack, &server);
     assert_eq!(r["entries_dropped"], 2, "{r:#}");
     assert_eq!(r["tombstones_pending"], 0);
     assert_eq!(r["big_files"]["deleted"].as_array().unwrap().len(), 1);
