@@ -429,7 +429,7 @@ async fn nothing_to_remove(
     out.tombstones_marked = mark(ctx, key, &absent, generation, &HashSet::new()).await?
         + mark(ctx, key, &gone, marked_in, &removed).await?;
     journal::clear(objects.as_ref(), &shard).await?;
-    record_checked(ctx, key, &loaded.object).await
+    record_checked(ctx, objects.as_ref(), &shard, &loaded.object).await
 }
 
 /// The store holding `key` and the key parsed.
@@ -440,16 +440,14 @@ fn shard_store(ctx: &Ctx<'_>, key: &str) -> Result<(Arc<dyn des_storage::ObjectS
 }
 
 /// Records that `version` of the shard was checked against every tombstone.
-async fn record_checked(ctx: &Ctx<'_>, key: &str, version: &ObjectMeta) -> Result<()> {
-    let (objects, shard) = shard_store(ctx, key)?;
-    let old = ctx.checked.get(&shard).map(String::as_str);
-    checked::record(
-        objects.as_ref(),
-        &shard,
-        &checked::version_tag(version),
-        old,
-    )
-    .await?;
+async fn record_checked(
+    ctx: &Ctx<'_>,
+    objects: &dyn des_storage::ObjectStore,
+    shard: &ShardKey,
+    version: &ObjectMeta,
+) -> Result<()> {
+    let old = ctx.checked.get(shard).map(String::as_str);
+    checked::record(objects, shard, &checked::version_tag(version), old).await?;
     Ok(())
 }
 
@@ -519,7 +517,7 @@ async fn finish_rewrite(
         size: r.bytes_after,
         etag: r.etag.clone(),
     };
-    record_checked(ctx, key, &published).await
+    record_checked(ctx, objects.as_ref(), &shard, &published).await
 }
 
 /// Reads the published shard back: whatever generation is there now must
