@@ -24,16 +24,21 @@ struct Fixture {
     external: (String, Vec<u8>),
 }
 
-fn fixture() -> Fixture {
-    let alg = DigestAlgorithm::Blake3;
-    let ident = ShardIdent {
+/// The identity of the test shards (date 20240517, shard 3 of n_bits 4).
+fn ident(alg: DigestAlgorithm, generation: u64) -> ShardIdent {
+    ShardIdent {
         date: 20240517,
         shard_index: 3,
         n_bits: 4,
-        generation: 2,
+        generation,
         digest_alg: alg,
         written_at: Timestamp::from_micros(1_715_947_200_000_000),
-    };
+    }
+}
+
+fn fixture() -> Fixture {
+    let alg = DigestAlgorithm::Blake3;
+    let ident = ident(alg, 2);
     let text = |s: &str, n: usize| s.repeat(n).into_bytes();
     // (uid, original bytes, policy, content type, metadata)
     type File = (
@@ -240,14 +245,7 @@ fn truncation_and_extension_are_errors() {
 /// them by the writer) and whose digest is that of `original`.
 fn one_raw_entry(original: &[u8], stored: &[u8]) -> des_format::shard::Located {
     let alg = DigestAlgorithm::Blake3;
-    let ident = ShardIdent {
-        date: 20240517,
-        shard_index: 3,
-        n_bits: 4,
-        generation: 1,
-        digest_alg: alg,
-        written_at: Timestamp::from_micros(1_715_947_200_000_000),
-    };
+    let ident = ident(alg, 1);
     let mut w = ShardWriter::new(Vec::new(), ident).unwrap();
     let e = NewEntry {
         uid: "e".into(),
