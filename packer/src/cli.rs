@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use des_format::{Compression, Timestamp};
 
+use crate::confine::SourceRoots;
 use crate::options::{DEFAULT_BIG_FILE_THRESHOLD, DEFAULT_PLAN_MEMORY, PackOptions};
 use crate::source::Input;
 
@@ -19,13 +20,17 @@ const AFTER_HELP: &str = "\
 EXIT CODES:
     0  every input file is in the store (packed now or already present) or deleted
        (a tombstone exists for its uid and day: reported as deleted, never packed again)
-    1  some files failed (listed in the summary/report); all others were packed
-    2  usage error, or the run could not proceed (store unreadable, manifest unreadable)
+    1  some files failed (listed in the summary/report), sources outside every
+       --source-root included; all others were packed
+    2  usage error, or the run could not proceed (store unreadable, manifest unreadable,
+       a --source-root missing or invalid)
 
 Manifest formats: a JSON array of {uid, created_at, size_bytes, source_path} (the
 original DES format), or JSON Lines of {uid, created_at, source, content_type?, meta?};
 a source is a path (relative ones resolve against the manifest's directory) or
-s3://bucket/key. Re-running the same input is idempotent. Parallel packers must work on disjoint
+s3://bucket/key. Without --source-root, any path the packer can read (and any object
+its credentials can get) may be packed, and is then served by the retriever.
+Re-running the same input is idempotent. Parallel packers must work on disjoint
 --shard-range values (e.g. one per Kubernetes Indexed Job completion); see
 docs/CONCURRENCY.md. S3 settings come from the AWS environment (AWS_REGION,
 AWS_ENDPOINT_URL, credentials) plus DES_S3_FORCE_PATH_STYLE, DES_S3_PART_SIZE and DES_S3_LEAN_GET.";
@@ -86,6 +91,16 @@ pub struct Args {
     /// Where planning spills (default: a temp dir)
     #[arg(long)]
     pub spill_dir: Option<PathBuf>,
+    /// Only read sources inside ROOT: a directory (sources are resolved, `..`
+    /// and symlinks included, and must lie under it) or s3://bucket/prefix.
+    /// Repeatable; a source outside every root fails (exit 1). Without any,
+    /// every source the packer can read is packed
+    #[arg(
+        long = "source-root",
+        value_name = "ROOT",
+        env = "DES_PACK_SOURCE_ROOT"
+    )]
+    pub source_roots: Vec<String>,
     /// Write the JSON report here
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -202,6 +217,7 @@ impl Args {
                 .as_deref()
                 .map(parse_shard_partition)
                 .transpose()?,
+            source_roots: SourceRoots::new(&self.source_roots)?,
             ..PackOptions::default()
         })
     }
@@ -280,5 +296,31 @@ mod tests {
         assert_eq!(opts.out_location(), Some("s3://b/p"));
         assert_eq!(opts.abort_stale_uploads_after, Duration::from_secs(3600));
         assert!(parse(&["--out", "x", "--zones", "z.yaml"]).is_err());
+    }
+
+    #[test]
+    fn source_roots_repeat_and_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let base = ["des-pack", "--manifest", "m.jsonl", "--out", "o"];
+        let args = Args::try_parse_from(
+            [
+                &base[..],
+                &["--source-root", d, "--source-root", "s3://b/p"],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        assert_eq!(args.source_roots, [d, "s3://b/p"]);
+        assert!(!args.options().unwrap().source_roots.is_unconfined());
+        let none = Args::try_parse_from(base).unwrap();
+        assert!(none.options().unwrap().source_roots.is_unconfined());
+        let missing = dir.path().join("missing");
+        let bad = Args::try_parse_from(
+            [&base[..], &["--source-root", missing.to_str().unwrap()]].concat(),
+        )
+        .unwrap();
+        let e = format!("{:#}", bad.options().unwrap_err());
+        assert!(e.contains("--source-root"), "{e}");
     }
 }

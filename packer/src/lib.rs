@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod cli;
+pub mod confine;
 pub mod ingest;
 pub mod options;
 pub mod pause;
@@ -15,6 +16,7 @@ pub mod source;
 pub mod target;
 mod walk;
 
+pub use confine::SourceRoots;
 pub use options::PackOptions;
 pub use report::PackReport;
 pub use run::{pack, pack_into};

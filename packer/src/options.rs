@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use des_format::{Compression, DigestAlgorithm};
 
+use crate::confine::SourceRoots;
+
 pub const DEFAULT_BIG_FILE_THRESHOLD: u64 = 10 << 20;
 /// 4 on 2 cores packs the Rust docs ≈ 17 % faster than 2 (docs/BENCHMARKS.md §1):
 /// jobs overlap one another's fsync and upload waits.
@@ -51,6 +53,9 @@ pub struct PackOptions {
     /// How long a reference to an existing big file protects it from
     /// clean-up (`des_storage::protocol::bigrefs`); renewed at half.
     pub big_ref_ttl: Duration,
+    /// `--source-root`: when not empty, only sources inside these
+    /// directories / S3 prefixes are read; others fail per file.
+    pub source_roots: SourceRoots,
 }
 
 impl Default for PackOptions {
@@ -70,6 +75,7 @@ impl Default for PackOptions {
             shard_partition: None,
             conflict_retries: 5,
             big_ref_ttl: des_storage::protocol::big_ref_ttl(),
+            source_roots: SourceRoots::default(),
         }
     }
 }

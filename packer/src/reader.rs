@@ -1,8 +1,9 @@
 //! Opening a record's source for streaming: a local file, or an object read
-//! through `des_storage` (`s3://bucket/key` in manifests).
+//! through `des_storage` (`s3://bucket/key` in manifests). Every open goes
+//! through the run's `--source-root`s (`crate::confine`), so no path to a
+//! source's bytes bypasses them.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -13,6 +14,7 @@ use des_storage::s3::{S3Config, S3Store};
 use des_storage::{GetOptions, ObjectStore};
 use tokio::runtime::Handle;
 
+use crate::confine::SourceRoots;
 use crate::source::SourceRef;
 
 /// A source opened for reading: its bytes and its length when opened.
@@ -22,18 +24,32 @@ pub struct OpenSource {
 }
 
 /// One store per source bucket, opened on first use and shared by every
-/// worker thread (an S3 client pools its connections).
+/// worker thread (an S3 client pools its connections). The default reads
+/// any source (no `--source-root`).
 #[derive(Default)]
 pub struct SourceStores {
     buckets: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+    roots: SourceRoots,
 }
 
 impl SourceStores {
+    /// Sources are confined to `roots` (none: unconfined).
+    pub fn new(roots: SourceRoots) -> Self {
+        Self {
+            buckets: Mutex::default(),
+            roots,
+        }
+    }
+
     /// Must be called from a blocking thread (it parks on `handle`).
     pub fn open(&self, source: &SourceRef, handle: &Handle) -> Result<OpenSource, String> {
         match source {
-            SourceRef::Local(path) => open_local(path),
+            SourceRef::Local(path) => self.open_local(path),
             SourceRef::S3 { bucket, key } => {
+                // Before the bucket is opened: a refused source costs no client.
+                self.roots
+                    .check_s3(bucket, key)
+                    .map_err(|e| e.to_string())?;
                 let store = self.bucket(bucket)?;
                 // Retries cover getting the response; a body that breaks
                 // mid-stream fails this file, and a re-run picks it up.
@@ -65,18 +81,19 @@ impl SourceStores {
         buckets.insert(bucket.to_string(), Arc::clone(&store));
         Ok(store)
     }
-}
 
-fn open_local(path: &Path) -> Result<OpenSource, String> {
-    let f = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let md = f
-        .metadata()
-        .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
-    if !md.is_file() {
-        return Err(format!("{} is not a regular file", path.display()));
+    fn open_local(&self, path: &Path) -> Result<OpenSource, String> {
+        let f = self.roots.open_local(path).map_err(|e| e.to_string())?;
+        // The opened file's own metadata: what is read is what was checked.
+        let md = f
+            .metadata()
+            .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+        if !md.is_file() {
+            return Err(format!("{} is not a regular file", path.display()));
+        }
+        Ok(OpenSource {
+            reader: Box::new(f),
+            len: md.len(),
+        })
     }
-    Ok(OpenSource {
-        reader: Box::new(f),
-        len: md.len(),
-    })
 }

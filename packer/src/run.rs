@@ -74,7 +74,7 @@ pub fn pack_into(
     };
     let plan = plan_input(input, opts, &store, spill_dir, &mut report)?;
     let bar = progress_bar(progress, report.files_seen);
-    let sources = SourceStores::default();
+    let sources = SourceStores::new(opts.source_roots.clone());
     let deletions = handle
         .block_on(DeletionGuard::load(&store))
         .context("reading the tombstone log")?;
