@@ -6,7 +6,7 @@
 //! [[keys]]
 //! name = "web-frontend"
 //! sha256 = "<hex of sha256(key)>"     # des-retriever hash-key --name web-frontend
-//! scopes = ["read"]                   # read, delete
+//! scopes = ["read"]                   # read, delete, metrics
 //! allow_prefixes = ["public/"]        # optional: uids the key may touch
 //! deny_prefixes = ["public/secret/"]  # optional: wins over allow
 //! expires_at = "2027-01-01T00:00:00Z" # optional
@@ -33,6 +33,9 @@ use crate::error::ApiError;
 pub enum Scope {
     Read,
     Delete,
+    /// `/metrics` and the detailed `/ready` on the public port (when no
+    /// admin listener serves them); uid prefixes do not apply.
+    Metrics,
 }
 
 impl Scope {
@@ -40,6 +43,7 @@ impl Scope {
         match self {
             Self::Read => "read",
             Self::Delete => "delete",
+            Self::Metrics => "metrics",
         }
     }
 }
@@ -103,6 +107,9 @@ impl Key {
     fn permits(&self, scope: Scope, uid: &str) -> Result<(), String> {
         if !self.scopes.contains(&scope) {
             return Err(format!("key {:?} lacks scope {}", self.name, scope.name()));
+        }
+        if scope == Scope::Metrics {
+            return Ok(());
         }
         if self
             .deny_prefixes
@@ -266,6 +273,11 @@ impl Auth {
         }
     }
 
+    /// Whether requests need a key.
+    pub fn is_on(&self) -> bool {
+        !matches!(self, Self::Off)
+    }
+
     /// The keys file, when auth is on.
     pub fn path(&self) -> Option<&Path> {
         match self {
@@ -328,8 +340,8 @@ pub fn key_entry(name: &str, scopes: &[String], key: &str) -> Result<String, Str
         scopes.to_vec()
     };
     for s in &scopes {
-        if !matches!(s.as_str(), "read" | "delete") {
-            return Err(format!("scope must be read or delete, not {s:?}"));
+        if !matches!(s.as_str(), "read" | "delete" | "metrics") {
+            return Err(format!("scope must be read, delete or metrics, not {s:?}"));
         }
     }
     let quoted: Vec<String> = scopes.iter().map(|s| format!("{s:?}")).collect();

@@ -69,7 +69,7 @@ pub struct HashKeyArgs {
     /// Name of the key's holder (shown in logs and metrics).
     #[arg(long)]
     pub name: String,
-    /// Scopes to grant (read, delete); repeat for several [default: read].
+    /// Scopes to grant (read, delete, metrics); repeat for several [default: read].
     #[arg(long = "scope")]
     pub scopes: Vec<String>,
     /// Hash the key read from standard input instead of making a random one.
@@ -153,6 +153,8 @@ pub struct Options {
     /// TOML file with any of the settings above (keys in snake_case).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub guards: GuardOptions,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,7 +220,6 @@ deserialize_via_from_str!(LayoutName, AuthMode, LogFormat);
 
 /// The TOML file: the same settings as the command line.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct FileConfig {
     store: Option<String>,
     zones: Option<PathBuf>,
@@ -241,6 +242,12 @@ struct FileConfig {
     rate_limit_per_ip: Option<u32>,
     rate_limit_burst: Option<u32>,
     log_format: Option<LogFormat>,
+    #[serde(flatten)]
+    guards: GuardFile,
+    /// Whatever no field above took: refused, as `deny_unknown_fields`
+    /// would (which cannot be combined with `flatten`). Must come last.
+    #[serde(flatten)]
+    unknown: std::collections::BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -308,6 +315,7 @@ pub struct Settings {
     pub auth: AuthSetting,
     pub rate_limits: RateLimits,
     pub log_format: LogFormat,
+    pub guards: Guards,
 }
 
 impl Settings {
@@ -331,6 +339,7 @@ impl Settings {
             auth: AuthSetting::Off,
             rate_limits: RateLimits::default(),
             log_format: LogFormat::Text,
+            guards: Guards::default(),
         }
     }
 }
@@ -365,7 +374,15 @@ impl Sources<'_> {
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError(format!("cannot read config {}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| ConfigError(format!("config {}: {e}", path.display())))
+    let file: FileConfig = toml::from_str(&text)
+        .map_err(|e| ConfigError(format!("config {}: {e}", path.display())))?;
+    match file.unknown.keys().next() {
+        Some(key) => Err(ConfigError(format!(
+            "config {}: unknown setting `{key}`",
+            path.display()
+        ))),
+        None => Ok(file),
+    }
 }
 
 impl Settings {
@@ -383,6 +400,7 @@ impl Settings {
         let (layout, n_bits) = layout(&src, &cli, &file)?;
         let auth = auth(&src, &cli, &file)?;
         let rate_limits = rate_limits(&src, &cli, &file)?;
+        let guards = guards::guards(&src, cli.guards.clone(), &file)?;
         let workers = src.pick("workers", cli.workers, file.workers)?;
         if workers == Some(0) {
             return Err(ConfigError("workers must be at least 1".into()));
@@ -463,6 +481,7 @@ impl Settings {
             log_format: src
                 .pick("log_format", cli.log_format, file.log_format)?
                 .unwrap_or_default(),
+            guards,
         })
     }
 }
@@ -579,6 +598,10 @@ fn rate_limits(
         )?,
     })
 }
+
+mod guards;
+use guards::GuardFile;
+pub use guards::{GuardOptions, Guards, HttpCaching};
 
 #[cfg(test)]
 mod tests;

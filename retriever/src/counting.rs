@@ -11,6 +11,7 @@ use des_storage::{
     ByteRange, Capabilities, GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore,
     ObjectWriter, PutOptions, PutResult, Result,
 };
+use futures::StreamExt;
 
 #[derive(Debug, Default)]
 struct Counters {
@@ -19,6 +20,7 @@ struct Counters {
     head: AtomicU64,
     list: AtomicU64,
     write: AtomicU64,
+    bytes: AtomicU64,
 }
 
 /// Request counts at one moment.
@@ -32,6 +34,9 @@ pub struct Counts {
     pub list: u64,
     /// `put`, `put_writer` and `delete`; the retriever should never make one.
     pub write: u64,
+    /// Body bytes delivered by `get`s so far (as they are pulled, so a
+    /// read stopped early counts only what it took).
+    pub bytes: u64,
 }
 
 impl Counts {
@@ -63,6 +68,7 @@ impl CountingStore {
             head: c.head.load(Ordering::Relaxed),
             list: c.list.load(Ordering::Relaxed),
             write: c.write.load(Ordering::Relaxed),
+            bytes: c.bytes.load(Ordering::Relaxed),
         }
     }
 }
@@ -86,7 +92,17 @@ impl ObjectStore for CountingStore {
         if matches!(opts.range, Some(ByteRange::Suffix(_))) {
             bump(&self.counters.suffix_get);
         }
-        self.inner.get(key, opts).await
+        let mut got = self.inner.get(key, opts).await?;
+        let counters = Arc::clone(&self.counters);
+        got.body = got
+            .body
+            .inspect(move |chunk| {
+                if let Ok(b) = chunk {
+                    counters.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                }
+            })
+            .boxed();
+        Ok(got)
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta> {

@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix_web::body::SizedStream;
 use actix_web::http::header::{self, HeaderMap};
@@ -10,16 +10,17 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use bytes::Bytes;
 use des_format::Timestamp;
+use des_format::codec::Codec;
+use des_format::shard::{Located, Source};
 
+use crate::admission::{Held, HeldBody};
 use crate::auth::Scope;
 use crate::error::ApiError;
-use crate::metrics::{self, CacheSizes, breaker_name};
+use crate::metrics::{self, CacheSizes};
 use crate::payload::Payload;
 use crate::range::{self, RangeRequest};
-use crate::representation::Representation;
+use crate::representation::{CacheHeaders, Representation};
 use crate::state::AppState;
-
-const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `created_at` from the query string. A literal `+` in an offset arrives as a
 /// space (form decoding); no valid RFC 3339 value contains one there, so put it back.
@@ -170,19 +171,23 @@ async fn serve_file(
     // Before the lookup: a deleted file costs no storage request, and the
     // hot cache is never asked for it.
     state.check_not_deleted(uid, created_at)?;
+    let caching = &state.cache_headers;
     if let Some(hot) = retriever.hot_hit(uid, created_at) {
-        return match wanted(req, &hot.rep)? {
+        // Cached bytes are shared, not copied: they take no share of the bound.
+        return match wanted(req, &hot.rep, caching)? {
             Wanted::Answered(r) => Ok(r),
-            Wanted::Bytes(span) => send(&hot.rep, span, Payload::Inline(hot.bytes), retriever),
+            Wanted::Bytes(span) => send(&hot.rep, span, Payload::Inline(hot.bytes), None, state),
         };
     }
     let hit = retriever.locate(uid, created_at).await?;
     let rep = Arc::new(Representation::of(&hit.located));
     // Everything up to here needed only the index: no payload read for these answers.
-    let span = match wanted(req, &rep)? {
+    let span = match wanted(req, &rep, caching)? {
         Wanted::Answered(r) => return Ok(r),
         Wanted::Bytes(span) => span,
     };
+    // Before the read: an overloaded pod answers at once, without storage requests.
+    let held = hold(state, &hit.located)?;
     let (_, payload, sent) = retriever
         .fetch(uid, created_at, hit, Arc::clone(&rep), ticket)
         .await?;
@@ -192,7 +197,21 @@ async fn serve_file(
     } else {
         span_of(req, &sent)?
     };
-    send(&sent, span, payload, retriever)
+    send(&sent, span, payload, Some(held), state)
+}
+
+/// The share of a bound a file's response holds while it is sent: a big-file
+/// stream, or the bytes a small file is held in (stored and decoded; one
+/// buffer when stored raw).
+fn hold(state: &AppState, located: &Located) -> Result<Held, ApiError> {
+    if matches!(located.source, Source::External { .. }) {
+        return state.admission.big_stream();
+    }
+    let buffers = match located.codec {
+        Codec::None => located.orig_len,
+        _ => located.orig_len.saturating_add(located.stored_len),
+    };
+    state.admission.payload_bytes(buffers)
 }
 
 /// What a GET or HEAD asks of a file, decided from its headers alone.
@@ -203,16 +222,20 @@ enum Wanted {
     Bytes(Option<Range<u64>>),
 }
 
-fn wanted(req: &HttpRequest, rep: &Representation) -> Result<Wanted, ApiError> {
+fn wanted(
+    req: &HttpRequest,
+    rep: &Representation,
+    caching: &CacheHeaders,
+) -> Result<Wanted, ApiError> {
     if not_modified(req.headers(), rep) {
         let mut b = HttpResponse::build(StatusCode::NOT_MODIFIED);
-        rep.apply(&mut b);
+        rep.apply(&mut b, caching);
         return Ok(Wanted::Answered(b.finish()));
     }
     let span = span_of(req, rep)?;
     if req.method() == Method::HEAD {
         let mut b = HttpResponse::Ok();
-        rep.apply(&mut b);
+        rep.apply(&mut b, caching);
         // An empty stream with an explicit length: the length is announced, no bytes are read.
         b.no_chunking(rep.len);
         let empty = futures::stream::empty::<Result<Bytes, std::io::Error>>();
@@ -230,11 +253,14 @@ fn span_of(req: &HttpRequest, rep: &Representation) -> Result<Option<Range<u64>>
     }
 }
 
+/// `held` is the response's share of a bound, kept until its body is sent
+/// or dropped (none for bytes shared with the payload cache).
 fn send(
     rep: &Representation,
     span: Option<Range<u64>>,
     payload: Payload,
-    retriever: &crate::lookup::Retriever,
+    held: Option<Held>,
+    state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
     let mut b = match &span {
         Some(r) => {
@@ -247,7 +273,7 @@ fn send(
         }
         None => HttpResponse::Ok(),
     };
-    rep.apply(&mut b);
+    rep.apply(&mut b, &state.cache_headers);
     let window = span.unwrap_or(0..rep.len);
     Ok(match payload {
         Payload::Inline(bytes) => {
@@ -255,14 +281,14 @@ fn send(
                 to_index(window.start, &bytes)?,
                 to_index(window.end, &bytes)?,
             );
-            b.body(bytes.slice(start..end))
+            b.body(HeldBody::new(bytes.slice(start..end), held))
         }
         Payload::External(ext) => {
             let len = window.end - window.start;
-            let corruption = retriever.metrics().corruption.clone();
+            let corruption = state.retriever.metrics().corruption.clone();
             b.body(SizedStream::new(
                 len,
-                Box::pin(crate::stream::verified(ext, window, corruption)),
+                crate::stream::verified(ext, window, corruption, held),
             ))
         }
     })
@@ -287,48 +313,51 @@ pub async fn health() -> HttpResponse {
         .json(serde_json::json!({"status": "ok"}))
 }
 
-/// Readiness: every store (each zone) is asked one cheap question, and each
-/// zone's circuit breakers are reported. Ready while at least one store
-/// answers: with zones, a replica that is taken out of rotation because one
-/// zone is down would not help (every replica sees the same zone), and
-/// would stop serving the zones that work. A partial outage is "degraded".
-pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    let r = &state.retriever;
-    let probes = r.probe(READY_TIMEOUT).await;
-    let up = probes.iter().filter(|p| p.result.is_ok()).count();
-    let zones = r.backends().zones();
-    let report: Vec<serde_json::Value> = probes
-        .iter()
-        .map(|p| {
-            let breakers: Vec<serde_json::Value> = zones
-                .and_then(|z| z.get(&p.backend))
-                .map(|zone| {
-                    zone.breakers
-                        .iter()
-                        .map(|(location, b)| {
-                            serde_json::json!({"location": location, "state": breaker_name(b.state())})
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            serde_json::json!({
-                "backend": p.backend,
-                "ok": p.result.is_ok(),
-                "error": p.result.as_ref().err().map(ToString::to_string),
-                "breakers": breakers,
-            })
-        })
-        .collect();
-    let (mut b, status) = match up {
-        0 => (HttpResponse::ServiceUnavailable(), "unavailable"),
-        n if n == probes.len() => (HttpResponse::Ok(), "ready"),
-        _ => (HttpResponse::Ok(), "degraded"),
-    };
-    if up == 0 {
+/// `/ready` on the public port: the status alone, unless the caller holds
+/// a key with the `metrics` scope (auth on); bucket names, endpoints and
+/// storage errors are for operators, not for whoever can reach the port.
+pub async fn ready_public(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    state.limits.check_ip(req.peer_addr().map(|a| a.ip()))?;
+    let detailed = state.auth.is_on() && state.admit(&req, Scope::Metrics, "").is_ok();
+    Ok(ready_answer(&state, detailed).await)
+}
+
+/// `/ready` on the admin port: with every backend's detail.
+pub async fn ready_admin(state: web::Data<AppState>) -> HttpResponse {
+    ready_answer(&state, true).await
+}
+
+async fn ready_answer(state: &AppState, detailed: bool) -> HttpResponse {
+    let report = state.readiness.report(&state.retriever).await;
+    let mut b = if report.up {
+        HttpResponse::Ok()
+    } else {
+        let mut b = HttpResponse::ServiceUnavailable();
         b.insert_header((header::RETRY_AFTER, "1"));
+        b
+    };
+    b.insert_header((header::CACHE_CONTROL, "no-store"));
+    if detailed {
+        b.json(serde_json::json!({"status": report.status, "backends": report.backends}))
+    } else {
+        b.json(serde_json::json!({"status": report.status}))
     }
-    b.insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(serde_json::json!({"status": status, "backends": report}))
+}
+
+/// `/metrics` on the public port: 404 when an admin listener serves it,
+/// else for keys with the `metrics` scope (everyone when auth is off).
+pub async fn metrics_public(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if state.admin_listener {
+        return no_route(req).await;
+    }
+    state.admit(&req, Scope::Metrics, "")?;
+    metrics(state).await
 }
 
 /// Prometheus text exposition.

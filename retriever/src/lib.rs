@@ -15,6 +15,7 @@
 //! * [`backend`] opens one store or zones and meters their reads;
 //!   [`metrics`] is the Prometheus registry behind `/metrics`.
 
+pub mod admission;
 pub mod auth;
 pub mod backend;
 pub mod config;
@@ -29,10 +30,12 @@ pub mod lookup;
 pub mod metrics;
 pub mod payload;
 pub mod range;
+pub mod ready;
 pub mod representation;
 pub mod server;
 pub mod state;
 pub mod stream;
+pub mod stream_raw;
 pub mod tombstones;
 
 pub use backend::Storage;

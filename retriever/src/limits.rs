@@ -4,6 +4,10 @@
 //! The address is the TCP peer: behind a proxy every request shares the
 //! proxy's address, so per-IP limits belong on the proxy there. We do not
 //! trust `X-Forwarded-For`, which any client can set.
+//!
+//! An IPv6 client is keyed by its network prefix (/64 by default), not its
+//! full address: a host is usually given a whole /64 and can pick any of its
+//! 2^64 addresses, each of which would otherwise get a fresh bucket.
 
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -53,6 +57,8 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
 pub struct Limits {
     per_ip: Option<Arc<Limiter<IpAddr>>>,
     per_key: Option<Arc<Limiter<Arc<str>>>>,
+    /// Bits of an IPv6 address that name a client.
+    ipv6_prefix: u8,
 }
 
 impl std::fmt::Debug for Limits {
@@ -65,8 +71,9 @@ impl std::fmt::Debug for Limits {
 }
 
 impl Limits {
-    pub fn new(cfg: &RateLimits) -> Self {
+    pub fn new(cfg: &RateLimits, ipv6_prefix: u8) -> Self {
         Self {
+            ipv6_prefix,
             per_ip: cfg
                 .per_ip
                 .map(|r| Arc::new(Limiter::new("client address", r))),
@@ -77,7 +84,7 @@ impl Limits {
     /// Before authentication, so guessing keys is limited too.
     pub fn check_ip(&self, ip: Option<IpAddr>) -> Result<(), ApiError> {
         match (&self.per_ip, ip) {
-            (Some(l), Some(ip)) => l.check(&ip),
+            (Some(l), Some(ip)) => l.check(&client_of(ip, self.ipv6_prefix)),
             _ => Ok(()),
         }
     }
@@ -88,6 +95,19 @@ impl Limits {
             (Some(l), Some(name)) => l.check(&Arc::from(name)),
             _ => Ok(()),
         }
+    }
+}
+
+/// The key a client address is limited under: an IPv4 address (also when
+/// written as IPv4-mapped IPv6) as is, an IPv6 one cut to `prefix` bits.
+fn client_of(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u32::from(prefix.min(128));
+            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+            IpAddr::V6((u128::from(v6) & mask).into())
+        }
+        v4 => v4,
     }
 }
 
@@ -107,10 +127,13 @@ mod tests {
 
     #[test]
     fn burst_then_throttled_per_key_and_ip() {
-        let limits = Limits::new(&RateLimits {
-            per_key: rate(1, 2),
-            per_ip: rate(1, 3),
-        });
+        let limits = Limits::new(
+            &RateLimits {
+                per_key: rate(1, 2),
+                per_ip: rate(1, 3),
+            },
+            64,
+        );
         let ip = Some(IpAddr::from([10, 0, 0, 1]));
         for _ in 0..3 {
             limits.check_ip(ip).unwrap();
@@ -128,10 +151,13 @@ mod tests {
 
     #[test]
     fn pruning_keeps_limits() {
-        let limits = Limits::new(&RateLimits {
-            per_key: None,
-            per_ip: rate(1, 1),
-        });
+        let limits = Limits::new(
+            &RateLimits {
+                per_key: None,
+                per_ip: rate(1, 1),
+            },
+            64,
+        );
         let hot = Some(IpAddr::from([10, 0, 0, 1]));
         limits.check_ip(hot).unwrap();
         for i in 0..PRUNE_EVERY {
@@ -142,5 +168,42 @@ mod tests {
             limits.check_ip(hot).is_err(),
             "pruning forgot an active client"
         );
+    }
+
+    #[test]
+    fn ipv6_clients_are_limited_by_prefix() {
+        let limits = Limits::new(
+            &RateLimits {
+                per_key: None,
+                per_ip: rate(1, 2),
+            },
+            64,
+        );
+        let v6 = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        limits.check_ip(v6("2001:db8:1:2::1")).unwrap();
+        limits.check_ip(v6("2001:db8:1:2:ffff:1:2:3")).unwrap();
+        let e = limits.check_ip(v6("2001:db8:1:2:abcd::9")).unwrap_err();
+        assert_eq!(
+            e.kind,
+            ErrorKind::Throttled,
+            "a third address of the same /64"
+        );
+        limits.check_ip(v6("2001:db8:1:3::1")).unwrap();
+        // IPv4-mapped addresses are their IPv4 client, never a /64 of them.
+        limits.check_ip(v6("::ffff:10.0.0.1")).unwrap();
+        limits.check_ip(v6("::ffff:10.0.0.2")).unwrap();
+        limits.check_ip(v6("::ffff:10.0.0.2")).unwrap();
+        assert!(limits.check_ip(Some(IpAddr::from([10, 0, 0, 2]))).is_err());
+    }
+
+    #[test]
+    fn prefix_lengths() {
+        let ip: IpAddr = "2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff".parse().unwrap();
+        assert_eq!(client_of(ip, 128), ip);
+        assert_eq!(client_of(ip, 48).to_string(), "2001:db8:aaaa::");
+        assert_eq!(client_of(ip, 64).to_string(), "2001:db8:aaaa:bbbb::");
+        assert_eq!(client_of(ip, 1).to_string(), "::");
+        let v4 = IpAddr::from([192, 0, 2, 7]);
+        assert_eq!(client_of(v4, 64), v4);
     }
 }

@@ -104,7 +104,7 @@ async fn run(settings: Settings) -> u8 {
             return EXIT_CONFIG;
         }
     };
-    match server.await {
+    match server.run().await {
         Ok(()) => {
             tracing::info!("shut down cleanly");
             EXIT_OK

@@ -46,6 +46,9 @@ pub struct Metrics {
     pub tombstones_known: IntGauge,
     pub tombstones_appended: IntCounter,
     pub tombstones_poll_failures: IntCounter,
+    pub big_streams_active: IntGauge,
+    pub payload_bytes_in_flight: IntGauge,
+    pub overload_rejections: IntCounterVec,
     /// Serialises the scrape-time copy of storage counters, so two
     /// concurrent scrapes cannot both add the same increment.
     sync: Mutex<()>,
@@ -60,6 +63,12 @@ fn counter_vec(
     let c = IntCounterVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(c.clone()))?;
     Ok(c)
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> Result<IntGauge, MetricsError> {
+    let g = IntGauge::new(name, help)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, MetricsError> {
@@ -106,6 +115,22 @@ impl Metrics {
         )?;
         r.register(Box::new(tombstones_known.clone()))?;
         Ok(Self {
+            big_streams_active: gauge(
+                &r,
+                "des_big_streams_active",
+                "Big-file (external) responses streaming now (bound: max_big_streams).",
+            )?,
+            payload_bytes_in_flight: gauge(
+                &r,
+                "des_payload_bytes_in_flight",
+                "Bytes of small-file payloads held by responses now (bound: max_payload_bytes_in_flight).",
+            )?,
+            overload_rejections: counter_vec(
+                &r,
+                "des_overload_rejections_total",
+                "Requests answered 503 because a bound was reached, by resource (big_streams, payload_bytes).",
+                &["resource"],
+            )?,
             retrievals: counter_vec(
                 &r,
                 "des_retrievals_total",

@@ -8,8 +8,45 @@ use actix_web::http::header::{self, HeaderValue};
 use des_format::Timestamp;
 use des_format::shard::Located;
 
-/// Files are immutable under their (uid, created_at) address.
-pub const CACHE_FOREVER: &str = "public, max-age=31536000, immutable";
+use crate::config::HttpCaching;
+
+/// The caching headers of every file response, built once from the settings.
+///
+/// A file never changes under its (uid, created_at) address, but it can be
+/// deleted: `max-age` bounds how long any cache may keep serving it after a
+/// DELETE, so it defaults to well inside the deletion bound, and `immutable`
+/// is only sent when asked for. With API keys on, a response is for the
+/// caller alone: `private` keeps shared caches (a CDN, a proxy) from handing
+/// it to someone without a key, and `Vary: Authorization` keeps a browser
+/// cache from answering one key's request with another's response.
+#[derive(Debug, Clone)]
+pub struct CacheHeaders {
+    cache_control: HeaderValue,
+    vary_authorization: bool,
+}
+
+impl CacheHeaders {
+    pub fn new(caching: HttpCaching, auth_on: bool) -> Self {
+        let who = if auth_on { "private" } else { "public" };
+        let mut value = format!("{who}, max-age={}", caching.max_age.as_secs());
+        if caching.immutable {
+            value.push_str(", immutable");
+        }
+        Self {
+            // Only ASCII letters, digits, commas, spaces and `=` above.
+            cache_control: HeaderValue::from_str(&value)
+                .unwrap_or(HeaderValue::from_static("no-store")),
+            vary_authorization: auth_on,
+        }
+    }
+
+    fn apply(&self, b: &mut HttpResponseBuilder) {
+        b.insert_header((header::CACHE_CONTROL, self.cache_control.clone()));
+        if self.vary_authorization {
+            b.insert_header((header::VARY, HeaderValue::from_static("Authorization")));
+        }
+    }
+}
 
 /// What the headers say about a file, all known from its index entry.
 /// Header values are built (and validated) here once, not per response.
@@ -38,7 +75,7 @@ impl Representation {
         }
     }
 
-    pub fn apply(&self, b: &mut HttpResponseBuilder) {
+    pub fn apply(&self, b: &mut HttpResponseBuilder, caching: &CacheHeaders) {
         b.insert_header((header::CONTENT_TYPE, self.content_type.clone()));
         if let Some(etag) = &self.etag_value {
             b.insert_header((header::ETAG, etag.clone()));
@@ -47,10 +84,7 @@ impl Representation {
             b.insert_header((header::LAST_MODIFIED, date.clone()));
         }
         b.insert_header((header::ACCEPT_RANGES, HeaderValue::from_static("bytes")));
-        b.insert_header((
-            header::CACHE_CONTROL,
-            HeaderValue::from_static(CACHE_FOREVER),
-        ));
+        caching.apply(b);
         // Stored bytes are whatever was packed; never let a browser reinterpret them.
         b.insert_header((
             header::X_CONTENT_TYPE_OPTIONS,

@@ -34,7 +34,7 @@ pub fn request_id(incoming: Option<&HeaderValue>) -> String {
     }
 }
 
-/// Routes and middleware; used by the binary and by tests alike.
+/// Routes and middleware of the public port; used by the binary and by tests alike.
 pub fn app(
     state: web::Data<AppState>,
 ) -> App<
@@ -50,8 +50,8 @@ pub fn app(
     App::new()
         .app_data(state)
         .route("/health", web::get().to(http::health))
-        .route("/ready", web::get().to(http::ready))
-        .route("/metrics", web::get().to(http::metrics))
+        .route("/ready", web::get().to(http::ready_public))
+        .route("/metrics", web::get().to(http::metrics_public))
         .default_service(web::to(http::files_or_no_route))
         .wrap_fn(move |req, srv| {
             let id = request_id(req.headers().get(&REQUEST_ID));
@@ -60,6 +60,27 @@ pub fn app(
             let fut = span.in_scope(|| srv.call(req));
             access_log(fut, id, started, requests.clone()).instrument(span)
         })
+}
+
+/// The admin port (`--admin-listen`): health, detailed readiness and
+/// metrics, without keys; reachable only where the operator lets it be.
+pub fn admin_app(
+    state: web::Data<AppState>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(state)
+        .route("/health", web::get().to(http::health))
+        .route("/ready", web::get().to(http::ready_admin))
+        .route("/metrics", web::get().to(http::metrics))
+        .default_service(web::to(http::no_route))
 }
 
 async fn access_log<B>(
@@ -112,20 +133,60 @@ pub fn route_label(pattern: &str) -> String {
     out
 }
 
+/// The public server and, if configured, the admin one.
+pub struct Servers {
+    public: actix_web::dev::Server,
+    admin: Option<actix_web::dev::Server>,
+}
+
+impl Servers {
+    /// Runs until SIGTERM/SIGINT (each server stops on it); the first error wins.
+    pub async fn run(self) -> std::io::Result<()> {
+        match self.admin {
+            Some(admin) => futures::try_join!(self.public, admin).map(|_| ()),
+            None => self.public.await,
+        }
+    }
+}
+
 /// Binds and runs until SIGTERM/SIGINT, then lets in-flight requests finish
 /// for `shutdown_timeout`. Bind errors come back before anything is served.
-pub fn bind(settings: &Settings, state: AppState) -> std::io::Result<actix_web::dev::Server> {
+pub fn bind(settings: &Settings, state: AppState) -> std::io::Result<Servers> {
     let data = web::Data::new(state);
-    let mut server = HttpServer::new(move || app(data.clone()))
+    let guards = &settings.guards;
+    let workers = settings.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let public_data = data.clone();
+    let public = HttpServer::new(move || app(public_data.clone()))
+        .workers(workers)
+        // actix counts connections per worker; the setting is for the process.
+        .max_connections(guards.max_connections.div_ceil(workers))
+        .client_request_timeout(guards.client_request_timeout)
+        .keep_alive(guards.keep_alive)
         .shutdown_timeout(settings.shutdown_timeout.as_secs())
         .bind(&settings.listen)?;
-    if let Some(n) = settings.workers {
-        server = server.workers(n);
-    }
-    for addr in server.addrs() {
+    for addr in public.addrs() {
         tracing::info!(%addr, store = %settings.source, "listening");
     }
-    Ok(server.run())
+    let admin = match &guards.admin_listen {
+        Some(listen) => {
+            let server = HttpServer::new(move || admin_app(data.clone()))
+                .workers(1)
+                .client_request_timeout(guards.client_request_timeout)
+                .shutdown_timeout(settings.shutdown_timeout.as_secs())
+                .bind(listen)?;
+            for addr in server.addrs() {
+                tracing::info!(%addr, "admin listening (/health, /ready, /metrics)");
+            }
+            Some(server.run())
+        }
+        None => None,
+    };
+    Ok(Servers {
+        public: public.run(),
+        admin,
+    })
 }
 
 /// Reloads the API keys on every SIGHUP until the runtime stops. Requests

@@ -5,13 +5,15 @@ use std::sync::Arc;
 
 use actix_web::HttpRequest;
 
+use crate::admission::Admission;
 use crate::auth::{Auth, AuthError, Principal, Scope};
 use crate::backend::Storage;
-use crate::config::Settings;
+use crate::config::{AuthSetting, Settings};
 use crate::error::ApiError;
 use crate::limits::Limits;
 use crate::lookup::{CacheConfig, Retriever};
 use crate::metrics::{Metrics, MetricsError};
+use crate::representation::CacheHeaders;
 use crate::tombstones::Deleted;
 
 /// Why the service could not start.
@@ -32,6 +34,12 @@ pub struct AppState {
     pub limits: Limits,
     /// Deleted files; `None` for legacy stores, which cannot be deleted from.
     pub deleted: Option<Arc<Deleted>>,
+    pub admission: Admission,
+    pub cache_headers: CacheHeaders,
+    /// An admin listener serves `/metrics`; the public port does not.
+    pub admin_listener: bool,
+    /// The last readiness probe, reused for a moment (see [`crate::http::ready`]).
+    pub readiness: crate::ready::Readiness,
 }
 
 impl AppState {
@@ -49,10 +57,15 @@ impl AppState {
             }
             des_storage::Layout::Legacy => None,
         };
+        let auth_on = !matches!(settings.auth, AuthSetting::Off);
         Ok(Self {
+            admission: Admission::new(&settings.guards, &metrics),
+            cache_headers: CacheHeaders::new(settings.guards.caching, auth_on),
+            readiness: crate::ready::Readiness::default(),
+            admin_listener: settings.guards.admin_listen.is_some(),
             retriever,
             auth,
-            limits: Limits::new(&settings.rate_limits),
+            limits: Limits::new(&settings.rate_limits, settings.guards.ipv6_prefix),
             deleted,
         })
     }

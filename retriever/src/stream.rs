@@ -11,19 +11,24 @@
 //!
 //! A range of an external payload still reads and checks the whole object;
 //! only the bytes inside the range are sent.
+//!
+//! Raw payloads (every big file DES writes) take [`crate::stream_raw`]
+//! instead, which needs no thread; this path is for compressed ones.
 
 use std::io::{self, Read};
 use std::ops::Range;
 
 use bytes::Bytes;
 use des_format::DigestAlgorithm;
-use des_format::codec;
+use des_format::codec::{self, Codec};
 use des_format::digest::Digester;
 use des_format::shard::{Check, Located};
 use des_storage::bridge::BlockingStreamReader;
-use futures::Stream;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
+use crate::admission::Held;
 use crate::payload::External;
 
 const CHUNK: usize = 256 * 1024;
@@ -37,10 +42,25 @@ pub fn verified(
     ext: Box<External>,
     window: Range<u64>,
     corruption: prometheus::IntCounter,
+    slot: Option<Held>,
+) -> BoxStream<'static, io::Result<Bytes>> {
+    if ext.located.codec == Codec::None {
+        return crate::stream_raw::verified(ext, window, corruption, slot).boxed();
+    }
+    decoded(ext, window, corruption, slot).boxed()
+}
+
+fn decoded(
+    ext: Box<External>,
+    window: Range<u64>,
+    corruption: prometheus::IntCounter,
+    slot: Option<Held>,
 ) -> impl Stream<Item = io::Result<Bytes>> + 'static {
     let (tx, rx) = mpsc::channel(QUEUE);
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
+        // Held until the thread is done with the object.
+        let _slot = slot;
         let External {
             key,
             located,
@@ -96,7 +116,7 @@ impl Pump {
     ) -> Result<(), (String, bool)> {
         match self.decode_all(&mut reader, located) {
             Ok(digest) => {
-                check(located, &reader, digest).map_err(|d| (d, true))?;
+                check_totals(located, reader.len, reader.crc, digest).map_err(|d| (d, true))?;
                 if let Some(last) = self.held.take() {
                     let _ = self.tx.blocking_send(Ok(last));
                 }
@@ -175,7 +195,7 @@ fn to_usize(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
 
-fn hasher_for(check: &Check) -> Option<Digester> {
+pub(crate) fn hasher_for(check: &Check) -> Option<Digester> {
     match check {
         Check::V3 { alg, .. } => Some(alg.hasher()),
         Check::Sha256Hex(_) => Some(DigestAlgorithm::Sha256.hasher()),
@@ -183,15 +203,18 @@ fn hasher_for(check: &Check) -> Option<Digester> {
     }
 }
 
-fn check(
+/// The checks of a whole stored object: `len` stored bytes with CRC32C
+/// `crc`, whose decoded bytes hash to `digest`.
+pub(crate) fn check_totals(
     located: &Located,
-    reader: &Counting<BlockingStreamReader>,
+    len: u64,
+    crc: u32,
     digest: Option<des_format::ContentDigest>,
 ) -> Result<(), String> {
-    if reader.len != located.stored_len {
+    if len != located.stored_len {
         return Err(format!(
-            "read {} stored bytes, index says {}",
-            reader.len, located.stored_len
+            "read {len} stored bytes, index says {}",
+            located.stored_len
         ));
     }
     match &located.check {
@@ -200,8 +223,8 @@ fn check(
             digest: want,
             ..
         } => {
-            if reader.crc != *crc32c {
-                return Err(format!("crc32c {:08x} != {crc32c:08x}", reader.crc));
+            if crc != *crc32c {
+                return Err(format!("crc32c {crc:08x} != {crc32c:08x}"));
             }
             if digest != Some(*want) {
                 return Err("content digest mismatch".into());

@@ -38,11 +38,13 @@ fn keys_file(dir: &Path) -> PathBuf {
              [[keys]]\nname = \"admin\"\nsha256 = \"{}\"\nscopes = [\"read\", \"delete\"]\n\n\
              [[keys]]\nname = \"expired\"\nsha256 = \"{}\"\nscopes = [\"read\"]\n\
              expires_at = \"2021-06-01T00:00:00Z\"\n\n\
-             [[keys]]\nname = \"deleter\"\nsha256 = \"{}\"\nscopes = [\"delete\"]\n",
+             [[keys]]\nname = \"deleter\"\nsha256 = \"{}\"\nscopes = [\"delete\"]\n\n\
+             [[keys]]\nname = \"prometheus\"\nsha256 = \"{}\"\nscopes = [\"metrics\"]\n",
             sha("k-reader"),
             sha("k-admin"),
             sha("k-expired"),
-            sha("k-deleter")
+            sha("k-deleter"),
+            sha("k-metrics")
         ),
     )
     .unwrap();
@@ -152,11 +154,35 @@ async fn auth_matrix() {
     )
     .await;
     assert_eq!(r.status, 401);
-    // Health, readiness and metrics are for the operator's network, not keyed.
-    for path in ["/health", "/ready", "/metrics"] {
+    // Probes need no key; readiness says only its status to them.
+    for path in ["/health", "/ready"] {
         let r = call(&app, TestRequest::get().uri(path).to_request()).await;
         assert_eq!(r.status, 200, "{path}");
+        assert!(r.json().get("backends").is_none(), "{path}: {:?}", r.json());
     }
+    // Metrics, and readiness's detail, need a key with the metrics scope.
+    let ops = |path: &str, key: Option<&str>| {
+        let mut req = TestRequest::get().uri(path);
+        if let Some(k) = key {
+            req = req.insert_header(("authorization", format!("Bearer {k}")));
+        }
+        req.to_request()
+    };
+    assert_eq!(call(&app, ops("/metrics", None)).await.status, 401);
+    assert_eq!(
+        call(&app, ops("/metrics", Some("k-admin"))).await.status,
+        403
+    );
+    let r = call(&app, ops("/metrics", Some("k-metrics"))).await;
+    assert_eq!(r.status, 200);
+    assert!(String::from_utf8_lossy(r.bytes()).contains("des_retrievals_total"));
+    let r = call(&app, ops("/ready", Some("k-metrics"))).await;
+    assert!(r.json()["backends"].is_array(), "{:?}", r.json());
+    let r = call(&app, ops("/ready", Some("k-reader"))).await;
+    assert!(
+        r.json().get("backends").is_none(),
+        "a read key sees the status only"
+    );
 }
 
 #[actix_web::test]

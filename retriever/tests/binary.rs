@@ -7,7 +7,9 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use common::process::{BIN, Server, header};
+use std::io::{Read, Write};
+
+use common::process::{BIN, Server, header, request_at};
 use common::*;
 
 /// Exit code of the binary run with `args` and, unless `args` configure
@@ -182,4 +184,59 @@ fn legacy_layout_from_the_command_line() {
         "b614d582759ec0a880fce92e224a8437a89693b8f74e70762015ecc825c7487e"
     );
     assert_eq!(server.terminate(), 0);
+}
+
+/// `--admin-listen` serves metrics and the detailed readiness on its own
+/// address (the public port no longer does), and a client that never
+/// finishes its request head is cut off after `--client-request-timeout-secs`.
+#[test]
+fn admin_port_and_slow_request_heads() {
+    let store = tempfile::tempdir().unwrap();
+    pack(store.path(), &[Spec::new("a.txt", text(100))], 4, 1 << 20);
+    let server = Server::start(
+        &[
+            "--store",
+            store.path().to_str().unwrap(),
+            "--no-auth",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--client-request-timeout-secs",
+            "1",
+            "--workers",
+            "1",
+        ],
+        &[],
+    );
+    let admin = server.logged_addr("admin listening");
+    let (head, body) = request_at(&admin, "GET /metrics HTTP/1.1");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(String::from_utf8_lossy(&body).contains("des_overload_rejections_total"));
+    let (head, body) = request_at(&admin, "GET /ready HTTP/1.1");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(String::from_utf8_lossy(&body).contains("\"backends\""));
+    let (head, _) = server.request("GET /metrics HTTP/1.1");
+    assert!(head.starts_with("http/1.1 404"), "{head}");
+
+    // Half a request head, then silence: the server must not wait forever.
+    let mut s = std::net::TcpStream::connect(&server.addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let mut answer = Vec::new();
+    let read = s.read_to_end(&mut answer);
+    assert!(read.is_ok(), "the connection was not closed: {read:?}");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(900),
+        "closed before the timeout: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.terminate(), 0, "both listeners stop on SIGTERM");
 }

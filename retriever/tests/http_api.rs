@@ -61,10 +61,7 @@ async fn serves_every_file_with_headers() {
         assert_eq!(r.status, 200, "{}", spec.uid);
         assert_eq!(r.bytes(), &spec.data[..], "{}", spec.uid);
         assert_eq!(r.header("accept-ranges"), Some("bytes"));
-        assert_eq!(
-            r.header("cache-control"),
-            Some("public, max-age=31536000, immutable")
-        );
+        assert_eq!(r.header("cache-control"), Some("public, max-age=3600"));
         let etag = r.header("etag").unwrap();
         assert!(
             etag.starts_with('"') && etag.ends_with('"') && etag.len() == 66,
@@ -372,8 +369,12 @@ async fn request_ids() {
 #[actix_web::test]
 async fn health_and_ready() {
     let f = fixture();
-    let (r, counts) = counted(&f.root, &settings(&f.root)).await;
-    let app = init_service(des_retriever::server::app(web::Data::new(r))).await;
+    let (mut r, counts) = counted(&f.root, &settings(&f.root)).await;
+    // Every call probes (the shared probe is tested in hardening.rs).
+    r.readiness = des_retriever::ready::Readiness::fresh_for(std::time::Duration::ZERO);
+    let data = web::Data::new(r);
+    let app = init_service(des_retriever::server::app(data.clone())).await;
+    let admin = init_service(des_retriever::server::admin_app(data)).await;
     let before = counts.counts();
     assert_eq!(
         call(&app, TestRequest::get().uri("/health").to_request())
@@ -395,6 +396,14 @@ async fn health_and_ready() {
     );
     std::fs::remove_file(f.root.join("_des/store.json")).unwrap();
     let r = call(&app, TestRequest::get().uri("/ready").to_request()).await;
+    assert_eq!(r.status, 503);
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"status": "unavailable"}),
+        "no store names or errors on the public port"
+    );
+    let r = call(&admin, TestRequest::get().uri("/ready").to_request()).await;
     assert_eq!(r.status, 503);
     let body = r.json();
     assert_eq!(body["status"], "unavailable");

@@ -59,10 +59,7 @@ async fn serves_every_file_of_the_fixture_store() {
         // Inline legacy entries have no digest, so no validator and no date.
         assert_eq!(r.header("etag"), None, "{uid}");
         assert_eq!(r.header("last-modified"), None, "{uid}");
-        assert_eq!(
-            r.header("cache-control"),
-            Some("public, max-age=31536000, immutable")
-        );
+        assert_eq!(r.header("cache-control"), Some("public, max-age=3600"));
     }
     assert_eq!(counts.counts().write, 0);
 
@@ -286,7 +283,8 @@ async fn cold_legacy_lookup_budget() {
             suffix_get: 1,
             get: 2,
             head: 0,
-            write: 0
+            write: 0,
+            bytes: c.bytes,
         }
     );
 }

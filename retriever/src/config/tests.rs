@@ -346,3 +346,64 @@ fn keys_poll_interval_from_each_source() {
         "cli beats env"
     );
 }
+
+#[test]
+fn guards_from_every_source() {
+    let s = resolve(&["--store", "/d", "--no-auth"], &[]).unwrap();
+    assert_eq!(s.guards, Guards::default());
+    assert_eq!(s.guards.caching.max_age, Duration::from_secs(3600));
+    assert!(!s.guards.caching.immutable);
+    let (_dir, f) = config_file(
+        "store = \"/d\"\nauth = \"off\"\nmax_big_streams = 3\ncache_immutable = true\n\
+         admin_listen = \"127.0.0.1:9\"\nmax_connections = 10\nrate_limit_ipv6_prefix = 48\n",
+    );
+    let s = resolve(
+        &["--config", &f, "--max-connections", "20"],
+        &[
+            ("DES_RETRIEVER_MAX_BIG_STREAMS", "4"),
+            ("DES_RETRIEVER_MAX_PAYLOAD_BYTES_IN_FLIGHT", "1000"),
+            ("DES_RETRIEVER_CACHE_MAX_AGE_SECS", "60"),
+            ("DES_RETRIEVER_CLIENT_REQUEST_TIMEOUT_SECS", "2"),
+            ("DES_RETRIEVER_KEEP_ALIVE_SECS", "0"),
+        ],
+    )
+    .unwrap();
+    let g = &s.guards;
+    assert_eq!(g.max_connections, 20, "cli beats file");
+    assert_eq!(g.max_big_streams, 4, "env beats file");
+    assert_eq!(g.max_payload_bytes_in_flight, 1000);
+    assert_eq!(g.caching.max_age, Duration::from_secs(60));
+    assert!(g.caching.immutable, "from the file");
+    assert_eq!(g.admin_listen.as_deref(), Some("127.0.0.1:9"));
+    assert_eq!(g.client_request_timeout, Duration::from_secs(2));
+    assert_eq!(g.keep_alive, Duration::ZERO, "0 switches keep-alive off");
+    assert_eq!(g.ipv6_prefix, 48);
+    let s = resolve(
+        &["--store", "/d", "--no-auth", "--cache-immutable"],
+        &[],
+    )
+    .unwrap();
+    assert!(s.guards.caching.immutable);
+}
+
+#[test]
+fn guards_refuse_useless_values_and_files_unknown_keys() {
+    for (var, value) in [
+        ("DES_RETRIEVER_MAX_BIG_STREAMS", "0"),
+        ("DES_RETRIEVER_MAX_CONNECTIONS", "0"),
+        ("DES_RETRIEVER_MAX_PAYLOAD_BYTES_IN_FLIGHT", "0"),
+        ("DES_RETRIEVER_CLIENT_REQUEST_TIMEOUT_SECS", "0"),
+        ("DES_RETRIEVER_RATE_LIMIT_IPV6_PREFIX", "129"),
+        ("DES_RETRIEVER_RATE_LIMIT_IPV6_PREFIX", "0"),
+        ("DES_RETRIEVER_MAX_BIG_STREAMS", "many"),
+    ] {
+        let e = resolve(&["--store", "/d", "--no-auth"], &[(var, value)]).unwrap_err();
+        assert!(
+            e.to_string().to_lowercase().contains(&var[14..].to_lowercase()),
+            "{var}={value}: {e}"
+        );
+    }
+    let (_dir, f) = config_file("store = \"/d\"\nauth = \"off\"\nmax_big_stream = 3\n");
+    let e = resolve(&["--config", &f], &[]).unwrap_err();
+    assert!(e.to_string().contains("max_big_stream"), "{e}");
+}

@@ -74,17 +74,17 @@ impl Server {
     }
 
     pub fn request(&self, head: &str) -> (String, Vec<u8>) {
-        let mut s = TcpStream::connect(&self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        write!(s, "{head}\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
-        let mut raw = Vec::new();
-        // A reset after an aborted body still leaves what was received.
-        let _ = s.read_to_end(&mut raw);
-        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-        (
-            String::from_utf8_lossy(&raw[..split]).to_lowercase(),
-            raw[split + 4..].to_vec(),
-        )
+        request_at(&self.addr, head)
+    }
+
+    /// The address in the first log line containing `needle` (e.g. a
+    /// second listener's), waiting for it as [`Self::wait_log`] does.
+    pub fn logged_addr(&self, needle: &str) -> String {
+        self.wait_log(needle, 0);
+        let logs = self.logs.lock().unwrap();
+        let line = logs.iter().find(|l| l.contains(needle)).unwrap();
+        let rest = line.split("addr=").nth(1).unwrap();
+        rest.split_whitespace().next().unwrap().to_string()
     }
 
     /// Sends `signal` (a `kill` name such as `HUP`).
@@ -121,6 +121,21 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One request on a fresh connection to `addr`: the lowercased head and the body.
+pub fn request_at(addr: &str, head: &str) -> (String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(s, "{head}\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    // A reset after an aborted body still leaves what was received.
+    let _ = s.read_to_end(&mut raw);
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    (
+        String::from_utf8_lossy(&raw[..split]).to_lowercase(),
+        raw[split + 4..].to_vec(),
+    )
 }
 
 pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
