@@ -240,3 +240,48 @@ fn admin_port_and_slow_request_heads() {
     );
     assert_eq!(server.terminate(), 0, "both listeners stop on SIGTERM");
 }
+
+/// `--max-connections`: a connection beyond the bound is not served until
+/// one of the open ones closes.
+#[test]
+fn connections_beyond_the_bound_wait() {
+    let store = tempfile::tempdir().unwrap();
+    pack(store.path(), &[Spec::new("a.txt", text(100))], 4, 1 << 20);
+    let server = Server::start(
+        &[
+            "--store",
+            store.path().to_str().unwrap(),
+            "--no-auth",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-connections",
+            "1",
+            "--workers",
+            "1",
+            "--keep-alive-secs",
+            "60",
+        ],
+        &[],
+    );
+    // The one connection allowed, kept open (keep-alive) after its request.
+    let mut first = std::net::TcpStream::connect(&server.addr).unwrap();
+    first
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 512];
+    assert!(first.read(&mut buf).unwrap() > 0, "first connection served");
+    let addr = server.addr.clone();
+    let second = std::thread::spawn(move || {
+        let (head, _) = request_at(&addr, "GET /health HTTP/1.1");
+        (head, std::time::Instant::now())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let closed = std::time::Instant::now();
+    drop(first);
+    let (head, answered) = second.join().unwrap();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        answered >= closed,
+        "the second connection was served while the first was open"
+    );
+}
