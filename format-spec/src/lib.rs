@@ -4,6 +4,7 @@
 
 #![deny(clippy::indexing_slicing)]
 
+pub mod chunks;
 pub mod codec;
 pub mod digest;
 mod error;
@@ -14,6 +15,7 @@ pub mod shard;
 pub mod timestamp;
 pub mod v3;
 
+pub use chunks::{ChunkCrcs, ChunkTable};
 pub use codec::{Codec, Compression};
 pub use digest::{ContentDigest, DigestAlgorithm};
 pub use error::{FormatError, Result};

@@ -1,14 +1,17 @@
 //! Turning one source file into what the shard writer needs. Inline files are
 //! read whole (they are at most `big_file_threshold` bytes, so memory is
 //! bounded by configuration); big files are streamed twice — once to learn
-//! their digest (their object name), once to upload — and never held.
+//! their digest (their object name) and chunk CRCs, once to upload — and
+//! never held. Each big file also gets its chunk table (`_big/<hex>.chunks`,
+//! SPEC §6.5), so readers can serve a range of it without reading it whole.
 
 use std::borrow::Cow;
 use std::io::{BufReader, Read, Write};
 use std::sync::Arc;
 
+use des_format::chunks::{ChunkCrcs, ChunkTable, DEFAULT_CHUNK_SIZE};
 use des_format::codec::{self, Codec};
-use des_format::v3::{NewEntry, external_key};
+use des_format::v3::{NewEntry, chunk_table_key, external_key};
 use des_format::{ContentDigest, DigestAlgorithm};
 use des_storage::bridge::SyncObjectWriter;
 use des_storage::keys::BIG_PREFIX;
@@ -61,16 +64,17 @@ pub struct Ingest<'a> {
     pub holder: &'a str,
 }
 
-/// Streams `r`, returning (digest, crc32c, length). Raw storage makes the
-/// CRC of stored bytes the CRC of the original bytes.
+/// Streams `r`, returning its digest and its chunk table (per-chunk CRC32C,
+/// and with them length and whole CRC32C). Raw storage makes the CRCs of
+/// stored bytes those of the original bytes.
 fn scan(
     alg: DigestAlgorithm,
     r: impl Read,
     mut sink: Option<&mut dyn Write>,
-) -> std::io::Result<(ContentDigest, u32, u64)> {
+) -> std::io::Result<(ContentDigest, ChunkTable)> {
     let mut r = BufReader::with_capacity(1 << 20, r);
     let mut h = alg.hasher();
-    let (mut crc, mut n) = (0u32, 0u64);
+    let mut chunks = ChunkCrcs::new(DEFAULT_CHUNK_SIZE).map_err(std::io::Error::other)?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let k = match r.read(&mut buf) {
@@ -81,13 +85,13 @@ fn scan(
         };
         let chunk = buf.get(..k).unwrap_or_default();
         h.update(chunk);
-        crc = crc32c::crc32c_append(crc, chunk);
+        chunks.update(chunk);
         if let Some(s) = sink.as_mut() {
             s.write_all(chunk)?;
         }
-        n += k as u64;
     }
-    Ok((h.finalize(), crc, n))
+    let table = chunks.finish().map_err(std::io::Error::other)?;
+    Ok((h.finalize(), table))
 }
 
 fn new_entry(rec: &FileRecord, codec: Codec, orig_len: u64, digest: ContentDigest) -> NewEntry {
@@ -115,7 +119,7 @@ impl Ingest<'_> {
     pub fn digest_of(&self, rec: &FileRecord) -> Result<ContentDigest, String> {
         let src = self.open(rec)?;
         scan(self.alg(), src.reader, None)
-            .map(|(d, _, _)| d)
+            .map(|(d, _)| d)
             .map_err(|e| format!("cannot read {}: {e}", rec.source))
     }
 
@@ -165,7 +169,10 @@ impl Ingest<'_> {
         src: OpenSource,
     ) -> Result<Prepared, String> {
         let read_err = |e: std::io::Error| format!("cannot read {}: {e}", rec.source);
-        let (digest, crc, len) = scan(self.alg(), src.reader, None).map_err(read_err)?;
+        let (digest, table) = scan(self.alg(), src.reader, None).map_err(read_err)?;
+        // The whole-object CRC, combined from the chunks' (the same value a
+        // reader binds the table with).
+        let (len, crc) = (table.stored_len(), table.whole_crc32c());
         let key = external_key(&digest);
         let hex = key.strip_prefix(BIG_PREFIX).unwrap_or(&key);
         // The ref comes before the check that the object exists, so that
@@ -191,6 +198,7 @@ impl Ingest<'_> {
             }
             Err(e) => return Err(format!("checking {key}: {e}")),
         }
+        self.put_chunk_table(objects, &key, &table)?;
         Ok(Prepared::External {
             entry: new_entry(rec, Codec::None, len, digest),
             stored_len: len,
@@ -216,7 +224,7 @@ impl Ingest<'_> {
         let mut sink = SyncObjectWriter::new(self.handle.clone(), writer, UPLOAD_CHUNK);
         let scanned = scan(self.alg(), src.reader, Some(&mut sink));
         match scanned {
-            Ok((d, _, _)) if d == digest => {
+            Ok((d, _)) if d == digest => {
                 sink.finish().map_err(|e| format!("uploading {key}: {e}"))?;
                 Ok(())
             }
@@ -229,5 +237,29 @@ impl Ingest<'_> {
                 Err(format!("uploading {key}: {e}"))
             }
         }
+    }
+
+    /// Writes the chunk table of `_big/<hex>` once that object is in place,
+    /// and before any shard can reference it: a reader that finds the entry
+    /// then finds the table (unless it was written before tables existed).
+    ///
+    /// Always a PUT, whether the big object was uploaded now or already
+    /// there: the table is content-determined, so rewriting it is
+    /// idempotent; it costs one small request (4 KiB per GiB) per big file
+    /// added, little next to the file's own scan and upload; and it
+    /// restores a table that is missing or damaged, where a HEAD first
+    /// would cost a request too and only notice a missing one. A failure
+    /// fails the file, like a failed upload.
+    fn put_chunk_table(
+        &self,
+        objects: &Arc<dyn ObjectStore>,
+        big_key: &str,
+        table: &ChunkTable,
+    ) -> Result<(), String> {
+        let key = chunk_table_key(big_key);
+        self.handle
+            .block_on(objects.put(&key, table.encode().into(), PutOptions::default()))
+            .map(drop)
+            .map_err(|e| format!("writing chunk table {key}: {e}"))
     }
 }

@@ -6,6 +6,7 @@
 //! _des/store.json                          settings (StoreKey::Config)
 //! <YYYYMMDD>/<HEX>.des                     a shard (ShardKey)
 //! _big/<hex digest>                        a big file, content-addressed
+//! _big/<hex digest>.chunks                 its chunk table (SPEC §6.5), optional
 //! _tombstones/<name>                       a tombstone (storage/src/tombstones)
 //! _tombstones_applied/<name>               its applied marker
 //! _legal_holds/<name>.json                 a legal hold
@@ -26,6 +27,8 @@ use crate::tombstones::{APPLIED_PREFIX, LOG_PREFIX};
 pub const CONFIG_KEY: &str = "_des/store.json";
 pub const SHARD_EXT: &str = ".des";
 pub const BIG_PREFIX: &str = "_big/";
+/// `_big/<hex>` + this is the big file's chunk table.
+pub const CHUNKS_SUFFIX: &str = des_format::chunks::TABLE_SUFFIX;
 pub const HOLDS_PREFIX: &str = "_legal_holds/";
 pub const LEASE_KEY: &str = "_des/repack.lease";
 pub const GC_PREFIX: &str = "_des/gc/big/";
@@ -117,16 +120,40 @@ impl fmt::Display for ShardKey {
 pub enum StoreKey {
     Config,
     Shard(ShardKey),
-    Big { hex: String },
-    Tombstone { name: String },
-    Applied { name: String },
-    Hold { name: String },
+    Big {
+        hex: String,
+    },
+    /// The chunk table of `Big { hex }`: a sidecar, never a big file itself.
+    BigChunks {
+        hex: String,
+    },
+    Tombstone {
+        name: String,
+    },
+    Applied {
+        name: String,
+    },
+    Hold {
+        name: String,
+    },
     Lease,
-    GcCandidate { hex: String },
-    BigRef { hex: String, holder: String },
-    Checked { shard: ShardKey, tag: String },
-    Journal { shard: ShardKey },
-    Probe { tag: String },
+    GcCandidate {
+        hex: String,
+    },
+    BigRef {
+        hex: String,
+        holder: String,
+    },
+    Checked {
+        shard: ShardKey,
+        tag: String,
+    },
+    Journal {
+        shard: ShardKey,
+    },
+    Probe {
+        tag: String,
+    },
 }
 
 impl StoreKey {
@@ -146,8 +173,11 @@ impl StoreKey {
         if key == LEASE_KEY {
             return Some(Self::Lease);
         }
-        if let Some(hex) = key.strip_prefix(BIG_PREFIX) {
-            return hexname(hex).map(|hex| Self::Big { hex });
+        if let Some(name) = key.strip_prefix(BIG_PREFIX) {
+            if let Some(hex) = name.strip_suffix(CHUNKS_SUFFIX) {
+                return hexname(hex).map(|hex| Self::BigChunks { hex });
+            }
+            return hexname(name).map(|hex| Self::Big { hex });
         }
         if let Some(hex) = key.strip_prefix(GC_PREFIX) {
             return hexname(hex).map(|hex| Self::GcCandidate { hex });
@@ -215,6 +245,7 @@ impl fmt::Display for StoreKey {
             Self::Config => f.write_str(CONFIG_KEY),
             Self::Shard(s) => s.fmt(f),
             Self::Big { hex } => write!(f, "{BIG_PREFIX}{hex}"),
+            Self::BigChunks { hex } => write!(f, "{BIG_PREFIX}{hex}{CHUNKS_SUFFIX}"),
             Self::Tombstone { name } => write!(f, "{LOG_PREFIX}{name}"),
             Self::Applied { name } => write!(f, "{APPLIED_PREFIX}{name}"),
             Self::Hold { name } => write!(f, "{HOLDS_PREFIX}{name}{JSON}"),
@@ -246,10 +277,16 @@ mod tests {
     fn every_kind_round_trips() {
         let shard = ShardKey::new(20240517, 0x5C, 8);
         assert_eq!(shard.to_string(), "20240517/5C.des");
+        // The one spelling the format crate gives tables.
+        assert_eq!(
+            StoreKey::BigChunks { hex: "0a1b".into() }.to_string(),
+            des_format::v3::chunk_table_key("_big/0a1b")
+        );
         let kinds = [
             StoreKey::Config,
             StoreKey::Shard(shard.clone()),
             StoreKey::Big { hex: "0a1b".into() },
+            StoreKey::BigChunks { hex: "0a1b".into() },
             StoreKey::Tombstone {
                 name: "20240601T080000000000Z-20240517-uabc.json".into(),
             },
@@ -287,6 +324,12 @@ mod tests {
             "20240517/5C.des/x",
             "_big/ABC",
             "_big/a/b",
+            "_big/.chunks",
+            "_big/ABC.chunks",
+            "_big/ab.chunks.chunks",
+            "_big/ab.CHUNKS",
+            "_big/ab.chunk",
+            "_big/ab.chunks/x",
             "_des/gc/big/",
             "_des/checked/20240517/5C",
             "_tombstones/nope.json",

@@ -1,6 +1,7 @@
 //! Object storage for DES: a small async object-store trait with local
 //! directory and in-memory backends, and DES store access on top of it.
 
+pub mod bigchunks;
 pub mod bridge;
 mod cached_read;
 mod error;

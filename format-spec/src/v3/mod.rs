@@ -65,3 +65,9 @@ pub(crate) mod trailer_at {
 pub fn external_key(digest: &crate::ContentDigest) -> String {
     format!("_big/{}", hex::encode(digest))
 }
+
+/// Key of the chunk table of the big file at `big_key` (SPEC §6.5):
+/// `_big/<hex>.chunks`.
+pub fn chunk_table_key(big_key: &str) -> String {
+    format!("{big_key}{}", crate::chunks::TABLE_SUFFIX)
+}

@@ -18,6 +18,13 @@
 //!
 //! Objects a packer uploaded but never published a reference to (it failed
 //! or died) become candidates when the packer's ref expires.
+//!
+//! A big file's chunk table (`_big/<hex>.chunks`, SPEC §6.5) goes with it:
+//! deleted right after the object, under the same decision. A table whose
+//! object is gone anyway (a crash between the two deletes, a repacker from
+//! before tables, a packer that rewrote the table of an object collected
+//! meanwhile) is found by listing `_big/` and removed too — never one whose
+//! object exists.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
@@ -26,6 +33,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use des_format::Timestamp;
 use des_format::shard::AnyIndex;
+use des_format::v3::chunk_table_key;
 use des_storage::keys::{BIG_PREFIX, BIG_REFS_PREFIX, GC_PREFIX, ShardKey, StoreKey};
 use des_storage::protocol::{GcWindow, refs_of};
 use des_storage::{
@@ -102,6 +110,10 @@ pub struct GcOutcome {
     pub refs_expired: u64,
     /// Shard indexes read to look for references.
     pub shards_scanned: u64,
+    /// Chunk tables whose big file was already gone, deleted (or, dry, to
+    /// delete). Tables of the big files in `deleted` go with them and are
+    /// not listed here.
+    pub orphan_tables: Vec<String>,
 }
 
 /// How a collection runs.
@@ -113,46 +125,116 @@ pub struct GcOptions {
     pub dry_run: bool,
 }
 
-/// Deletes candidates past the grace period that nothing references or holds.
+/// Deletes candidates past the grace period that nothing references or
+/// holds, with their chunk tables, then chunk tables left without a big file.
 pub async fn collect(store: &DesStore, holds: &HoldSet, opts: GcOptions) -> Result<GcOutcome> {
     let mut out = GcOutcome::default();
-    let grace_us = i64::try_from(opts.grace.as_micros()).unwrap_or(i64::MAX);
     for objects in store.placement().stores() {
         if !opts.dry_run {
             out.refs_expired += sweep_expired_refs(store, objects.as_ref()).await?;
         }
         // After the sweep, which may have just registered candidates.
-        let now = Timestamp::now().micros();
-        let mut due: BTreeMap<String, Candidate> = BTreeMap::new();
-        for meta in objects.list_all(GC_PREFIX).await? {
-            match read_candidate(objects.as_ref(), &meta.key).await? {
-                Some(c) if now.saturating_sub(c.registered_at_us) >= grace_us => {
-                    due.insert(meta.key, c);
-                }
-                Some(_) => out.waiting += 1,
-                None => {}
-            }
-        }
-        if due.is_empty() {
-            continue;
-        }
-        // The window opens before the scan: refs are listed after it.
-        let window = GcWindow::start(opts.ref_ttl);
-        let wanted: HashSet<&str> = due.values().map(|c| c.big_key.as_str()).collect();
-        let referenced = referenced_in(store, &objects, &wanted, &mut out).await?;
-        for (candidate, c) in &due {
-            let gone = decide(&objects, holds, &referenced, c, &window, &mut out).await?;
-            if gone && !opts.dry_run {
-                objects.delete(&c.big_key).await?;
-            }
-            // A held or in-flight candidate stays for a later run to decide again.
-            let settled = gone || referenced.contains(c.big_key.as_str());
-            if settled && !opts.dry_run {
-                objects.delete(candidate).await?;
-            }
-        }
+        collect_candidates(store, holds, opts, &objects, &mut out).await?;
+        sweep_orphan_tables(objects.as_ref(), opts.dry_run, &mut out).await?;
     }
     Ok(out)
+}
+
+async fn collect_candidates(
+    store: &DesStore,
+    holds: &HoldSet,
+    opts: GcOptions,
+    objects: &Arc<dyn ObjectStore>,
+    out: &mut GcOutcome,
+) -> Result<()> {
+    let grace_us = i64::try_from(opts.grace.as_micros()).unwrap_or(i64::MAX);
+    let now = Timestamp::now().micros();
+    let mut due: BTreeMap<String, Candidate> = BTreeMap::new();
+    for meta in objects.list_all(GC_PREFIX).await? {
+        match read_candidate(objects.as_ref(), &meta.key).await? {
+            Some(c) if now.saturating_sub(c.registered_at_us) >= grace_us => {
+                due.insert(meta.key, c);
+            }
+            Some(_) => out.waiting += 1,
+            None => {}
+        }
+    }
+    if due.is_empty() {
+        return Ok(());
+    }
+    // The window opens before the scan: refs are listed after it.
+    let window = GcWindow::start(opts.ref_ttl);
+    let wanted: HashSet<&str> = due.values().map(|c| c.big_key.as_str()).collect();
+    let referenced = referenced_in(store, objects, &wanted, out).await?;
+    for (candidate, c) in &due {
+        let gone = decide(objects, holds, &referenced, c, &window, out).await?;
+        if gone && !opts.dry_run {
+            objects.delete(&c.big_key).await?;
+            // Before the candidate goes: a crash in between leaves the
+            // candidate, and the next run deletes the table then.
+            objects.delete(&chunk_table_key(&c.big_key)).await?;
+        }
+        // A held or in-flight candidate stays for a later run to decide again.
+        let settled = gone || referenced.contains(c.big_key.as_str());
+        if settled && !opts.dry_run {
+            objects.delete(candidate).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes chunk tables whose big file does not exist. One listing of
+/// `_big/` per run (a page per thousand big files): keys come in byte
+/// order, so a table directly follows its object (`<hex>` < `<hex>.chunks`,
+/// and no other big-file key sorts between them); a table that does not is
+/// a candidate. Each candidate is checked again right before its delete:
+/// no live packer ref to its hex (a packer may be uploading the object;
+/// it writes the table after the object) and no object (HEAD). So the
+/// table of an existing big file is never deleted; what is left is a
+/// packer finishing its upload *and* its table between our HEAD and our
+/// delete, which costs that file its table (readers fall back to whole
+/// reads), not its data.
+async fn sweep_orphan_tables(
+    objects: &dyn ObjectStore,
+    dry_run: bool,
+    out: &mut GcOutcome,
+) -> Result<()> {
+    let mut orphans = Vec::new();
+    let mut last_big: Option<String> = None;
+    let mut after: Option<String> = None;
+    loop {
+        let page = objects.list(BIG_PREFIX, after.as_deref()).await?;
+        for meta in page.objects {
+            match StoreKey::parse(&meta.key) {
+                Some(StoreKey::Big { hex }) => last_big = Some(hex),
+                Some(StoreKey::BigChunks { hex }) if last_big.as_ref() != Some(&hex) => {
+                    orphans.push(hex);
+                }
+                _ => {}
+            }
+        }
+        match page.next_start_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    for hex in orphans {
+        if refs_of(objects, &hex, Timestamp::now()).await?.live > 0 {
+            continue;
+        }
+        let big = StoreKey::Big { hex: hex.clone() }.to_string();
+        match objects.head(&big).await {
+            Ok(_) => continue,
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        let table = StoreKey::BigChunks { hex }.to_string();
+        if !dry_run {
+            objects.delete(&table).await?;
+        }
+        out.orphan_tables.push(table);
+    }
+    Ok(())
 }
 
 /// Whether `c`'s object may be deleted now; counts why not.

@@ -1,8 +1,10 @@
-//! Checking one entry's payload: stored length, CRC32C, decoding, digest.
+//! Checking one entry's payload: stored length, CRC32C, decoding, digest;
+//! and for a big file, its chunk table (SPEC §6.5) when it has one.
 
 use des_format::shard::{Located, Source};
+use des_storage::bigchunks::{TableLookup, load_table};
 use des_storage::store::{external_key, verify_stream};
-use des_storage::{DesStore, Error, ErrorKind, Layout, LoadedIndex};
+use des_storage::{DesStore, Error, ErrorKind, Layout, LoadedIndex, ObjectStore};
 
 /// Inline payloads up to this size are read into memory and checked in one go;
 /// larger ones (only a corrupt or unusual index has them) are streamed like
@@ -14,6 +16,9 @@ pub const MAX_BUFFERED: u64 = 16 << 20;
 pub enum EntryFailure {
     Corrupt(String),
     MissingExternal(String),
+    /// The big file is sound but its chunk table is not: readers of a range
+    /// of it fall back to whole reads until it is rewritten.
+    BadChunkTable(String),
     /// The payload is out of reach from this store; not evidence of corruption.
     Unverifiable(String),
     /// The shard object changed or disappeared under us: re-read its index.
@@ -76,12 +81,29 @@ async fn check_external(
     let objects = store
         .objects_for_key(&loaded.key)
         .map_err(EntryFailure::Io)?;
-    match verify_stream(objects, &key, None, located, None).await {
-        Ok(()) => Ok(()),
+    match verify_stream(objects.clone(), &key, None, located, None).await {
+        Ok(()) => check_table(objects.as_ref(), &key, located).await,
         Err(e) if e.kind() == ErrorKind::NotFound => Err(EntryFailure::MissingExternal(format!(
             "external payload {key} is missing"
         ))),
         Err(e) if e.kind() == ErrorKind::Corrupt => Err(EntryFailure::Corrupt(e.to_string())),
+        Err(e) => Err(EntryFailure::Io(e)),
+    }
+}
+
+/// A table is optional (big files packed before tables have none), but one
+/// that exists must bind to the entry: readers would otherwise log it as
+/// corruption on every ranged read. Only the binding is checked (stored
+/// length, combined CRC32C, the table's own checksum), not each chunk
+/// against the object, which would take a second read of it.
+async fn check_table(
+    objects: &dyn ObjectStore,
+    key: &str,
+    located: &Located,
+) -> Result<(), EntryFailure> {
+    match load_table(objects, key, located).await {
+        Ok(TableLookup::Missing | TableLookup::Valid(_)) => Ok(()),
+        Ok(TableLookup::Invalid(e)) => Err(EntryFailure::BadChunkTable(e.to_string())),
         Err(e) => Err(EntryFailure::Io(e)),
     }
 }

@@ -24,6 +24,9 @@ pub enum FindingKind {
     Entry,
     /// An entry's external payload object does not exist.
     MissingExternal,
+    /// A big file's chunk table (`_big/<hex>.chunks`) is damaged or does
+    /// not describe the entry's object (SPEC §6.5).
+    ChunkTable,
 }
 
 /// Evidence of corruption; any finding makes the run exit 1.

@@ -98,6 +98,9 @@ async fn verify_once(
             Err(EntryFailure::MissingExternal(reason)) => {
                 report.find(uid, FindingKind::MissingExternal, reason);
             }
+            Err(EntryFailure::BadChunkTable(reason)) => {
+                report.find(uid, FindingKind::ChunkTable, reason);
+            }
             Err(EntryFailure::Unverifiable(msg)) => report.problem(uid, msg),
             Err(EntryFailure::ShardChanged) => return Ok(Outcome::Changed),
             // Storage trouble now likely means trouble for the rest of the shard too.

@@ -75,7 +75,10 @@ impl fmt::Display for VerifyReport {
                 FindingKind::Stray => "STRAY",
                 FindingKind::MissingExternal => "MISSING",
                 FindingKind::Misrouted => "MISROUTED",
-                FindingKind::Shard | FindingKind::Placement | FindingKind::Entry => "CORRUPT",
+                FindingKind::Shard
+                | FindingKind::Placement
+                | FindingKind::Entry
+                | FindingKind::ChunkTable => "CORRUPT",
             };
             match &x.uid {
                 Some(uid) => writeln!(f, "{label} {} uid={uid}: {}", x.key, x.reason)?,
