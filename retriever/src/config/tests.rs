@@ -378,11 +378,7 @@ fn guards_from_every_source() {
     assert_eq!(g.client_request_timeout, Duration::from_secs(2));
     assert_eq!(g.keep_alive, Duration::ZERO, "0 switches keep-alive off");
     assert_eq!(g.ipv6_prefix, 48);
-    let s = resolve(
-        &["--store", "/d", "--no-auth", "--cache-immutable"],
-        &[],
-    )
-    .unwrap();
+    let s = resolve(&["--store", "/d", "--no-auth", "--cache-immutable"], &[]).unwrap();
     assert!(s.guards.caching.immutable);
 }
 
@@ -399,7 +395,9 @@ fn guards_refuse_useless_values_and_files_unknown_keys() {
     ] {
         let e = resolve(&["--store", "/d", "--no-auth"], &[(var, value)]).unwrap_err();
         assert!(
-            e.to_string().to_lowercase().contains(&var[14..].to_lowercase()),
+            e.to_string()
+                .to_lowercase()
+                .contains(&var[14..].to_lowercase()),
             "{var}={value}: {e}"
         );
     }
