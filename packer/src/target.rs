@@ -106,12 +106,13 @@ impl Target {
     }
 }
 
-/// What a packer uploads in parts: shards and big files. Other keys may be
-/// another application's, when the store sits at the root of a shared bucket.
+/// What a packer uploads, possibly in parts: shards, big files and their
+/// chunk tables. Other keys may be another application's, when the store
+/// sits at the root of a shared bucket.
 fn is_des_object(key: &str) -> bool {
     matches!(
         StoreKey::parse(key),
-        Some(StoreKey::Shard(_) | StoreKey::Big { .. })
+        Some(StoreKey::Shard(_) | StoreKey::Big { .. } | StoreKey::BigChunks { .. })
     )
 }
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::{CREATED, assert_exit, corpus, dir_args, noise, report};
 use des_format::Timestamp;
+use des_storage::keys::StoreKey;
 use des_storage::store::shard_index_of_key;
 use des_storage::testing::S3Server;
 use des_storage::zones::{S3Location, Zones, ZonesFile};
@@ -74,6 +75,15 @@ fn write_dir(dir: &Path, files: &BTreeMap<String, Vec<u8>>) {
     }
 }
 
+/// The big files among `_big/` objects (not their chunk tables).
+fn big_files(listed: &[des_storage::ObjectMeta]) -> Vec<&str> {
+    listed
+        .iter()
+        .map(|m| m.key.as_str())
+        .filter(|k| matches!(StoreKey::parse(k), Some(StoreKey::Big { .. })))
+        .collect()
+}
+
 fn num(r: &Value, field: &str) -> u64 {
     r[field]
         .as_u64()
@@ -103,8 +113,14 @@ fn pack_dir_to_s3_read_back_and_rerun_is_idempotent() {
 
     let store = open_store(&rt, s3(&server, "store"));
     read_back(&rt, &store, &files);
-    let bigs = rt.block_on(store.objects().list_all("_big/")).unwrap();
+    let listed = rt.block_on(store.objects().list_all("_big/")).unwrap();
+    let bigs = big_files(&listed);
     assert_eq!(bigs.len(), big, "{bigs:?}");
+    assert_eq!(
+        listed.len(),
+        2 * big,
+        "a chunk table beside each: {listed:?}"
+    );
     let shards = rt.block_on(store.list_shards()).unwrap();
     assert_eq!(shards.len() as u64, num(&r, "shards_written"));
 
@@ -439,7 +455,8 @@ fn zones_over_two_garages_put_each_shard_in_its_zone_and_replica() {
     assert_eq!(shard_indexes(&rt, &b, "zone-b"), high);
     assert!(shard_indexes(&rt, &a, "zone-b").is_empty());
     for (server, prefix) in [(&a, "zone-a"), (&b, "replica-a"), (&b, "zone-b")] {
-        let bigs = rt.block_on(s3(server, prefix).list_all("_big/")).unwrap();
+        let listed = rt.block_on(s3(server, prefix).list_all("_big/")).unwrap();
+        let bigs = big_files(&listed);
         assert_eq!(bigs.len(), 1, "{prefix}: {bigs:?}");
         let cfg = rt.block_on(s3(server, prefix).head("_des/store.json"));
         assert!(cfg.is_ok(), "{prefix}: {cfg:?}");

@@ -100,12 +100,12 @@ impl Bound {
         let permit = wanted.and_then(|w| Arc::clone(&self.permits).try_acquire_many_owned(w).ok());
         let Some(permit) = permit.or_else(|| self.take_large(n)) else {
             self.rejections.with_label_values(&[self.resource]).inc();
-            return Err(ApiError::unavailable(
+            return Err(ApiError::overloaded(
                 format!(
                     "server busy: too many {} in use; retry shortly",
                     self.resource.replace('_', " ")
                 ),
-                Some(RETRY_AFTER),
+                RETRY_AFTER,
             ));
         };
         let n = i64::try_from(n).unwrap_or(i64::MAX);
@@ -200,7 +200,7 @@ mod tests {
         let _two = a.big_stream().unwrap();
         assert_eq!(m.big_streams_active.get(), 2);
         let e = a.big_stream().unwrap_err();
-        assert_eq!(e.kind, ErrorKind::Unavailable);
+        assert_eq!(e.kind, ErrorKind::Overloaded);
         assert_eq!(
             m.overload_rejections
                 .with_label_values(&["big_streams"])

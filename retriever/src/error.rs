@@ -22,6 +22,9 @@ pub enum ErrorKind {
     RangeNotSatisfiable,
     Corrupt,
     Unavailable,
+    /// A bound on what responses in progress hold was reached (the client
+    /// sees `unavailable`, as for any 503: the pod, not the store, is busy).
+    Overloaded,
     Throttled,
     Internal,
     NotImplemented,
@@ -45,7 +48,9 @@ pub const fn describe(kind: ErrorKind) -> (StatusCode, &'static str) {
             (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
         }
         ErrorKind::Corrupt => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt"),
-        ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        ErrorKind::Unavailable | ErrorKind::Overloaded => {
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        }
         ErrorKind::Throttled => (StatusCode::TOO_MANY_REQUESTS, "throttled"),
         ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         ErrorKind::NotImplemented => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
@@ -146,6 +151,12 @@ impl ApiError {
         e
     }
 
+    pub fn overloaded(message: impl Into<String>, retry_after: Duration) -> Self {
+        let mut e = Self::new(ErrorKind::Overloaded, message);
+        e.retry_after = Some(retry_after);
+        e
+    }
+
     pub fn unavailable(message: impl Into<String>, retry_after: Option<Duration>) -> Self {
         let mut e = Self::new(ErrorKind::Unavailable, message);
         e.retry_after = retry_after;
@@ -158,7 +169,7 @@ impl ApiError {
 
     fn retry_after_secs(&self) -> Option<u64> {
         match self.kind {
-            ErrorKind::Unavailable | ErrorKind::Throttled => {
+            ErrorKind::Unavailable | ErrorKind::Overloaded | ErrorKind::Throttled => {
                 let d = self.retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
                 // Retry-After has whole seconds: round up (a client retrying
                 // early is refused again) and never say "0".
@@ -235,6 +246,7 @@ mod tests {
             (ErrorKind::RangeNotSatisfiable, 416, "range_not_satisfiable"),
             (ErrorKind::Corrupt, 500, "corrupt"),
             (ErrorKind::Unavailable, 503, "unavailable"),
+            (ErrorKind::Overloaded, 503, "unavailable"),
             (ErrorKind::Throttled, 429, "throttled"),
             (ErrorKind::Internal, 500, "internal"),
             (ErrorKind::NotImplemented, 501, "not_implemented"),

@@ -188,6 +188,14 @@ async fn serve_file(
     };
     // Before the read: an overloaded pod answers at once, without storage requests.
     let held = hold(state, &hit.located)?;
+    if let Some(window) = span.clone() {
+        let corruption = &retriever.metrics().corruption;
+        if let Some(w) =
+            crate::payload::open_window(retriever.store(), &hit, window, corruption).await?
+        {
+            return send(&rep, span, w, Some(held), state);
+        }
+    }
     let (_, payload, sent) = retriever
         .fetch(uid, created_at, hit, Arc::clone(&rep), ticket)
         .await?;
@@ -289,6 +297,14 @@ fn send(
             b.body(SizedStream::new(
                 len,
                 crate::stream::verified(ext, window, corruption, held),
+            ))
+        }
+        Payload::Window(chunks) => {
+            let len = window.end - window.start;
+            let corruption = state.retriever.metrics().corruption.clone();
+            b.body(SizedStream::new(
+                len,
+                crate::stream::counted(*chunks, corruption, held),
             ))
         }
     })

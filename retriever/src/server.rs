@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use crate::auth::Auth;
 use crate::config::{LogFormat, Settings};
+use crate::error::{ApiError, ErrorKind};
 use crate::http;
 use crate::state::AppState;
 
@@ -106,7 +107,14 @@ async fn access_log<B>(
         .inc();
     let status = status.as_u16();
     let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let overloaded = |e: &actix_web::Error| {
+        e.as_error::<ApiError>()
+            .is_some_and(|e| e.kind == ErrorKind::Overloaded)
+    };
     match res.response().error() {
+        // Counted in des_overload_rejections_total; a crowd turned away
+        // must not flood the log at error level.
+        Some(e) if overloaded(e) => tracing::debug!(status, ms, error = %e, "request refused"),
         Some(e) if status >= 500 => tracing::error!(status, ms, error = %e, "request failed"),
         Some(e) => tracing::info!(status, ms, error = %e, "request done"),
         None => tracing::info!(status, ms, "request done"),

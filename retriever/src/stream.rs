@@ -9,8 +9,10 @@
 //! the connection before `Content-Length` bytes were sent: the client sees a
 //! truncated (failed) transfer, never a complete response with wrong bytes.
 //!
-//! A range of an external payload still reads and checks the whole object;
-//! only the bytes inside the range are sent.
+//! A range of an external payload read here still reads and checks the
+//! whole object; only the bytes inside the range are sent. Ranges of big
+//! files with a chunk table read only their chunks instead
+//! ([`crate::payload::open_window`], SPEC §6.5).
 //!
 //! Raw payloads (every big file DES writes) take [`crate::stream_raw`]
 //! instead, which needs no thread; this path is for compressed ones.
@@ -48,6 +50,27 @@ pub fn verified(
         return crate::stream_raw::verified(ext, window, corruption, slot).boxed();
     }
     decoded(ext, window, corruption, slot).boxed()
+}
+
+/// A chunk-verified window (see [`crate::payload::open_window`]): its
+/// check failures are counted in `corruption`, and `slot` is held as long
+/// as the stream.
+pub fn counted(
+    chunks: des_storage::bigchunks::ChunkStream,
+    corruption: prometheus::IntCounter,
+    slot: Option<Held>,
+) -> BoxStream<'static, io::Result<Bytes>> {
+    chunks
+        .inspect(move |item| {
+            let _slot = &slot;
+            if let Err(e) = item {
+                if des_storage::bigchunks::is_corruption(e) {
+                    corruption.inc();
+                }
+                tracing::error!(error = %e, "chunked read failed; aborting response");
+            }
+        })
+        .boxed()
 }
 
 fn decoded(
