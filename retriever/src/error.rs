@@ -76,10 +76,14 @@ pub const fn kind_of_storage(kind: StorageKind) -> ErrorKind {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{message}")]
+#[error("{message}{}", detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
 pub struct ApiError {
     pub kind: ErrorKind,
+    /// What the client is told.
     pub message: String,
+    /// For the log only: storage errors name buckets, endpoints and keys,
+    /// which are not the business of whoever can reach the public port.
+    pub detail: Option<String>,
     retry_after: Option<Duration>,
     /// For 416: the representation length, sent as `Content-Range: bytes */len`.
     range_len: Option<u64>,
@@ -92,6 +96,7 @@ impl ApiError {
         Self {
             kind,
             message: message.into(),
+            detail: None,
             retry_after: None,
             range_len: None,
             allow: None,
@@ -183,7 +188,9 @@ impl ApiError {
 
 impl From<&des_storage::Error> for ApiError {
     fn from(e: &des_storage::Error) -> Self {
-        let mut api = Self::new(kind_of_storage(e.kind()), e.to_string());
+        let kind = kind_of_storage(e.kind());
+        let mut api = Self::new(kind, public_message(kind));
+        api.detail = Some(e.to_string());
         api.retry_after = e.retry_after();
         api
     }
@@ -192,6 +199,17 @@ impl From<&des_storage::Error> for ApiError {
 impl From<des_storage::Error> for ApiError {
     fn from(e: des_storage::Error) -> Self {
         Self::from(&e)
+    }
+}
+
+/// What a client is told of a storage failure of `kind`.
+fn public_message(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::NotFound => "not found",
+        ErrorKind::Corrupt => "the stored data failed its integrity check",
+        ErrorKind::Throttled => "storage is throttling requests; retry later",
+        ErrorKind::Unavailable => "storage unavailable; retry later",
+        _ => "internal error",
     }
 }
 

@@ -498,7 +498,9 @@ fn final_error(hit: &Hit, e: des_storage::Error) -> ApiError {
     match e.kind() {
         // The index is fresh and names a payload object that is not there.
         StorageKind::NotFound if external => {
-            ApiError::corrupt(format!("{}: payload object missing: {e}", hit.located.uid))
+            let mut api = ApiError::corrupt(format!("{}: payload object missing", hit.located.uid));
+            api.detail = Some(e.to_string());
+            api
         }
         _ => ApiError::from(e),
     }

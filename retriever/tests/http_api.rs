@@ -437,6 +437,9 @@ async fn storage_outage_and_throttling() {
         Some("3"),
         "the backend's hint is passed on"
     );
+    // The storage error's text (buckets, endpoints, keys) is for the log.
+    let message = r.json()["message"].as_str().unwrap().to_string();
+    assert_eq!(message, "storage unavailable; retry later");
     assert_eq!(
         call(&app, TestRequest::get().uri("/ready").to_request())
             .await
