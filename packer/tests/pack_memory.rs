@@ -4,30 +4,19 @@
 
 use std::io::Write;
 use std::process::Command;
-use std::time::Duration;
 
-/// Peak resident set of a running child, sampled from /proc until it exits.
-fn run_and_sample_peak_rss(cmd: &mut Command) -> (std::process::ExitStatus, u64) {
-    let mut child = cmd.spawn().unwrap();
-    let status_path = format!("/proc/{}/status", child.id());
-    let mut peak_kb = 0u64;
-    loop {
-        if let Ok(s) = std::fs::read_to_string(&status_path) {
-            // VmHWM is the kernel's own high-water mark: no sample can miss the peak.
-            for line in s.lines().filter(|l| l.starts_with("VmHWM:")) {
-                let kb = line
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                peak_kb = peak_kb.max(kb);
-            }
-        }
-        if let Some(st) = child.try_wait().unwrap() {
-            return (st, peak_kb * 1024);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+/// Runs `cmd` to its end; its exit status and peak resident set, as the
+/// kernel accounted it when the child was reaped (the `ru_maxrss` that
+/// `wait4` reports, read with `getrusage(RUSAGE_CHILDREN)`: the largest of
+/// this process's reaped children, and this test binary runs no other).
+/// Nothing is sampled, so no peak can fall between two samples.
+fn run_and_measure_peak_rss(cmd: &mut Command) -> (std::process::ExitStatus, u64) {
+    let status = cmd.status().unwrap();
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .unwrap();
+    // Linux reports kilobytes.
+    let peak_kb = u64::try_from(usage.max_rss()).unwrap();
+    (status, peak_kb * 1024)
 }
 
 fn write_pattern(path: &std::path::Path, len: usize, seed: u8) {
@@ -69,7 +58,7 @@ fn peak_rss_stays_bounded_for_big_files_and_big_shards() {
         "none",
         "-q",
     ]);
-    let (status, peak) = run_and_sample_peak_rss(&mut cmd);
+    let (status, peak) = run_and_measure_peak_rss(&mut cmd);
     assert!(status.success());
     let shard = std::fs::metadata(out.path().join("20240517/0.des"))
         .unwrap()
