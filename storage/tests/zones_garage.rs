@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use des_format::Timestamp;
@@ -148,18 +148,15 @@ async fn shard_indexes(server: &S3Server, prefix: &str) -> Vec<u32> {
     v
 }
 
-/// Reads one file; returns how long it took and the error kind, if any.
-async fn read(store: &DesStore, uid: &str, want: &[u8]) -> (Duration, Option<ErrorKind>) {
+/// Reads one file; returns the error's kind and text, if any.
+async fn read(store: &DesStore, uid: &str, want: &[u8]) -> (String, Option<ErrorKind>) {
     let ts = Timestamp::parse_rfc3339(CREATED).unwrap();
-    let started = Instant::now();
-    let got = store.get_file(uid, ts).await;
-    let took = started.elapsed();
-    match got {
+    match store.get_file(uid, ts).await {
         Ok((_, data)) => {
             assert!(data == want, "{uid}: bytes differ");
-            (took, None)
+            (String::new(), None)
         }
-        Err(e) => (took, Some(e.kind())),
+        Err(e) => (e.to_string(), Some(e.kind())),
     }
 }
 
@@ -213,13 +210,12 @@ async fn zones_fail_fast_fail_over_and_recover() {
         kinds.iter().all(|k| *k == Some(ErrorKind::Unavailable)),
         "{kinds:?}"
     );
+    // Refused by the breaker itself, not by a request that failed: no
+    // timing threshold, which a loaded machine could miss either way.
     for _ in 0..5 {
-        let (took, err) = read(&store, uid, data).await;
+        let (text, err) = read(&store, uid, data).await;
         assert_eq!(err, Some(ErrorKind::Unavailable));
-        assert!(
-            took < Duration::from_millis(50),
-            "open breaker took {took:?}"
-        );
+        assert!(text.contains("circuit breaker"), "{text}");
     }
     zone_reads(&store, &files, &low).await;
     assert_eq!(breaker(&zones, "a", 0), BreakerState::Closed);
