@@ -29,9 +29,16 @@ fn read_all(path: &Path) -> (Vec<u8>, AnyIndex) {
         .unwrap()
         .unwrap();
     // Reading from a suffix alone (version unknown) must give the same answer or ask for the header.
-    if let Some(guess) = AnyIndex::parse(&tail, index, None).unwrap() {
+    if let Some(guess) = AnyIndex::parse(&tail, index.clone(), None).unwrap() {
         assert_eq!(guess.located(), ix.located());
     }
+    assert!(ix.trailer().is_none(), "legacy shards have no v3 trailer");
+    assert!(!ix.is_empty());
+    let uid_bytes: usize = ix.located().iter().map(|l| l.uid.len()).sum();
+    assert!(
+        ix.heap_size() > uid_bytes,
+        "cache charge below the uids held"
+    );
     (bytes, ix)
 }
 

@@ -200,6 +200,11 @@ proptest! {
         prop_assert_eq!(view.len(), inputs.len());
         let ix = AnyIndex::parse(&tail, index.clone(), None).unwrap().unwrap();
         prop_assert_eq!(ix.len(), inputs.len());
+        prop_assert_eq!(ix.is_empty(), inputs.is_empty());
+        prop_assert_eq!(ix.trailer(), Some(trailer));
+        // What a byte-bounded cache charges for it: at least the uids it holds.
+        let uid_bytes: usize = inputs.iter().map(|i| i.uid.len()).sum();
+        prop_assert!(ix.heap_size() > 1 + uid_bytes, "{} for {uid_bytes} uid bytes", ix.heap_size());
 
         // Listing is in uid byte order.
         let listed: Vec<String> = ix.located().into_iter().map(|l| l.uid).collect();
