@@ -294,3 +294,90 @@ fn each_check_fires_on_its_own_damage() {
         );
     }
 }
+
+/// `shard` with its index replaced by `index`, the trailer's index checksum
+/// (and its own) recomputed: damage a reader can only catch by checking the
+/// index's structure, as a buggy or hostile writer would produce it.
+fn with_index(shard: &[u8], index: &[u8]) -> Vec<u8> {
+    let len = shard.len() as u64;
+    let Tail::V3(mut trailer) = Tail::parse(shard, len).unwrap() else {
+        panic!("not v3")
+    };
+    let r = trailer.index_range();
+    let mut out = shard.to_vec();
+    out[r.start as usize..r.end as usize].copy_from_slice(index);
+    trailer.index_crc32c = crc32c::crc32c(index);
+    let at = out.len() - des_format::v3::TRAILER_LEN;
+    out[at..].copy_from_slice(&trailer.encode());
+    out
+}
+
+/// Each structural rule of the index (SPEC §5.9) is checked on its own, not
+/// only through the checksum: damage with a valid checksum is refused.
+#[test]
+fn index_structure_is_checked_behind_a_valid_checksum() {
+    const E: usize = 64;
+    let f = fixture();
+    let tail = Tail::parse(&f.shard, f.shard.len() as u64).unwrap();
+    let r = tail.index_range();
+    let index = f.shard[r.start as usize..r.end as usize].to_vec();
+    let entries = AnyIndex::parse(&tail, Bytes::from(index.clone()), None)
+        .unwrap()
+        .unwrap()
+        .located();
+    let inline: Vec<usize> = (0..entries.len())
+        .filter(|&i| matches!(entries[i].source, Source::InShard { .. }))
+        .collect();
+    let external = (0..entries.len())
+        .find(|&i| matches!(entries[i].source, Source::External { .. }))
+        .unwrap();
+    let (a, b) = (inline[0], inline[1]);
+    let set_u40 = |ix: &mut Vec<u8>, entry: usize, at: usize, v: u64| {
+        ix[entry * E + at..entry * E + at + 5].copy_from_slice(&v.to_le_bytes()[..5]);
+    };
+    let damages: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
+        (
+            "out of order",
+            Box::new(move |ix| {
+                let (x, y) = (ix[a * E..a * E + E].to_vec(), ix[b * E..b * E + E].to_vec());
+                ix[a * E..a * E + E].copy_from_slice(&y);
+                ix[b * E..b * E + E].copy_from_slice(&x);
+            }),
+        ),
+        (
+            "unknown codec",
+            Box::new(move |ix| ix[a * E + 63] = (ix[a * E + 63] & 0xF0) | 0x0F),
+        ),
+        ("unknown flags", Box::new(move |ix| ix[a * E + 63] |= 0x80)),
+        (
+            "outside the data region",
+            Box::new(move |ix| set_u40(ix, a, 48, 1 << 39)),
+        ),
+        (
+            "overlap",
+            Box::new(move |ix| {
+                let off = ix[a * E + 48..a * E + 53].to_vec();
+                ix[b * E + 48..b * E + 53].copy_from_slice(&off);
+            }),
+        ),
+        (
+            "external with an offset",
+            Box::new(move |ix| set_u40(ix, external, 48, 64)),
+        ),
+        (
+            "heap out of range",
+            Box::new(move |ix| {
+                ix[a * E + 40..a * E + 44].copy_from_slice(&u32::MAX.to_le_bytes());
+            }),
+        ),
+    ];
+    for (what, damage) in damages {
+        let mut damaged = index.clone();
+        damage(&mut damaged);
+        let shard = with_index(&f.shard, &damaged);
+        let tail = Tail::parse(&shard, shard.len() as u64).unwrap();
+        let parsed = AnyIndex::parse(&tail, Bytes::from(damaged), None);
+        assert!(parsed.is_err(), "{what}: index accepted");
+        assert!(!check(&f, &shard, what), "{what}: shard read");
+    }
+}
