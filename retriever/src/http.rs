@@ -337,7 +337,12 @@ pub async fn ready_public(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     state.limits.check_ip(req.peer_addr().map(|a| a.ip()))?;
-    let detailed = state.auth.is_on() && state.admit(&req, Scope::Metrics, "").is_ok();
+    // A probe without a key gets the status, not a 401.
+    let detailed = state.auth.is_on()
+        && state
+            .auth
+            .authenticate(req.headers())
+            .is_ok_and(|p| p.authorize(Scope::Metrics, "").is_ok());
     Ok(ready_answer(&state, detailed).await)
 }
 
