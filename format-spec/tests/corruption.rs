@@ -350,6 +350,10 @@ fn index_structure_is_checked_behind_a_valid_checksum() {
         ),
         ("unknown flags", Box::new(move |ix| ix[a * E + 63] |= 0x80)),
         (
+            "inside the header",
+            Box::new(move |ix| set_u40(ix, a, 48, 1)),
+        ),
+        (
             "outside the data region",
             Box::new(move |ix| set_u40(ix, a, 48, 1 << 39)),
         ),
