@@ -332,6 +332,18 @@ fn index_structure_is_checked_behind_a_valid_checksum() {
         .find(|&i| matches!(entries[i].source, Source::External { .. }))
         .unwrap();
     let (a, b) = (inline[0], inline[1]);
+    let span = |i: usize| entries[i].shard_range().unwrap();
+    let (longer, longer_len) = inline
+        .iter()
+        .map(|&i| (i, span(i)))
+        .find(|(_, r)| {
+            !r.is_empty()
+                && inline
+                    .iter()
+                    .any(|&j| span(j).start == r.end && !span(j).is_empty())
+        })
+        .map(|(i, r)| (i, r.end - r.start))
+        .unwrap();
     let set_u40 = |ix: &mut Vec<u8>, entry: usize, at: usize, v: u64| {
         ix[entry * E + at..entry * E + at + 5].copy_from_slice(&v.to_le_bytes()[..5]);
     };
@@ -358,11 +370,10 @@ fn index_structure_is_checked_behind_a_valid_checksum() {
             Box::new(move |ix| set_u40(ix, a, 48, 1 << 39)),
         ),
         (
+            // One payload one byte longer, into the next: an overlap that
+            // leaves no gap anywhere, so only the overlap rule can see it.
             "overlap",
-            Box::new(move |ix| {
-                let off = ix[a * E + 48..a * E + 53].to_vec();
-                ix[b * E + 48..b * E + 53].copy_from_slice(&off);
-            }),
+            Box::new(move |ix| set_u40(ix, longer, 53, longer_len + 1)),
         ),
         (
             "external with an offset",
