@@ -347,7 +347,8 @@ fn index_structure_is_checked_behind_a_valid_checksum() {
     let set_u40 = |ix: &mut Vec<u8>, entry: usize, at: usize, v: u64| {
         ix[entry * E + at..entry * E + at + 5].copy_from_slice(&v.to_le_bytes()[..5]);
     };
-    let damages: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
+    type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+    let damages: Vec<(&str, Damage)> = vec![
         (
             "out of order",
             Box::new(move |ix| {
