@@ -198,6 +198,7 @@ proptest! {
         let index = index_bytes(&shard, &tail);
         let view = IndexView::parse(&index, trailer).unwrap();
         prop_assert_eq!(view.len(), inputs.len());
+        prop_assert_eq!(view.is_empty(), inputs.is_empty());
         let ix = AnyIndex::parse(&tail, index.clone(), None).unwrap().unwrap();
         prop_assert_eq!(ix.len(), inputs.len());
         prop_assert_eq!(ix.is_empty(), inputs.is_empty());
