@@ -4,7 +4,9 @@
 #   - Garage 2.5.0 and s3s-fs 0.14.1 (real S3 servers for the S3 tests;
 #     the first build of Garage takes ~15-25 min on 2 cores),
 #   - promtool (Debian's `prometheus` package) to check /metrics output
-#     and alert rules.
+#     and alert rules,
+#   - a Pushgateway (Debian's `prometheus-pushgateway`) for the batch tools'
+#     --pushgateway tests (repack/tests/pushgateway.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +27,13 @@ if ! command -v promtool >/dev/null; then
     apt_install prometheus
     # The package starts a Prometheus server on installation; tests need only the tool.
     (service prometheus stop || pkill -x prometheus) >/dev/null 2>&1 || true
+fi
+
+if [[ ! -x /usr/bin/prometheus-pushgateway ]]; then
+    echo "== installing the Pushgateway (apt: prometheus-pushgateway)" >&2
+    apt_install prometheus-pushgateway
+    # The package may start the service (port 9091); the tests start their own.
+    service prometheus-pushgateway stop >/dev/null 2>&1 || true
 fi
 
 # Both builds at once would fight over 2 cores; one after the other is faster overall.

@@ -7,7 +7,7 @@
 #   scripts/validate-deploy.sh --skip metrics  # all but one step (repeatable)
 #   scripts/validate-deploy.sh --only k8s      # one step (repeatable)
 #
-# Steps: tools dockerfile compose prometheus grafana k8s garage config metrics
+# Steps: tools dockerfile compose prometheus grafana k8s garage config metrics manifests docs
 #
 # Installs what it needs when missing, so a second run is fast:
 #   - a virtualenv with deploy/tools/requirements.txt (hadolint, kubernetes-validate,
@@ -24,12 +24,24 @@
 # deploy/sample into a temporary store, starts des-retriever on 127.0.0.1,
 # makes a few requests, scrapes /metrics, runs des-verify and des-repack (when
 # built) with DES_METRICS_FILE, and compares the names. $DES_BIN_DIR selects
-# prebuilt binaries instead. Work files: target/validate-deploy/.
+# prebuilt binaries instead (for every step that runs them). Work files: target/validate-deploy/.
+#
+# The manifests step builds the release binaries the image holds (the Dockerfile's
+# `cargo build --release --bin ...`) and runs every DES container of every
+# kustomization (base, overlays) and of docker-compose.yml with its exact command,
+# args and environment against them (deploy/tools/run_manifests.py: S3 on a Garage
+# started for the check, set up by deploy/garage/setup.py; the overrides it needs
+# are printed): jobs must exit 0, services pass their probes or healthcheck and
+# exit 0 on SIGTERM, and nothing may need a shell (the image has none). It needs
+# the garage binary (scripts/deps.sh installs it; or $GARAGE_BIN).
+# The docs step checks that every DES_* variable, des-retriever config key and
+# option the docs and manifests name is read by the binaries, and that every
+# des-retriever option is documented (deploy/tools/check_docs_settings.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-ALL_STEPS=(tools dockerfile compose prometheus grafana k8s garage config metrics)
+ALL_STEPS=(tools dockerfile compose prometheus grafana k8s garage config metrics manifests docs)
 TOOLS_DIR=${DES_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/des-deploy-tools}
 WORK=$ROOT/target/validate-deploy
 # Kubernetes versions the manifests must be valid for (schemas bundled in kubernetes-validate).
@@ -189,12 +201,17 @@ EOF
 }
 
 # ---- k8s ---------------------------------------------------------------------
+# The kustomizations rendered and checked: the base and every overlay.
+k8s_dirs() {
+    local dir
+    for dir in k8s/base k8s/overlays/*/; do echo "${dir%/}"; done
+}
+
 k8s() {
     need_tools
     local out=$WORK/k8s rc=0 dir name v
     rm -rf "$out" && mkdir -p "$out"
-    for dir in k8s/base k8s/overlays/*/; do
-        dir=${dir%/}
+    for dir in $(k8s_dirs); do
         name=$(echo "${dir#k8s/}" | tr / -)
         kubectl kustomize "$dir" >"$out/$name.yaml" || { rc=1; continue; }
         for v in $K8S_VERSIONS; do
@@ -335,6 +352,59 @@ metrics() {
         deploy/grafana/des.json deploy/prometheus/alerts.yml
 }
 
+# ---- manifests ---------------------------------------------------------------
+# The binaries of the image, built as the Dockerfile builds them (release).
+RELEASE_BIN=
+build_release_bins() {
+    if [[ -n ${DES_BIN_DIR:-} ]]; then
+        RELEASE_BIN=$DES_BIN_DIR
+        return
+    fi
+    local bins=()
+    read -r -a bins <<<"$(grep -o -- '--bin [A-Za-z0-9_-]*' Dockerfile | tr '\n' ' ')"
+    ((${#bins[@]})) || { echo "manifests: no --bin in the Dockerfile's cargo build" >&2; return 1; }
+    cargo build --quiet --release --locked "${bins[@]}"
+    RELEASE_BIN=$ROOT/target/release
+}
+
+# Renders every kustomization into $1/<name>.yaml; K8S_ARGS: `--k8s DIR=FILE` for each.
+K8S_ARGS=()
+render_k8s() {
+    local out=$1 dir name
+    K8S_ARGS=()
+    mkdir -p "$out"
+    for dir in $(k8s_dirs); do
+        name=$(echo "${dir#k8s/}" | tr / -)
+        kubectl kustomize "$dir" >"$out/$name.yaml"
+        K8S_ARGS+=(--k8s "$dir=$out/$name.yaml")
+    done
+}
+
+manifests() {
+    need_tools
+    build_release_bins
+    local out=$WORK/manifests
+    rm -rf "$out" && mkdir -p "$out"
+    render_k8s "$out/rendered"
+    "$VENV/bin/python" deploy/tools/run_manifests.py --bin-dir "$RELEASE_BIN" --work "$out/runs" \
+        --dockerfile Dockerfile --image-name des --sample deploy/sample \
+        --garage-setup deploy/garage/setup.py "${K8S_ARGS[@]}" --compose docker-compose.yml
+}
+
+# ---- docs --------------------------------------------------------------------
+docs() {
+    need_tools
+    build_bins
+    local out=$WORK/docs bins=() b
+    rm -rf "$out" && mkdir -p "$out"
+    render_k8s "$out/rendered"
+    while read -r _ b; do
+        bins+=(--binary "$b")
+    done < <(grep -o -- '--bin [A-Za-z0-9_-]*' Dockerfile)
+    "$VENV/bin/python" deploy/tools/check_docs_settings.py --bin-dir "$BIN" "${bins[@]}" \
+        "${K8S_ARGS[@]}"
+}
+
 step tools tools
 step dockerfile dockerfile
 step compose compose
@@ -344,6 +414,8 @@ step k8s k8s
 step garage garage
 step config config
 step metrics metrics
+step manifests manifests
+step docs docs
 
 echo
 echo "passed: ${passed[*]:-none}"

@@ -12,8 +12,8 @@ use std::process::Command;
 /// Nothing is sampled, so no peak can fall between two samples.
 fn run_and_measure_peak_rss(cmd: &mut Command) -> (std::process::ExitStatus, u64) {
     let status = cmd.status().unwrap();
-    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
-        .unwrap();
+    let usage =
+        nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).unwrap();
     // Linux reports kilobytes.
     let peak_kb = u64::try_from(usage.max_rss()).unwrap();
     (status, peak_kb * 1024)

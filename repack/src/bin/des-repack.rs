@@ -13,6 +13,7 @@ use des_repack::RepackError;
 use des_repack::lease::{DEFAULT_SETTLE, LeaseConfig};
 use des_repack::metrics::{JobStatus, RepackMetrics};
 use des_repack::open::open_store;
+use des_repack::push::Pushgateway;
 use des_repack::repack::{Progress, RepackOptions, RepackReport, repack};
 use des_repack::units::{parse_duration, parse_size};
 use des_storage::DesStore;
@@ -98,6 +99,11 @@ struct Cli {
     /// accumulate across runs).
     #[arg(long, value_name = "PATH", env = "DES_METRICS_FILE")]
     metrics_file: Option<PathBuf>,
+    /// After each run PUT the same metrics to this Prometheus Pushgateway
+    /// (http:// or https://), group job="des-repack"; a failed push is a
+    /// warning and does not change the exit status.
+    #[arg(long, value_name = "URL", env = "DES_PUSHGATEWAY_URL", value_parser = Pushgateway::parse)]
+    pushgateway: Option<Pushgateway>,
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
@@ -124,12 +130,24 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         let opts = options(&cli)?;
-        let store = open_store(cli.store.as_deref(), cli.zones.as_deref(), !cli.dry_run)
+        let started = Instant::now();
+        let store = match open_store(cli.store.as_deref(), cli.zones.as_deref(), !cli.dry_run)
             .await
-            .context("opening the store")?;
+            .context("opening the store")
+        {
+            Ok(store) => store,
+            Err(e) => {
+                // An unreachable store is a failed run: without it in the
+                // metrics a CronJob that can never start would look idle.
+                let mut metrics = RepackMetrics::default();
+                let elapsed = started.elapsed().as_secs_f64();
+                publish_metrics(&cli, &mut metrics, JobStatus::Failed, None, elapsed).await;
+                return Err(e);
+            }
+        };
         match &cli.schedule {
             Some(cron) => scheduled(&cli, store, opts, cron).await,
-            None => Ok(once(&cli, &store, &opts).await),
+            None => Ok(once(&cli, &store, &opts, &mut RepackMetrics::default()).await),
         }
     });
     match result {
@@ -169,8 +187,14 @@ fn options(cli: &Cli) -> Result<RepackOptions> {
     Ok(o)
 }
 
-/// One run: report, metrics, exit code.
-async fn once(cli: &Cli, store: &DesStore, opts: &RepackOptions) -> u8 {
+/// One run: report, metrics, exit code. `metrics` carries the counters from
+/// run to run in daemon mode when there is no --metrics-file to keep them.
+async fn once(
+    cli: &Cli,
+    store: &DesStore,
+    opts: &RepackOptions,
+    metrics: &mut RepackMetrics,
+) -> u8 {
     let started = Instant::now();
     if !cli.dry_run {
         sweep_temp_files(store, cli.sweep_temp_after).await;
@@ -216,15 +240,49 @@ async fn once(cli: &Cli, store: &DesStore, opts: &RepackOptions) -> u8 {
     {
         eprintln!("des-repack: error: writing the report: {e:#}");
     }
-    if let Some(path) = &cli.metrics_file {
-        let mut m = RepackMetrics::load(path);
-        m.record(status, report.as_ref(), started.elapsed().as_secs_f64());
-        if let Err(e) = m.write(path) {
-            eprintln!("des-repack: error: writing {}: {e}", path.display());
-            return code.max(2);
-        }
+    let elapsed = started.elapsed().as_secs_f64();
+    if publish_metrics(cli, metrics, status, report.as_ref(), elapsed).await {
+        code
+    } else {
+        code.max(2)
     }
-    code
+}
+
+/// Adds a run to the metrics, writes --metrics-file and pushes to
+/// --pushgateway. False when the file could not be written (exit 2, as
+/// before); a failed push is only a warning: metrics are secondary to the
+/// run, and a Pushgateway that stops receiving is an alert's business.
+async fn publish_metrics(
+    cli: &Cli,
+    metrics: &mut RepackMetrics,
+    status: JobStatus,
+    report: Option<&RepackReport>,
+    seconds: f64,
+) -> bool {
+    if cli.metrics_file.is_none() && cli.pushgateway.is_none() {
+        return true;
+    }
+    // The file is where the counters accumulate across one-shot runs.
+    if let Some(path) = &cli.metrics_file {
+        *metrics = RepackMetrics::load(path);
+    }
+    metrics.record(status, report, seconds);
+    let mut written = true;
+    if let Some(path) = &cli.metrics_file
+        && let Err(e) = metrics.write(path)
+    {
+        eprintln!("des-repack: error: writing {}: {e}", path.display());
+        written = false;
+    }
+    if let Some(gateway) = &cli.pushgateway
+        && let Err(e) = gateway
+            .push(env!("CARGO_BIN_NAME"), &metrics.render())
+            .await
+            .context("pushing the metrics to the Pushgateway")
+    {
+        eprintln!("des-repack: warning: {e:#} (the exit status is not affected)");
+    }
+    written
 }
 
 /// Nothing else removes crashed writers' temp files between packer runs; a
@@ -288,12 +346,13 @@ async fn scheduled(cli: &Cli, store: DesStore, opts: RepackOptions, cron: &str) 
         .map_err(|e| anyhow!("starting the scheduler: {e}"))?;
     eprintln!("des-repack: running on schedule {cron:?} (UTC)");
     let store = Arc::new(store);
+    let mut metrics = RepackMetrics::default();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     loop {
         tokio::select! {
             Some(()) = rx.recv() => {
-                let code = once(cli, &store, &opts).await;
+                let code = once(cli, &store, &opts, &mut metrics).await;
                 eprintln!("des-repack: run finished with status {code}");
             }
             _ = tokio::signal::ctrl_c() => break,

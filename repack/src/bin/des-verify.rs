@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
+use des_repack::push::{self, Pushgateway};
 use des_repack::units::{parse_duration, parse_size};
 use des_repack::verify::open::{self, Scope};
 use des_repack::verify::{
-    ByteRate, DEFAULT_JOBS, Progress, Sample, VerifyOptions, verify_key, verify_store,
+    ByteRate, DEFAULT_JOBS, Progress, Sample, VerifyOptions, VerifyReport, verify_key, verify_store,
 };
 use des_storage::{DesStore, Layout};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
@@ -109,6 +110,11 @@ struct Cli {
     /// `des_verify_last_run_timestamp_seconds`, …
     #[arg(long, value_name = "PATH", env = "DES_METRICS_FILE")]
     metrics_file: Option<PathBuf>,
+    /// PUT the same metrics to this Prometheus Pushgateway (http:// or
+    /// https://) when a run completes, group job="des-verify"; a failed
+    /// push is a warning and does not change the exit status.
+    #[arg(long, value_name = "URL", env = "DES_PUSHGATEWAY_URL", value_parser = Pushgateway::parse)]
+    pushgateway: Option<Pushgateway>,
 }
 
 fn parse_rate(s: &str) -> Result<u64, String> {
@@ -201,6 +207,15 @@ async fn verify(cli: &Cli) -> Result<u8> {
         }
     };
     bar.finish_and_clear();
+    // Pushed first so that a metrics file that cannot be written (exit 2)
+    // does not cost the push too. A run that did not complete pushes
+    // nothing: des_verify_last_run_timestamp_seconds then ages, which is
+    // what DesVerifierNotRunning watches.
+    if let Some(gateway) = &cli.pushgateway
+        && let Err(e) = push_metrics(gateway, &report).await
+    {
+        eprintln!("des-verify: warning: {e:#} (the exit status is not affected)");
+    }
     if let Some(path) = &cli.metrics_file {
         des_repack::metrics::write_verify_metrics(path, &report)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -213,6 +228,14 @@ async fn verify(cli: &Cli) -> Result<u8> {
         writeln!(out, "{report}").context("writing the summary")?;
     }
     Ok(report.exit_code())
+}
+
+async fn push_metrics(gateway: &Pushgateway, report: &VerifyReport) -> Result<()> {
+    let text = push::verify_metrics_text(report).context("rendering the metrics to push")?;
+    gateway
+        .push(env!("CARGO_BIN_NAME"), &text)
+        .await
+        .context("pushing the metrics to the Pushgateway")
 }
 
 fn progress_bar(quiet: bool) -> ProgressBar {
