@@ -397,3 +397,42 @@ fn index_structure_is_checked_behind_a_valid_checksum() {
         assert!(!check(&f, &shard, what), "{what}: shard read");
     }
 }
+
+/// The trailer's geometry is checked on its own, not only through its
+/// checksum: a trailer re-encoded (valid CRC) with impossible numbers is
+/// refused before any index is read.
+#[test]
+fn trailer_geometry_is_checked_behind_a_valid_checksum() {
+    let f = fixture();
+    let len = f.shard.len() as u64;
+    let Tail::V3(good) = Tail::parse(&f.shard, len).unwrap() else {
+        panic!("not v3")
+    };
+    type Forge = Box<dyn Fn(&mut des_format::v3::Trailer)>;
+    let forged: Vec<(&str, Forge)> = vec![
+        ("index inside the header", Box::new(|t| t.index_offset = 4)),
+        ("index past the trailer", Box::new(|t| t.index_len += 1)),
+        ("index short of the trailer", Box::new(|t| t.index_len -= 1)),
+        (
+            "entries beyond the index",
+            Box::new(|t| t.entry_count = u32::MAX),
+        ),
+        (
+            "shard index beyond n_bits",
+            Box::new(|t| t.shard_index = 1 << t.n_bits),
+        ),
+        ("n_bits out of range", Box::new(|t| t.n_bits = 40)),
+    ];
+    for (what, forge) in forged {
+        let mut t = good;
+        forge(&mut t);
+        let mut shard = f.shard.clone();
+        let at = shard.len() - des_format::v3::TRAILER_LEN;
+        shard[at..].copy_from_slice(&t.encode());
+        assert!(
+            Tail::parse(&shard, len).is_err(),
+            "{what}: trailer accepted"
+        );
+        assert!(!check(&f, &shard, what), "{what}: shard read");
+    }
+}
