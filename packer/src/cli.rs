@@ -9,6 +9,7 @@ use clap::Parser;
 use des_format::{Compression, Timestamp};
 
 use crate::confine::SourceRoots;
+use crate::from_s3::{DEFAULT_LISTING_BATCH, FromS3};
 use crate::options::{DEFAULT_BIG_FILE_THRESHOLD, DEFAULT_PLAN_MEMORY, PackOptions};
 use crate::source::Input;
 
@@ -21,14 +22,19 @@ EXIT CODES:
     0  every input file is in the store (packed now or already present) or deleted
        (a tombstone exists for its uid and day: reported as deleted, never packed again)
     1  some files failed (listed in the summary/report), sources outside every
-       --source-root included; all others were packed
+       --source-root included; all others were packed. With
+       --delete-sources-after-verify also: an original whose file is in the store
+       could not be verified or deleted (it is kept)
     2  usage error, or the run could not proceed (store unreadable, manifest unreadable,
        a --source-root missing or invalid)
 
 Manifest formats: a JSON array of {uid, created_at, size_bytes, source_path} (the
 original DES format), or JSON Lines of {uid, created_at, source, content_type?, meta?};
 a source is a path (relative ones resolve against the manifest's directory) or
-s3://bucket/key. Without --source-root, any path the packer can read (and any object
+s3://bucket/key. --from-s3 s3://bucket/prefix packs the objects under prefix/
+instead: uid = key relative to prefix/ (or --uid-regex), created_at = LastModified
+(or --created-at-from key), objects read through the same S3 settings; keys ending
+in / are folder markers and skipped. Without --source-root, any path the packer can read (and any object
 its credentials can get) may be packed, and is then served by the retriever.
 Re-running the same input is idempotent. Parallel packers must work on disjoint
 --shard-range values (e.g. one per Kubernetes Indexed Job completion); see
@@ -39,11 +45,45 @@ AWS_ENDPOINT_URL, credentials) plus DES_S3_FORCE_PATH_STYLE, DES_S3_PART_SIZE an
 #[command(name = "des-pack", version, about = "Pack small files into DES shards", after_help = AFTER_HELP)]
 pub struct Args {
     /// Manifest file (JSON array or JSON Lines)
-    #[arg(long, conflicts_with = "dir", required_unless_present = "dir")]
+    #[arg(
+        long,
+        conflicts_with_all = ["dir", "from_s3"],
+        required_unless_present_any = ["dir", "from_s3"]
+    )]
     pub manifest: Option<PathBuf>,
     /// Pack every file under DIR (uid = path relative to DIR)
-    #[arg(long, requires = "created_at")]
+    #[arg(long, requires = "created_at", conflicts_with = "from_s3")]
     pub dir: Option<PathBuf>,
+    /// Pack every object under s3://BUCKET/PREFIX (uid = key relative to
+    /// PREFIX/), listed in batches; same S3 settings as --out
+    #[arg(long, value_name = "S3_URL")]
+    pub from_s3: Option<String>,
+    /// --from-s3: uid from this regex's (?P<uid>...) group, applied to the key
+    /// relative to the prefix (unanchored: use ^...$); a (?P<created>...)
+    /// group serves --created-at-from key. Keys that do not match fail
+    #[arg(long, requires = "from_s3", value_name = "REGEX")]
+    pub uid_regex: Option<String>,
+    /// --from-s3: created_at from `last-modified` (the object's LastModified,
+    /// default) or `key` (the created group of --uid-regex)
+    #[arg(long, requires = "from_s3", value_name = "SOURCE")]
+    pub created_at_from: Option<String>,
+    /// --from-s3 with --created-at-from key: parse the created group with
+    /// %Y %m %d %H %M %S %s %% (UTC; missing time fields are 0); without it
+    /// the group must be RFC 3339
+    #[arg(long, requires = "from_s3", value_name = "FORMAT")]
+    pub created_at_format: Option<String>,
+    /// --from-s3: after each batch, record its last key here (atomically); a
+    /// re-run resumes the listing after it. Stays put after a batch with failures
+    #[arg(long, requires = "from_s3", value_name = "FILE")]
+    pub listing_checkpoint: Option<PathBuf>,
+    /// --from-s3: objects listed, planned and packed per batch (rounded up
+    /// to whole 1000-key pages). Every batch rewrites the shards it touches
+    #[arg(long, requires = "from_s3", value_name = "N")]
+    pub listing_batch: Option<u64>,
+    /// --from-s3: delete each original once its shard is published and its
+    /// entry, read back from the store, matches the object's bytes
+    #[arg(long, requires = "from_s3")]
+    pub delete_sources_after_verify: bool,
     /// created_at (RFC 3339) for every file of --dir
     #[arg(long)]
     pub created_at: Option<String>,
@@ -174,6 +214,30 @@ pub fn parse_shard_range(s: &str) -> Result<RangeInclusive<u32>> {
 
 impl Args {
     pub fn input(&self) -> Result<Input> {
+        // clap lets `requires = "from_s3"` pass when --manifest or --dir
+        // (which conflict with it) is given, so the check is made here.
+        let listing_only = [
+            ("--uid-regex", self.uid_regex.is_some()),
+            ("--created-at-from", self.created_at_from.is_some()),
+            ("--created-at-format", self.created_at_format.is_some()),
+            ("--listing-checkpoint", self.listing_checkpoint.is_some()),
+            ("--listing-batch", self.listing_batch.is_some()),
+            (
+                "--delete-sources-after-verify",
+                self.delete_sources_after_verify,
+            ),
+        ];
+        if self.from_s3.is_none()
+            && let Some((name, _)) = listing_only.iter().find(|(_, given)| *given)
+        {
+            bail!("{name} only applies with --from-s3");
+        }
+        if let Some(url) = &self.from_s3 {
+            if self.manifest.is_some() || self.dir.is_some() {
+                bail!("give exactly one of --manifest, --dir or --from-s3");
+            }
+            return self.listing_input(url);
+        }
         match (&self.manifest, &self.dir) {
             (Some(m), None) => Ok(Input::Manifest(m.clone())),
             (None, Some(d)) => {
@@ -187,8 +251,22 @@ impl Args {
                     created_at,
                 })
             }
-            _ => bail!("give exactly one of --manifest or --dir"),
+            _ => bail!("give exactly one of --manifest, --dir or --from-s3"),
         }
+    }
+
+    fn listing_input(&self, url: &str) -> Result<Input> {
+        let mut spec = FromS3::new(
+            url,
+            self.uid_regex.as_deref(),
+            self.created_at_from.as_deref().unwrap_or("last-modified"),
+            self.created_at_format.as_deref(),
+        )?
+        .with_batch(self.listing_batch.unwrap_or(DEFAULT_LISTING_BATCH))?;
+        spec.checkpoint = self.listing_checkpoint.clone();
+        spec.delete_sources = self.delete_sources_after_verify;
+        spec.log_progress = !self.quiet;
+        Ok(Input::FromS3(spec))
     }
 
     pub fn options(&self) -> Result<PackOptions> {
@@ -296,6 +374,67 @@ mod tests {
         assert_eq!(opts.out_location(), Some("s3://b/p"));
         assert_eq!(opts.abort_stale_uploads_after, Duration::from_secs(3600));
         assert!(parse(&["--out", "x", "--zones", "z.yaml"]).is_err());
+    }
+
+    #[test]
+    fn from_s3_options() {
+        let parse =
+            |args: &[&str]| Args::try_parse_from([&["des-pack", "--out", "o"][..], args].concat());
+        let args = parse(&[
+            "--from-s3",
+            "s3://b/in/",
+            "--uid-regex",
+            r"^(?P<created>\d{8})/(?P<uid>.+)$",
+            "--created-at-from",
+            "key",
+            "--created-at-format",
+            "%Y%m%d",
+            "--listing-checkpoint",
+            "cp.json",
+            "--listing-batch",
+            "5000",
+            "--delete-sources-after-verify",
+            "-q",
+        ])
+        .unwrap();
+        let Input::FromS3(spec) = args.input().unwrap() else {
+            panic!("not a listing")
+        };
+        assert_eq!(spec.url(), "s3://b/in/");
+        assert_eq!(spec.batch, 5000);
+        assert_eq!(
+            spec.checkpoint.as_deref(),
+            Some(std::path::Path::new("cp.json"))
+        );
+        assert!(spec.delete_sources && !spec.log_progress);
+        assert!(matches!(
+            spec.created_at,
+            crate::from_s3::CreatedAt::Key(Some(_))
+        ));
+        let plain = parse(&["--from-s3", "s3://b"]).unwrap();
+        let Input::FromS3(spec) = plain.input().unwrap() else {
+            panic!("not a listing")
+        };
+        assert_eq!(spec.created_at, crate::from_s3::CreatedAt::LastModified);
+        assert_eq!(spec.batch, DEFAULT_LISTING_BATCH);
+        assert!(!spec.delete_sources && spec.log_progress && spec.checkpoint.is_none());
+        // Listing options need --from-s3; inputs exclude each other.
+        for extra in [
+            &["--delete-sources-after-verify"][..],
+            &["--uid-regex", "(?P<uid>.*)"],
+            &["--listing-batch", "5"],
+        ] {
+            let args = parse(&[&["--manifest", "m"][..], extra].concat()).unwrap();
+            let e = args.input().unwrap_err().to_string();
+            assert!(e.contains("only applies with --from-s3"), "{e}");
+        }
+        assert!(parse(&["--delete-sources-after-verify"]).is_err());
+        assert!(parse(&["--from-s3", "s3://b", "--manifest", "m"]).is_err());
+        assert!(parse(&["--from-s3", "s3://b", "--dir", "d", "--created-at", "x"]).is_err());
+        assert!(parse(&[]).is_err(), "an input is required");
+        let bad = parse(&["--from-s3", "s3://b", "--created-at-from", "key"]).unwrap();
+        let e = format!("{:#}", bad.input().unwrap_err());
+        assert!(e.contains("created"), "{e}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod build;
 pub mod cli;
 pub mod confine;
+pub mod from_s3;
 pub mod ingest;
 pub mod options;
 pub mod pause;
@@ -17,6 +18,7 @@ pub mod target;
 mod walk;
 
 pub use confine::SourceRoots;
+pub use from_s3::FromS3;
 pub use options::PackOptions;
 pub use report::PackReport;
 pub use run::{pack, pack_into};

@@ -64,6 +64,20 @@ impl SourceStores {
         }
     }
 
+    /// The store of `bucket`, for reading (conditionally) or deleting
+    /// `key` itself; refused like [`SourceStores::open`] when `key` is
+    /// outside every `--source-root`, so no use of a source bypasses them.
+    pub(crate) fn s3_bucket_for(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Arc<dyn ObjectStore>, String> {
+        self.roots
+            .check_s3(bucket, key)
+            .map_err(|e| e.to_string())?;
+        self.bucket(bucket)
+    }
+
     fn bucket(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, String> {
         let mut buckets = self
             .buckets

@@ -68,6 +68,9 @@ pub struct PackReport {
     pub failures: Vec<Failure>,
     /// At most [`MAX_REPORTED_FAILURES`] entries; `files_deleted` has the full count.
     pub deleted: Vec<Failure>,
+    /// `--from-s3` runs only: the listing, its checkpoint, deleted originals.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_s3: Option<crate::from_s3::FromS3Stats>,
 }
 
 pub const MAX_REPORTED_FAILURES: usize = 10_000;
@@ -85,6 +88,17 @@ impl PackReport {
         if self.deleted.len() < MAX_REPORTED_FAILURES {
             self.deleted.push(f);
         }
+    }
+
+    /// Exit code 1 rather than 0: some file failed, or (`--from-s3
+    /// --delete-sources-after-verify`) an original in the store could not
+    /// be verified or deleted.
+    pub fn any_failed(&self) -> bool {
+        self.files_failed > 0
+            || self
+                .from_s3
+                .as_ref()
+                .is_some_and(|s| s.sources_failed_verification > 0)
     }
 
     /// Compression ratio of newly packed bytes (stored / original).

@@ -1,6 +1,7 @@
 //! A whole pack run: open (or create) the store, plan the input into
 //! per-shard groups, build groups on `jobs` threads, collect the report.
 
+use std::path::Path;
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -17,7 +18,7 @@ use crate::options::PackOptions;
 use crate::plan::{PlanConfig, PlanIter, Planner, ShardGroup};
 use crate::reader::SourceStores;
 use crate::report::{Failure, PackReport};
-use crate::source::{FileRecord, Input, RecordFailure, read_input};
+use crate::source::{FileRecord, Input, RecordFailure, Sink, read_input};
 use crate::target::Target;
 
 /// Runs a pack into `opts.out` or `opts.zones`. Must be called outside the
@@ -72,8 +73,6 @@ pub fn pack_into(
             spill_holder.path().to_path_buf()
         }
     };
-    let plan = plan_input(input, opts, &store, spill_dir, &mut report)?;
-    let bar = progress_bar(progress, report.files_seen);
     let sources = SourceStores::new(opts.source_roots.clone());
     let deletions = handle
         .block_on(DeletionGuard::load(&store))
@@ -87,11 +86,37 @@ pub fn pack_into(
         deletions: &deletions,
         holder: &holder,
     };
-    run_groups(&ingest, plan, &bar, &mut report)?;
-    bar.finish_and_clear();
+    match input {
+        // A listing is packed in batches, each one a plan and build like
+        // this whole run (src/from_s3.rs).
+        Input::FromS3(spec) => {
+            crate::from_s3::pack_listing(spec, &ingest, &spill_dir, progress, &mut report)?;
+        }
+        _ => pack_batch(&ingest, &spill_dir, progress, &mut report, |sink| {
+            read_input(input, sink)
+        })?,
+    }
     report.shards.sort_by(|a, b| a.key.cmp(&b.key));
     report.elapsed_seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Plans the records `read` hands to its sink and builds their shards,
+/// adding to `report`; returns what `read` returned. `read` runs on its own
+/// thread (see [`plan_input`]).
+pub(crate) fn pack_batch<T: Send>(
+    ingest: &Ingest<'_>,
+    spill_dir: &Path,
+    progress: bool,
+    report: &mut PackReport,
+    read: impl FnOnce(Sink<'_>) -> Result<T> + Send,
+) -> Result<T> {
+    let seen_before = report.files_seen;
+    let (plan, read) = plan_input(read, ingest.opts, ingest.store, spill_dir, report)?;
+    let bar = progress_bar(progress, report.files_seen - seen_before);
+    run_groups(ingest, plan, &bar, report)?;
+    bar.finish_and_clear();
+    Ok(read)
 }
 
 /// Records handed from the reader thread to the planner at a time: enough
@@ -105,22 +130,22 @@ type Batch = Vec<Result<FileRecord, RecordFailure>>;
 /// records: the two halves of planning (system calls of the walk or manifest
 /// parsing; routing and sorting) overlap instead of adding up, and planning
 /// is the serial part of a run.
-fn plan_input(
-    input: &Input,
+fn plan_input<T: Send>(
+    read: impl FnOnce(Sink<'_>) -> Result<T> + Send,
     opts: &PackOptions,
     store: &DesStore,
-    spill_dir: std::path::PathBuf,
+    spill_dir: &Path,
     report: &mut PackReport,
-) -> Result<PlanIter> {
+) -> Result<(PlanIter, T)> {
     let mut planner = Planner::new(PlanConfig {
         n_bits: store.n_bits(),
         memory_budget: opts.plan_memory,
-        spill_dir,
+        spill_dir: spill_dir.to_path_buf(),
         shard_filter: opts.shard_filter(store.n_bits())?,
     })?;
     let (tx, rx) = mpsc::sync_channel::<Batch>(4);
     let (read, planned) = std::thread::scope(|s| {
-        let reader = s.spawn(move || read_batches(input, &tx));
+        let reader = s.spawn(move || read_batches(read, &tx));
         let planned = plan_batches(&mut planner, rx, report);
         // If planning failed, `rx` is gone and the reader stops at its next batch.
         let read = reader
@@ -129,20 +154,24 @@ fn plan_input(
         (read, planned)
     });
     planned?;
-    read?;
+    let read = read?;
     let stats = planner.stats();
-    report.files_seen = stats.accepted;
-    report.files_outside_shard_range = stats.skipped_by_filter;
-    planner.finish()
+    // Added, not set: a listing is planned batch after batch into one report.
+    report.files_seen += stats.accepted;
+    report.files_outside_shard_range += stats.skipped_by_filter;
+    Ok((planner.finish()?, read))
 }
 
-fn read_batches(input: &Input, tx: &mpsc::SyncSender<Batch>) -> Result<()> {
+fn read_batches<T>(
+    read: impl FnOnce(Sink<'_>) -> Result<T>,
+    tx: &mpsc::SyncSender<Batch>,
+) -> Result<T> {
     let send = |batch| {
         tx.send(batch)
             .map_err(|_| anyhow::anyhow!("planning stopped"))
     };
     let mut batch = Vec::with_capacity(RECORD_BATCH);
-    read_input(input, |r| {
+    let read = read(&mut |r| {
         batch.push(r);
         if batch.len() >= RECORD_BATCH {
             send(std::mem::replace(
@@ -155,7 +184,7 @@ fn read_batches(input: &Input, tx: &mpsc::SyncSender<Batch>) -> Result<()> {
     if !batch.is_empty() {
         send(batch)?;
     }
-    Ok(())
+    Ok(read)
 }
 
 fn plan_batches(planner: &mut Planner, rx: Receiver<Batch>, report: &mut PackReport) -> Result<()> {

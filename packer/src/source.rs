@@ -124,6 +124,9 @@ pub enum Input {
         root: PathBuf,
         created_at: Timestamp,
     },
+    /// Loose objects under an S3 prefix (`--from-s3`), packed in batches by
+    /// `run::pack` (see `crate::from_s3`).
+    FromS3(crate::from_s3::FromS3),
 }
 
 pub(crate) type Sink<'a> =
@@ -138,6 +141,12 @@ pub fn read_input(
     match input {
         Input::Manifest(path) => read_manifest(path, &mut f),
         Input::Dir { root, created_at } => crate::walk::read_dir(root, *created_at, &mut f),
+        // Listing needs the runtime and is read batch by batch, with
+        // checkpoints in between: `run::pack_into` drives it, not this.
+        Input::FromS3(spec) => bail!(
+            "{} is a bucket listing: pack it with des_packer::pack",
+            spec.url()
+        ),
     }
 }
 

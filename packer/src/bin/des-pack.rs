@@ -36,7 +36,7 @@ fn run(args: &Args) -> Result<i32> {
     } else {
         print_summary(&report);
     }
-    Ok(if report.files_failed > 0 {
+    Ok(if report.any_failed() {
         EXIT_PARTIAL
     } else {
         EXIT_OK
@@ -85,6 +85,27 @@ fn print_summary(r: &PackReport) {
             "{} files not packed: deleted (a tombstone exists for their uid and day)",
             r.files_deleted
         );
+    }
+    if let Some(s) = &r.from_s3 {
+        println!(
+            "{}: {} objects listed in {} batches ({} folder markers skipped); {} originals deleted, {} kept, {} failed verification",
+            s.source,
+            s.objects_listed,
+            s.batches,
+            s.objects_skipped,
+            s.sources_deleted,
+            s.sources_kept,
+            s.sources_failed_verification
+        );
+        if s.checkpoint_held_back {
+            eprintln!(
+                "warning: the listing checkpoint stayed at {:?} because of failures; a re-run retries from there",
+                s.checkpoint.as_ref().or(s.resumed_after.as_ref())
+            );
+        }
+        for f in s.verification_failures.iter().take(50) {
+            eprintln!("kept: {}: {}", f.source.as_deref().unwrap_or("?"), f.reason);
+        }
     }
     for f in r.failures.iter().take(50) {
         eprintln!(
