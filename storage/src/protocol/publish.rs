@@ -195,6 +195,126 @@ pub fn same_etag(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+
+    use crate::memory::MemoryStore;
+    use crate::object::{
+        Capabilities, GetOptions, GetResult, ListPage, ObjectMeta, ObjectWriter, PutOptions,
+    };
+
+    /// A store that, like Garage, does not enforce conditional writes, and
+    /// whose HEAD of `fail/…` keys fails as an outage would.
+    #[derive(Debug)]
+    struct Unconditional(MemoryStore);
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Unconditional {
+        fn describe(&self) -> String {
+            "unconditional".into()
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities {
+                conditional_put: false,
+                ..self.0.capabilities()
+            }
+        }
+        async fn get(&self, key: &str, opts: GetOptions) -> crate::Result<GetResult> {
+            self.0.get(key, opts).await
+        }
+        async fn head(&self, key: &str) -> crate::Result<ObjectMeta> {
+            if key.starts_with("fail/") {
+                return Err(crate::Error::Unavailable {
+                    msg: "injected".into(),
+                    retry_after: None,
+                });
+            }
+            self.0.head(key).await
+        }
+        async fn put(&self, key: &str, data: Bytes, opts: PutOptions) -> crate::Result<PutResult> {
+            self.0.put(key, data, opts).await
+        }
+        async fn put_writer(
+            &self,
+            key: &str,
+            opts: PutOptions,
+        ) -> crate::Result<Box<dyn ObjectWriter>> {
+            self.0.put_writer(key, opts).await
+        }
+        async fn delete(&self, key: &str) -> crate::Result<()> {
+            self.0.delete(key).await
+        }
+        async fn list(&self, prefix: &str, start_after: Option<&str>) -> crate::Result<ListPage> {
+            self.0.list(prefix, start_after).await
+        }
+    }
+
+    fn publish(objects: &Arc<dyn ObjectStore>, key: &str, base: Base) -> ShardPublish {
+        ShardPublish {
+            objects: Arc::clone(objects),
+            key: key.into(),
+            base,
+            conditional: objects.capabilities().conditional_put,
+        }
+    }
+
+    /// Where conditions are not enforced, the re-check before publishing is
+    /// what stops a writer from replacing a generation it did not build on.
+    #[tokio::test]
+    async fn unchanged_check_sees_another_writer() {
+        let objects: Arc<dyn ObjectStore> = Arc::new(Unconditional(MemoryStore::new()));
+        let put = |data: &'static str| {
+            let o = Arc::clone(&objects);
+            async move {
+                o.put("s", Bytes::from(data), PutOptions::default())
+                    .await
+                    .map(|p| p.etag)
+            }
+        };
+        let first = put("gen 1").await.ok().flatten();
+        let base = || Base::Present {
+            etag: first.clone(),
+        };
+        assert!(
+            publish(&objects, "s", base())
+                .check_unchanged()
+                .await
+                .is_ok()
+        );
+        assert_eq!(
+            publish(&objects, "s", Base::Present { etag: None }).mode(),
+            PutMode::Overwrite
+        );
+        assert!(
+            matches!(
+                publish(&objects, "s", Base::Absent).check_unchanged().await,
+                Err(PublishError::Conflict)
+            ),
+            "someone published first"
+        );
+        put("gen 2 by another writer").await.ok();
+        assert!(
+            matches!(
+                publish(&objects, "s", base()).check_unchanged().await,
+                Err(PublishError::Conflict)
+            ),
+            "the base was replaced"
+        );
+        assert!(
+            publish(&objects, "new", Base::Absent)
+                .check_unchanged()
+                .await
+                .is_ok()
+        );
+        assert!(
+            matches!(
+                publish(&objects, "fail/s", Base::Absent)
+                    .check_unchanged()
+                    .await,
+                Err(PublishError::Store(_))
+            ),
+            "an outage is not an absent shard"
+        );
+    }
 
     #[test]
     fn etags_compare_without_quotes_or_weak_marker() {
