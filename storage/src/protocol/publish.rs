@@ -215,7 +215,6 @@ mod tests {
         fn capabilities(&self) -> Capabilities {
             Capabilities {
                 conditional_put: false,
-                ..self.0.capabilities()
             }
         }
         async fn get(&self, key: &str, opts: GetOptions) -> crate::Result<GetResult> {
