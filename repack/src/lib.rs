@@ -1,6 +1,7 @@
 //! Maintenance tools for DES stores: `verify` (corruption checks), tombstone
-//! management and retention (`des-tombstones`), and the repacker
-//! (`des-repack`), which physically removes deleted files from their shards.
+//! management and retention (`des-tombstones`), the repacker
+//! (`des-repack`), which physically removes deleted files from their shards,
+//! and `upgrade` (`des-upgrade`), which turns a Python-DES store into a v3 one.
 
 pub mod crash;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod repack;
 pub mod retention;
 pub mod tombstones_cli;
 pub mod units;
+pub mod upgrade;
 pub mod verify;
 
 pub use error::{RepackError, Result};

@@ -85,7 +85,10 @@ pub struct Options {
     /// Zones file (YAML or TOML): shards spread over several S3 locations.
     #[arg(long)]
     pub zones: Option<PathBuf>,
-    /// Store layout: v3 (n_bits read from the store) or legacy (Python DES; needs --n-bits).
+    /// Store layout: v3 (n_bits read from the store), legacy (Python DES;
+    /// needs --n-bits) or auto (both, as during an in-place des-upgrade: v3
+    /// first, then legacy parts; --n-bits needed until the store has
+    /// `_des/store.json`).
     #[arg(long)]
     pub layout: Option<LayoutName>,
     /// Routing bits of a legacy store, which does not record them.
@@ -158,15 +161,20 @@ pub struct Options {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LayoutName(pub Layout);
+pub enum LayoutName {
+    Fixed(Layout),
+    /// Both layouts: `Settings::layout_auto`.
+    Auto,
+}
 
 impl FromStr for LayoutName {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s.trim().to_ascii_lowercase().as_str() {
-            "v3" => Ok(Self(Layout::V3)),
-            "legacy" => Ok(Self(Layout::Legacy)),
-            other => Err(format!("layout must be v3 or legacy, not {other:?}")),
+            "v3" => Ok(Self::Fixed(Layout::V3)),
+            "legacy" => Ok(Self::Fixed(Layout::Legacy)),
+            "auto" => Ok(Self::Auto),
+            other => Err(format!("layout must be v3, legacy or auto, not {other:?}")),
         }
     }
 }
@@ -297,7 +305,11 @@ pub struct RateLimits {
 pub struct Settings {
     pub source: Source,
     pub layout: Layout,
-    /// Only for legacy stores; v3 stores record their own.
+    /// `--layout auto`: `layout` is V3 and lookups that miss the v3 shard
+    /// also search the legacy parts of the same (date, shard), while the
+    /// store may still have some (`DesStore::open_auto`).
+    pub layout_auto: bool,
+    /// Only for legacy (and auto) stores; v3 stores record their own.
     pub n_bits: Option<u8>,
     pub listen: String,
     pub cache_bytes: u64,
@@ -324,6 +336,7 @@ impl Settings {
         Self {
             source: Source::Location(location.into()),
             layout: Layout::V3,
+            layout_auto: false,
             n_bits: None,
             listen: DEFAULT_LISTEN.into(),
             cache_bytes: DEFAULT_CACHE_BYTES,
@@ -397,7 +410,7 @@ impl Settings {
             None => FileConfig::default(),
         };
         let source = source(&src, &cli, &file)?;
-        let (layout, n_bits) = layout(&src, &cli, &file)?;
+        let (layout, layout_auto, n_bits) = layout(&src, &cli, &file)?;
         let auth = auth(&src, &cli, &file)?;
         let rate_limits = rate_limits(&src, &cli, &file)?;
         let guards = guards::guards(&src, cli.guards.clone(), &file)?;
@@ -421,6 +434,7 @@ impl Settings {
         Ok(Self {
             source,
             layout,
+            layout_auto,
             n_bits,
             listen: src
                 .pick("listen", cli.listen, file.listen)?
@@ -513,22 +527,28 @@ fn layout(
     src: &Sources<'_>,
     cli: &Options,
     file: &FileConfig,
-) -> Result<(Layout, Option<u8>), ConfigError> {
+) -> Result<(Layout, bool, Option<u8>), ConfigError> {
     let layout = src
         .pick("layout", cli.layout, file.layout)?
-        .map_or(Layout::V3, |l| l.0);
+        .unwrap_or(LayoutName::Fixed(Layout::V3));
     let n_bits = src.pick("n_bits", cli.n_bits, file.n_bits)?;
+    let checked = |n: u8| {
+        des_format::routing::check_n_bits(n)
+            .map(|()| Some(n))
+            .map_err(|e| ConfigError(e.to_string()))
+    };
     match (layout, n_bits) {
-        (Layout::Legacy, None) => Err(ConfigError(
+        (LayoutName::Fixed(Layout::Legacy), None) => Err(ConfigError(
             "a legacy store needs --n-bits (it does not record it)".into(),
         )),
-        (Layout::Legacy, Some(n)) => des_format::routing::check_n_bits(n)
-            .map(|()| (layout, Some(n)))
-            .map_err(|e| ConfigError(e.to_string())),
-        (Layout::V3, Some(_)) => Err(ConfigError(
+        (LayoutName::Fixed(Layout::Legacy), Some(n)) => Ok((Layout::Legacy, false, checked(n)?)),
+        (LayoutName::Fixed(Layout::V3), Some(_)) => Err(ConfigError(
             "--n-bits is for legacy stores; a v3 store records its own".into(),
         )),
-        (Layout::V3, None) => Ok((layout, None)),
+        (LayoutName::Fixed(Layout::V3), None) => Ok((Layout::V3, false, None)),
+        // Needed only while the store has no store.json (checked when opened).
+        (LayoutName::Auto, None) => Ok((Layout::V3, true, None)),
+        (LayoutName::Auto, Some(n)) => Ok((Layout::V3, true, checked(n)?)),
     }
 }
 

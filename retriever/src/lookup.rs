@@ -27,7 +27,8 @@ use crate::representation::Representation;
 /// Long enough to absorb a flood of requests for a file or shard that does
 /// not exist, short enough that newly packed files are served soon after.
 pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
-/// Legacy part lists: the Python DES may still add parts while a store migrates.
+/// Legacy part lists: the Python DES may still add parts while a store
+/// migrates, and des-upgrade deletes them once converted.
 pub const DEFAULT_PARTS_TTL: Duration = Duration::from_secs(60);
 const PARTS_CAPACITY: u64 = 100_000;
 const NEGATIVE_CAPACITY: u64 = 100_000;
@@ -200,40 +201,70 @@ impl Retriever {
     }
 
     /// Finds `uid` in the shard it routes to. `created_at` only routes (its
-    /// date picks the day); legacy entries do not even record it.
+    /// date picks the day); legacy entries do not even record it. An auto
+    /// store (`DesStore::open_auto`) is searched v3 first, then its legacy
+    /// parts, which are listed only after a v3 miss and only while the store
+    /// may still have any.
     pub async fn locate(&self, uid: &str, created_at: Timestamp) -> Result<Hit, ApiError> {
         let loc = self
             .store
             .locate(uid, created_at)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let keys = self.shard_keys(&loc).await?;
-        // Legacy: the highest-numbered part holding the uid wins, as in DesStore::find.
-        for key in keys.iter() {
-            let Some(mut cached) = self.index(key).await? else {
-                continue;
-            };
-            // Files may have been packed into a v3 shard since we read it; look
-            // again, but at most once per negative TTL so 404 floods stay cheap.
+        let v3 = self.store.layout() == Layout::V3;
+        let v3_key = DesStore::shard_key(&loc);
+        if v3 && let Some(hit) = self.find_in_v3(&v3_key, uid).await? {
+            return Ok(hit);
+        }
+        if !v3 || self.store.consults_legacy().await {
+            // The highest-numbered part holding the uid wins, as in DesStore::find.
             // (Legacy parts are written once; new parts show up via the part list.)
-            let v3 = self.store.layout() == Layout::V3;
-            if v3 && cached.loaded.find(uid).is_none() && cached.at.elapsed() >= self.negative_ttl {
-                self.forget(&cached.loaded).await;
+            let mut vanished = false;
+            for key in self.legacy_parts(&loc).await?.iter() {
                 match self.index(key).await? {
-                    Some(fresh) => cached = fresh,
-                    None => continue,
+                    Some(cached) => {
+                        if let Some(located) = cached.loaded.find(uid) {
+                            return Ok(Hit {
+                                loaded: cached.loaded,
+                                located,
+                            });
+                        }
+                    }
+                    None => vanished = true,
                 }
             }
-            if let Some(located) = cached.loaded.find(uid) {
-                return Ok(Hit {
-                    loaded: cached.loaded,
-                    located,
-                });
+            // Auto: a listed part that is gone was converted meanwhile (its
+            // files are in the v3 shard, which we may remember as absent or
+            // without them): forget both and look in the v3 shard again.
+            if v3 && vanished {
+                self.forget_v3_of(&v3_key, &loc).await;
+                if let Some(hit) = self.find_in_v3(&v3_key, uid).await? {
+                    return Ok(hit);
+                }
             }
         }
         Err(ApiError::not_found(format!(
             "no file {uid:?} on {}",
             loc.date_dir
         )))
+    }
+
+    async fn find_in_v3(&self, key: &str, uid: &str) -> Result<Option<Hit>, ApiError> {
+        let Some(mut cached) = self.index(key).await? else {
+            return Ok(None);
+        };
+        // Files may have been packed into the shard since we read it; look
+        // again, but at most once per negative TTL so 404 floods stay cheap.
+        if cached.loaded.find(uid).is_none() && cached.at.elapsed() >= self.negative_ttl {
+            self.forget(&cached.loaded).await;
+            match self.index(key).await? {
+                Some(fresh) => cached = fresh,
+                None => return Ok(None),
+            }
+        }
+        Ok(cached.loaded.find(uid).map(|located| Hit {
+            loaded: cached.loaded,
+            located,
+        }))
     }
 
     /// The payload of `hit`: from the hot cache if it holds this very entry,
@@ -296,7 +327,10 @@ impl Retriever {
     /// lookup (see `hot`'s module comment for why that is safe there). Call
     /// only after the tombstone check.
     pub fn hot_hit(&self, uid: &str, created_at: Timestamp) -> Option<HotHit> {
-        if self.store.layout() != Layout::V3 {
+        // While an auto store still reads legacy parts, a uid's bytes can
+        // change (a v3 version packed after its legacy one was cached):
+        // hits must then come from the entry the lookup finds, as in legacy.
+        if self.store.layout() != Layout::V3 || self.store.consults_legacy_now() {
             return None;
         }
         let found = self.hot.as_ref()?.get_file(uid, created_at)?;
@@ -349,11 +383,29 @@ impl Retriever {
         {
             self.indexes.invalidate(&stale.key).await;
         }
-        if self.store.layout() == Layout::Legacy
-            && let Some((prefix, _)) = stale.key.rsplit_once('_')
-        {
+        if let Some((prefix, _)) = stale.key.rsplit_once('_') {
             self.parts.invalidate(&format!("{prefix}_")).await;
+            // An auto store's part that went away was most likely converted
+            // (des-upgrade deletes parts only after the v3 shard holds their
+            // files): the retry must read the v3 shard again, not an index
+            // cached (or an absence remembered) before the files were added.
+            if self.store.has_legacy_fallback()
+                && let Some(v3) =
+                    des_storage::store::v3_key_of_legacy_part(&stale.key, self.store.n_bits())
+            {
+                self.indexes.invalidate(&v3).await;
+                self.missing.invalidate(&v3).await;
+            }
         }
+    }
+
+    /// Auto stores: drops what is cached about a (date, shard)'s v3 shard
+    /// and its legacy part list, after a listed part turned out to be gone.
+    async fn forget_v3_of(&self, v3_key: &str, loc: &ShardLocation) {
+        self.indexes.invalidate(v3_key).await;
+        self.missing.invalidate(v3_key).await;
+        let prefix = des_storage::store::legacy_prefix(&loc.date_dir, &loc.shard_hex);
+        self.parts.invalidate(&prefix).await;
     }
 
     /// The shard's index, loading it (once, however many requests wait) on a miss.
@@ -398,11 +450,10 @@ impl Retriever {
         self.settle(key, filled.map(moka::Entry::into_value)).await
     }
 
-    async fn shard_keys(&self, loc: &ShardLocation) -> Result<Arc<Vec<String>>, ApiError> {
-        if self.store.layout() == Layout::V3 {
-            return Ok(Arc::new(vec![DesStore::shard_key(loc)]));
-        }
-        let prefix = format!("{}_{}_", loc.date_dir, loc.shard_hex);
+    /// The legacy parts of a (date, shard), newest first; the list is cached
+    /// (the Python DES may still add parts while a store migrates).
+    async fn legacy_parts(&self, loc: &ShardLocation) -> Result<Arc<Vec<String>>, ApiError> {
+        let prefix = des_storage::store::legacy_prefix(&loc.date_dir, &loc.shard_hex);
         if self.missing.contains_key(&prefix) {
             return Ok(Arc::default());
         }
@@ -411,11 +462,10 @@ impl Retriever {
         let filled = self
             .parts
             .try_get_with(prefix.clone(), async move {
-                let mut keys = store.shard_keys(&loc).await.map_err(FillError::Storage)?;
+                let keys = store.legacy_parts(&loc).await.map_err(FillError::Storage)?;
                 if keys.is_empty() {
                     return Err(FillError::Missing);
                 }
-                keys.sort_unstable_by(|a, b| b.cmp(a));
                 Ok(Arc::new(keys))
             })
             .await;
@@ -448,9 +498,16 @@ impl Retriever {
             Backends::Zones(z) => z.iter().map(|z| z.name.clone()).collect(),
         };
         let stores = self.store.placement().stores();
-        let checks = stores.into_iter().zip(labels).map(|(objects, backend)| {
-            let layout = self.store.layout();
-            async move {
+        // An auto store may have no store.json yet: probe it as a legacy one.
+        let layout = if self.store.has_legacy_fallback() {
+            Layout::Legacy
+        } else {
+            self.store.layout()
+        };
+        let checks = stores
+            .into_iter()
+            .zip(labels)
+            .map(|(objects, backend)| async move {
                 let result = match tokio::time::timeout(timeout, probe_one(&*objects, layout)).await
                 {
                     Ok(r) => r,
@@ -459,8 +516,7 @@ impl Retriever {
                     ))),
                 };
                 Probe { backend, result }
-            }
-        });
+            });
         futures::future::join_all(checks).await
     }
 }

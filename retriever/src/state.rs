@@ -106,6 +106,9 @@ pub async fn open_retriever(
     use des_storage::{DesStore, Layout};
     let placement = storage.metered(&metrics);
     let store = match (settings.layout, settings.n_bits) {
+        // An auto store is a v3 one (deletes, tombstones) whose lookups may
+        // fall back to legacy parts.
+        _ if settings.layout_auto => DesStore::open_auto_placed(placement, settings.n_bits).await?,
         (Layout::Legacy, Some(n)) => DesStore::legacy_placed(placement, n)?,
         (Layout::Legacy, None) => {
             return Err(des_storage::Error::Invalid(

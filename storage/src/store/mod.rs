@@ -1,6 +1,7 @@
 //! A DES store on top of any [`ObjectStore`]: its settings (`_des/store.json`),
 //! key layout, and shard index / file reads that count their requests.
 
+mod auto;
 mod index;
 mod placement;
 mod read;
@@ -15,6 +16,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, ErrorKind, Result};
 use crate::object::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions};
 
+pub use auto::{
+    LEGACY_MARKER_KEY, LEGACY_RECHECK, LegacyMarker, legacy_prefix, v3_key_of_legacy_part,
+};
 pub use index::LoadedIndex;
 pub use placement::{Placement, Single, shard_index_of_key};
 pub use read::{external_key, verify_stream};
@@ -39,6 +43,11 @@ pub enum Layout {
     /// Flat `<root>/<YYYYMMDD>_<HEX>_<NNNN>.des` from the Python DES; read-only.
     Legacy,
 }
+// A store that may hold both (`--layout auto`, during and after an in-place
+// `des-upgrade`) is a `V3` store opened with `DesStore::open_auto`: it writes
+// and lists v3 keys only, and its lookups fall back to the legacy parts of
+// the same (date, shard). No third variant: listing, repacking and
+// verifying, which match on the layout, have nothing to do with the fallback.
 
 /// What to do when `open_or_create` finds no store.
 #[derive(Debug, Clone, Copy, Default)]
@@ -62,6 +71,8 @@ pub struct DesStore {
     n_bits: u8,
     digest: DigestAlgorithm,
     suffix_len: u64,
+    /// Set by [`DesStore::open_auto`]: lookups also search legacy parts.
+    legacy: Option<Arc<auto::LegacyFallback>>,
 }
 
 impl DesStore {
@@ -104,6 +115,7 @@ impl DesStore {
             n_bits,
             digest: DigestAlgorithm::Sha256,
             suffix_len: DEFAULT_SUFFIX_LEN,
+            legacy: None,
         })
     }
 
@@ -225,6 +237,7 @@ impl DesStore {
             n_bits: cfg.n_bits,
             digest,
             suffix_len: DEFAULT_SUFFIX_LEN,
+            legacy: None,
         })
     }
 
@@ -284,23 +297,19 @@ impl DesStore {
         crate::keys::ShardKey::at(loc).to_string()
     }
 
-    /// Keys that may hold the shard: one for v3; every part for legacy.
+    /// Keys that may hold the shard, in the order a lookup searches them:
+    /// the v3 key; every legacy part, newest first; for an auto store the v3
+    /// key, then (while the store may still have some) the legacy parts.
     pub async fn shard_keys(&self, loc: &ShardLocation) -> Result<Vec<String>> {
         match self.layout {
-            Layout::V3 => Ok(vec![Self::shard_key(loc)]),
-            Layout::Legacy => {
-                let prefix = format!("{}_{}_", loc.date_dir, loc.shard_hex);
-                let metas = self
-                    .placement
-                    .for_shard(loc.shard_index)?
-                    .list_all(&prefix)
-                    .await?;
-                Ok(metas
-                    .into_iter()
-                    .map(|m| m.key)
-                    .filter(|k| k.ends_with(SHARD_EXT) && !k.contains('/'))
-                    .collect())
+            Layout::V3 => {
+                let mut keys = vec![Self::shard_key(loc)];
+                if self.consults_legacy().await {
+                    keys.extend(self.legacy_parts(loc).await?);
+                }
+                Ok(keys)
             }
+            Layout::Legacy => self.legacy_parts(loc).await,
         }
     }
 

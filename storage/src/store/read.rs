@@ -6,7 +6,7 @@ use des_format::Timestamp;
 use des_format::codec;
 use des_format::shard::{Check, Located, Source};
 
-use super::{DesStore, LoadedIndex};
+use super::{DesStore, Layout, LoadedIndex};
 use crate::bridge::BlockingStreamReader;
 use crate::error::{Error, Result};
 use crate::object::{ByteRange, GetOptions, ObjectStore, ObjectStoreExt};
@@ -68,22 +68,34 @@ impl DesStore {
     }
 
     /// Finds `uid` in the shard it routes to. Legacy stores may hold several
-    /// parts per shard; the highest-numbered part holding the uid wins.
+    /// parts per shard; the highest-numbered part holding the uid wins. An
+    /// auto store searches its v3 shard before the legacy parts.
     pub async fn find(&self, uid: &str, created_at: Timestamp) -> Result<(LoadedIndex, Located)> {
         let loc = self.locate(uid, created_at)?;
-        let mut keys = self.shard_keys(&loc).await?;
-        keys.sort();
-        for key in keys.iter().rev() {
-            if let Some(loaded) = self.load_index(key).await?
-                && let Some(found) = loaded.find(uid)
-            {
-                return Ok((loaded, found));
+        let v3 = self.layout() == Layout::V3;
+        if v3 && let Some(found) = self.find_in(&Self::shard_key(&loc), uid).await? {
+            return Ok(found);
+        }
+        // Listed only when needed: an auto store lists its legacy parts
+        // after a v3 miss, and not at all once it has none.
+        if !v3 || self.consults_legacy().await {
+            for key in self.legacy_parts(&loc).await? {
+                if let Some(found) = self.find_in(&key, uid).await? {
+                    return Ok(found);
+                }
             }
         }
         Err(Error::not_found(format!(
             "{uid} ({})",
             created_at.date_dir()
         )))
+    }
+
+    async fn find_in(&self, key: &str, uid: &str) -> Result<Option<(LoadedIndex, Located)>> {
+        Ok(self
+            .load_index(key)
+            .await?
+            .and_then(|loaded| loaded.find(uid).map(|found| (loaded, found))))
     }
 
     /// Library read of one file by (uid, created_at).
