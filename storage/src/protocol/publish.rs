@@ -304,6 +304,9 @@ mod tests {
                 .await
                 .is_ok()
         );
+        // No ETag to compare: allowed here, the re-read after publishing checks.
+        let no_etag = publish(&objects, "s", Base::Present { etag: None });
+        assert!(no_etag.check_unchanged().await.is_ok());
         assert!(
             matches!(
                 publish(&objects, "fail/s", Base::Absent)
@@ -313,6 +316,34 @@ mod tests {
             ),
             "an outage is not an absent shard"
         );
+    }
+
+    /// Conditions where the store enforces them, on the generation built on.
+    #[test]
+    fn write_mode_follows_the_base() {
+        let conditional: Arc<dyn ObjectStore> = Arc::new(MemoryStore::new());
+        let unconditional: Arc<dyn ObjectStore> = Arc::new(Unconditional(MemoryStore::new()));
+        let etag = || Base::Present {
+            etag: Some("\"e1\"".into()),
+        };
+        assert_eq!(
+            publish(&conditional, "s", Base::Absent).mode(),
+            PutMode::Create
+        );
+        assert_eq!(
+            publish(&conditional, "s", etag()).mode(),
+            PutMode::UpdateIfMatch("\"e1\"".into())
+        );
+        assert_eq!(
+            publish(&conditional, "s", Base::Present { etag: None }).mode(),
+            PutMode::Overwrite
+        );
+        for base in [Base::Absent, etag()] {
+            assert_eq!(
+                publish(&unconditional, "s", base).mode(),
+                PutMode::Overwrite
+            );
+        }
     }
 
     #[test]
