@@ -38,10 +38,12 @@ RUN --mount=type=cache,id=des-cargo-registry,target=/usr/local/cargo/registry,sh
     --mount=type=cache,id=des-target,target=/src/target,sharing=locked \
     cargo build --release --locked \
         --bin des-pack --bin des-retriever --bin des-verify \
-        --bin des-repack --bin des-tombstones \
+        --bin des-upgrade \
+        --bin des-repack --bin des-tombstones --bin des-migrate \
     && install -D -m 0755 -t /out \
         target/release/des-pack target/release/des-retriever target/release/des-verify \
-        target/release/des-repack target/release/des-tombstones
+        target/release/des-upgrade \
+        target/release/des-repack target/release/des-tombstones target/release/des-migrate
 
 # ---- runtime -----------------------------------------------------------------
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime

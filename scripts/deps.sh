@@ -6,7 +6,10 @@
 #   - promtool (Debian's `prometheus` package) to check /metrics output
 #     and alert rules,
 #   - a Pushgateway (Debian's `prometheus-pushgateway`) for the batch tools'
-#     --pushgateway tests (repack/tests/pushgateway.rs).
+#     --pushgateway tests (repack/tests/pushgateway.rs),
+#   - PostgreSQL (Debian's `postgresql`) and openssl for des-migrate's tests,
+#     which start throwaway clusters with its initdb/pg_ctl and make TLS
+#     certificates with openssl (migrate/tests/common).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +37,14 @@ if [[ ! -x /usr/bin/prometheus-pushgateway ]]; then
     apt_install prometheus-pushgateway
     # The package may start the service (port 9091); the tests start their own.
     service prometheus-pushgateway stop >/dev/null 2>&1 || true
+fi
+
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || ! command -v openssl >/dev/null; then
+    echo "== installing PostgreSQL (apt: postgresql, openssl)" >&2
+    apt_install postgresql openssl
+    # The package creates and starts a cluster of its own (port 5432); the
+    # tests start theirs, on free ports.
+    service postgresql stop >/dev/null 2>&1 || true
 fi
 
 # Both builds at once would fight over 2 cores; one after the other is faster overall.
