@@ -46,6 +46,8 @@ pub struct Metrics {
     pub tombstones_known: IntGauge,
     pub tombstones_appended: IntCounter,
     pub tombstones_poll_failures: IntCounter,
+    pub http_connections: IntGauge,
+    pub http_connections_max: IntGauge,
     pub big_streams_active: IntGauge,
     pub payload_bytes_in_flight: IntGauge,
     pub overload_rejections: IntCounterVec,
@@ -115,6 +117,16 @@ impl Metrics {
         )?;
         r.register(Box::new(tombstones_known.clone()))?;
         Ok(Self {
+            http_connections: gauge(
+                &r,
+                "des_http_connections",
+                "Connections open on the public port (bound: des_http_connections_max).",
+            )?,
+            http_connections_max: gauge(
+                &r,
+                "des_http_connections_max",
+                "max_connections: beyond it, new connections wait to be accepted.",
+            )?,
             big_streams_active: gauge(
                 &r,
                 "des_big_streams_active",

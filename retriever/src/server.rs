@@ -141,6 +141,22 @@ pub fn route_label(pattern: &str) -> String {
     out
 }
 
+/// One open connection in `des_http_connections`, for as long as it lives.
+struct OpenConnection(prometheus::IntGauge);
+
+impl OpenConnection {
+    fn new(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// The public server and, if configured, the admin one.
 pub struct Servers {
     public: actix_web::dev::Server,
@@ -166,7 +182,16 @@ pub fn bind(settings: &Settings, state: AppState) -> std::io::Result<Servers> {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
     let public_data = data.clone();
+    let metrics = data.retriever.metrics();
+    let connections = metrics.http_connections.clone();
+    metrics
+        .http_connections_max
+        .set(i64::try_from(guards.max_connections).unwrap_or(i64::MAX));
     let public = HttpServer::new(move || app(public_data.clone()))
+        // Kept in the connection's own data, so dropped (and uncounted) when it closes.
+        .on_connect(move |_, ext| {
+            ext.insert(OpenConnection::new(connections.clone()));
+        })
         .workers(workers)
         // actix counts connections per worker; the setting is for the process.
         .max_connections(guards.max_connections.div_ceil(workers))

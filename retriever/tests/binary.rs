@@ -260,9 +260,24 @@ fn connections_beyond_the_bound_wait() {
             "1",
             "--keep-alive-secs",
             "60",
+            "--admin-listen",
+            "127.0.0.1:0",
         ],
         &[],
     );
+    let admin = server.logged_addr("admin listening");
+    let gauge = |name: &str| -> String {
+        let (_, body) = request_at(&admin, "GET /metrics HTTP/1.1");
+        let text = String::from_utf8(body).unwrap();
+        let line = text.lines().find(|l| l.starts_with(&format!("{name} ")));
+        line.unwrap_or_else(|| panic!("no {name}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(gauge("des_http_connections_max"), "1");
+    assert_eq!(gauge("des_http_connections"), "0");
     // The one connection allowed, kept open (keep-alive) after its request.
     let mut first = std::net::TcpStream::connect(&server.addr).unwrap();
     first
@@ -270,6 +285,11 @@ fn connections_beyond_the_bound_wait() {
         .unwrap();
     let mut buf = [0u8; 512];
     assert!(first.read(&mut buf).unwrap() > 0, "first connection served");
+    assert_eq!(
+        gauge("des_http_connections"),
+        "1",
+        "the open connection is counted"
+    );
     let addr = server.addr.clone();
     let second = std::thread::spawn(move || {
         let (head, _) = request_at(&addr, "GET /health HTTP/1.1");
