@@ -48,6 +48,7 @@ pub struct Metrics {
     pub tombstones_poll_failures: IntCounter,
     pub http_connections: IntGauge,
     pub http_connections_max: IntGauge,
+    pub http_connections_without_request: IntCounter,
     pub big_streams_active: IntGauge,
     pub payload_bytes_in_flight: IntGauge,
     pub overload_rejections: IntCounterVec,
@@ -121,6 +122,11 @@ impl Metrics {
                 &r,
                 "des_http_connections",
                 "Connections open on the public port (bound: des_http_connections_max).",
+            )?,
+            http_connections_without_request: counter(
+                &r,
+                "des_http_connections_without_request_total",
+                "Connections closed before a complete request arrived (slow or idle heads cut off by client_request_timeout_secs).",
             )?,
             http_connections_max: gauge(
                 &r,

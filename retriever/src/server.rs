@@ -55,6 +55,10 @@ pub fn app(
         .route("/metrics", web::get().to(http::metrics_public))
         .default_service(web::to(http::files_or_no_route))
         .wrap_fn(move |req, srv| {
+            if let Some(conn) = req.conn_data::<OpenConnection>() {
+                conn.requests
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             let id = request_id(req.headers().get(&REQUEST_ID));
             let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.path());
             let started = Instant::now();
@@ -142,18 +146,32 @@ pub fn route_label(pattern: &str) -> String {
 }
 
 /// One open connection in `des_http_connections`, for as long as it lives.
-struct OpenConnection(prometheus::IntGauge);
+/// One that closes before a complete request arrived (a slow or idle head
+/// cut off by `client_request_timeout`, or a client that never sent one) is
+/// counted in `des_http_connections_without_request_total`.
+struct OpenConnection {
+    open: prometheus::IntGauge,
+    without_request: prometheus::IntCounter,
+    requests: std::sync::atomic::AtomicU64,
+}
 
 impl OpenConnection {
-    fn new(gauge: prometheus::IntGauge) -> Self {
-        gauge.inc();
-        Self(gauge)
+    fn new(open: prometheus::IntGauge, without_request: prometheus::IntCounter) -> Self {
+        open.inc();
+        Self {
+            open,
+            without_request,
+            requests: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.dec();
+        self.open.dec();
+        if *self.requests.get_mut() == 0 {
+            self.without_request.inc();
+        }
     }
 }
 
@@ -184,13 +202,17 @@ pub fn bind(settings: &Settings, state: AppState) -> std::io::Result<Servers> {
     let public_data = data.clone();
     let metrics = data.retriever.metrics();
     let connections = metrics.http_connections.clone();
+    let without_request = metrics.http_connections_without_request.clone();
     metrics
         .http_connections_max
         .set(i64::try_from(guards.max_connections).unwrap_or(i64::MAX));
     let public = HttpServer::new(move || app(public_data.clone()))
         // Kept in the connection's own data, so dropped (and uncounted) when it closes.
         .on_connect(move |_, ext| {
-            ext.insert(OpenConnection::new(connections.clone()));
+            ext.insert(OpenConnection::new(
+                connections.clone(),
+                without_request.clone(),
+            ));
         })
         .workers(workers)
         // actix counts connections per worker; the setting is for the process.

@@ -238,6 +238,22 @@ fn admin_port_and_slow_request_heads() {
         "closed before the timeout: {:?}",
         started.elapsed()
     );
+    // Counted once the server has let the connection go (waited for, not slept).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, body) = request_at(&admin, "GET /metrics HTTP/1.1");
+        let text = String::from_utf8(body).unwrap();
+        if text.lines().any(|l| {
+            l.starts_with("des_http_connections_without_request_total ") && !l.ends_with(" 0")
+        }) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never counted:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert_eq!(server.terminate(), 0, "both listeners stop on SIGTERM");
 }
 
