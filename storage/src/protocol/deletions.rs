@@ -62,3 +62,49 @@ impl DeletionGuard {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use des_format::Timestamp;
+
+    use super::*;
+    use crate::MemoryStore;
+    use crate::store::CreateOptions;
+    use crate::tombstones::{DeleteReason, Tombstone};
+
+    /// A packer sees a tombstone logged after it loaded the guard once it
+    /// refreshes (which it does after reading the generation it builds on),
+    /// and only for the pair deleted.
+    #[tokio::test]
+    async fn refresh_picks_up_new_tombstones_for_their_pair_only() {
+        let (store, _) = DesStore::open_or_create(
+            Arc::new(MemoryStore::new()),
+            CreateOptions {
+                n_bits: Some(4),
+                digest: None,
+            },
+        )
+        .await
+        .unwrap();
+        let guard = DeletionGuard::load(&store).await.unwrap();
+        let at = Timestamp::parse_rfc3339("2024-05-17T10:00:00Z").unwrap();
+        let day = at.date_number();
+        assert!(!guard.is_deleted("u1", day));
+        let t = Tombstone::new("u1", at, DeleteReason::Gdpr, "tester");
+        TombstoneLog::new(&store).append(&t).await.unwrap();
+        assert!(!guard.is_deleted("u1", day), "not before a refresh");
+        guard.refresh().await.unwrap();
+        assert!(guard.is_deleted("u1", day));
+        assert!(!guard.is_deleted("u2", day), "another uid");
+        assert!(!guard.is_deleted("u1", day + 1), "another day");
+        // Loaded afresh, the log already holds it.
+        assert!(
+            DeletionGuard::load(&store)
+                .await
+                .unwrap()
+                .is_deleted("u1", day)
+        );
+    }
+}
