@@ -346,6 +346,25 @@ mod tests {
         }
     }
 
+    /// A lost condition means "rebuild on what is there now"; anything else
+    /// is a failure to report.
+    #[test]
+    fn lost_conditions_are_conflicts() {
+        let lost = crate::Error::PreconditionFailed { key: "s".into() };
+        assert!(matches!(
+            PublishError::from_store(lost),
+            PublishError::Conflict
+        ));
+        let outage = crate::Error::Unavailable {
+            msg: "down".into(),
+            retry_after: None,
+        };
+        assert!(matches!(
+            PublishError::from_store(outage),
+            PublishError::Store(_)
+        ));
+    }
+
     #[test]
     fn etags_compare_without_quotes_or_weak_marker() {
         assert!(same_etag("\"abc-2\"", "abc-2"));
