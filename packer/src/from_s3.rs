@@ -36,20 +36,15 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use aws_config::BehaviorVersion;
-use aws_sdk_s3::config::retry::RetryConfig;
-use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::{Credentials, Region};
-use aws_sdk_s3::error::DisplayErrorContext;
 use des_format::routing::locate_ts;
 use des_format::shard::Check;
 use des_format::{ContentDigest, Located, Timestamp};
 use des_storage::bridge::BlockingStreamReader;
+use des_storage::resilience::{RetryPolicy, RetryStore};
 use des_storage::store::{external_key, verify_stream};
-use des_storage::{ErrorKind, GetOptions, LoadedIndex, S3Config};
+use des_storage::{ErrorKind, GetOptions, LoadedIndex, S3Config, S3Store};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
@@ -58,8 +53,6 @@ use crate::ingest::Ingest;
 use crate::report::{Failure, MAX_REPORTED_FAILURES, PackReport};
 use crate::source::{FileRecord, RecordFailure, Sink, SourceRef, check_uid};
 
-/// Keys per ListObjectsV2 page (S3's maximum).
-const PAGE: usize = 1000;
 /// Default `--listing-batch`: large, because every batch rewrites the shards
 /// it touches; a crash re-packs at most this many objects.
 pub const DEFAULT_LISTING_BATCH: u64 = 1_000_000;
@@ -463,12 +456,13 @@ pub(crate) trait Lister: Sync {
     fn page(&self, start_after: Option<&str>) -> Result<Page>;
 }
 
-/// ListObjectsV2 through the AWS SDK, configured as `des_storage` configures
-/// its S3 clients (the same environment and `DES_S3_*` overrides).
+/// ListObjectsV2 through des_storage's S3 client (same settings as every
+/// other S3 request), with its retries, keeping each object's LastModified.
 pub(crate) struct S3Lister {
-    client: aws_sdk_s3::Client,
-    bucket: String,
+    store: Arc<S3Store>,
+    retry: RetryStore<S3Store>,
     prefix: String,
+    url: String,
     handle: Handle,
 }
 
@@ -476,112 +470,43 @@ impl S3Lister {
     pub(crate) fn connect(spec: &FromS3, handle: &Handle) -> Result<Self> {
         let cfg = S3Config::from_url(&format!("s3://{}", spec.bucket))
             .with_context(|| format!("S3 settings for {}", spec.url()))?;
-        let client = handle.block_on(sdk_client(&cfg));
+        let store =
+            Arc::new(S3Store::new(cfg).with_context(|| format!("S3 client for {}", spec.url()))?);
+        let policy = RetryPolicy {
+            max_attempts: LIST_ATTEMPTS,
+            ..RetryPolicy::default()
+        };
         Ok(Self {
-            client,
-            bucket: spec.bucket.clone(),
+            retry: RetryStore::new(Arc::clone(&store), policy),
+            store,
             prefix: spec.list_prefix(),
+            url: spec.url(),
             handle: handle.clone(),
         })
     }
 }
 
-async fn sdk_client(cfg: &S3Config) -> aws_sdk_s3::Client {
-    let timeouts = TimeoutConfig::builder()
-        .connect_timeout(cfg.connect_timeout)
-        .read_timeout(cfg.read_timeout)
-        .build();
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        // No RetryStore sits above this client, so the SDK retries itself.
-        .retry_config(
-            RetryConfig::standard()
-                .with_max_attempts(LIST_ATTEMPTS)
-                .with_max_backoff(Duration::from_secs(20)),
-        )
-        .timeout_config(timeouts);
-    if let Some(region) = &cfg.region {
-        loader = loader.region(Region::new(region.clone()));
-    }
-    if let Some(endpoint) = &cfg.endpoint {
-        loader = loader.endpoint_url(endpoint);
-    }
-    if let Some(c) = &cfg.credentials {
-        loader = loader.credentials_provider(Credentials::new(
-            &c.access_key_id,
-            &c.secret_access_key,
-            c.session_token.clone(),
-            None,
-            "des-s3-config",
-        ));
-    }
-    let shared = loader.load().await;
-    let mut builder = aws_sdk_s3::config::Builder::from(&shared).force_path_style(cfg.path_style());
-    if shared.region().is_none() {
-        // As des_storage: S3-compatible servers need some region to sign with.
-        builder = builder.region(Region::new("us-east-1"));
-    }
-    aws_sdk_s3::Client::from_conf(builder.build())
-}
-
 impl Lister for S3Lister {
     fn page(&self, start_after: Option<&str>) -> Result<Page> {
-        self.handle.block_on(async {
-            let mut token: Option<String> = None;
-            loop {
-                let resp = self
-                    .client
-                    .list_objects_v2()
-                    .bucket(&self.bucket)
-                    .prefix(&self.prefix)
-                    .set_start_after(start_after.map(str::to_string))
-                    .set_continuation_token(token.take())
-                    .max_keys(PAGE as i32)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        anyhow!(
-                            "listing s3://{}/{}: {}",
-                            self.bucket,
-                            self.prefix,
-                            DisplayErrorContext(&e)
-                        )
-                    })?;
-                let objects: Vec<Listed> = resp
-                    .contents()
-                    .iter()
-                    .filter_map(|o| {
-                        Some(Listed {
-                            key: o.key()?.to_string(),
-                            size: o.size().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
-                            etag: o.e_tag().map(str::to_string),
-                            last_modified: o.last_modified().and_then(|t| {
-                                let us = t
-                                    .secs()
-                                    .checked_mul(1_000_000)?
-                                    .checked_add(i64::from(t.subsec_nanos() / 1_000))?;
-                                Some(Timestamp::from_micros(us))
-                            }),
-                        })
-                    })
-                    .collect();
-                let truncated = resp.is_truncated().unwrap_or(false);
-                match resp.next_continuation_token() {
-                    // A truncated page with no keys: follow the token rather
-                    // than take it for the end.
-                    Some(t) if truncated && objects.is_empty() => token = Some(t.to_string()),
-                    _ => {
-                        let next_start_after = if truncated {
-                            objects.last().map(|o| o.key.clone())
-                        } else {
-                            None
-                        };
-                        return Ok(Page {
-                            objects,
-                            next_start_after,
-                        });
-                    }
-                }
-            }
+        let page = self
+            .handle
+            .block_on(self.retry.run("list", &self.prefix, || {
+                self.store.list_timed(&self.prefix, start_after)
+            }))
+            .map_err(|e| anyhow!("listing {}: {e}", self.url))?;
+        let objects = page
+            .objects
+            .into_iter()
+            .map(|(meta, last_modified)| Listed {
+                key: meta.key,
+                size: meta.size,
+                etag: meta.etag,
+                last_modified,
+            })
+            .collect();
+        Ok(Page {
+            objects,
+            next_start_after: page.next_start_after,
         })
     }
 }

@@ -172,7 +172,9 @@ impl<S: ?Sized + ObjectStore> RetryStore<S> {
         &self.policy
     }
 
-    async fn run<T, F, Fut>(&self, op: &'static str, key: &str, mut call: F) -> Result<T>
+    /// Runs `call` under this store's policy: for requests the trait does
+    /// not carry (e.g. [`crate::S3Store::list_timed`] on the inner store).
+    pub async fn run<T, F, Fut>(&self, op: &'static str, key: &str, mut call: F) -> Result<T>
     where
         F: FnMut() -> Fut + Send,
         Fut: Future<Output = Result<T>> + Send,

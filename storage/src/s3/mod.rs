@@ -21,4 +21,4 @@ mod store;
 mod writer;
 
 pub use config::{DEFAULT_PART_SIZE, MAX_PART_SIZE, MIN_PART_SIZE, S3Config, S3Credentials};
-pub use store::{PendingUpload, S3Store};
+pub use store::{PendingUpload, S3Store, TimedPage};

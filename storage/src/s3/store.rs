@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
+use des_format::Timestamp;
 use rand::Rng;
 
 use super::config::S3Config;
@@ -57,6 +58,57 @@ impl fmt::Debug for S3Store {
 }
 
 impl S3Store {
+    /// [`ObjectStore::list`] with each object's `LastModified` (what a
+    /// packer of loose objects may take as their creation time).
+    pub async fn list_timed(&self, prefix: &str, start_after: Option<&str>) -> Result<TimedPage> {
+        let full_prefix = self.full_key(prefix);
+        let client = self.client().await;
+        let mut token: Option<String> = None;
+        loop {
+            let resp = client
+                .list_objects_v2()
+                .bucket(self.bucket())
+                .prefix(&full_prefix)
+                .set_start_after(start_after.map(|a| self.full_key(a)))
+                .set_continuation_token(token.clone())
+                .max_keys(LIST_PAGE as i32)
+                .send()
+                .await
+                .map_err(|e| map_sdk_error(&format!("listing {prefix:?}"), e))?;
+            let objects: Vec<(ObjectMeta, Option<Timestamp>)> = resp
+                .contents()
+                .iter()
+                .filter_map(|o| {
+                    let key = self.strip_prefix(o.key()?)?;
+                    let meta = ObjectMeta {
+                        key: key.to_string(),
+                        size: o.size().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+                        etag: o.e_tag().map(str::to_string),
+                    };
+                    Some((meta, o.last_modified().and_then(timestamp_of)))
+                })
+                .collect();
+            let truncated = resp.is_truncated().unwrap_or(false);
+            match resp.next_continuation_token() {
+                // A truncated page with nothing we can use (possible with
+                // foreign keys outside our prefix): fetch on instead of
+                // reporting a premature end.
+                Some(t) if truncated && objects.is_empty() => token = Some(t.to_string()),
+                _ => {
+                    let next_start_after = if truncated {
+                        objects.last().map(|(o, _)| o.key.clone())
+                    } else {
+                        None
+                    };
+                    return Ok(TimedPage {
+                        objects,
+                        next_start_after,
+                    });
+                }
+            }
+        }
+    }
+
     /// A store whose client is built on first use. Makes no request, so
     /// [`capabilities`](ObjectStore::capabilities) reports conditional writes
     /// as unsupported until [`S3Store::probe_conditional_put`] has run, unless
@@ -521,51 +573,11 @@ impl ObjectStore for S3Store {
     }
 
     async fn list(&self, prefix: &str, start_after: Option<&str>) -> Result<ListPage> {
-        let full_prefix = self.full_key(prefix);
-        let client = self.client().await;
-        let mut token: Option<String> = None;
-        loop {
-            let resp = client
-                .list_objects_v2()
-                .bucket(self.bucket())
-                .prefix(&full_prefix)
-                .set_start_after(start_after.map(|a| self.full_key(a)))
-                .set_continuation_token(token.clone())
-                .max_keys(LIST_PAGE as i32)
-                .send()
-                .await
-                .map_err(|e| map_sdk_error(&format!("listing {prefix:?}"), e))?;
-            let objects: Vec<ObjectMeta> = resp
-                .contents()
-                .iter()
-                .filter_map(|o| {
-                    let key = self.strip_prefix(o.key()?)?;
-                    Some(ObjectMeta {
-                        key: key.to_string(),
-                        size: o.size().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
-                        etag: o.e_tag().map(str::to_string),
-                    })
-                })
-                .collect();
-            let truncated = resp.is_truncated().unwrap_or(false);
-            match resp.next_continuation_token() {
-                // A truncated page with nothing we can use (possible with
-                // foreign keys outside our prefix): fetch on instead of
-                // reporting a premature end.
-                Some(t) if truncated && objects.is_empty() => token = Some(t.to_string()),
-                _ => {
-                    let next_start_after = if truncated {
-                        objects.last().map(|o| o.key.clone())
-                    } else {
-                        None
-                    };
-                    return Ok(ListPage {
-                        objects,
-                        next_start_after,
-                    });
-                }
-            }
-        }
+        let page = self.list_timed(prefix, start_after).await?;
+        Ok(ListPage {
+            objects: page.objects.into_iter().map(|(meta, _)| meta).collect(),
+            next_start_after: page.next_start_after,
+        })
     }
 }
 
@@ -598,4 +610,20 @@ mod tests {
         assert_eq!(s.strip_prefix("a/b"), Some("a/b"));
         assert_eq!(s.describe(), "s3://bkt");
     }
+}
+
+/// A page of [`S3Store::list_timed`].
+#[derive(Debug, Default)]
+pub struct TimedPage {
+    pub objects: Vec<(ObjectMeta, Option<Timestamp>)>,
+    /// The next page starts after this key; `None`: the listing is complete.
+    pub next_start_after: Option<String>,
+}
+
+fn timestamp_of(t: &aws_sdk_s3::primitives::DateTime) -> Option<Timestamp> {
+    let micros = t
+        .secs()
+        .checked_mul(1_000_000)?
+        .checked_add(i64::from(t.subsec_nanos() / 1_000))?;
+    Some(Timestamp::from_micros(micros))
 }
