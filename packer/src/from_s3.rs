@@ -26,10 +26,10 @@
 //!   that digest and length equal those of the object's current bytes. Any
 //!   doubt (not found, an error, a difference) keeps the original.
 //!
-//! The listing goes through the AWS SDK rather than `des_storage`'s
-//! `ObjectStore::list`, because the default `created_at` is each object's
-//! `LastModified`, which `ObjectMeta` does not carry. Reads and deletes of
-//! the objects go through `des_storage` (retries, `--source-root`).
+//! The listing is `des_storage`'s `S3Store::list_timed` (the trait's
+//! `list` without each object's `LastModified`, the default `created_at`),
+//! retried by its `RetryStore`; reads and deletes of the objects go through
+//! `des_storage` too (retries, `--source-root`).
 
 use std::fmt;
 use std::io::{Read, Write};
