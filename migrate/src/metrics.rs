@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
+use des_repack::metrics::{previous_samples, write_atomically};
+
 use crate::report::MigrationReport;
 
 /// How a cycle (one run) ended: the `status` label of `des_migration_cycles_total`.
@@ -60,16 +62,7 @@ impl MigrationMetrics {
     /// from zero; gauges are always replaced).
     pub fn load(path: &Path) -> Self {
         let mut m = Self::default();
-        let Ok(text) = std::fs::read_to_string(path) else {
-            return m;
-        };
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let Some((name, value)) = line.rsplit_once(' ') else {
-                continue;
-            };
-            let Ok(v) = value.parse::<f64>() else {
-                continue;
-            };
+        for (name, v) in previous_samples(path) {
             let n = v.max(0.0) as u64;
             if let Some(status) = name
                 .strip_prefix("des_migration_cycles_total{status=\"")
@@ -77,7 +70,7 @@ impl MigrationMetrics {
             {
                 m.cycles.insert(status.to_string(), n);
             }
-            match name {
+            match name.as_str() {
                 FILES => m.files_total = n,
                 BYTES => m.bytes_total = n,
                 LAST_SUCCESS => m.last_success_timestamp_seconds = v,
@@ -157,16 +150,9 @@ impl MigrationMetrics {
         s
     }
 
-    /// Temp file, rename, fsync of the directory: a collector never reads
-    /// half a file, and a crash keeps the previous one.
+    /// Written atomically, as des-repack's (a collector never reads half a file).
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        std::fs::write(&tmp, self.render())?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(d)?.sync_all()?;
-        }
-        Ok(())
+        write_atomically(path, &self.render())
     }
 }
 

@@ -61,16 +61,7 @@ impl RepackMetrics {
     /// start from zero; gauges are always replaced).
     pub fn load(path: &Path) -> Self {
         let mut m = Self::default();
-        let Ok(text) = std::fs::read_to_string(path) else {
-            return m;
-        };
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let Some((name, value)) = line.rsplit_once(' ') else {
-                continue;
-            };
-            let Ok(v) = value.parse::<f64>() else {
-                continue;
-            };
+        for (name, v) in previous_samples(path) {
             let n = v.max(0.0) as u64;
             if let Some(status) = name
                 .strip_prefix("des_repack_jobs_total{status=\"")
@@ -78,7 +69,7 @@ impl RepackMetrics {
             {
                 m.jobs.insert(status.to_string(), n);
             }
-            match name {
+            match name.as_str() {
                 "des_repack_space_saved_bytes" => m.space_saved_bytes = n,
                 "des_repack_shards_rewritten_total" => m.shards_rewritten = n,
                 "des_repack_entries_dropped_total" => m.entries_dropped = n,
@@ -173,9 +164,24 @@ fn render_gauges(out: &mut String, gauges: &[(&str, &str, f64)]) {
     }
 }
 
+/// The samples (`name{labels}`, value) of a previous metrics file at `path`,
+/// so counters carry on across runs; missing or unreadable: none.
+pub fn previous_samples(path: &Path) -> Vec<(String, f64)> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
 /// Temp file, rename, fsync of the directory: a textfile collector never
 /// reads half a file, and a crash keeps the previous one.
-fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     std::fs::write(&tmp, text)?;
