@@ -199,6 +199,11 @@ pub fn write_verify_metrics(
     path: &Path,
     report: &crate::verify::VerifyReport,
 ) -> std::io::Result<()> {
+    write_atomically(path, &render_verify_metrics(report))
+}
+
+/// `des-verify`'s metrics as text: what `--metrics-file` gets and what is pushed.
+pub fn render_verify_metrics(report: &crate::verify::VerifyReport) -> String {
     let gauges = [
         (
             "des_verify_corrupt_entries_total",
@@ -223,7 +228,7 @@ pub fn write_verify_metrics(
     ];
     let mut text = String::new();
     render_gauges(&mut text, &gauges);
-    write_atomically(path, &text)
+    text
 }
 
 fn now_seconds() -> f64 {

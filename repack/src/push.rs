@@ -266,16 +266,6 @@ impl Put {
     }
 }
 
-/// `des-verify`'s metrics as text: what `--metrics-file` gets.
-/// [`crate::metrics`] has only a file writer for them, so they are written
-/// into a private temporary directory (removed on return) and read back.
-pub fn verify_metrics_text(report: &crate::verify::VerifyReport) -> std::io::Result<String> {
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("des-verify.prom");
-    crate::metrics::write_verify_metrics(&path, report)?;
-    std::fs::read_to_string(&path)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

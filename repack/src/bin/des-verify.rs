@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
-use des_repack::push::{self, Pushgateway};
+use des_repack::push::Pushgateway;
 use des_repack::units::{parse_duration, parse_size};
 use des_repack::verify::open::{self, Scope};
 use des_repack::verify::{
@@ -231,7 +231,7 @@ async fn verify(cli: &Cli) -> Result<u8> {
 }
 
 async fn push_metrics(gateway: &Pushgateway, report: &VerifyReport) -> Result<()> {
-    let text = push::verify_metrics_text(report).context("rendering the metrics to push")?;
+    let text = des_repack::metrics::render_verify_metrics(report);
     gateway
         .push(env!("CARGO_BIN_NAME"), &text)
         .await
