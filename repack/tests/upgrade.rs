@@ -918,12 +918,17 @@ async fn refusals_change_nothing_or_only_what_is_sound() {
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(snapshot(other.path()), before_other);
 
-    // `.meta` objects: no format is specified, so nothing is done unless asked.
+    // A `.meta` object that is not a Python DES sidecar might hold
+    // deletions: nothing is done unless asked.
     std::fs::write(dir.path().join("20250301_0_0000.meta"), b"?").unwrap();
     let before = snapshot(dir.path());
     let out = upgrade(&["--from", s(dir.path()), "--n-bits", "4"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains(".meta"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("20250301_0_0000.meta: not a Python DES shard sidecar"),
+        "{err}"
+    );
     assert_eq!(snapshot(dir.path()), before);
 
     // A part whose entries route elsewhere (the Python fixture shard written
@@ -956,7 +961,7 @@ async fn refusals_change_nothing_or_only_what_is_sound() {
     assert_eq!(out.status.code(), Some(1));
     let r = json(&out);
     assert_eq!(r["totals"]["failed"], 2);
-    assert_eq!(r["meta_objects"][0], "20250301_0_0000.meta");
+    assert_eq!(r["sidecars"]["skipped"][0]["key"], "20250301_0_0000.meta");
     assert_eq!(r["marker"], "present");
     assert_eq!(
         legacy_parts(dir.path()),
@@ -978,4 +983,112 @@ async fn refusals_change_nothing_or_only_what_is_sound() {
     };
     assert!(error_of(&parts[1]).contains(&parts[1]));
     assert!(error_of(misrouted).contains("route to another shard"));
+}
+
+/// The part holding `f` in the fixture store (the newest, if several).
+fn part_of(dir: &Path, f: &Expected) -> String {
+    let date = Timestamp::parse_rfc3339(&f.created_at).unwrap().date_dir();
+    let prefix = format!("{date}_{}_", shard_hex(&f.uid));
+    legacy_parts(dir)
+        .into_iter()
+        .rfind(|p| p.starts_with(&prefix))
+        .unwrap()
+}
+
+/// A `.meta` sidecar beside `part` as the Python DES's `MetadataManager`
+/// writes it, with tombstones for `deleted` (uid, created_at, reason).
+fn write_sidecar(dir: &Path, part: &str, deleted: &[(&str, &str, &str)]) {
+    let tombstones: serde_json::Map<String, Value> = deleted
+        .iter()
+        .map(|(uid, created_at, reason)| {
+            (
+                format!("{uid}:{created_at}"),
+                serde_json::json!({
+                    "uid": uid, "created_at": created_at,
+                    "deleted_at": "2025-04-01T08:00:00.125000Z", "deleted_by": "dpo",
+                    "reason": reason, "ticket_id": "GDPR-42",
+                }),
+            )
+        })
+        .collect();
+    let sidecar = serde_json::json!({
+        "version": 1, "shard_file": part, "shard_size": 1000,
+        "created_at": "2025-03-05T00:00:00Z", "last_updated": "2025-04-01T08:00:00Z",
+        "index": {}, "tombstones": tombstones,
+        "stats": {"entries": 3, "deleted_files": deleted.len(), "deletion_ratio": 0.3},
+    });
+    let name = part.replace(".des", ".meta");
+    let body = serde_json::to_vec_pretty(&sidecar).unwrap();
+    std::fs::write(dir.join(name), body).unwrap();
+}
+
+fn sidecars(dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".meta"))
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn python_deletions_in_meta_sidecars_stay_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_store(dir.path());
+    let files = store_files();
+    let (gone, kept): (Vec<Expected>, Vec<Expected>) = files
+        .iter()
+        .cloned()
+        .partition(|f| f.uid == files[0].uid || f.uid == files[1].uid);
+    let (a, b) = (&gone[0], &gone[1]);
+    let (part_a, part_b) = (part_of(dir.path(), a), part_of(dir.path(), b));
+    assert_ne!(
+        part_a, part_b,
+        "the test wants two sidecars with tombstones"
+    );
+    write_sidecar(dir.path(), &part_a, &[(&a.uid, &a.created_at, "GDPR")]);
+    write_sidecar(dir.path(), &part_b, &[(&b.uid, &b.created_at, "duplicate")]);
+    let part_c = part_of(dir.path(), &kept[0]);
+    write_sidecar(dir.path(), &part_c, &[]);
+
+    // --keep-legacy: the tombstones are logged, the sidecars stay.
+    let args = ["--from", s(dir.path()), "--n-bits", "4", "--json"];
+    let r = ok(&upgrade(&[&args[..], &["--keep-legacy"]].concat()));
+    assert_eq!(r["sidecars"]["found"], 3);
+    assert_eq!(r["sidecars"]["tombstones"], 2);
+    assert_eq!(r["sidecars"]["tombstones_logged"], 2);
+    assert_eq!(r["sidecars"]["deleted"], 0);
+    assert_eq!(r["totals"]["deleted"], 2);
+    assert_eq!(sidecars(dir.path()).len(), 3);
+
+    // Then in place to the end: nothing logged twice; the deleted files are
+    // in no v3 shard, every other file is; the sidecars go with their parts.
+    let r = ok(&upgrade(&args));
+    assert_eq!(r["sidecars"]["tombstones_logged"], 0);
+    assert_eq!(r["sidecars"]["deleted"], 3);
+    assert!(legacy_parts(dir.path()).is_empty());
+    assert!(sidecars(dir.path()).is_empty());
+    check_v3_exactly(dir.path(), &kept).await;
+    des_verify_clean(dir.path());
+
+    let store = DesStore::open(local(dir.path())).await.unwrap();
+    let mut logged = TombstoneLog::new(&store).list_all().await.unwrap();
+    logged.sort_by(|x, y| x.tombstone.uid.cmp(&y.tombstone.uid));
+    let mut want = [(a, DeleteReason::Gdpr), (b, DeleteReason::UserRequest)];
+    want.sort_by(|x, y| x.0.uid.cmp(&y.0.uid));
+    assert_eq!(logged.len(), 2);
+    for (l, (f, reason)) in logged.iter().zip(want) {
+        let t = &l.tombstone;
+        let created = Timestamp::parse_rfc3339(&f.created_at).unwrap();
+        assert_eq!(
+            (t.uid.as_str(), t.created_at),
+            (f.uid.as_str(), Some(created))
+        );
+        assert_eq!(t.date, created.date_number());
+        assert_eq!(t.reason, reason);
+        assert_eq!(t.deleted_by, "dpo");
+        assert_eq!(t.ticket_id.as_deref(), Some("GDPR-42"));
+        assert_eq!(t.deleted_at.to_rfc3339(), "2025-04-01T08:00:00.125Z");
+    }
 }

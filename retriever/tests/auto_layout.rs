@@ -189,6 +189,45 @@ async fn serves_the_python_store_before_and_after_the_upgrade() {
 }
 
 #[actix_web::test]
+async fn python_deletions_answer_410_though_their_parts_remain() {
+    // A deletion the Python DES kept in its `.meta` sidecar becomes a v3
+    // tombstone; with the legacy parts kept, the auto reader would find the
+    // bytes in the part after the v3 miss, so the tombstone must win.
+    let dir = tempfile::tempdir().unwrap();
+    copy_fixture_store(dir.path());
+    let files = fixture_files();
+    let gone = &files[0];
+    let ts = des_format::Timestamp::parse_rfc3339(&gone.created_at).unwrap();
+    let hex =
+        des_format::routing::shard_hex(des_format::routing::shard_index(&gone.uid, 4).unwrap(), 4);
+    let sidecar = serde_json::json!({
+        "version": 1, "shard_file": "x.des", "shard_size": 1, "index": {},
+        "created_at": "2025-03-05T00:00:00Z", "last_updated": "2025-04-01T00:00:00Z",
+        "tombstones": {format!("{}:{}", gone.uid, gone.created_at): {
+            "uid": gone.uid, "created_at": gone.created_at, "deleted_at": "2025-04-01T00:00:00Z",
+            "deleted_by": "dpo", "reason": "GDPR", "ticket_id": null}},
+    });
+    let meta = dir
+        .path()
+        .join(format!("{}_{hex}_0000.meta", ts.date_dir()));
+    std::fs::write(&meta, serde_json::to_vec(&sidecar).unwrap()).unwrap();
+
+    let report = run_upgrade(dir.path(), true);
+    assert_eq!(report.sidecars.tombstones_logged, 1);
+    assert!(meta.exists());
+    let (app, _) = app!(dir.path(), auto_settings(dir.path(), None));
+    let r = call(
+        &app,
+        TestRequest::get()
+            .uri(&file_uri(&gone.uid, &gone.created_at))
+            .to_request(),
+    )
+    .await;
+    assert_eq!(r.status, 410, "{}", gone.uid);
+    get_all!(&app, &files[1..]);
+}
+
+#[actix_web::test]
 async fn auto_costs_a_pure_v3_store_no_listing() {
     let dir = tempfile::tempdir().unwrap();
     pack(

@@ -68,8 +68,9 @@ struct Cli {
     /// Report what would be converted; write and delete nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Convert although `.meta` objects exist (no format is specified for
-    /// them; they are ignored and left in place, as the legacy reader does).
+    /// Convert although some `.meta` objects are not Python DES sidecars
+    /// (those are left in place and reported; sidecars understood are
+    /// still turned into tombstones).
     #[arg(long)]
     ignore_meta_files: bool,
     /// (date, shard)s converted concurrently.
@@ -208,7 +209,7 @@ async fn run(cli: &Cli) -> Result<u8> {
     };
     let report = match upgrade::upgrade(&locs, &opts, on_progress).await {
         Ok(r) => r,
-        Err(e @ (UpgradeError::MetaFiles { .. } | UpgradeError::Invalid(_))) => {
+        Err(e @ (UpgradeError::MetaFile { .. } | UpgradeError::Invalid(_))) => {
             eprintln!("des-upgrade: {e}");
             return Ok(2);
         }

@@ -11,16 +11,14 @@ pub enum UpgradeError {
     /// Bad options, or a store that contradicts them (n_bits).
     #[error("{0}")]
     Invalid(String),
-    /// The legacy store holds `.meta` objects, for which no format is
-    /// specified (SPEC §8 defines none): they might be deletion markers the
-    /// Python DES honoured, and converting their files would bring them back.
+    /// A `.meta` object that is not a Python DES sidecar this understands:
+    /// it might hold deletions, and converting its part without them would
+    /// bring deleted files back.
     #[error(
-        "{count} `.meta` object(s) in the legacy store (e.g. {example}); no format for them is \
-         specified, so they cannot be turned into tombstones. Nothing was changed. Check what \
-         they are; --ignore-meta-files converts the store as the legacy reader serves it \
-         (ignoring them, and leaving them in place)"
+        "{key}: {detail}. Nothing was changed. Check what it is; --ignore-meta-files converts \
+         the store leaving such objects (not their parts' files) as they are"
     )]
-    MetaFiles { count: usize, example: String },
+    MetaFile { key: String, detail: String },
 }
 
 /// One (date, shard) could not be converted; its legacy parts are left as

@@ -21,11 +21,10 @@
 //! not lose files on stores that enforce conditional writes, but would do
 //! the work twice). The Python DES must have stopped writing.
 //!
-//! Legacy `.meta` objects: SPEC §8 specifies no deletion marker, and the
-//! fixtures written by the Python DES have none, so there is no format to
-//! turn into tombstones. A run that finds `.meta` objects stops before
-//! changing anything unless `--ignore-meta-files` says to convert the store
-//! as the legacy reader serves it (which ignores them).
+//! Deletions: the Python DES kept them in `.meta` sidecars beside its parts.
+//! They are read before anything is written (one not understood stops the
+//! run), logged as v3 tombstones before any group is converted, and each
+//! sidecar is deleted only once its part is (`sidecar`).
 
 pub mod copy;
 pub mod error;
@@ -33,6 +32,7 @@ mod group;
 mod pause;
 pub mod plan;
 pub mod report;
+pub mod sidecar;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -77,7 +77,8 @@ pub struct UpgradeOptions {
     pub dry_run: bool,
     /// Groups converted concurrently.
     pub jobs: usize,
-    /// Convert even though `.meta` objects exist (see the module comment).
+    /// Leave `.meta` objects that are not Python DES sidecars as they are,
+    /// instead of stopping (see `sidecar`).
     pub ignore_meta_files: bool,
     /// Rebuilds of a v3 shard replaced under us before a group gives up.
     pub conflict_retries: u32,
@@ -115,14 +116,14 @@ pub async fn upgrade(
     routing::check_n_bits(opts.n_bits).map_err(|e| UpgradeError::Invalid(e.to_string()))?;
     let source = DesStore::legacy(Arc::clone(&locs.source), opts.n_bits)?;
     let listing = plan::list(locs.source.as_ref(), opts.n_bits).await?;
-    if let Some(example) = listing.meta_objects.first()
-        && !opts.ignore_meta_files
-    {
-        return Err(UpgradeError::MetaFiles {
-            count: listing.meta_objects.len(),
-            example: example.clone(),
-        });
-    }
+    let mut sidecars = sidecar::SidecarReport::default();
+    let sidecar_keys = sidecar::check(
+        locs.source.as_ref(),
+        &listing.meta_objects,
+        opts.ignore_meta_files,
+        &mut sidecars,
+    )
+    .await?;
     plan::check_n_bits(&source, &listing).await?;
     progress(Progress::Listed {
         groups: listing.groups.len(),
@@ -139,6 +140,17 @@ pub async fn upgrade(
     }
     let (target, store_created) = open_target(locs, opts, writes).await?;
     let deletions = DeletionGuard::load(&target).await?;
+    // Before any group, so that none converts a file the Python DES deleted.
+    if !opts.dry_run && store_exists(locs).await {
+        sidecar::log_tombstones(
+            locs.source.as_ref(),
+            &sidecar_keys,
+            &target,
+            &deletions,
+            &mut sidecars,
+        )
+        .await?;
+    }
     let ctx = Arc::new(group::Ctx {
         handle: tokio::runtime::Handle::current(),
         source: source.clone(),
@@ -176,7 +188,7 @@ pub async fn upgrade(
         totals: report::Totals::default(),
         groups,
         strays: listing.strays,
-        meta_objects: listing.meta_objects,
+        sidecars,
         legacy_big_files_deleted: 0,
         legacy_big_files_note: None,
         marker: MarkerState::NotUsed,
@@ -186,13 +198,16 @@ pub async fn upgrade(
     // Legacy big files are deleted only where an upgrade has happened (a v3
     // store exists): a run on a directory holding nothing but `_bigFiles/`
     // must not empty it.
-    let upgraded = target
-        .objects()
-        .head(des_storage::store::STORE_CONFIG_KEY)
-        .await
-        .is_ok();
+    let upgraded = store_exists(locs).await;
     if ctx.delete_legacy && upgraded {
         let remaining = plan::list(locs.source.as_ref(), opts.n_bits).await?;
+        sidecar::delete_orphans(
+            locs.source.as_ref(),
+            &sidecar_keys,
+            &remaining,
+            &mut report.sidecars,
+        )
+        .await?;
         match clean_big_files(&source, &remaining).await? {
             Ok(n) => report.legacy_big_files_deleted = n,
             Err(note) => report.legacy_big_files_note = Some(note),
@@ -211,6 +226,13 @@ pub async fn upgrade(
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+async fn store_exists(locs: &Locations) -> bool {
+    locs.target
+        .head(des_storage::store::STORE_CONFIG_KEY)
+        .await
+        .is_ok()
 }
 
 /// Written before `store.json`, so that no reader sees a v3 store without
@@ -249,11 +271,7 @@ async fn open_target(
     // An auto store reads v3 shards whether or not store.json exists yet;
     // only an existing one has a digest to contradict.
     let store = DesStore::open_auto(Arc::clone(&locs.target), Some(opts.n_bits)).await?;
-    let exists = locs
-        .target
-        .head(des_storage::store::STORE_CONFIG_KEY)
-        .await
-        .is_ok();
+    let exists = store_exists(locs).await;
     if let Some(d) = opts.digest.filter(|d| exists && *d != store.digest()) {
         return Err(UpgradeError::Invalid(format!(
             "the v3 store uses digest {}, not {}",

@@ -11,9 +11,8 @@ use des_storage::{DesStore, Layout, ObjectStore, ObjectStoreExt};
 use super::error::UpgradeError;
 use crate::verify::place_of;
 
-/// Objects the Python DES might have used as deletion markers; SPEC §8
-/// specifies none (see `UpgradeError::MetaFiles`).
-const META_EXT: &str = ".meta";
+/// The Python DES's per-part sidecars, which hold its deletions (`sidecar`).
+pub(super) const META_EXT: &str = ".meta";
 
 /// The legacy parts of one (date, shard): they become its v3 shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +43,7 @@ pub struct Listing {
     /// (`20240517_NONE_0000.des`, lower-case hex, …): no reader finds them,
     /// so the upgrade neither converts nor deletes them.
     pub strays: Vec<String>,
+    /// `.meta` sidecars (beside their parts, or left after them).
     pub meta_objects: Vec<String>,
     /// `_bigFiles/<sha256>` keys.
     pub big_files: Vec<String>,

@@ -133,8 +133,8 @@ pub struct UpgradeReport {
     /// Flat `.des` objects that are not shard keys under this n_bits: no
     /// reader finds them; neither converted nor deleted.
     pub strays: Vec<String>,
-    /// `.meta` objects found (left in place; see --ignore-meta-files).
-    pub meta_objects: Vec<String>,
+    /// The Python DES's `.meta` sidecars and their deletions.
+    pub sidecars: super::sidecar::SidecarReport,
     /// `_bigFiles/` objects deleted because no remaining part needs them.
     pub legacy_big_files_deleted: u64,
     /// Why `_bigFiles/` was not cleaned up, when it was not.
@@ -230,8 +230,20 @@ impl fmt::Display for UpgradeReport {
         for s in &self.strays {
             writeln!(f, "  STRAY (not a shard key, left as it is): {s}")?;
         }
-        for m in &self.meta_objects {
-            writeln!(f, "  META (no format specified, left as it is): {m}")?;
+        let sc = &self.sidecars;
+        if sc.found > 0 {
+            writeln!(
+                f,
+                "  .meta sidecars: {} ({} tombstones, {} logged now; {} sidecars deleted)",
+                sc.found, sc.tombstones, sc.tombstones_logged, sc.deleted
+            )?;
+        }
+        for s in &sc.skipped {
+            writeln!(
+                f,
+                "  META (not understood, left as it is): {}: {}",
+                s.key, s.error
+            )?;
         }
         for g in self
             .groups
