@@ -269,3 +269,98 @@ fn a_frozen_packer_keeps_its_big_file_on_garage() {
         assert!(got == data);
     });
 }
+
+/// `des-upgrade` in place on S3: the Python store's parts and one `.meta`
+/// sidecar under a prefix become a v3 store there, published through the
+/// protocol's unconditional path (Garage ignores conditions), every file
+/// byte-exact, the sidecar's deletion a tombstone, no legacy object left.
+#[test]
+fn upgrade_in_place_on_garage() {
+    const UP: &str = "legacy";
+    let server = S3Server::garage().unwrap_or_else(|e| panic!("garage is required: {e}"));
+    let objects: Arc<dyn ObjectStore> =
+        Arc::new(S3Store::new(server.config().with_prefix(UP)).unwrap());
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/legacy-des/store");
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture.join("expected.json")).unwrap()).unwrap();
+    let files = expected["files"].as_array().unwrap();
+    let gone = &files[0];
+    let (uid, created_at) = (
+        gone["uid"].as_str().unwrap(),
+        gone["created_at"].as_str().unwrap(),
+    );
+    let ts = des_format::Timestamp::parse_rfc3339(created_at).unwrap();
+    let hex = des_format::routing::shard_hex(des_format::routing::shard_index(uid, 4).unwrap(), 4);
+    let sidecar = serde_json::json!({
+        "version": 1, "shard_file": "x.des", "shard_size": 1, "index": {},
+        "created_at": "2025-03-05T00:00:00Z", "last_updated": "2025-04-01T00:00:00Z",
+        "tombstones": {format!("{uid}:{created_at}"): {"uid": uid, "created_at": created_at,
+            "deleted_at": "2025-04-01T00:00:00Z", "deleted_by": "dpo", "reason": "GDPR",
+            "ticket_id": null}},
+    });
+    let meta_key = format!("{}_{hex}_0000.meta", ts.date_dir());
+    rt().block_on(async {
+        for e in std::fs::read_dir(fixture.join("shards")).unwrap() {
+            let e = e.unwrap();
+            let body = std::fs::read(e.path()).unwrap();
+            let name = e.file_name().into_string().unwrap();
+            objects
+                .put(&name, body.into(), Default::default())
+                .await
+                .unwrap();
+        }
+        let body = serde_json::to_vec(&sidecar).unwrap();
+        objects
+            .put(&meta_key, body.into(), Default::default())
+            .await
+            .unwrap();
+    });
+
+    let url = format!("s3://{}/{UP}", server.bucket());
+    let mut c = bin("des-upgrade");
+    c.args(["--from", &url, "--n-bits", "4", "--json"]);
+    let r = ok_json(c, &server);
+    assert_eq!(r["totals"]["failed"], 0);
+    assert_eq!(r["totals"]["deleted"], 1);
+    assert_eq!(r["totals"]["verified"], files.len() as u64 - 1);
+    assert_eq!(r["sidecars"]["tombstones_logged"], 1);
+    assert_eq!(r["sidecars"]["deleted"], 1);
+    assert_eq!(r["marker"], "removed");
+
+    rt().block_on(async {
+        let left: Vec<String> = objects
+            .list_all("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .filter(|k| !k.contains('/') || k.starts_with("_bigFiles/"))
+            .collect();
+        assert!(left.is_empty(), "legacy objects left: {left:?}");
+        let store = des_storage::DesStore::open(Arc::clone(&objects))
+            .await
+            .unwrap();
+        for f in &files[1..] {
+            let ts =
+                des_format::Timestamp::parse_rfc3339(f["created_at"].as_str().unwrap()).unwrap();
+            let (_, data) = store
+                .get_file(f["uid"].as_str().unwrap(), ts)
+                .await
+                .unwrap();
+            assert_eq!(
+                des_format::digest::sha256_hex(&data),
+                f["sha256"].as_str().unwrap()
+            );
+        }
+        assert!(store.find(uid, ts).await.is_err(), "{uid} was deleted");
+        let log = des_storage::tombstones::TombstoneLog::new(&store);
+        let logged = log.list_all().await.unwrap();
+        assert_eq!(logged.len(), 1);
+        assert_eq!(logged[0].tombstone.uid, uid);
+    });
+    let mut v = bin("des-verify");
+    v.args([url.as_str(), "--json", "--quiet"]);
+    let report = ok_json(v, &server);
+    assert_eq!(report["layout"], "v3");
+}

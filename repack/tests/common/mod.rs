@@ -253,6 +253,7 @@ pub fn bin(name: &str) -> Command {
         "des-repack" => env!("CARGO_BIN_EXE_des-repack"),
         "des-tombstones" => env!("CARGO_BIN_EXE_des-tombstones"),
         "des-verify" => env!("CARGO_BIN_EXE_des-verify"),
+        "des-upgrade" => env!("CARGO_BIN_EXE_des-upgrade"),
         other => panic!("unknown binary {other}"),
     };
     let mut c = Command::new(path);
