@@ -339,7 +339,14 @@ metrics() {
     DES_METRICS_FILE=$dir/des-repack.prom DES_STORE=$dir/store timeout 120 "$bin/des-repack" \
         >"$dir/des-repack.log" 2>&1 ||
         echo "metrics: des-repack exited $? (log: $dir/des-repack.log)" >&2
-    for tool in des-verify des-repack; do
+    # A database that is not there: the run fails (exit 3) and still reports.
+    local migrate_exit=0
+    DES_METRICS_FILE=$dir/des-migrate.prom DES_STORE=$dir/store timeout 60 "$bin/des-migrate" \
+        --database-url "postgresql://des@127.0.0.1:1/none" >"$dir/des-migrate.log" 2>&1 || migrate_exit=$?
+    if ((migrate_exit != 3)); then
+        echo "metrics: des-migrate without a database exited $migrate_exit, not 3 (log: $dir/des-migrate.log)" >&2
+    fi
+    for tool in des-verify des-repack des-migrate; do
         if [[ -f $dir/$tool.prom ]]; then
             files+=("$dir/$tool.prom")
         else
