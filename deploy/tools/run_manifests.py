@@ -35,6 +35,14 @@ printed ("overrides"):
     (deploy/garage/setup.py: layout, the manifests' access key, every bucket the
     manifests name); DES_S3_FORCE_PATH_STYLE=0 -> 1 (a local endpoint has no
     DNS for virtual-host bucket names);
+  - a PostgreSQL connection string in the environment (postgres[ql]:// or
+    key=value with host=) -> a throwaway PostgreSQL cluster started for the
+    check (Debian's initdb/pg_ctl, as `nobody` when this runs as root, TLS
+    off), with the table the container's --table names (default `files`) in
+    the Python DES demo's schema (uid, created_at, file_location, size_bytes,
+    content_type, archived), one row per sample file, 40 days old, its
+    file_location relative (db-sample/<path>) and the sample copied there
+    into the container's first PersistentVolumeClaim;
   - other http(s) URLs in the environment (e.g. a Pushgateway in the cluster) ->
     a local stub that accepts every request and records it;
   - addresses on a declared container port (0.0.0.0:P, [::]:P, and
@@ -81,6 +89,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -454,6 +463,77 @@ admin_token = "{token}"
         self.servers.clear()
 
 
+class Postgres:
+    """One throwaway PostgreSQL cluster per manifest set, started on first use."""
+
+    def __init__(self, work):
+        self.work, self.port, self.dir, self.bin = work, None, None, None
+
+    def _as_server(self, argv):
+        return ["runuser", "-u", "nobody", "--"] + argv if os.geteuid() == 0 else argv
+
+    def url(self):
+        if self.port is None:
+            versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                              key=lambda p: int(p.parent.parent.name))
+            if not versions:
+                raise CannotRun("PostgreSQL not installed (scripts/deps.sh installs Debian's postgresql)")
+            self.bin = versions[-1].parent
+            # /tmp: the server user must reach it.
+            self.dir = Path(tempfile.mkdtemp(prefix="des-manifests-pg-", dir="/tmp"))
+            os.chmod(self.dir, 0o777)
+            data = self.dir / "data"
+            r = subprocess.run(self._as_server([str(self.bin / "initdb"), "-D", str(data), "-U", "postgres",
+                                                "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"]),
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                raise CannotRun(f"initdb: {r.stderr.strip()[-300:]}")
+            port = free_port()
+            with open(data / "postgresql.conf", "a") as f:
+                f.write(f"listen_addresses = '127.0.0.1'\nport = {port}\n"
+                        f"unix_socket_directories = '{self.dir}'\nfsync = off\n")
+            r = subprocess.run(self._as_server([str(self.bin / "pg_ctl"), "-D", str(data), "-l",
+                                                str(self.dir / "log"), "-w", "-t", "60", "start"]),
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                raise CannotRun(f"pg_ctl start: {r.stderr.strip()[-300:]} (log: {self.dir}/log)")
+            self.port = port
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres sslmode=disable"
+
+    def seed(self, table, files):
+        """Creates `table` (if missing) with one row per (uid, relative path, size)."""
+        if not re.fullmatch(r"[A-Za-z_][\w.]*", table):
+            raise CannotRun(f"--table {table!r}: not a plain table name")
+        rows = ",\n".join(
+            "({}, now() - interval '40 days', {}, {}, 'application/octet-stream')".format(
+                _sql_text(uid), _sql_text(rel), size) for uid, rel, size in files)
+        sql = (f"CREATE TABLE IF NOT EXISTS {table} (id bigserial PRIMARY KEY, uid text NOT NULL, "
+               "created_at timestamptz NOT NULL, file_location text NOT NULL, size_bytes bigint, "
+               "content_type text, archived boolean NOT NULL DEFAULT false, UNIQUE (uid, created_at));\n"
+               f"INSERT INTO {table} (uid, created_at, file_location, size_bytes, content_type) "
+               f"VALUES {rows} ON CONFLICT DO NOTHING;\n")
+        r = subprocess.run([str(self.bin / "psql"), "-v", "ON_ERROR_STOP=1", "-q", self.url()],
+                           input=sql, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise CannotRun(f"seeding {table}: {r.stderr.strip()[-300:]}")
+
+    def stop(self):
+        if self.port is not None:
+            subprocess.run(self._as_server([str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"),
+                                            "-m", "immediate", "-w", "stop"]), capture_output=True)
+            self.port = None
+        if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+
+def _sql_text(v):
+    return "'" + str(v).replace("'", "''") + "'"
+
+
+PG_URL = re.compile(r"^\s*(postgres(ql)?://\S+|(\w+=\S*\s+)*host=\S+.*)$")
+
+
 # ---- containers --------------------------------------------------------------------
 
 class Container:
@@ -799,6 +879,7 @@ class Runner:
         shutil.rmtree(set_dir, ignore_errors=True)
         set_dir.mkdir(parents=True)
         s3 = S3Servers(self.args.garage, self.args.garage_setup, set_dir)
+        self.pg = Postgres(set_dir)
         stub = Stub()
         shared = {}  # PVC / named volume -> directory, shared by the set's containers
         overrides = set()
@@ -813,6 +894,7 @@ class Runner:
                               f"from the manifests, set up by {self.args.garage_setup}), buckets "
                               f"{', '.join(sorted(srv['buckets']))}")
             s3.stop()
+            self.pg.stop()
             stub.shutdown()
         for o in sorted(overrides):
             print(f"    override: {o}")
@@ -1013,6 +1095,8 @@ class Runner:
                     overrides.add(f"PVC {name}: seeded with {self.sample.name}/ and a manifest "
                                   f"{mount_path}/{m.group(1)} listing it")
 
+        self.database(env, argv, files, mapping, overrides)
+
         # The process: its own environment only, the image's working directory and user.
         env.setdefault("HOME", str(run_dir / "home"))
         (run_dir / "home").mkdir(exist_ok=True)
@@ -1032,6 +1116,29 @@ class Runner:
             raise CannotRun(f"{argv[0]} not built")
         self.rw = lambda s: rewrite_paths(rewrite_addrs(rewrite_urls(s)))
         return argv, env, str(cwd), user, binary, addr
+
+    def database(self, env, argv, files, mapping, overrides):
+        """A PostgreSQL connection string -> the set's throwaway cluster, seeded (see the top)."""
+        keys = [k for k, v in env.items() if PG_URL.match(v)]
+        if not keys:
+            return
+        pvcs = [mapping[mp] for mp, _w, _d, _ro, kind, _n in files if kind == "persistentVolumeClaim"]
+        if not pvcs:
+            raise CannotRun("a database lists files, but no PersistentVolumeClaim holds them")
+        dest = pvcs[0] / "db-sample"
+        if not dest.exists():
+            shutil.copytree(self.sample, dest)
+            for p in [dest] + list(dest.rglob("*")):
+                os.chmod(p, 0o755 if p.is_dir() else 0o644)
+        table = next((a.split("=", 1)[1] for a in argv if a.startswith("--table=")), "files")
+        sample = [(f.relative_to(dest).as_posix(), f.relative_to(pvcs[0]).as_posix(), f.stat().st_size)
+                  for f in sorted(dest.rglob("*")) if f.is_file()]
+        url = self.pg.url()
+        self.pg.seed(table, sample)
+        for k in keys:
+            env[k] = url
+            overrides.add(f"{k}: -> a PostgreSQL started for the check (TLS off), table {table} "
+                          f"seeded with {len(sample)} rows for {self.sample.name}/ copied into the PVC")
 
     def popen(self, argv, env, cwd, user, log):
         kw = {}
