@@ -318,6 +318,74 @@ mod tests {
         );
     }
 
+    /// A one-entry shard of `uid` on 2024-05-17, and its key in `store`.
+    fn one_file_shard(store: &DesStore, uid: &str) -> (String, Bytes) {
+        use des_format::Timestamp;
+        use des_format::codec::Codec;
+        use des_format::v3::{NewEntry, ShardIdent, ShardWriter};
+        let ts = Timestamp::parse_rfc3339("2024-05-17T10:00:00Z").unwrap();
+        let loc = store.locate(uid, ts).unwrap();
+        let ident = ShardIdent {
+            date: 20240517,
+            shard_index: u16::try_from(loc.shard_index).unwrap(),
+            n_bits: store.n_bits(),
+            generation: 1,
+            digest_alg: store.digest(),
+            written_at: ts,
+        };
+        let mut w = ShardWriter::new(Vec::new(), ident).unwrap();
+        let data = uid.as_bytes();
+        let entry = NewEntry {
+            uid: uid.into(),
+            created_at: ts,
+            content_type: None,
+            meta: None,
+            codec: Codec::None,
+            orig_len: data.len() as u64,
+            digest: store.digest().digest(data),
+        };
+        w.add_inline(entry, data).unwrap();
+        (DesStore::shard_key(&loc), Bytes::from(w.finish().unwrap().0))
+    }
+
+    /// After an unconditional publish, the re-read decides: our generation
+    /// (same ETag), or one `still_ours` accepts; anything else (replaced
+    /// right after our PUT, or deleted) is a conflict to rebuild from.
+    #[tokio::test]
+    async fn confirm_rereads_what_the_shard_holds() {
+        let objects: Arc<dyn ObjectStore> = Arc::new(Unconditional(MemoryStore::new()));
+        let create = crate::CreateOptions {
+            n_bits: Some(4),
+            digest: None,
+        };
+        let (store, _) = DesStore::open_or_create(Arc::clone(&objects), create)
+            .await
+            .unwrap();
+        // Two uids of one shard: all-digit uids route by value (0 and 16).
+        let (key, ours) = one_file_shard(&store, "0");
+        let (key_b, theirs) = one_file_shard(&store, "16");
+        assert_eq!(key, key_b);
+        let p = publish(&objects, &key, Base::Absent);
+        let put = objects.put(&key, ours, PutOptions::default()).await.unwrap();
+        let never = |_: &LoadedIndex| false;
+        assert!(p.confirm(&store, &put, never).await.is_ok(), "our own generation");
+        objects.put(&key, theirs, PutOptions::default()).await.unwrap();
+        assert!(
+            matches!(
+                p.confirm(&store, &put, never).await,
+                Err(PublishError::Conflict)
+            ),
+            "replaced right after our PUT"
+        );
+        let holds_16 = |l: &LoadedIndex| l.index.located().iter().any(|e| e.uid == "16");
+        assert!(p.confirm(&store, &put, holds_16).await.is_ok());
+        objects.delete(&key).await.unwrap();
+        assert!(matches!(
+            p.confirm(&store, &put, holds_16).await,
+            Err(PublishError::Conflict)
+        ));
+    }
+
     /// Conditions where the store enforces them, on the generation built on.
     #[test]
     fn write_mode_follows_the_base() {
