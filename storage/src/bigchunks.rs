@@ -420,6 +420,11 @@ mod tests {
         pulled: Arc<AtomicU64>,
         /// One more strong count per body handed out and still alive.
         alive: Arc<()>,
+        /// Body piece size (0: 4096, a multiple of the chunk size).
+        piece: AtomicU64,
+        /// Bytes of the object past the range that a misbehaving server
+        /// appends to a ranged body (while reporting the range asked for).
+        overlong: AtomicU64,
     }
 
     #[async_trait]
@@ -433,10 +438,23 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push((key.to_string(), got.range.clone()));
-            let whole = got.bytes_of_body().await?;
+            let mut whole = got.bytes_of_body().await?.to_vec();
+            let extra = self.overlong.load(Ordering::SeqCst);
+            if extra > 0 && got.range.end < got.meta.size {
+                let end = (got.range.end + extra).min(got.meta.size);
+                let more = ByteRange::Bounded {
+                    start: got.range.end,
+                    end,
+                };
+                whole.extend_from_slice(&self.inner.get_range(key, more).await?.1);
+            }
             let pulled = Arc::clone(&self.pulled);
             let token = Arc::clone(&self.alive);
-            let pieces: Vec<Bytes> = whole.chunks(4096).map(Bytes::copy_from_slice).collect();
+            let size = match self.piece.load(Ordering::SeqCst) {
+                0 => 4096,
+                n => usize::try_from(n).unwrap_or(usize::MAX),
+            };
+            let pieces: Vec<Bytes> = whole.chunks(size).map(Bytes::copy_from_slice).collect();
             got.body = futures::stream::iter(pieces)
                 .map(move |p| {
                     let _keep = &token;
@@ -531,7 +549,10 @@ mod tests {
         let mut out = Vec::new();
         while let Some(item) = s.next().await {
             match item {
-                Ok(b) => out.extend_from_slice(&b),
+                Ok(b) => {
+                    assert!(!b.is_empty(), "an empty piece");
+                    out.extend_from_slice(&b);
+                }
                 Err(e) => {
                     assert!(
                         s.next().await.is_none(),
@@ -577,6 +598,55 @@ mod tests {
                 "{w:?}"
             );
         }
+    }
+
+    /// Body pieces that do not line up with chunks (a network's): each
+    /// chunk is checked once whole, whatever pieces it arrived in.
+    #[tokio::test]
+    async fn pieces_across_chunk_boundaries() {
+        let data = noise(7, 4 * CS as usize + 99);
+        let (s, key, l) = stored(&data).await;
+        let len = data.len() as u64;
+        for piece in [1000, CS + 1, 3 * CS, u64::MAX] {
+            s.piece.store(piece, Ordering::SeqCst);
+            for w in [0..len, CS - 1..CS + 1, CS + 1..3 * CS - 1, len - 5..len] {
+                let (got, err) = drain(open(&s, &key, &l, w.clone()).await).await;
+                assert!(err.is_none(), "pieces of {piece}, {w:?}: {err:?}");
+                assert!(
+                    got == data[w.start as usize..w.end as usize],
+                    "{piece} {w:?}"
+                );
+            }
+        }
+    }
+
+    /// A server that sends more than the range it reports: the extra bytes
+    /// are not taken for the next chunk.
+    #[tokio::test]
+    async fn a_body_longer_than_its_range_is_refused() {
+        let data = noise(8, 3 * CS as usize);
+        let (s, key, l) = stored(&data).await;
+        s.piece.store(u64::MAX, Ordering::SeqCst);
+        s.overlong.store(10, Ordering::SeqCst);
+        let (_, err) = drain(open(&s, &key, &l, 0..1).await).await;
+        let err = err.expect("an overlong body must fail the read");
+        assert!(!is_corruption(&err), "{err}");
+        assert!(err.to_string().contains("longer than the range"), "{err}");
+    }
+
+    /// An object longer than the index says is not the file the index
+    /// describes, even where the chunks asked for still match.
+    #[tokio::test]
+    async fn an_object_of_another_size_is_corrupt() {
+        let data = noise(9, 2 * CS as usize);
+        let (s, key, l) = stored(&data).await;
+        let mut longer = data.clone();
+        longer.extend_from_slice(b"appended");
+        s.put(&key, longer.into(), PutOptions::default())
+            .await
+            .unwrap();
+        let err = read_window(&s, &key, &l, 0..10).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
     }
 
     #[tokio::test]

@@ -345,7 +345,10 @@ mod tests {
             digest: store.digest().digest(data),
         };
         w.add_inline(entry, data).unwrap();
-        (DesStore::shard_key(&loc), Bytes::from(w.finish().unwrap().0))
+        (
+            DesStore::shard_key(&loc),
+            Bytes::from(w.finish().unwrap().0),
+        )
     }
 
     /// After an unconditional publish, the re-read decides: our generation
@@ -366,10 +369,19 @@ mod tests {
         let (key_b, theirs) = one_file_shard(&store, "16");
         assert_eq!(key, key_b);
         let p = publish(&objects, &key, Base::Absent);
-        let put = objects.put(&key, ours, PutOptions::default()).await.unwrap();
+        let put = objects
+            .put(&key, ours, PutOptions::default())
+            .await
+            .unwrap();
         let never = |_: &LoadedIndex| false;
-        assert!(p.confirm(&store, &put, never).await.is_ok(), "our own generation");
-        objects.put(&key, theirs, PutOptions::default()).await.unwrap();
+        assert!(
+            p.confirm(&store, &put, never).await.is_ok(),
+            "our own generation"
+        );
+        objects
+            .put(&key, theirs, PutOptions::default())
+            .await
+            .unwrap();
         assert!(
             matches!(
                 p.confirm(&store, &put, never).await,
