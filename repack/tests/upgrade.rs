@@ -103,10 +103,15 @@ fn local(dir: &Path) -> Arc<dyn ObjectStore> {
 
 /// Flat `.des` objects: the legacy parts left.
 fn legacy_parts(dir: &Path) -> Vec<String> {
+    flat_names(dir, ".des")
+}
+
+/// Names of the files directly in `dir` ending in `ext`, sorted.
+fn flat_names(dir: &Path, ext: &str) -> Vec<String> {
     let mut out: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.ends_with(".des"))
+        .filter(|n| n.ends_with(ext))
         .collect();
     out.sort();
     out
@@ -1023,13 +1028,7 @@ fn write_sidecar(dir: &Path, part: &str, deleted: &[(&str, &str, &str)]) {
 }
 
 fn sidecars(dir: &Path) -> Vec<String> {
-    let mut out: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.ends_with(".meta"))
-        .collect();
-    out.sort();
-    out
+    flat_names(dir, ".meta")
 }
 
 #[tokio::test]
