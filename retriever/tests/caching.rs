@@ -524,7 +524,8 @@ async fn big_files_stream_and_abort_on_corruption() {
 
 /// A v3 store with a zstd-compressed external payload (the packer stores big
 /// files raw, but the format allows any codec).
-async fn compressed_external_store(root: &Path, data: &[u8], corrupt: bool) {
+/// `corrupt`: a stored byte to flip (its CRC is computed before).
+async fn compressed_external_store(root: &Path, data: &[u8], corrupt: Option<usize>) {
     use des_format::v3::{NewEntry, ShardIdent, ShardWriter};
     use des_storage::{DesStore, PutOptions};
     let objects = des_storage::open_location(&root.display().to_string()).unwrap();
@@ -540,9 +541,8 @@ async fn compressed_external_store(root: &Path, data: &[u8], corrupt: bool) {
     let digest = store.digest().digest(data);
     let mut stored = zstd::bulk::compress(data, 3).unwrap();
     let crc = crc32c::crc32c(&stored);
-    if corrupt {
-        let n = stored.len();
-        stored[n / 2] ^= 1;
+    if let Some(at) = corrupt {
+        stored[at] ^= 1;
     }
     let created = des_format::Timestamp::parse_rfc3339(CREATED).unwrap();
     let shard = shard_index("z.txt", N_BITS).unwrap();
@@ -584,10 +584,15 @@ async fn compressed_external_store(root: &Path, data: &[u8], corrupt: bool) {
 #[actix_web::test]
 async fn compressed_external_payloads_are_decoded_while_streaming() {
     let data = text(2_000_000);
-    for corrupt in [false, true] {
+    // Intact; a byte in the middle (decodes, the checks catch it); the
+    // frame's magic (the decoder refuses it).
+    let middle = zstd::bulk::compress(&data, 3).unwrap().len() / 2;
+    for corrupt in [None, Some(middle), Some(0)] {
         let dir = tempfile::tempdir().unwrap();
         compressed_external_store(dir.path(), &data, corrupt).await;
-        let (app, _) = app!(dir.path(), settings(dir.path()));
+        let (state, _) = counted(dir.path(), &settings(dir.path())).await;
+        let state = web::Data::new(state);
+        let app = init_service(des_retriever::server::app(state.clone())).await;
         let r = call(
             &app,
             TestRequest::get()
@@ -596,8 +601,10 @@ async fn compressed_external_payloads_are_decoded_while_streaming() {
         )
         .await;
         assert_eq!(r.status, 200);
-        if corrupt {
+        if corrupt.is_some() {
             assert!(r.body.is_err());
+            // The stored bytes are to blame, not the transfer: counted.
+            assert_eq!(metric(&state, "des_corruption_detected_total"), 1.0);
         } else {
             assert_eq!(r.bytes(), &data[..]);
             let r = call(

@@ -147,18 +147,6 @@ async fn readiness_probes_are_shared() {
 }
 
 /// The metric `name{label}` as the admin port's /metrics shows it.
-fn metric(data: &web::Data<des_retriever::AppState>, name: &str) -> f64 {
-    let text = data
-        .retriever
-        .metrics()
-        .render(Default::default(), None)
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-}
 
 fn assert_overloaded(r: &Resp) {
     assert_eq!(r.status, 503);

@@ -317,3 +317,18 @@ pub async fn upload(root: &Path, to: &dyn ObjectStore, keep: impl Fn(&str) -> bo
         }
     }
 }
+
+/// The value of the sample `name` (the first line starting with it) in the
+/// state's metrics; a missing one fails the test.
+pub fn metric(data: &actix_web::web::Data<AppState>, name: &str) -> f64 {
+    let text = data
+        .retriever
+        .metrics()
+        .render(Default::default(), None)
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
