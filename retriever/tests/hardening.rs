@@ -146,8 +146,6 @@ async fn readiness_probes_are_shared() {
     );
 }
 
-/// The metric `name{label}` as the admin port's /metrics shows it.
-
 fn assert_overloaded(r: &Resp) {
     assert_eq!(r.status, 503);
     assert_eq!(r.header("retry-after"), Some("1"));
