@@ -6,6 +6,7 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::test::{TestRequest, init_service};
@@ -618,4 +619,32 @@ async fn compressed_external_payloads_are_decoded_while_streaming() {
             assert_eq!((r.status, r.bytes()), (206, &data[1_999_990..]));
         }
     }
+}
+
+/// Storage failing in the middle of a compressed big file is an outage, not
+/// corruption: the response is cut short, and the corruption alert stays quiet.
+#[actix_web::test]
+async fn a_transfer_cut_short_is_not_corruption() {
+    let data = noise(2_000_000, 5);
+    let dir = tempfile::tempdir().unwrap();
+    compressed_external_store(dir.path(), &data, None).await;
+    let local: Arc<dyn des_storage::ObjectStore> =
+        Arc::new(des_storage::LocalStore::new(dir.path()).unwrap());
+    let faulty = Faulty::new(local);
+    faulty.set(BODY_CUT);
+    let state = web::Data::new(state_on(Arc::new(faulty), &settings(dir.path())).await);
+    let app = init_service(des_retriever::server::app(state.clone())).await;
+    let r = call(
+        &app,
+        TestRequest::get()
+            .uri(&file_uri("z.txt", CREATED))
+            .to_request(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body.is_err(),
+        "a cut transfer must not end like a whole one"
+    );
+    assert_eq!(metric(&state, "des_corruption_detected_total"), 0.0);
 }

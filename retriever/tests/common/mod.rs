@@ -19,6 +19,7 @@ use des_storage::{
     GetOptions, GetResult, ListPage, LocalStore, ObjectMeta, ObjectStore, ObjectWriter, PutOptions,
     PutResult,
 };
+use futures::StreamExt;
 
 pub const CREATED: &str = "2024-05-17T10:00:00Z";
 
@@ -219,6 +220,9 @@ pub fn workspace_root() -> PathBuf {
 pub const HEALTHY: u8 = 0;
 pub const UNAVAILABLE: u8 = 1;
 pub const THROTTLED: u8 = 2;
+/// Big-file (`_big/`) bodies break off halfway with an outage, as a reset
+/// connection would; everything else passes.
+pub const BODY_CUT: u8 = 3;
 
 /// Passes everything through until told to fail reads.
 #[derive(Debug, Clone)]
@@ -264,7 +268,13 @@ impl ObjectStore for Faulty {
     }
     async fn get(&self, key: &str, opts: GetOptions) -> des_storage::Result<GetResult> {
         self.check()?;
-        self.inner.get(key, opts).await
+        let mut got = self.inner.get(key, opts).await?;
+        if self.mode.load(Ordering::SeqCst) == BODY_CUT && key.starts_with("_big/") {
+            let half = (got.range.end - got.range.start) / 2;
+            let body = std::mem::replace(&mut got.body, futures::stream::empty().boxed());
+            got.body = cut_after(body, half);
+        }
+        Ok(got)
     }
     async fn head(&self, key: &str) -> des_storage::Result<ObjectMeta> {
         self.check()?;
@@ -292,6 +302,34 @@ impl ObjectStore for Faulty {
         self.check()?;
         self.inner.list(prefix, start_after).await
     }
+}
+
+/// `body`'s first `at` bytes, then an outage.
+fn cut_after(
+    body: futures::stream::BoxStream<'static, des_storage::Result<Bytes>>,
+    at: u64,
+) -> futures::stream::BoxStream<'static, des_storage::Result<Bytes>> {
+    futures::stream::unfold((body, at, false), |(mut body, left, done)| async move {
+        if done {
+            return None;
+        }
+        if left == 0 {
+            let reset = des_storage::Error::Unavailable {
+                msg: "injected: connection reset mid-body".into(),
+                retry_after: None,
+            };
+            return Some((Err(reset), (body, 0, true)));
+        }
+        match body.next().await? {
+            Ok(mut b) => {
+                b.truncate(usize::try_from(left).unwrap_or(usize::MAX));
+                let left = left - b.len() as u64;
+                Some((Ok(b), (body, left, false)))
+            }
+            Err(e) => Some((Err(e), (body, left, true))),
+        }
+    })
+    .boxed()
 }
 
 /// Uploads every file under `root` whose key `keep` accepts.
