@@ -84,7 +84,7 @@ pub struct ApiError {
     /// For the log only: storage errors name buckets, endpoints and keys,
     /// which are not the business of whoever can reach the public port.
     pub detail: Option<String>,
-    retry_after: Option<Duration>,
+    pub(crate) retry_after: Option<Duration>,
     /// For 416: the representation length, sent as `Content-Range: bytes */len`.
     range_len: Option<u64>,
     /// For 405: the methods the path serves, sent as `Allow`.

@@ -14,8 +14,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock, FakeRelativeClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::HashMapStateStore;
+use governor::{Quota, RateLimiter};
 
 use crate::config::{Rate, RateLimits};
 use crate::error::ApiError;
@@ -25,32 +29,66 @@ use crate::error::ApiError;
 /// every address ever seen.
 const PRUNE_EVERY: u64 = 4096;
 
+type Buckets<K, C> = RateLimiter<K, HashMapStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// The clock the buckets refill by: the system's, or one a test moves
+/// ([`Limits::with_clock`]), so that refills are checked exactly.
+enum Clocked<K: Hash + Eq + Clone> {
+    System(Buckets<K, DefaultClock>),
+    Manual(Buckets<K, FakeRelativeClock>, FakeRelativeClock),
+}
+
 struct Limiter<K: Hash + Eq + Clone> {
     what: &'static str,
-    inner: DefaultKeyedRateLimiter<K>,
+    inner: Clocked<K>,
     checks: AtomicU64,
 }
 
 impl<K: Hash + Eq + Clone> Limiter<K> {
-    fn new(what: &'static str, rate: Rate) -> Self {
+    fn new(what: &'static str, rate: Rate, clock: Option<&FakeRelativeClock>) -> Self {
         let quota = Quota::per_second(rate.per_second).allow_burst(rate.burst);
+        let inner = match clock {
+            None => Clocked::System(RateLimiter::hashmap_with_clock(
+                quota,
+                DefaultClock::default(),
+            )),
+            Some(c) => {
+                Clocked::Manual(RateLimiter::hashmap_with_clock(quota, c.clone()), c.clone())
+            }
+        };
         Self {
             what,
-            inner: DefaultKeyedRateLimiter::keyed(quota),
+            inner,
             checks: AtomicU64::new(0),
         }
     }
 
     fn check(&self, key: &K) -> Result<(), ApiError> {
-        if self.checks.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
-            self.inner.retain_recent();
-            self.inner.shrink_to_fit();
-        }
-        self.inner.check_key(key).map_err(|not_until| {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
+        let prune = self.checks.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1;
+        let result = match &self.inner {
+            Clocked::System(b) => take(b, &DefaultClock::default(), key, prune),
+            Clocked::Manual(b, clock) => take(b, clock, key, prune),
+        };
+        result.map_err(|wait| {
             ApiError::throttled(format!("rate limit per {} exceeded", self.what), wait)
         })
     }
+}
+
+/// A token of `key`'s bucket, or how long until there is one.
+fn take<K: Hash + Eq + Clone, C: Clock>(
+    buckets: &Buckets<K, C>,
+    clock: &C,
+    key: &K,
+    prune: bool,
+) -> Result<(), Duration> {
+    if prune {
+        buckets.retain_recent();
+        buckets.shrink_to_fit();
+    }
+    buckets
+        .check_key(key)
+        .map_err(|not_until| not_until.wait_time_from(clock.now()))
 }
 
 #[derive(Clone, Default)]
@@ -72,12 +110,25 @@ impl std::fmt::Debug for Limits {
 
 impl Limits {
     pub fn new(cfg: &RateLimits, ipv6_prefix: u8) -> Self {
+        Self::clocked(cfg, ipv6_prefix, None)
+    }
+
+    /// Limits whose buckets refill only as `clock` is advanced: tests check
+    /// refills exactly instead of racing the system clock.
+    #[doc(hidden)]
+    pub fn with_clock(cfg: &RateLimits, ipv6_prefix: u8, clock: &FakeRelativeClock) -> Self {
+        Self::clocked(cfg, ipv6_prefix, Some(clock))
+    }
+
+    fn clocked(cfg: &RateLimits, ipv6_prefix: u8, clock: Option<&FakeRelativeClock>) -> Self {
         Self {
             ipv6_prefix,
             per_ip: cfg
                 .per_ip
-                .map(|r| Arc::new(Limiter::new("client address", r))),
-            per_key: cfg.per_key.map(|r| Arc::new(Limiter::new("API key", r))),
+                .map(|r| Arc::new(Limiter::new("client address", r, clock))),
+            per_key: cfg
+                .per_key
+                .map(|r| Arc::new(Limiter::new("API key", r, clock))),
         }
     }
 
@@ -127,12 +178,13 @@ mod tests {
 
     #[test]
     fn burst_then_throttled_per_key_and_ip() {
-        let limits = Limits::new(
+        let limits = Limits::with_clock(
             &RateLimits {
                 per_key: rate(1, 2),
                 per_ip: rate(1, 3),
             },
             64,
+            &FakeRelativeClock::default(),
         );
         let ip = Some(IpAddr::from([10, 0, 0, 1]));
         for _ in 0..3 {
@@ -150,13 +202,33 @@ mod tests {
     }
 
     #[test]
+    fn buckets_refill_by_the_clock() {
+        let clock = FakeRelativeClock::default();
+        let cfg = RateLimits {
+            per_key: None,
+            per_ip: rate(2, 1),
+        };
+        let limits = Limits::with_clock(&cfg, 64, &clock);
+        let ip = Some(IpAddr::from([10, 0, 0, 1]));
+        limits.check_ip(ip).unwrap();
+        let e = limits.check_ip(ip).unwrap_err();
+        assert_eq!(e.retry_after, Some(Duration::from_millis(500)));
+        clock.advance(Duration::from_millis(499));
+        assert!(limits.check_ip(ip).is_err(), "a token is 500 ms at 2/s");
+        clock.advance(Duration::from_millis(1));
+        limits.check_ip(ip).unwrap();
+        assert!(limits.check_ip(ip).is_err(), "burst 1");
+    }
+
+    #[test]
     fn pruning_keeps_limits() {
-        let limits = Limits::new(
+        let limits = Limits::with_clock(
             &RateLimits {
                 per_key: None,
                 per_ip: rate(1, 1),
             },
             64,
+            &FakeRelativeClock::default(),
         );
         let hot = Some(IpAddr::from([10, 0, 0, 1]));
         limits.check_ip(hot).unwrap();
@@ -172,12 +244,13 @@ mod tests {
 
     #[test]
     fn ipv6_clients_are_limited_by_prefix() {
-        let limits = Limits::new(
+        let limits = Limits::with_clock(
             &RateLimits {
                 per_key: None,
                 per_ip: rate(1, 2),
             },
             64,
+            &FakeRelativeClock::default(),
         );
         let v6 = |s: &str| Some(s.parse::<IpAddr>().unwrap());
         limits.check_ip(v6("2001:db8:1:2::1")).unwrap();

@@ -8,12 +8,14 @@ mod common;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::Duration;
 
 use actix_web::test::{TestRequest, init_service};
 use actix_web::web;
 use common::*;
 use des_retriever::config::{AuthSetting, Rate, RateLimits};
+use des_retriever::limits::Limits;
+use governor::clock::FakeRelativeClock;
 
 fn files() -> Vec<Spec> {
     vec![
@@ -265,67 +267,40 @@ async fn rate_limits_per_key_and_per_ip() {
         per_key: rate(1, 2),
         per_ip: rate(1, 4),
     };
-    let (app, _) = app!(s);
+    // Buckets refill as this clock is advanced, not while the test runs.
+    let clock = FakeRelativeClock::default();
+    let (mut state, _) = counted(&f.root, &s).await;
+    state.limits = Limits::with_clock(&s.rate_limits, 64, &clock);
+    let app = init_service(des_retriever::server::app(web::Data::new(state))).await;
     let from = |ip: [u8; 4]| SocketAddr::from((ip, 5000));
     let req = |key: &str, ip: [u8; 4]| get("pub/a.txt", Some(key)).peer_addr(from(ip));
-    // Token buckets refill on the real clock (governor's), so what may pass
-    // is the burst plus one token per second elapsed: a slow machine lets a
-    // few more through, a limiter that does not limit fails at once.
-    let allowed = |burst: u64, since: Instant| burst + since.elapsed().as_secs() + 1;
-    // The reader's burst of 2, each request from another address: the key is
-    // what is limited.
-    let start = Instant::now();
-    let mut passed = 0u64;
-    let r = loop {
-        let ip = [10, 1, 0, u8::try_from(passed).unwrap()];
+    let status = |r: Resp| (r.status, r.json()["message"].as_str().map(String::from));
+    // The reader's burst of 2, from two addresses: the key is what is limited.
+    for ip in [[10, 0, 0, 1], [10, 0, 0, 2]] {
         let r = call(&app, req("k-reader", ip).to_request()).await;
-        if r.status != 200 {
-            break r;
-        }
-        passed += 1;
-        assert!(
-            passed <= allowed(2, start),
-            "{passed} passed the key's limit"
-        );
-    };
-    assert!(passed >= 2, "the burst of 2 passes");
-    assert_eq!(
-        (r.status, r.json()["error"].as_str()),
-        (429, Some("throttled"))
-    );
-    assert!(r.json()["message"].as_str().unwrap().contains("API key"));
-    let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
-    assert!((1..=2).contains(&wait), "{wait}");
+        assert_eq!(r.status, 200);
+    }
+    let r = call(&app, req("k-reader", [10, 0, 0, 3]).to_request()).await;
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let throttled = |what: &str| (429, Some(format!("rate limit per {what} exceeded")));
+    assert_eq!(status(r), throttled("API key"));
+    // One token a second: after one second, one more request and no other.
+    clock.advance(Duration::from_secs(1));
+    let r = call(&app, req("k-reader", [10, 0, 0, 3]).to_request()).await;
+    assert_eq!(r.status, 200);
+    let r = call(&app, req("k-reader", [10, 0, 0, 3]).to_request()).await;
+    assert_eq!(status(r), throttled("API key"));
     // Another key is not affected...
-    assert_eq!(
-        call(&app, req("k-admin", [10, 0, 0, 4]).to_request())
-            .await
-            .status,
-        200
-    );
-    // ...until its address runs out (4 per address: admin, then bad keys).
-    let start = Instant::now();
-    let mut guesses = 0u64;
-    let r = loop {
+    let r = call(&app, req("k-admin", [10, 0, 0, 4]).to_request()).await;
+    assert_eq!(r.status, 200);
+    // ...until its address runs out (4 per address: admin, then 3 bad keys).
+    for _ in 0..3 {
         let r = call(&app, req("guess", [10, 0, 0, 4]).to_request()).await;
-        if r.status != 401 {
-            break r;
-        }
-        guesses += 1;
-        assert!(
-            guesses < allowed(4, start),
-            "{guesses} guesses passed the address's limit"
-        );
-    };
-    assert!(guesses >= 3, "key guessing counts against the address");
-    assert_eq!(r.status, 429, "address limit");
-    assert!(
-        r.json()["message"]
-            .as_str()
-            .unwrap()
-            .contains("client address")
-    );
+        assert_eq!(r.status, 401, "key guessing counts against the address");
+    }
+    let r = call(&app, req("k-admin", [10, 0, 0, 4]).to_request()).await;
     assert!(r.header("retry-after").is_some());
+    assert_eq!(status(r), throttled("client address"));
     // Limits apply to files only.
     let r = call(
         &app,
