@@ -4,13 +4,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use des_storage::store::{Placement, SHARD_EXT, Single};
 use des_storage::zones::{Zones, open_placement, open_zones_file};
-use des_storage::{
-    ByteRange, Capabilities, GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore,
-    ObjectWriter, PutOptions, PutResult, Result,
-};
+use des_storage::{ByteRange, GetOptions, GetResult, ObjectStore, Result};
 use prometheus::IntCounter;
 
 use crate::config::Source;
@@ -170,13 +166,8 @@ impl MeteredStore {
 
 #[async_trait]
 impl ObjectStore for MeteredStore {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
+    des_storage::forward_methods!(inner =>
+        describe, capabilities, head, put, put_writer, delete, list, sweep_leftovers);
 
     async fn get(&self, key: &str, opts: GetOptions) -> Result<GetResult> {
         match opts.range {
@@ -187,29 +178,5 @@ impl ObjectStore for MeteredStore {
             _ => self.big.inc(),
         }
         self.inner.get(key, opts).await
-    }
-
-    async fn head(&self, key: &str) -> Result<ObjectMeta> {
-        self.inner.head(key).await
-    }
-
-    async fn put(&self, key: &str, data: Bytes, opts: PutOptions) -> Result<PutResult> {
-        self.inner.put(key, data, opts).await
-    }
-
-    async fn put_writer(&self, key: &str, opts: PutOptions) -> Result<Box<dyn ObjectWriter>> {
-        self.inner.put_writer(key, opts).await
-    }
-
-    async fn delete(&self, key: &str) -> Result<()> {
-        self.inner.delete(key).await
-    }
-
-    async fn list(&self, prefix: &str, start_after: Option<&str>) -> Result<ListPage> {
-        self.inner.list(prefix, start_after).await
-    }
-
-    async fn sweep_leftovers(&self, older_than: std::time::Duration) -> Result<u64> {
-        self.inner.sweep_leftovers(older_than).await
     }
 }

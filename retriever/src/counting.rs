@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use bytes::Bytes;
 use des_storage::{
-    ByteRange, Capabilities, GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore,
-    ObjectWriter, PutOptions, PutResult, Result,
+    ByteRange, GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore, ObjectWriter, PutOptions,
+    PutResult, Result,
 };
 use futures::StreamExt;
 
@@ -79,13 +79,7 @@ fn bump(c: &AtomicU64) {
 
 #[async_trait]
 impl ObjectStore for CountingStore {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
+    des_storage::forward_methods!(inner => describe, capabilities, sweep_leftovers);
 
     async fn get(&self, key: &str, opts: GetOptions) -> Result<GetResult> {
         bump(&self.counters.get);
@@ -128,9 +122,5 @@ impl ObjectStore for CountingStore {
     async fn list(&self, prefix: &str, start_after: Option<&str>) -> Result<ListPage> {
         bump(&self.counters.list);
         self.inner.list(prefix, start_after).await
-    }
-
-    async fn sweep_leftovers(&self, older_than: std::time::Duration) -> Result<u64> {
-        self.inner.sweep_leftovers(older_than).await
     }
 }

@@ -14,8 +14,7 @@ use bytes::Bytes;
 use super::breaker::CircuitBreaker;
 use crate::error::Result;
 use crate::object::{
-    Capabilities, GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore, ObjectWriter,
-    PutOptions, PutResult,
+    GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore, ObjectWriter, PutOptions, PutResult,
 };
 
 #[derive(Debug)]
@@ -49,13 +48,7 @@ impl<S: ?Sized + ObjectStore> BreakerStore<S> {
 
 #[async_trait]
 impl<S: ?Sized + ObjectStore> ObjectStore for BreakerStore<S> {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
+    crate::forward_methods!(inner => describe, capabilities);
 
     async fn get(&self, key: &str, opts: GetOptions) -> Result<GetResult> {
         self.guarded(|| self.inner.get(key, opts)).await

@@ -10,14 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use futures::future::{Either, select};
 
 use crate::error::Result;
-use crate::object::{
-    Capabilities, GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore, ObjectWriter,
-    PutOptions, PutResult,
-};
+use crate::object::{GetOptions, GetResult, ObjectMeta, ObjectStore};
 
 #[derive(Debug)]
 pub struct HedgedStore<S: ?Sized + ObjectStore = dyn ObjectStore> {
@@ -85,13 +81,8 @@ impl<S: ?Sized + ObjectStore> HedgedStore<S> {
 
 #[async_trait]
 impl<S: ?Sized + ObjectStore> ObjectStore for HedgedStore<S> {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
+    crate::forward_methods!(inner =>
+        describe, capabilities, put, put_writer, delete, list, sweep_leftovers);
 
     async fn get(&self, key: &str, opts: GetOptions) -> Result<GetResult> {
         self.hedged(|| self.inner.get(key, opts.clone())).await
@@ -99,25 +90,5 @@ impl<S: ?Sized + ObjectStore> ObjectStore for HedgedStore<S> {
 
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
         self.hedged(|| self.inner.head(key)).await
-    }
-
-    async fn put(&self, key: &str, data: Bytes, opts: PutOptions) -> Result<PutResult> {
-        self.inner.put(key, data, opts).await
-    }
-
-    async fn put_writer(&self, key: &str, opts: PutOptions) -> Result<Box<dyn ObjectWriter>> {
-        self.inner.put_writer(key, opts).await
-    }
-
-    async fn delete(&self, key: &str) -> Result<()> {
-        self.inner.delete(key).await
-    }
-
-    async fn list(&self, prefix: &str, start_after: Option<&str>) -> Result<ListPage> {
-        self.inner.list(prefix, start_after).await
-    }
-
-    async fn sweep_leftovers(&self, older_than: Duration) -> Result<u64> {
-        self.inner.sweep_leftovers(older_than).await
     }
 }

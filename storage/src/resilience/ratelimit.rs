@@ -21,8 +21,7 @@ use tokio::time::Instant;
 use super::durations;
 use crate::error::{Error, Result};
 use crate::object::{
-    Capabilities, GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore, ObjectWriter,
-    PutOptions, PutResult,
+    GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore, ObjectWriter, PutOptions, PutResult,
 };
 
 /// Keys: `requests_per_second`, `burst` (default: one second's worth),
@@ -145,13 +144,8 @@ impl<S: ?Sized + ObjectStore> RateLimitedStore<S> {
 
 #[async_trait]
 impl<S: ?Sized + ObjectStore> ObjectStore for RateLimitedStore<S> {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
+    // No permit for a sweep: a local walk, once per run.
+    crate::forward_methods!(inner => describe, capabilities, sweep_leftovers);
 
     async fn get(&self, key: &str, opts: GetOptions) -> Result<GetResult> {
         self.limiter.acquire().await?;
@@ -184,11 +178,6 @@ impl<S: ?Sized + ObjectStore> ObjectStore for RateLimitedStore<S> {
     async fn list(&self, prefix: &str, start_after: Option<&str>) -> Result<ListPage> {
         self.limiter.acquire().await?;
         self.inner.list(prefix, start_after).await
-    }
-
-    /// No permit: a local walk, once per run.
-    async fn sweep_leftovers(&self, older_than: Duration) -> Result<u64> {
-        self.inner.sweep_leftovers(older_than).await
     }
 }
 

@@ -44,8 +44,8 @@ use futures::future::join_all;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::object::{
-    Capabilities, GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore, ObjectWriter, PutMode,
-    PutOptions, PutResult,
+    GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore, ObjectWriter, PutMode, PutOptions,
+    PutResult,
 };
 
 #[derive(Debug)]
@@ -171,10 +171,8 @@ impl ObjectStore for ReplicatedStore {
         format!("replicated[{}]", all.join(", "))
     }
 
-    /// Conditional writes are decided by the primary alone.
-    fn capabilities(&self) -> Capabilities {
-        self.primary.capabilities()
-    }
+    // Conditional writes are decided by the primary alone.
+    crate::forward_methods!(primary => capabilities);
 
     async fn get(&self, key: &str, opts: GetOptions) -> Result<GetResult> {
         self.read(|s| s.get(key, opts.clone())).await

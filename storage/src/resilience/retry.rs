@@ -22,8 +22,7 @@ use tokio::time::Instant;
 use super::durations;
 use crate::error::{Error, Result};
 use crate::object::{
-    Capabilities, GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore, ObjectWriter,
-    PutOptions, PutResult,
+    GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore, PutOptions, PutResult,
 };
 
 /// How hard to try. Configuration keys are `max_attempts`, `base_delay_ms`,
@@ -232,13 +231,9 @@ impl<S: ?Sized + ObjectStore> RetryStore<S> {
 
 #[async_trait]
 impl<S: ?Sized + ObjectStore> ObjectStore for RetryStore<S> {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
+    // Not retried: a stream cannot be replayed, and a sweep that failed
+    // half-way is redone by the next run.
+    crate::forward_methods!(inner => describe, capabilities, put_writer, sweep_leftovers);
 
     async fn get(&self, key: &str, opts: GetOptions) -> Result<GetResult> {
         self.run("get", key, || self.inner.get(key, opts.clone()))
@@ -256,10 +251,6 @@ impl<S: ?Sized + ObjectStore> ObjectStore for RetryStore<S> {
         .await
     }
 
-    async fn put_writer(&self, key: &str, opts: PutOptions) -> Result<Box<dyn ObjectWriter>> {
-        self.inner.put_writer(key, opts).await
-    }
-
     async fn delete(&self, key: &str) -> Result<()> {
         self.run("delete", key, || self.inner.delete(key)).await
     }
@@ -267,11 +258,6 @@ impl<S: ?Sized + ObjectStore> ObjectStore for RetryStore<S> {
     async fn list(&self, prefix: &str, start_after: Option<&str>) -> Result<ListPage> {
         self.run("list", prefix, || self.inner.list(prefix, start_after))
             .await
-    }
-
-    /// Not retried: a sweep that failed half-way is redone by the next run.
-    async fn sweep_leftovers(&self, older_than: Duration) -> Result<u64> {
-        self.inner.sweep_leftovers(older_than).await
     }
 }
 

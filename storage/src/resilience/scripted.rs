@@ -19,8 +19,7 @@ use tokio::time::Instant;
 use crate::error::{Error, ErrorKind, Result};
 use crate::memory::MemoryStore;
 use crate::object::{
-    Capabilities, GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore, ObjectWriter,
-    PutOptions, PutResult,
+    GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore, ObjectWriter, PutOptions, PutResult,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -257,12 +256,11 @@ impl Shared {
 
 #[async_trait]
 impl ObjectStore for ScriptedStore {
+    // Never scripted: the memory store underneath answers these.
+    crate::forward_methods!(memory => capabilities, sweep_leftovers);
+
     fn describe(&self) -> String {
         format!("scripted://{}", self.shared.name)
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.memory.capabilities()
     }
 
     async fn get(&self, key: &str, opts: GetOptions) -> Result<GetResult> {
@@ -298,10 +296,6 @@ impl ObjectStore for ScriptedStore {
     async fn list(&self, prefix: &str, start_after: Option<&str>) -> Result<ListPage> {
         self.enter(Op::List, prefix).await?;
         self.memory.list(prefix, start_after).await
-    }
-
-    async fn sweep_leftovers(&self, older_than: Duration) -> Result<u64> {
-        self.memory.sweep_leftovers(older_than).await
     }
 }
 
