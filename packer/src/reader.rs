@@ -9,8 +9,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use des_storage::bridge::BlockingStreamReader;
-use des_storage::resilience::{RetryPolicy, RetryStore};
-use des_storage::s3::{S3Config, S3Store};
 use des_storage::{GetOptions, ObjectStore};
 use tokio::runtime::Handle;
 
@@ -87,11 +85,8 @@ impl SourceStores {
             return Ok(Arc::clone(s));
         }
         let url = format!("s3://{bucket}");
-        let s3 = S3Config::from_url(&url)
-            .and_then(S3Store::new)
+        let store = des_storage::open_location(&url)
             .map_err(|e| format!("cannot open source bucket {url}: {e}"))?;
-        let store: Arc<dyn ObjectStore> =
-            Arc::new(RetryStore::new(Arc::new(s3), RetryPolicy::default()));
         buckets.insert(bucket.to_string(), Arc::clone(&store));
         Ok(store)
     }

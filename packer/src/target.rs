@@ -3,7 +3,6 @@
 //! it for the S3-only housekeeping done once per run (the rest of the
 //! housekeeping goes through the placement's stores).
 
-use std::cell::RefCell;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,10 +10,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use des_storage::ObjectStore;
 use des_storage::keys::StoreKey;
-use des_storage::s3::{S3Config, S3Store};
+use des_storage::s3::S3Store;
 use des_storage::store::Placement;
 use des_storage::store::Single;
-use des_storage::zones::open_placement_with;
 use serde::Serialize;
 
 pub struct Target {
@@ -37,23 +35,14 @@ pub struct Housekeeping {
 impl Target {
     /// Opens `--out LOCATION` or `--zones FILE` (exactly one).
     pub fn open(out: Option<&str>, zones: Option<&Path>) -> Result<Self> {
-        let s3 = RefCell::new(Vec::new());
-        let placement = open_placement_with(out, zones, |loc| {
-            let store = S3Store::new(S3Config::from_location(loc)?)?;
-            // A clone shares the client and the probed capabilities.
-            s3.borrow_mut().push(store.clone());
-            Ok(Arc::new(store) as Arc<dyn ObjectStore>)
-        });
         let shown = match (out, zones) {
             (Some(o), _) => o.to_string(),
             (None, Some(z)) => format!("zones file {}", z.display()),
             (None, None) => "(none)".into(),
         };
-        let placement = placement.with_context(|| format!("opening store {shown}"))?;
-        Ok(Self {
-            placement,
-            s3: s3.into_inner(),
-        })
+        let opened = des_storage::zones::open(out, zones)
+            .with_context(|| format!("opening store {shown}"))?;
+        Ok(Self::new(opened.placement, opened.s3))
     }
 
     /// A placement built by the caller; `s3` lists the S3 stores inside it

@@ -5,6 +5,7 @@ pub mod bigchunks;
 pub mod bridge;
 mod cached_read;
 mod error;
+pub mod forward;
 pub mod keys;
 pub mod local;
 pub mod memory;
@@ -33,9 +34,20 @@ use std::sync::Arc;
 
 /// Opens an object store from a location string: a local path, a `file://`
 /// URL, or `s3://bucket/prefix` (settings from the AWS environment, see
-/// [`S3Config::from_url`]). S3 clients are built lazily on first use, so this
-/// stays synchronous.
+/// [`S3Config::from_url`]), with the retries and circuit breaker every tool's
+/// S3 requests get (see [`zones::open`]). S3 clients are built lazily on
+/// first use, so this stays synchronous.
 pub fn open_location(location: &str) -> Result<Arc<dyn ObjectStore>> {
+    let raw = open_location_raw(location)?;
+    if location.starts_with("s3://") {
+        return zones::single_s3_stack(location, raw);
+    }
+    Ok(raw)
+}
+
+/// [`open_location`] without the resilience stack: for S3-only housekeeping
+/// and for tests that count requests.
+pub fn open_location_raw(location: &str) -> Result<Arc<dyn ObjectStore>> {
     if location.starts_with("s3://") {
         return Ok(Arc::new(S3Store::new(S3Config::from_url(location)?)?));
     }

@@ -16,7 +16,10 @@
 
 mod garage;
 mod process;
+mod proxy;
 mod s3s;
+
+pub use proxy::OutageProxy;
 
 use std::path::PathBuf;
 use std::time::Duration;

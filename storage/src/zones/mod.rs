@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 pub use file::{MAX_N_BITS, MIN_N_BITS, S3Location, ShardRange, ZoneSettings, ZoneSpec, ZonesFile};
-pub use placement::{open_placement, open_placement_with, open_zones_file, s3_factory};
+pub(crate) use placement::single_s3_stack;
+pub use placement::{Opened, open, open_placement, open_zones_file, s3_factory};
 
 use crate::object::ObjectStore;
 use crate::resilience::CircuitBreaker;

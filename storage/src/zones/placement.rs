@@ -1,5 +1,6 @@
 //! Zones as a [`Placement`], and opening stores from the command line's
-//! `--store`/`--zones` options with the production (S3) backend.
+//! `--store`/`--zones` options with the production (S3) backend: the one
+//! way every tool opens its store.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -64,21 +65,57 @@ pub fn open_zones_file(path: &Path) -> Result<Zones> {
     Zones::build(&file, s3_factory)
 }
 
+/// A store opened for a tool: the placement every request goes through
+/// (retries and a breaker for each S3 location), and the bare S3 stores
+/// behind it, for the S3-only housekeeping that must not be retried or
+/// counted as traffic (probing conditional writes, aborting stale uploads).
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub placement: Arc<dyn Placement>,
+    /// Every S3 location (zone primaries and replicas); clones of the
+    /// stores inside `placement`, sharing their clients and probed answers.
+    pub s3: Vec<S3Store>,
+}
+
 /// Where a tool's shards live: `--store LOCATION` (a directory, `file://`
-/// or `s3://` URL) or `--zones FILE`, exactly one of them. A single S3
-/// location gets the default retry and breaker stack; a local directory
-/// needs neither.
+/// or `s3://` URL) or `--zones FILE`, exactly one of them. Every tool opens
+/// its store here, so every tool gets the same resilience.
+pub fn open(store: Option<&str>, zones: Option<&Path>) -> Result<Opened> {
+    let s3 = std::cell::RefCell::new(Vec::new());
+    let placement = open_placement_with(store, zones, |loc| {
+        let store = S3Store::new(S3Config::from_location(loc)?)?;
+        s3.borrow_mut().push(store.clone());
+        Ok(Arc::new(store) as Arc<dyn ObjectStore>)
+    })?;
+    Ok(Opened {
+        placement,
+        s3: s3.into_inner(),
+    })
+}
+
+/// [`open`], for callers that need no bare S3 store.
 pub fn open_placement(store: Option<&str>, zones: Option<&Path>) -> Result<Arc<dyn Placement>> {
     open_placement_with(store, zones, s3_factory)
 }
 
-/// As [`open_placement`], with `factory` building every S3 backend (a single
-/// `s3://` location is handed to it as an [`S3Location`] without region or
-/// endpoint, so both come from the environment as for [`crate::open_location`]).
-/// Lets a caller keep the raw [`S3Store`]s for S3-only housekeeping (probing
-/// conditional writes, aborting stale multipart uploads) while every other
-/// request goes through the resilience stack.
-pub fn open_placement_with(
+/// The stack of a single S3 location (`s3://bucket/prefix`, region and
+/// endpoint from the environment) over `backend`: retries and a breaker.
+pub(crate) fn single_s3_stack(
+    location: &str,
+    backend: Arc<dyn ObjectStore>,
+) -> Result<Arc<dyn ObjectStore>> {
+    let settings = ZoneSettings::default_for_single();
+    let stack = location_stack(
+        "default",
+        location,
+        backend,
+        &settings,
+        &ZoneCounters::default(),
+    )?;
+    Ok(stack.store)
+}
+
+fn open_placement_with(
     store: Option<&str>,
     zones: Option<&Path>,
     factory: impl Fn(&S3Location) -> Result<Arc<dyn ObjectStore>>,
@@ -105,15 +142,7 @@ pub fn open_placement_with(
                 region_name: None,
                 endpoint_url: None,
             })?;
-            let settings = ZoneSettings::default_for_single();
-            let stack = location_stack(
-                "default",
-                location,
-                backend,
-                &settings,
-                &ZoneCounters::default(),
-            )?;
-            Ok(Arc::new(Single(stack.store)))
+            Ok(Arc::new(Single(single_s3_stack(location, backend)?)))
         }
     }
 }
