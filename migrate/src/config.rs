@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use des_format::Compression;
-use des_packer::cli::{parse_duration, parse_size};
 use des_packer::options::{DEFAULT_BIG_FILE_THRESHOLD, DEFAULT_JOBS, DEFAULT_PLAN_MEMORY};
 use des_packer::{PackOptions, SourceRoots};
 use des_repack::push::Pushgateway;
+use des_storage::units::{parse_duration, parse_size};
 use serde::Serialize;
 
 use crate::error::MigrateError;
@@ -73,7 +73,7 @@ pub enum Mode {
     name = "des-migrate",
     version,
     about = "Archive the files listed in a PostgreSQL table into a DES store",
-    after_help = AFTER_HELP
+    after_help = des_storage::units::after_help(AFTER_HELP)
 )]
 pub struct Args {
     /// PostgreSQL connection string (URL or key=value), e.g.
@@ -132,15 +132,15 @@ pub struct Args {
     pub compression: String,
     #[arg(long, default_value_t = des_format::codec::DEFAULT_ZSTD_LEVEL)]
     pub zstd_level: i32,
-    /// Files larger than this become separate objects (K/M/G suffixes)
-    #[arg(long, default_value_t = DEFAULT_BIG_FILE_THRESHOLD.to_string())]
-    pub big_file_threshold: String,
+    /// Files larger than this become separate objects
+    #[arg(long, value_name = "SIZE", default_value_t = DEFAULT_BIG_FILE_THRESHOLD, value_parser = parse_size)]
+    pub big_file_threshold: u64,
     /// Shards built in parallel
     #[arg(long, short = 'j', default_value_t = DEFAULT_JOBS)]
     pub jobs: usize,
-    /// Packer planning memory before spilling to disk (K/M/G)
-    #[arg(long, default_value_t = DEFAULT_PLAN_MEMORY.to_string())]
-    pub plan_memory: String,
+    /// Packer planning memory before spilling to disk
+    #[arg(long, value_name = "SIZE", default_value_t = DEFAULT_PLAN_MEMORY as u64, value_parser = parse_size)]
+    pub plan_memory: u64,
     /// Where manifests and the packer's spill files go (default: a temp dir)
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
@@ -152,9 +152,9 @@ pub struct Args {
     #[arg(long)]
     pub source_base: Option<PathBuf>,
     /// At start, abort multipart uploads / remove temp files of crashed
-    /// writers older than this (s, m, h, d)
-    #[arg(long, default_value = "24h", value_name = "DURATION")]
-    pub abort_stale_uploads_after: String,
+    /// writers older than this
+    #[arg(long, default_value = "24h", value_name = "DURATION", value_parser = parse_duration)]
+    pub abort_stale_uploads_after: Duration,
     /// Delete each source once its row is archived and the stored copy was
     /// read back and matched it
     #[arg(long)]
@@ -173,9 +173,9 @@ pub struct Args {
     /// does not change the exit status
     #[arg(long, value_name = "URL", env = "DES_PUSHGATEWAY_URL", value_parser = Pushgateway::parse)]
     pub pushgateway: Option<Pushgateway>,
-    /// Give up connecting to the database after this long (s, m, h)
-    #[arg(long, default_value = "10s", value_name = "DURATION")]
-    pub connect_timeout: String,
+    /// Give up connecting to the database after this long
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
     /// No progress on stderr
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -269,7 +269,6 @@ pub struct Config {
 
 impl Config {
     pub fn from_args(a: &Args) -> Result<Self, MigrateError> {
-        let usage = |what: &str, e: anyhow::Error| MigrateError::Usage(format!("{what}: {e:#}"));
         if a.batch_size == 0 || a.batch_size > MAX_BATCH_SIZE {
             return Err(MigrateError::Usage(format!(
                 "--batch-size must be 1..={MAX_BATCH_SIZE} (the packer names at most that many failed files per run), got {}",
@@ -298,18 +297,15 @@ impl Config {
         let pack = PackOptions {
             out: a.out.clone().unwrap_or_default(),
             zones: a.zones.clone(),
-            abort_stale_uploads_after: parse_duration(&a.abort_stale_uploads_after)
-                .map_err(|e| usage("--abort-stale-uploads-after", e))?,
+            abort_stale_uploads_after: a.abort_stale_uploads_after,
             n_bits: a.n_bits,
             fips: a.fips,
             compression: Compression::parse(&a.compression, a.zstd_level)
                 .map_err(|e| MigrateError::Usage(format!("--compression: {e}")))?,
-            big_file_threshold: parse_size(&a.big_file_threshold)
-                .map_err(|e| usage("--big-file-threshold", e))?,
+            big_file_threshold: a.big_file_threshold,
             jobs: a.jobs.max(1),
-            plan_memory: parse_size(&a.plan_memory)
-                .and_then(|s| usize::try_from(s).map_err(Into::into))
-                .map_err(|e| usage("--plan-memory", e))?,
+            plan_memory: usize::try_from(a.plan_memory)
+                .map_err(|e| MigrateError::Usage(format!("--plan-memory: {e}")))?,
             source_roots: SourceRoots::new(&a.source_roots)
                 .map_err(|e| MigrateError::Usage(e.to_string()))?,
             ..PackOptions::default()
@@ -327,8 +323,7 @@ impl Config {
         }
         Ok(Self {
             database_url: a.database_url.clone(),
-            connect_timeout: parse_duration(&a.connect_timeout)
-                .map_err(|e| usage("--connect-timeout", e))?,
+            connect_timeout: a.connect_timeout,
             mode: a.mode,
             names,
             archive_age_days: a.archive_age_days,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use des_format::{Compression, Timestamp};
+use des_storage::units::{parse_duration, parse_size};
 
 use crate::confine::SourceRoots;
 use crate::from_s3::{DEFAULT_LISTING_BATCH, FromS3};
@@ -42,7 +43,7 @@ docs/CONCURRENCY.md. S3 settings come from the AWS environment (AWS_REGION,
 AWS_ENDPOINT_URL, credentials) plus DES_S3_FORCE_PATH_STYLE, DES_S3_PART_SIZE and DES_S3_LEAN_GET.";
 
 #[derive(Debug, Parser)]
-#[command(name = "des-pack", version, about = "Pack small files into DES shards", after_help = AFTER_HELP)]
+#[command(name = "des-pack", version, about = "Pack small files into DES shards", after_help = des_storage::units::after_help(AFTER_HELP))]
 pub struct Args {
     /// Manifest file (JSON array or JSON Lines)
     #[arg(
@@ -97,9 +98,9 @@ pub struct Args {
     /// At start, abort S3 multipart uploads older than this and remove
     /// `.des-tmp-*` files of local stores not modified for this long (both
     /// left by crashed runs); must exceed the longest upload of any packer
-    /// still running. Units s, m, h, d
-    #[arg(long, default_value = "24h", value_name = "DURATION")]
-    pub abort_stale_uploads_after: String,
+    /// still running
+    #[arg(long, default_value = "24h", value_name = "DURATION", value_parser = parse_duration)]
+    pub abort_stale_uploads_after: Duration,
     /// Shard bits (4..=16), only when creating a store; must match an existing one
     #[arg(long)]
     pub n_bits: Option<u8>,
@@ -111,9 +112,9 @@ pub struct Args {
     pub compression: String,
     #[arg(long, default_value_t = des_format::codec::DEFAULT_ZSTD_LEVEL)]
     pub zstd_level: i32,
-    /// Files larger than this are stored as separate objects (bytes; K/M/G suffixes allowed)
-    #[arg(long, default_value_t = DEFAULT_BIG_FILE_THRESHOLD.to_string())]
-    pub big_file_threshold: String,
+    /// Files larger than this are stored as separate objects
+    #[arg(long, value_name = "SIZE", default_value_t = DEFAULT_BIG_FILE_THRESHOLD, value_parser = parse_size)]
+    pub big_file_threshold: u64,
     /// Shards built in parallel. More than the core count pays: a job spends
     /// part of its time waiting for its shard's fsync or upload
     #[arg(long, short = 'j', default_value_t = crate::options::DEFAULT_JOBS)]
@@ -125,9 +126,9 @@ pub struct Args {
     /// divide 2^n_bits); for Kubernetes Indexed Jobs: `--shard-partition $(JOB_COMPLETION_INDEX)/8`
     #[arg(long, conflicts_with = "shard_range", env = "DES_SHARD_PARTITION")]
     pub shard_partition: Option<String>,
-    /// Memory for planning before sorted runs spill to disk (bytes; K/M/G)
-    #[arg(long, default_value_t = DEFAULT_PLAN_MEMORY.to_string())]
-    pub plan_memory: String,
+    /// Memory for planning before sorted runs spill to disk
+    #[arg(long, value_name = "SIZE", default_value_t = DEFAULT_PLAN_MEMORY as u64, value_parser = parse_size)]
+    pub plan_memory: u64,
     /// Where planning spills (default: a temp dir)
     #[arg(long)]
     pub spill_dir: Option<PathBuf>,
@@ -150,42 +151,6 @@ pub struct Args {
     /// No progress bar
     #[arg(long, short = 'q')]
     pub quiet: bool,
-}
-
-/// `10485760`, `10M`, `10MiB`, `64k`: binary multiples.
-pub fn parse_size(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().with_context(|| format!("bad size {s:?}"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        other => bail!("bad size unit {other:?} in {s:?}"),
-    };
-    n.checked_mul(mult)
-        .with_context(|| format!("size {s:?} overflows"))
-}
-
-/// `90s`, `30m`, `1h`, `2d`, or `0`.
-pub fn parse_duration(s: &str) -> Result<Duration> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().with_context(|| format!("bad duration {s:?}"))?;
-    let secs: u64 = match unit.trim() {
-        "s" => 1,
-        "" if n == 0 => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        other => bail!("bad duration unit {other:?} in {s:?} (use s, m, h or d)"),
-    };
-    n.checked_mul(secs)
-        .map(Duration::from_secs)
-        .with_context(|| format!("duration {s:?} overflows"))
 }
 
 /// `I/N`: part I (0-based) of N.
@@ -277,13 +242,13 @@ impl Args {
         Ok(PackOptions {
             out: self.out.clone().unwrap_or_default(),
             zones: self.zones.clone(),
-            abort_stale_uploads_after: parse_duration(&self.abort_stale_uploads_after)?,
+            abort_stale_uploads_after: self.abort_stale_uploads_after,
             n_bits: self.n_bits,
             fips: self.fips,
             compression: Compression::parse(&self.compression, self.zstd_level)?,
-            big_file_threshold: parse_size(&self.big_file_threshold)?,
+            big_file_threshold: self.big_file_threshold,
             jobs: self.jobs.max(1),
-            plan_memory: usize::try_from(parse_size(&self.plan_memory)?)?,
+            plan_memory: usize::try_from(self.plan_memory)?,
             spill_dir: self.spill_dir.clone(),
             shard_range: self
                 .shard_range
@@ -306,12 +271,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_and_ranges() {
-        assert_eq!(parse_size("10M").unwrap(), 10 << 20);
-        assert_eq!(parse_size("64KiB").unwrap(), 64 << 10);
-        assert_eq!(parse_size("123").unwrap(), 123);
-        assert!(parse_size("1T").is_err());
-        assert!(parse_size("x").is_err());
+    fn ranges_and_partitions() {
         assert_eq!(parse_shard_range("0-127").unwrap(), 0..=127);
         assert!(parse_shard_range("5-1").is_err());
         assert!(parse_shard_range("7").is_err());
@@ -336,17 +296,6 @@ mod tests {
         assert!(partition_range(0, 3, 8).is_err(), "3 does not divide 256");
         assert!(partition_range(0, 0, 8).is_err());
         assert!(partition_range(0, 512, 8).is_err());
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
-        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
-        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
-        assert!(parse_duration("10").is_err(), "a unit is required");
-        assert!(parse_duration("1w").is_err());
-        assert!(parse_duration("h").is_err());
     }
 
     #[test]

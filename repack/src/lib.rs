@@ -13,7 +13,6 @@ pub mod push;
 pub mod repack;
 pub mod retention;
 pub mod tombstones_cli;
-pub mod units;
 pub mod upgrade;
 pub mod verify;
 

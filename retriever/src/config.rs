@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use des_storage::Layout;
+use des_storage::units::{Secs, Size};
 use serde::Deserialize;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -38,7 +39,7 @@ AWS_* variables (and DES_S3_*).\n\nExit codes: 0 clean shutdown (SIGTERM/SIGINT)
 after start, 2 bad usage or configuration, store not openable, or listen address not bindable.";
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "des-retriever", about = "Serves files from a DES store over HTTP", after_help = AFTER_HELP)]
+#[command(name = "des-retriever", about = "Serves files from a DES store over HTTP", after_help = des_storage::units::after_help(AFTER_HELP))]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -59,9 +60,9 @@ pub struct HealthcheckArgs {
     /// Plain http:// URL to check.
     #[arg(long, default_value = "http://127.0.0.1:8080/health")]
     pub url: String,
-    /// Seconds allowed for connecting and for the answer.
-    #[arg(long, default_value_t = 2)]
-    pub timeout_secs: u64,
+    /// Seconds (or any duration) allowed for connecting and for the answer.
+    #[arg(long, default_value = "2")]
+    pub timeout_secs: Secs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -99,34 +100,34 @@ pub struct Options {
     pub listen: Option<String>,
     /// Bytes of shard indexes kept in memory [default: 512 MiB].
     #[arg(long)]
-    pub cache_bytes: Option<u64>,
+    pub cache_bytes: Option<Size>,
     /// Reload a cached shard index after this many seconds [default: never].
     #[arg(long)]
-    pub cache_ttl_secs: Option<u64>,
+    pub cache_ttl_secs: Option<Secs>,
     /// Bytes of small files kept in memory decoded and verified, so popular
     /// files are served without a storage read; 0 turns this off [default: 128 MiB].
     #[arg(long)]
-    pub payload_cache_bytes: Option<u64>,
+    pub payload_cache_bytes: Option<Size>,
     /// Largest file (decoded bytes) the payload cache keeps [default: 256 KiB].
     #[arg(long)]
-    pub payload_cache_max_entry_bytes: Option<u64>,
+    pub payload_cache_max_entry_bytes: Option<Size>,
     /// Seconds "no such shard" is remembered, and the age after which a cached
     /// index is re-read when a requested uid is not in it [default: 5].
     #[arg(long)]
-    pub negative_ttl_secs: Option<u64>,
+    pub negative_ttl_secs: Option<Secs>,
     /// Bytes read from the end of a shard to get its index in one request [default: 64 KiB].
     #[arg(long)]
-    pub suffix_bytes: Option<u64>,
+    pub suffix_bytes: Option<Size>,
     /// HTTP worker threads [default: one per CPU].
     #[arg(long)]
     pub workers: Option<usize>,
     /// Seconds in-flight requests get to finish after SIGTERM [default: 30].
     #[arg(long)]
-    pub shutdown_timeout_secs: Option<u64>,
+    pub shutdown_timeout_secs: Option<Secs>,
     /// Seconds between polls of the tombstone log, so deletes made through
     /// other replicas take effect here [default: 10].
     #[arg(long)]
-    pub tombstone_poll_interval_secs: Option<u64>,
+    pub tombstone_poll_interval_secs: Option<Secs>,
     /// API keys file (TOML or YAML); reloaded on SIGHUP.
     #[arg(long)]
     pub api_keys: Option<PathBuf>,
@@ -134,7 +135,7 @@ pub struct Options {
     /// then reloaded as on SIGHUP (a Kubernetes Secret is updated in place);
     /// 0: on SIGHUP only [default: 10].
     #[arg(long)]
-    pub keys_poll_interval_secs: Option<u64>,
+    pub keys_poll_interval_secs: Option<Secs>,
     /// `off` serves everyone without a key; `on` (the default) needs --api-keys.
     #[arg(long)]
     pub auth: Option<AuthMode>,
@@ -234,17 +235,17 @@ struct FileConfig {
     layout: Option<LayoutName>,
     n_bits: Option<u8>,
     listen: Option<String>,
-    cache_bytes: Option<u64>,
-    cache_ttl_secs: Option<u64>,
-    payload_cache_bytes: Option<u64>,
-    payload_cache_max_entry_bytes: Option<u64>,
-    negative_ttl_secs: Option<u64>,
-    suffix_bytes: Option<u64>,
+    cache_bytes: Option<Size>,
+    cache_ttl_secs: Option<Secs>,
+    payload_cache_bytes: Option<Size>,
+    payload_cache_max_entry_bytes: Option<Size>,
+    negative_ttl_secs: Option<Secs>,
+    suffix_bytes: Option<Size>,
     workers: Option<usize>,
-    shutdown_timeout_secs: Option<u64>,
-    tombstone_poll_interval_secs: Option<u64>,
+    shutdown_timeout_secs: Option<Secs>,
+    tombstone_poll_interval_secs: Option<Secs>,
     api_keys: Option<PathBuf>,
-    keys_poll_interval_secs: Option<u64>,
+    keys_poll_interval_secs: Option<Secs>,
     auth: Option<AuthMode>,
     rate_limit_per_key: Option<u32>,
     rate_limit_per_ip: Option<u32>,
@@ -424,6 +425,7 @@ impl Settings {
                 cli.tombstone_poll_interval_secs,
                 file.tombstone_poll_interval_secs,
             )?
+            .map(|v| v.0)
             .unwrap_or(DEFAULT_TOMBSTONE_POLL_SECS);
         if poll == 0 {
             return Err(ConfigError(
@@ -441,9 +443,11 @@ impl Settings {
                 .unwrap_or_else(|| DEFAULT_LISTEN.into()),
             cache_bytes: src
                 .pick("cache_bytes", cli.cache_bytes, file.cache_bytes)?
+                .map(|v| v.0)
                 .unwrap_or(DEFAULT_CACHE_BYTES),
             cache_ttl: src
                 .pick("cache_ttl_secs", cli.cache_ttl_secs, file.cache_ttl_secs)?
+                .map(|v| v.0)
                 .map(secs),
             payload_cache_bytes: src
                 .pick(
@@ -451,6 +455,7 @@ impl Settings {
                     cli.payload_cache_bytes,
                     file.payload_cache_bytes,
                 )?
+                .map(|v| v.0)
                 .unwrap_or(DEFAULT_PAYLOAD_CACHE_BYTES),
             payload_cache_max_entry_bytes: src
                 .pick(
@@ -458,6 +463,7 @@ impl Settings {
                     cli.payload_cache_max_entry_bytes,
                     file.payload_cache_max_entry_bytes,
                 )?
+                .map(|v| v.0)
                 .unwrap_or(DEFAULT_PAYLOAD_CACHE_MAX_ENTRY_BYTES),
             negative_ttl: secs(
                 src.pick(
@@ -465,10 +471,12 @@ impl Settings {
                     cli.negative_ttl_secs,
                     file.negative_ttl_secs,
                 )?
+                .map(|v| v.0)
                 .unwrap_or(DEFAULT_NEGATIVE_TTL_SECS),
             ),
             suffix_bytes: src
                 .pick("suffix_bytes", cli.suffix_bytes, file.suffix_bytes)?
+                .map(|v| v.0)
                 .unwrap_or(DEFAULT_SUFFIX_BYTES),
             workers,
             shutdown_timeout: secs(
@@ -477,6 +485,7 @@ impl Settings {
                     cli.shutdown_timeout_secs,
                     file.shutdown_timeout_secs,
                 )?
+                .map(|v| v.0)
                 .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_SECS),
             ),
             tombstone_poll_interval: secs(poll),
@@ -486,6 +495,7 @@ impl Settings {
                     cli.keys_poll_interval_secs,
                     file.keys_poll_interval_secs,
                 )?
+                .map(|v| v.0)
                 .unwrap_or(DEFAULT_KEYS_POLL_SECS),
             )
             .filter(|s| *s > 0)

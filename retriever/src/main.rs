@@ -32,7 +32,7 @@ fn main() -> ExitCode {
 }
 
 fn healthcheck(args: &HealthcheckArgs) -> ExitCode {
-    let timeout = std::time::Duration::from_secs(args.timeout_secs.max(1));
+    let timeout = std::time::Duration::from_secs(args.timeout_secs.0.max(1));
     match des_retriever::healthcheck::check(&args.url, timeout) {
         Ok(()) => ExitCode::from(EXIT_OK),
         Err(e) => {

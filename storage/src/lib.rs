@@ -18,6 +18,7 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tombstones;
+pub mod units;
 pub mod zones;
 
 pub use error::{Error, ErrorKind, Result};

@@ -15,8 +15,8 @@ use des_repack::metrics::{JobStatus, RepackMetrics};
 use des_repack::open::open_store;
 use des_repack::push::Pushgateway;
 use des_repack::repack::{Progress, RepackOptions, RepackReport, repack};
-use des_repack::units::{parse_duration, parse_size};
 use des_storage::DesStore;
+use des_storage::units::{parse_duration, parse_size};
 use indicatif::{ProgressBar, ProgressStyle};
 
 const EXIT_CODES: &str = "\
@@ -39,7 +39,7 @@ Environment:
 /// deleted, or when one of its tombstones is older than --max-delay, or when
 /// named with --shard. Only one repacker runs per store at a time.
 #[derive(Debug, Parser)]
-#[command(name = "des-repack", version, after_help = EXIT_CODES)]
+#[command(name = "des-repack", version, after_help = des_storage::units::after_help(EXIT_CODES))]
 struct Cli {
     /// Store location: a directory, file:// or s3://bucket/prefix URL.
     #[arg(
@@ -57,11 +57,11 @@ struct Cli {
     min_garbage_ratio: f64,
     /// Rewrite regardless of ratio once a tombstone is this old (bounds the
     /// time deleted bytes stay on disk).
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, default_value = "24h", value_name = "DURATION", value_parser = parse_duration)]
     max_delay: Duration,
     /// Start no more rewrites once this many shard bytes were taken on
     /// (e.g. 50G); the first rewrite always runs.
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_bytes: Option<u64>,
     /// Rewrite this shard whatever the rules say: DATE/HEX (e.g. 20240517/5C).
     #[arg(long = "shard", value_name = "DATE/HEX")]
@@ -78,10 +78,10 @@ struct Cli {
     zstd_level: i32,
     /// Delete an unreferenced big file only this long after its last
     /// reference was dropped.
-    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = parse_duration)]
     big_file_grace: Duration,
     /// Lease lifetime; renewed every third of it while running.
-    #[arg(long, default_value = "15m", value_parser = parse_duration)]
+    #[arg(long, default_value = "15m", value_name = "DURATION", value_parser = parse_duration)]
     lease_ttl: Duration,
     /// At the start of each run, remove temp files (`.des-tmp-*`, local
     /// stores) not modified for this long: writers killed mid-write leave

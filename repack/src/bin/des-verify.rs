@@ -10,11 +10,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use des_repack::push::Pushgateway;
-use des_repack::units::{parse_duration, parse_size};
 use des_repack::verify::open::{self, Scope};
 use des_repack::verify::{
     ByteRate, DEFAULT_JOBS, Progress, Sample, VerifyOptions, VerifyReport, verify_key, verify_store,
 };
+use des_storage::units::{parse_duration, parse_size};
 use des_storage::{DesStore, Layout};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
@@ -60,7 +60,7 @@ impl From<LayoutArg> for Layout {
 /// came back) was logged more than --max-delay ago and that a shard still
 /// lists is an error, unless a legal hold keeps it (reported as held).
 #[derive(Debug, Parser)]
-#[command(name = "des-verify", version, after_help = EXIT_CODES)]
+#[command(name = "des-verify", version, after_help = des_storage::units::after_help(EXIT_CODES))]
 struct Cli {
     /// Shard file or store root (env DES_STORE).
     #[arg(

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use clap::Args;
+use des_storage::units::{Secs, Size};
 
 use super::{ConfigError, FileConfig, Sources};
 
@@ -39,19 +40,19 @@ pub struct GuardOptions {
     pub max_connections: Option<usize>,
     /// Seconds a client has to send its request line and headers [default: 5].
     #[arg(long)]
-    pub client_request_timeout_secs: Option<u64>,
+    pub client_request_timeout_secs: Option<Secs>,
     /// Seconds an idle keep-alive connection stays open [default: 5].
     #[arg(long)]
-    pub keep_alive_secs: Option<u64>,
+    pub keep_alive_secs: Option<Secs>,
     /// Big-file (external) responses streaming at once; more get 503 [default: 64].
     #[arg(long)]
     pub max_big_streams: Option<usize>,
     /// Bytes of small-file payloads held by responses at once; more get 503 [default: 256 MiB].
     #[arg(long)]
-    pub max_payload_bytes_in_flight: Option<u64>,
+    pub max_payload_bytes_in_flight: Option<Size>,
     /// `max-age` of file responses, in seconds [default: 3600].
     #[arg(long)]
-    pub cache_max_age_secs: Option<u64>,
+    pub cache_max_age_secs: Option<Secs>,
     /// Mark file responses `immutable` (only if deleted files may stay in caches for max-age).
     #[arg(long)]
     pub cache_immutable: bool,
@@ -66,11 +67,11 @@ pub struct GuardOptions {
 pub(super) struct GuardFile {
     admin_listen: Option<String>,
     max_connections: Option<usize>,
-    client_request_timeout_secs: Option<u64>,
-    keep_alive_secs: Option<u64>,
+    client_request_timeout_secs: Option<Secs>,
+    keep_alive_secs: Option<Secs>,
     max_big_streams: Option<usize>,
-    max_payload_bytes_in_flight: Option<u64>,
-    cache_max_age_secs: Option<u64>,
+    max_payload_bytes_in_flight: Option<Size>,
+    cache_max_age_secs: Option<Secs>,
     cache_immutable: Option<bool>,
     rate_limit_ipv6_prefix: Option<u8>,
 }
@@ -133,7 +134,8 @@ pub(super) fn guards(
             "max_payload_bytes_in_flight",
             cli.max_payload_bytes_in_flight,
             f.max_payload_bytes_in_flight,
-        )?,
+        )?
+        .map(|v| v.0),
     )?;
     let request_timeout = at_least_one(
         "client_request_timeout_secs",
@@ -141,7 +143,8 @@ pub(super) fn guards(
             "client_request_timeout_secs",
             cli.client_request_timeout_secs,
             f.client_request_timeout_secs,
-        )?,
+        )?
+        .map(|v| v.0),
     )?;
     let prefix = src.pick(
         "rate_limit_ipv6_prefix",
@@ -160,6 +163,7 @@ pub(super) fn guards(
         client_request_timeout: request_timeout.map_or(d.client_request_timeout, secs),
         keep_alive: src
             .pick("keep_alive_secs", cli.keep_alive_secs, f.keep_alive_secs)?
+            .map(|v| v.0)
             .map_or(d.keep_alive, secs),
         max_big_streams: max_big_streams.unwrap_or(d.max_big_streams),
         max_payload_bytes_in_flight: in_flight.unwrap_or(d.max_payload_bytes_in_flight),
@@ -170,6 +174,7 @@ pub(super) fn guards(
                     cli.cache_max_age_secs,
                     f.cache_max_age_secs,
                 )?
+                .map(|v| v.0)
                 .map_or(d.caching.max_age, secs),
             immutable: src
                 .pick(

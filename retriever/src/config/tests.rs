@@ -180,14 +180,14 @@ fn payload_cache_from_each_source() {
         (7, 8),
         "cli beats env and file"
     );
-    assert!(
-        resolve(
-            &["--store", "x", "--no-auth"],
-            &[("DES_RETRIEVER_PAYLOAD_CACHE_BYTES", "128M")],
-        )
-        .is_err(),
-        "bytes, as a number"
+    let env = |v| [("DES_RETRIEVER_PAYLOAD_CACHE_BYTES", v)];
+    let s = resolve(&["--store", "x", "--no-auth"], &env("128M")).unwrap();
+    assert_eq!(
+        s.payload_cache_bytes,
+        128 << 20,
+        "a size in the shared grammar"
     );
+    assert!(resolve(&["--store", "x", "--no-auth"], &env("128 parsecs")).is_err());
 }
 
 #[test]
@@ -404,4 +404,39 @@ fn guards_refuse_useless_values_and_files_unknown_keys() {
     let (_dir, f) = config_file("store = \"/d\"\nauth = \"off\"\nmax_big_stream = 3\n");
     let e = resolve(&["--config", &f], &[]).unwrap_err();
     assert!(e.to_string().contains("max_big_stream"), "{e}");
+}
+
+/// Sizes and durations in the shared grammar from every source; bare
+/// numbers keep meaning bytes and seconds.
+#[test]
+fn sizes_and_durations_in_the_shared_grammar() {
+    let (_dir, f) = config_file(
+        "store = \"/s\"\nauth = \"off\"\ncache_bytes = \"1GiB\"\nsuffix_bytes = 4096\n\
+         negative_ttl_secs = \"2m\"\nkeep_alive_secs = 7\nmax_payload_bytes_in_flight = \"64M\"\n",
+    );
+    let s = resolve(
+        &["--config", f.as_str(), "--cache-ttl-secs", "1h"],
+        &[
+            ("DES_RETRIEVER_PAYLOAD_CACHE_BYTES", "32MiB"),
+            ("DES_RETRIEVER_SHUTDOWN_TIMEOUT_SECS", "1500ms"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(s.cache_bytes, 1 << 30);
+    assert_eq!(s.suffix_bytes, 4096);
+    assert_eq!(s.negative_ttl, Duration::from_secs(120));
+    assert_eq!(s.guards.keep_alive, Duration::from_secs(7));
+    assert_eq!(s.guards.max_payload_bytes_in_flight, 64 << 20);
+    assert_eq!(s.cache_ttl, Some(Duration::from_secs(3600)));
+    assert_eq!(s.payload_cache_bytes, 32 << 20);
+    assert_eq!(s.shutdown_timeout, Duration::from_secs(2), "rounded up");
+    let bad = resolve(
+        &["--store", "/s", "--no-auth"],
+        &[("DES_RETRIEVER_CACHE_BYTES", "lots")],
+    );
+    assert!(
+        bad.unwrap_err()
+            .to_string()
+            .contains("DES_RETRIEVER_CACHE_BYTES")
+    );
 }
