@@ -41,6 +41,8 @@ pub struct Metrics {
     pub payload_cache_misses: IntCounter,
     pub breaker_state: IntGaugeVec,
     pub storage_retries: IntCounterVec,
+    pub storage_failovers: IntCounterVec,
+    pub storage_hedges: IntCounterVec,
     pub corruption: IntCounter,
     pub http_requests: IntCounterVec,
     pub tombstones_known: IntGauge,
@@ -197,6 +199,18 @@ impl Metrics {
                 "Storage requests retried, per zone.",
                 &["zone"],
             )?,
+            storage_failovers: counter_vec(
+                &r,
+                "des_storage_failovers_total",
+                "Reads a zone served from a replica after its primary failed or missed.",
+                &["zone"],
+            )?,
+            storage_hedges: counter_vec(
+                &r,
+                "des_storage_hedges_total",
+                "Second (hedged) read requests, per zone, by outcome: won (it answered) or lost.",
+                &["zone", "outcome"],
+            )?,
             corruption: counter(
                 &r,
                 "des_corruption_detected_total",
@@ -236,13 +250,15 @@ impl Metrics {
         let mut out = Vec::new();
         TextEncoder::new().encode(&families, &mut out)?;
         let mut text = String::from_utf8_lossy(&out).into_owned();
-        let labelled: [(&dyn Collector, &str); 6] = [
+        let labelled: [(&dyn Collector, &str); 8] = [
             (&self.http_requests, "counter"),
             (&self.retrievals, "counter"),
             (&self.range_calls, "counter"),
             (&self.cache_evictions, "counter"),
             (&self.breaker_state, "gauge"),
             (&self.storage_retries, "counter"),
+            (&self.storage_failovers, "counter"),
+            (&self.storage_hedges, "counter"),
         ];
         declare_empty_families(&mut text, &families, &labelled);
         Ok(text)
@@ -257,14 +273,25 @@ impl Metrics {
                     .with_label_values(&[zone.name.as_str(), location.as_str()])
                     .set(breaker_gauge(breaker.state()));
             }
-            let total = zone
-                .counters
-                .retries
-                .load(std::sync::atomic::Ordering::Relaxed);
-            let c = self
-                .storage_retries
-                .with_label_values(&[zone.name.as_str()]);
-            c.inc_by(total.saturating_sub(c.get()));
+            let name = zone.name.as_str();
+            let load =
+                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            let c = &zone.counters;
+            let totals = [
+                (&self.storage_retries, vec![name], load(&c.retries)),
+                (&self.storage_failovers, vec![name], load(&c.failovers)),
+                (&self.storage_hedges, vec![name, "won"], load(&c.hedges_won)),
+                (
+                    &self.storage_hedges,
+                    vec![name, "lost"],
+                    load(&c.hedges_lost),
+                ),
+            ];
+            // The storage counters only grow: the exported ones catch up.
+            for (family, labels, total) in totals {
+                let counter = family.with_label_values(&labels);
+                counter.inc_by(total.saturating_sub(counter.get()));
+            }
         }
     }
 }
@@ -319,6 +346,8 @@ mod tests {
         for (name, kind) in [
             ("des_circuit_breaker_state", "gauge"),
             ("des_storage_retries_total", "counter"),
+            ("des_storage_failovers_total", "counter"),
+            ("des_storage_hedges_total", "counter"),
             ("des_index_cache_evictions_total", "counter"),
             ("http_requests_total", "counter"),
         ] {

@@ -505,6 +505,24 @@ async fn hedge_second_request_wins_over_a_stalled_first() {
     let took = start.elapsed();
     assert!(took >= ms(200) && took <= ms(200) + MS, "{took:?}");
     assert_eq!((s.calls(Op::Get), store.hedges()), (2, 1));
+    assert_eq!(
+        (store.hedges_won(), store.hedges_lost()),
+        (1, 0),
+        "the second request answered"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_the_first_request_beats_is_lost() {
+    let s = seeded("p").await;
+    s.push(Step::delay(ms(250)).on(Op::Get));
+    s.push(Step::delay(ms(900)).on(Op::Get));
+    let store = HedgedStore::new(Arc::new(s.clone()), Some(ms(200)));
+    assert_eq!(read(&store).await.unwrap(), "data");
+    assert_eq!(
+        (store.hedges(), store.hedges_won(), store.hedges_lost()),
+        (1, 0, 1)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -536,6 +554,11 @@ async fn hedge_waits_for_the_other_after_a_transient_failure() {
     let start = Instant::now();
     assert_eq!(store.head("k").await.unwrap().size, 4);
     assert_eq!(start.elapsed(), ms(600));
+    assert_eq!(
+        (store.hedges(), store.hedges_won()),
+        (1, 1),
+        "the hedge's answer"
+    );
     // A definitive answer (NotFound) from either copy is returned as is.
     s.push(Step::delay(Duration::from_secs(9)).on(Op::Head));
     s.push(Step::fail(ErrorKind::NotFound).on(Op::Head));
@@ -543,6 +566,7 @@ async fn hedge_waits_for_the_other_after_a_transient_failure() {
         store.head("k").await.unwrap_err().kind(),
         ErrorKind::NotFound
     );
+    assert_eq!((store.hedges(), store.hedges_won()), (2, 2));
 }
 
 #[tokio::test(start_paused = true)]

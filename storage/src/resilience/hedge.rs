@@ -20,6 +20,10 @@ pub struct HedgedStore<S: ?Sized + ObjectStore = dyn ObjectStore> {
     inner: Arc<S>,
     hedge_after: Option<Duration>,
     hedges: Arc<AtomicU64>,
+    /// Hedges whose second request gave the answer, and those whose first
+    /// did (counted when the call ends, so a hedge in flight is in neither).
+    won: Arc<AtomicU64>,
+    lost: Arc<AtomicU64>,
 }
 
 impl<S: ?Sized + ObjectStore> HedgedStore<S> {
@@ -29,6 +33,8 @@ impl<S: ?Sized + ObjectStore> HedgedStore<S> {
             inner,
             hedge_after,
             hedges: Arc::default(),
+            won: Arc::default(),
+            lost: Arc::default(),
         }
     }
 
@@ -36,6 +42,25 @@ impl<S: ?Sized + ObjectStore> HedgedStore<S> {
     pub fn with_counter(mut self, counter: Arc<AtomicU64>) -> Self {
         self.hedges = counter;
         self
+    }
+
+    /// Counts the hedges whose second request gave the answer (`won`) and
+    /// those whose first did (`lost`): the share says whether `hedge_after`
+    /// pays.
+    pub fn with_outcome_counters(mut self, won: Arc<AtomicU64>, lost: Arc<AtomicU64>) -> Self {
+        self.won = won;
+        self.lost = lost;
+        self
+    }
+
+    /// Hedges whose second request gave the answer.
+    pub fn hedges_won(&self) -> u64 {
+        self.won.load(Ordering::Relaxed)
+    }
+
+    /// Hedges whose first request gave the answer after all.
+    pub fn hedges_lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
     }
 
     /// Second requests started so far.
@@ -67,15 +92,19 @@ impl<S: ?Sized + ObjectStore> HedgedStore<S> {
         self.hedges.fetch_add(1, Ordering::Relaxed);
         let second = call();
         tokio::pin!(second);
-        let (result, other) = match select(first, second).await {
-            Either::Left((r, other)) | Either::Right((r, other)) => (r, other),
+        let (result, other, second_first) = match select(first, second).await {
+            Either::Left((r, other)) => (r, other, false),
+            Either::Right((r, other)) => (r, other, true),
         };
-        match result {
-            // A transient failure of one copy is no answer while the other
-            // may still succeed. Anything else (data, NotFound, ...) is.
-            Err(e) if e.is_retryable() => other.await,
-            answer => answer,
-        }
+        // A transient failure of one copy is no answer while the other may
+        // still succeed. Anything else (data, NotFound, ...) is.
+        let (answer, by_second) = match result {
+            Err(e) if e.is_retryable() => (other.await, !second_first),
+            answer => (answer, second_first),
+        };
+        let outcome = if by_second { &self.won } else { &self.lost };
+        outcome.fetch_add(1, Ordering::Relaxed);
+        answer
     }
 }
 

@@ -102,7 +102,11 @@ pub(super) fn location_stack(
     if settings.hedge_after.is_some() {
         store = Arc::new(
             HedgedStore::new(store, settings.hedge_after)
-                .with_counter(Arc::clone(&counters.hedges)),
+                .with_counter(Arc::clone(&counters.hedges))
+                .with_outcome_counters(
+                    Arc::clone(&counters.hedges_won),
+                    Arc::clone(&counters.hedges_lost),
+                ),
         );
     }
     Ok(LocationStack { store, breaker })

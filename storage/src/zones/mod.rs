@@ -37,10 +37,15 @@ pub struct Zone {
 pub struct ZoneCounters {
     /// Retries (`des_storage_retries_total{zone}`).
     pub retries: Arc<AtomicU64>,
-    /// Reads served after moving past the primary.
+    /// Reads served after moving past the primary
+    /// (`des_storage_failovers_total{zone}`).
     pub failovers: Arc<AtomicU64>,
-    /// Hedged (second) read requests.
+    /// Hedged (second) read requests (`des_storage_hedges_total{zone,outcome}`).
     pub hedges: Arc<AtomicU64>,
+    /// Of those, the ones whose second request gave the answer, and the
+    /// ones whose first did.
+    pub hedges_won: Arc<AtomicU64>,
+    pub hedges_lost: Arc<AtomicU64>,
 }
 
 /// Zones sorted by range, for routing by shard index.
