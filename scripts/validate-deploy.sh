@@ -296,7 +296,8 @@ metrics() {
     build_bins
     bin=$BIN
 
-    "$bin/des-pack" --dir deploy/sample --created-at "$at" --out "$dir/store" --quiet >"$dir/des-pack.log"
+    DES_METRICS_FILE=$dir/des-pack.prom "$bin/des-pack" --dir deploy/sample --created-at "$at" \
+        --out "$dir/store" --quiet >"$dir/des-pack.log"
 
     port=$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     base=http://127.0.0.1:$port
@@ -346,7 +347,7 @@ metrics() {
     if ((migrate_exit != 3)); then
         echo "metrics: des-migrate without a database exited $migrate_exit, not 3 (log: $dir/des-migrate.log)" >&2
     fi
-    for tool in des-verify des-repack des-migrate; do
+    for tool in des-pack des-verify des-repack des-migrate; do
         if [[ -f $dir/$tool.prom ]]; then
             files+=("$dir/$tool.prom")
         else

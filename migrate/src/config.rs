@@ -7,7 +7,7 @@ use clap::{Parser, ValueEnum};
 use des_format::Compression;
 use des_packer::options::{DEFAULT_BIG_FILE_THRESHOLD, DEFAULT_JOBS, DEFAULT_PLAN_MEMORY};
 use des_packer::{PackOptions, SourceRoots};
-use des_repack::push::Pushgateway;
+use des_storage::push::Pushgateway;
 use des_storage::units::{parse_duration, parse_size};
 use serde::Serialize;
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use des_repack::metrics::{previous_samples, write_atomically};
+use des_storage::metrics_file::{previous_samples, write_atomically};
 
 use crate::report::MigrationReport;
 

@@ -96,6 +96,7 @@ mod tests {
             line,
             uid: None,
             source: None,
+            kind: des_packer::report::FailureKind::SourceMissing,
             reason: format!("bad {line}"),
         }
     }

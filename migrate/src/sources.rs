@@ -133,7 +133,10 @@ impl<'a> SourceCleaner<'a> {
         let Check::V3 { digest, alg, .. } = &located.check else {
             return Err("the stored entry has no content digest to compare with".into());
         };
-        let mut open = self.readers.open(source, self.handle)?;
+        let mut open = self
+            .readers
+            .open(source, self.handle)
+            .map_err(|e| e.to_string())?;
         let mut hasher = alg.hasher();
         let mut buf = vec![0u8; 256 * 1024];
         let mut total = 0u64;

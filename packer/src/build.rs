@@ -21,7 +21,7 @@ use des_storage::{ByteRange, ErrorKind, GetOptions, LoadedIndex, ObjectStore, Pu
 use crate::ingest::{Ingest, Prepared};
 use crate::options::UPLOAD_CHUNK;
 use crate::plan::ShardGroup;
-use crate::report::{Failure, ShardStat};
+use crate::report::{Failure, FailureKind, FileError, ShardStat};
 use crate::source::FileRecord;
 
 #[derive(Debug, Default)]
@@ -53,12 +53,13 @@ impl From<PublishError> for BuildError {
     }
 }
 
-fn failure(rec: &FileRecord, reason: impl Into<String>) -> Failure {
+fn failure(rec: &FileRecord, e: FileError) -> Failure {
     Failure {
         line: rec.line,
         uid: Some(rec.uid.clone()),
         source: Some(rec.source.to_string()),
-        reason: reason.into(),
+        kind: e.kind,
+        reason: e.detail,
     }
 }
 
@@ -70,17 +71,20 @@ pub fn build_group(ctx: &Ingest<'_>, group: &ShardGroup) -> GroupResult {
     );
     match built {
         Ok(Some(r)) => r,
-        Err(BuildError::Fatal(msg)) => fail_all(group, &msg),
+        Err(BuildError::Fatal(msg)) => fail_all(group, &FileError::new(FailureKind::Store, msg)),
         Ok(None) | Err(BuildError::Conflict) => fail_all(
             group,
-            "shard kept changing under concurrent writers; retry later",
+            &FileError::new(
+                FailureKind::Contention,
+                "shard kept changing under concurrent writers; retry later",
+            ),
         ),
     }
 }
 
-fn fail_all(group: &ShardGroup, msg: &str) -> GroupResult {
+fn fail_all(group: &ShardGroup, e: &FileError) -> GroupResult {
     GroupResult {
-        failures: group.files.iter().map(|r| failure(r, msg)).collect(),
+        failures: group.files.iter().map(|r| failure(r, e.clone())).collect(),
         ..GroupResult::default()
     }
 }
@@ -228,7 +232,10 @@ fn partition<'g>(
             .deletions
             .is_deleted(&rec.uid, rec.created_at.date_number())
         {
-            out.deleted.push(failure(rec, "deleted"));
+            out.deleted.push(failure(
+                rec,
+                FileError::new(FailureKind::Deleted, "deleted"),
+            ));
             continue;
         }
         let Some(existing) = old.and_then(|o| o.find(&rec.uid)) else {
@@ -248,7 +255,10 @@ fn partition<'g>(
         } else {
             out.failures.push(failure(
                 rec,
-                "uid already stored for this day with different content",
+                FileError::new(
+                    FailureKind::ContentConflict,
+                    "uid already stored for this day with different content",
+                ),
             ));
         }
     }
@@ -348,7 +358,9 @@ fn add_new<'g>(
                 out.bytes_stored += stored;
                 out.big_files += u64::from(is_big);
             }
-            Err(e) => out.failures.push(failure(rec, e.to_string())),
+            Err(e) => out
+                .failures
+                .push(failure(rec, FileError::new(FailureKind::Unsupported, e))),
         }
     }
     added

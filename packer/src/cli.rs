@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use des_format::{Compression, Timestamp};
+use des_storage::push::Pushgateway;
 use des_storage::units::{parse_duration, parse_size};
 
 use crate::confine::SourceRoots;
@@ -148,6 +149,16 @@ pub struct Args {
     /// Print the JSON report on stdout instead of the text summary
     #[arg(long)]
     pub json: bool,
+    /// Add this run to a Prometheus text file (node-exporter's textfile
+    /// collector): files, bytes in and stored, failures by reason, runs by
+    /// outcome, duration; counters carry on across runs
+    #[arg(long, value_name = "PATH", env = "DES_METRICS_FILE")]
+    pub metrics_file: Option<PathBuf>,
+    /// PUT the run's metrics (those of --metrics-file) to this Prometheus
+    /// Pushgateway, group job="des-pack"; a failed push is a warning and
+    /// does not change the exit status
+    #[arg(long, value_name = "URL", env = "DES_PUSHGATEWAY_URL", value_parser = Pushgateway::parse)]
+    pub pushgateway: Option<Pushgateway>,
     /// No progress bar
     #[arg(long, short = 'q')]
     pub quiet: bool,

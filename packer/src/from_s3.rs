@@ -50,7 +50,7 @@ use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 
 use crate::ingest::Ingest;
-use crate::report::{Failure, MAX_REPORTED_FAILURES, PackReport};
+use crate::report::{Failure, FailureKind, FileError, MAX_REPORTED_FAILURES, PackReport};
 use crate::source::{FileRecord, RecordFailure, Sink, SourceRef, check_uid};
 
 /// Default `--listing-batch`: large, because every batch rewrites the shards
@@ -221,6 +221,7 @@ impl FromS3 {
                 line,
                 uid: uid.map(str::to_string),
                 source: Some(url.clone()),
+                kind: crate::report::FailureKind::Record,
                 reason,
             })
         };
@@ -845,7 +846,7 @@ enum Verified {
     /// kept, and already reported if it was a failure.
     NotInStore,
     /// In the store, but not deletable: kept, and reported.
-    Failed(String),
+    Failed(FileError),
 }
 
 /// Lists `(after, through]` again and deletes each original whose file the
@@ -910,14 +911,15 @@ impl Tally {
         match outcome {
             Verified::Deleted => self.deleted += 1,
             Verified::NotInStore => {}
-            Verified::Failed(reason) => {
+            Verified::Failed(e) => {
                 self.failed += 1;
                 if self.failures.len() < MAX_REPORTED_FAILURES {
                     self.failures.push(Failure {
                         line: rec.line,
                         uid: Some(rec.uid.clone()),
                         source: Some(rec.source.to_string()),
-                        reason: format!("original kept: {reason}"),
+                        kind: e.kind,
+                        reason: format!("original kept: {e}"),
                     });
                 }
             }
@@ -1068,24 +1070,43 @@ fn verify_one(
         let (loaded, located) = match indexes.find(ingest, &rec.uid, rec.created_at, fresh) {
             Ok(Some(found)) => found,
             Ok(None) => return Verified::NotInStore,
-            Err(e) => return Verified::Failed(format!("reading its entry back: {e}")),
+            Err(e) => {
+                return Verified::Failed(FileError::new(
+                    FailureKind::Store,
+                    format!("reading its entry back: {e}"),
+                ));
+            }
         };
         match check_stored(ingest, &loaded, &located) {
             Ok(()) => {}
             Err(Stored::Changed) if !fresh => continue,
-            Err(Stored::Changed) => return Verified::Failed("its shard kept changing".into()),
+            Err(Stored::Changed) => {
+                return Verified::Failed(FileError::new(
+                    FailureKind::Contention,
+                    "its shard kept changing",
+                ));
+            }
             Err(Stored::Bad(e)) => {
-                return Verified::Failed(format!("the stored copy failed its check: {e}"));
+                return Verified::Failed(FileError::new(
+                    FailureKind::Store,
+                    format!("the stored copy failed its check: {e}"),
+                ));
             }
         }
         let Check::V3 { digest: d, .. } = &located.check else {
-            return Verified::Failed("its entry has no content digest".into());
+            return Verified::Failed(FileError::new(
+                FailureKind::Unsupported,
+                "its entry has no content digest",
+            ));
         };
         digest = Some((located.orig_len, *d));
         break;
     }
     let Some((orig_len, digest)) = digest else {
-        return Verified::Failed("its shard kept changing".into());
+        return Verified::Failed(FileError::new(
+            FailureKind::Contention,
+            "its shard kept changing",
+        ));
     };
     let src = match ingest.sources.s3_bucket_for(&spec.bucket, &obj.key) {
         Ok(s) => s,
@@ -1093,7 +1114,12 @@ fn verify_one(
     };
     match source_digest(ingest, src.as_ref(), obj) {
         Ok((len, d)) if len == orig_len && d == digest => {}
-        Ok(_) => return Verified::Failed("the store holds other content for its uid".into()),
+        Ok(_) => {
+            return Verified::Failed(FileError::new(
+                FailureKind::ContentConflict,
+                "the store holds other content for its uid",
+            ));
+        }
         Err(e) => return Verified::Failed(e),
     }
     // S3 has no conditional delete: an overwrite between the read above and
@@ -1101,7 +1127,10 @@ fn verify_one(
     // run that deletes them (README).
     match ingest.handle.block_on(src.delete(&obj.key)) {
         Ok(()) => Verified::Deleted,
-        Err(e) => Verified::Failed(format!("deleting it: {e}")),
+        Err(e) => Verified::Failed(FileError::new(
+            FailureKind::Store,
+            format!("deleting it: {e}"),
+        )),
     }
 }
 
@@ -1180,7 +1209,7 @@ fn source_digest(
     ingest: &Ingest<'_>,
     src: &dyn des_storage::ObjectStore,
     obj: &Listed,
-) -> Result<(u64, ContentDigest), String> {
+) -> Result<(u64, ContentDigest), FileError> {
     let opts = GetOptions {
         range: None,
         if_match: obj.etag.clone(),
@@ -1189,8 +1218,13 @@ fn source_digest(
         .handle
         .block_on(src.get(&obj.key, opts))
         .map_err(|e| match e.kind() {
-            ErrorKind::PreconditionFailed => "it changed after it was listed".to_string(),
-            _ => format!("reading it again: {e}"),
+            ErrorKind::PreconditionFailed => {
+                FileError::new(FailureKind::SourceChanged, "it changed after it was listed")
+            }
+            _ => FileError::new(
+                FailureKind::SourceUnreadable,
+                format!("reading it again: {e}"),
+            ),
         })?;
     let mut reader = BlockingStreamReader::new(ingest.handle.clone(), got.body);
     let mut hasher = ingest.store.digest().hasher();
@@ -1201,7 +1235,10 @@ fn source_digest(
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(format!("reading it again: {e}")),
+            Err(e) => {
+                let detail = format!("reading it again: {e}");
+                return Err(FileError::new(FailureKind::SourceUnreadable, detail));
+            }
         };
         hasher.update(buf.get(..n).unwrap_or_default());
         len += n as u64;

@@ -21,6 +21,7 @@ use tokio::runtime::Handle;
 
 use crate::options::{PackOptions, UPLOAD_CHUNK};
 use crate::reader::{OpenSource, SourceStores};
+use crate::report::{FailureKind, FileError};
 use crate::source::FileRecord;
 
 pub enum Prepared {
@@ -111,16 +112,16 @@ impl Ingest<'_> {
         self.store.digest()
     }
 
-    fn open(&self, rec: &FileRecord) -> Result<OpenSource, String> {
+    fn open(&self, rec: &FileRecord) -> Result<OpenSource, FileError> {
         self.sources.open(&rec.source, self.handle)
     }
 
     /// Digest of the file's current content (to compare with an existing entry).
-    pub fn digest_of(&self, rec: &FileRecord) -> Result<ContentDigest, String> {
+    pub fn digest_of(&self, rec: &FileRecord) -> Result<ContentDigest, FileError> {
         let src = self.open(rec)?;
         scan(self.alg(), src.reader, None)
             .map(|(d, _)| d)
-            .map_err(|e| format!("cannot read {}: {e}", rec.source))
+            .map_err(|e| unreadable(rec, e))
     }
 
     /// Reads an inline file, or uploads a big one to `objects` (the store of
@@ -129,7 +130,7 @@ impl Ingest<'_> {
         &self,
         rec: &FileRecord,
         objects: &Arc<dyn ObjectStore>,
-    ) -> Result<Prepared, String> {
+    ) -> Result<Prepared, FileError> {
         let src = self.open(rec)?;
         if src.len > self.opts.big_file_threshold {
             return self.prepare_big(rec, objects, src);
@@ -139,7 +140,7 @@ impl Ingest<'_> {
         src.reader
             .take(self.opts.big_file_threshold + 1)
             .read_to_end(&mut data)
-            .map_err(|e| format!("cannot read {}: {e}", rec.source))?;
+            .map_err(|e| unreadable(rec, e))?;
         if data.len() as u64 > self.opts.big_file_threshold {
             // It grew while we read it: start over as a big file.
             return self.prepare_big(rec, objects, self.open(rec)?);
@@ -151,7 +152,12 @@ impl Ingest<'_> {
             rec.content_type.as_deref(),
             &data,
         )
-        .map_err(|e| format!("compressing {}: {e}", rec.uid))?;
+        .map_err(|e| {
+            FileError::new(
+                FailureKind::Unsupported,
+                format!("compressing {}: {e}", rec.uid),
+            )
+        })?;
         let entry = new_entry(rec, codec, data.len() as u64, digest);
         // Kept raw, `stored` borrows `data`: hand the buffer over instead of copying it.
         let stored = match stored {
@@ -167,9 +173,8 @@ impl Ingest<'_> {
         rec: &FileRecord,
         objects: &Arc<dyn ObjectStore>,
         src: OpenSource,
-    ) -> Result<Prepared, String> {
-        let read_err = |e: std::io::Error| format!("cannot read {}: {e}", rec.source);
-        let (digest, table) = scan(self.alg(), src.reader, None).map_err(read_err)?;
+    ) -> Result<Prepared, FileError> {
+        let (digest, table) = scan(self.alg(), src.reader, None).map_err(|e| unreadable(rec, e))?;
         // The whole-object CRC, combined from the chunks' (the same value a
         // reader binds the table with).
         let (len, crc) = (table.stored_len(), table.whole_crc32c());
@@ -186,7 +191,7 @@ impl Ingest<'_> {
                 (&rec.uid, rec.created_at.date_number()),
                 self.opts.big_ref_ttl,
             ))
-            .map_err(|e| format!("recording a reference to {key}: {e}"))?;
+            .map_err(|e| store_err(format!("recording a reference to {key}: {e}")))?;
         let existing = self.handle.block_on(objects.head(&key));
         crate::pause::PausePoint::AfterBigFileCheck.check();
         match existing {
@@ -196,7 +201,7 @@ impl Ingest<'_> {
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 self.upload_big(rec, objects, &key, digest)?;
             }
-            Err(e) => return Err(format!("checking {key}: {e}")),
+            Err(e) => return Err(store_err(format!("checking {key}: {e}"))),
         }
         self.put_chunk_table(objects, &key, &table)?;
         Ok(Prepared::External {
@@ -215,26 +220,31 @@ impl Ingest<'_> {
         objects: &Arc<dyn ObjectStore>,
         key: &str,
         digest: ContentDigest,
-    ) -> Result<(), String> {
+    ) -> Result<(), FileError> {
         let src = self.open(rec)?;
         let writer = self
             .handle
             .block_on(objects.put_writer(key, PutOptions::default()))
-            .map_err(|e| format!("uploading {key}: {e}"))?;
+            .map_err(|e| store_err(format!("uploading {key}: {e}")))?;
         let mut sink = SyncObjectWriter::new(self.handle.clone(), writer, UPLOAD_CHUNK);
         let scanned = scan(self.alg(), src.reader, Some(&mut sink));
         match scanned {
             Ok((d, _)) if d == digest => {
-                sink.finish().map_err(|e| format!("uploading {key}: {e}"))?;
+                sink.finish()
+                    .map_err(|e| store_err(format!("uploading {key}: {e}")))?;
                 Ok(())
             }
             Ok(_) => {
                 let _ = sink.abort();
-                Err(format!("{} changed while it was being packed", rec.source))
+                Err(FileError::new(
+                    FailureKind::SourceChanged,
+                    format!("{} changed while it was being packed", rec.source),
+                ))
             }
             Err(e) => {
                 let _ = sink.abort();
-                Err(format!("uploading {key}: {e}"))
+                // The source failed to read, or the upload to write.
+                Err(store_err(format!("uploading {key}: {e}")))
             }
         }
     }
@@ -255,11 +265,22 @@ impl Ingest<'_> {
         objects: &Arc<dyn ObjectStore>,
         big_key: &str,
         table: &ChunkTable,
-    ) -> Result<(), String> {
+    ) -> Result<(), FileError> {
         let key = chunk_table_key(big_key);
         self.handle
             .block_on(objects.put(&key, table.encode().into(), PutOptions::default()))
             .map(drop)
-            .map_err(|e| format!("writing chunk table {key}: {e}"))
+            .map_err(|e| store_err(format!("writing chunk table {key}: {e}")))
     }
+}
+
+fn unreadable(rec: &FileRecord, e: std::io::Error) -> FileError {
+    FileError::new(
+        FailureKind::SourceUnreadable,
+        format!("cannot read {}: {e}", rec.source),
+    )
+}
+
+fn store_err(detail: String) -> FileError {
+    FileError::new(FailureKind::Store, detail)
 }

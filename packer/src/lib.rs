@@ -7,6 +7,7 @@ pub mod cli;
 pub mod confine;
 pub mod from_s3;
 pub mod ingest;
+pub mod metrics;
 pub mod options;
 pub mod pause;
 pub mod plan;

@@ -19,6 +19,7 @@ use des_format::routing::{check_n_bits, locate_ts, shard_hex};
 use serde::{Deserialize, Serialize};
 use tempfile::TempPath;
 
+use crate::report::FailureKind;
 use crate::source::{FileRecord, RecordFailure, SourceRef};
 
 /// More runs than this are merged in passes, bounding open files.
@@ -141,7 +142,13 @@ impl Planner {
     pub fn push(&mut self, rec: FileRecord) -> anyhow::Result<Result<(), RecordFailure>> {
         let loc = match locate_ts(&rec.uid, rec.created_at, self.cfg.n_bits) {
             Ok(loc) => loc,
-            Err(e) => return Ok(Err(failure_of(&rec, format!("cannot route: {e}")))),
+            Err(e) => {
+                return Ok(Err(failure_of(
+                    &rec,
+                    FailureKind::Record,
+                    format!("cannot route: {e}"),
+                )));
+            }
         };
         if self
             .cfg
@@ -216,11 +223,12 @@ impl Planner {
     }
 }
 
-fn failure_of(rec: &FileRecord, reason: String) -> RecordFailure {
+fn failure_of(rec: &FileRecord, kind: FailureKind, reason: String) -> RecordFailure {
     RecordFailure {
         line: rec.line,
         uid: Some(rec.uid.clone()),
         source: Some(rec.source.to_string()),
+        kind,
         reason,
     }
 }
@@ -304,7 +312,7 @@ fn duplicate(group: &ShardGroup, kept: &FileRecord, dup: &FileRecord) -> RecordF
         "duplicate uid {:?} in {}/{} (first at line {})",
         dup.uid, group.date_dir, group.shard_hex, kept.line
     );
-    failure_of(dup, reason)
+    failure_of(dup, FailureKind::Duplicate, reason)
 }
 
 impl Iterator for PlanIter {

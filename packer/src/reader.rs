@@ -12,7 +12,8 @@ use des_storage::bridge::BlockingStreamReader;
 use des_storage::{GetOptions, ObjectStore};
 use tokio::runtime::Handle;
 
-use crate::confine::SourceRoots;
+use crate::confine::{SourceRefused, SourceRoots};
+use crate::report::{FailureKind, FileError};
 use crate::source::SourceRef;
 
 /// A source opened for reading: its bytes and its length when opened.
@@ -40,20 +41,26 @@ impl SourceStores {
     }
 
     /// Must be called from a blocking thread (it parks on `handle`).
-    pub fn open(&self, source: &SourceRef, handle: &Handle) -> Result<OpenSource, String> {
+    pub fn open(&self, source: &SourceRef, handle: &Handle) -> Result<OpenSource, FileError> {
         match source {
             SourceRef::Local(path) => self.open_local(path),
             SourceRef::S3 { bucket, key } => {
                 // Before the bucket is opened: a refused source costs no client.
-                self.roots
-                    .check_s3(bucket, key)
-                    .map_err(|e| e.to_string())?;
-                let store = self.bucket(bucket)?;
+                self.roots.check_s3(bucket, key).map_err(refused)?;
+                let store = self
+                    .bucket(bucket)
+                    .map_err(|e| FileError::new(FailureKind::SourceUnreadable, e))?;
                 // Retries cover getting the response; a body that breaks
                 // mid-stream fails this file, and a re-run picks it up.
                 let got = handle
                     .block_on(store.get(key, GetOptions::default()))
-                    .map_err(|e| format!("cannot read {source}: {e}"))?;
+                    .map_err(|e| {
+                        let kind = match e.kind() {
+                            des_storage::ErrorKind::NotFound => FailureKind::SourceMissing,
+                            _ => FailureKind::SourceUnreadable,
+                        };
+                        FileError::new(kind, format!("cannot read {source}: {e}"))
+                    })?;
                 Ok(OpenSource {
                     len: got.meta.size,
                     reader: Box::new(BlockingStreamReader::new(handle.clone(), got.body)),
@@ -69,11 +76,10 @@ impl SourceStores {
         &self,
         bucket: &str,
         key: &str,
-    ) -> Result<Arc<dyn ObjectStore>, String> {
-        self.roots
-            .check_s3(bucket, key)
-            .map_err(|e| e.to_string())?;
+    ) -> Result<Arc<dyn ObjectStore>, FileError> {
+        self.roots.check_s3(bucket, key).map_err(refused)?;
         self.bucket(bucket)
+            .map_err(|e| FileError::new(FailureKind::SourceUnreadable, e))
     }
 
     fn bucket(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, String> {
@@ -91,18 +97,36 @@ impl SourceStores {
         Ok(store)
     }
 
-    fn open_local(&self, path: &Path) -> Result<OpenSource, String> {
-        let f = self.roots.open_local(path).map_err(|e| e.to_string())?;
+    fn open_local(&self, path: &Path) -> Result<OpenSource, FileError> {
+        let f = self.roots.open_local(path).map_err(refused)?;
         // The opened file's own metadata: what is read is what was checked.
+        let unreadable = |d: String| FileError::new(FailureKind::SourceUnreadable, d);
         let md = f
             .metadata()
-            .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+            .map_err(|e| unreadable(format!("cannot stat {}: {e}", path.display())))?;
         if !md.is_file() {
-            return Err(format!("{} is not a regular file", path.display()));
+            return Err(unreadable(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
         }
         Ok(OpenSource {
             reader: Box::new(f),
             len: md.len(),
         })
     }
+}
+
+/// A source the roots refused, or could not open.
+fn refused(e: SourceRefused) -> FileError {
+    let kind = match &e {
+        SourceRefused::Open { err, .. } if err.kind() == std::io::ErrorKind::NotFound => {
+            FailureKind::SourceMissing
+        }
+        SourceRefused::Open { .. } => FailureKind::SourceUnreadable,
+        SourceRefused::Outside { .. } | SourceRefused::UnsafeKey { .. } => {
+            FailureKind::SourceRefused
+        }
+    };
+    FileError::new(kind, e)
 }

@@ -1,6 +1,87 @@
+use std::fmt;
+
 use serde::Serialize;
 
 use crate::source::RecordFailure;
+
+/// Why a file was not packed, as scripts and metrics match on it (`kind`
+/// in the JSON report, `des_pack_files_failed_total{reason}`); the text
+/// (`reason`) says the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The record itself: a manifest line, or a key or name that gives no
+    /// valid uid or `created_at`.
+    Record,
+    /// Another record of the run has the same (uid, day).
+    Duplicate,
+    /// The source is outside every `--source-root`.
+    SourceRefused,
+    SourceMissing,
+    SourceUnreadable,
+    /// The source changed while it was being packed.
+    SourceChanged,
+    /// The (uid, day) is already stored with other content.
+    ContentConflict,
+    /// The entry cannot be stored (encoding failed, or v3 cannot hold it).
+    Unsupported,
+    /// The store failed (an upload, a read of the shard, the publish).
+    Store,
+    /// The shard kept changing under concurrent writers: retry later.
+    Contention,
+    /// The (uid, day) has a tombstone (listed under `deleted`).
+    Deleted,
+}
+
+impl FailureKind {
+    pub const ALL: [Self; 11] = [
+        Self::Record,
+        Self::Duplicate,
+        Self::SourceRefused,
+        Self::SourceMissing,
+        Self::SourceUnreadable,
+        Self::SourceChanged,
+        Self::ContentConflict,
+        Self::Unsupported,
+        Self::Store,
+        Self::Contention,
+        Self::Deleted,
+    ];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Record => "record",
+            Self::Duplicate => "duplicate",
+            Self::SourceRefused => "source_refused",
+            Self::SourceMissing => "source_missing",
+            Self::SourceUnreadable => "source_unreadable",
+            Self::SourceChanged => "source_changed",
+            Self::ContentConflict => "content_conflict",
+            Self::Unsupported => "unsupported",
+            Self::Store => "store",
+            Self::Contention => "contention",
+            Self::Deleted => "deleted",
+        }
+    }
+}
+
+/// Why one file failed: its kind and what happened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub struct FileError {
+    pub kind: FailureKind,
+    pub detail: String,
+}
+
+impl FileError {
+    pub fn new(kind: FailureKind, detail: impl fmt::Display) -> Self {
+        Self {
+            kind,
+            detail: detail.to_string(),
+        }
+    }
+}
 
 /// Per-file failure as it appears in the report.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -8,6 +89,7 @@ pub struct Failure {
     pub line: u64,
     pub uid: Option<String>,
     pub source: Option<String>,
+    pub kind: FailureKind,
     pub reason: String,
 }
 
@@ -17,6 +99,7 @@ impl From<RecordFailure> for Failure {
             line: f.line,
             uid: f.uid,
             source: f.source,
+            kind: f.kind,
             reason: f.reason,
         }
     }
@@ -47,6 +130,8 @@ pub struct PackReport {
     /// Already in the store with identical content (re-runs are idempotent).
     pub files_already_present: u64,
     pub files_failed: u64,
+    /// `files_failed` by kind (every failure, also past the listed ones).
+    pub files_failed_by_kind: std::collections::BTreeMap<FailureKind, u64>,
     pub files_outside_shard_range: u64,
     /// Files whose (uid, day) has a tombstone: not packed, so a deleted file
     /// never comes back (a re-run, or the same file sent again). Not failures.
@@ -78,6 +163,7 @@ pub const MAX_REPORTED_FAILURES: usize = 10_000;
 impl PackReport {
     pub fn fail(&mut self, f: Failure) {
         self.files_failed += 1;
+        *self.files_failed_by_kind.entry(f.kind).or_default() += 1;
         if self.failures.len() < MAX_REPORTED_FAILURES {
             self.failures.push(f);
         }

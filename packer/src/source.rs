@@ -88,6 +88,7 @@ pub struct RecordFailure {
     pub line: u64,
     pub uid: Option<String>,
     pub source: Option<String>,
+    pub kind: crate::report::FailureKind,
     pub reason: String,
 }
 
@@ -97,6 +98,7 @@ impl RecordFailure {
             line,
             uid: None,
             source: None,
+            kind: crate::report::FailureKind::Record,
             reason: reason.into(),
         }
     }
@@ -513,6 +515,7 @@ impl RawRecord {
                 line,
                 uid,
                 source,
+                kind: crate::report::FailureKind::Record,
                 reason,
             })
     }

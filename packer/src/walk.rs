@@ -19,6 +19,7 @@ use std::path::{Component, Path, PathBuf};
 use anyhow::{Context, bail};
 use des_format::Timestamp;
 
+use crate::report::FailureKind;
 use crate::source::{FileRecord, RecordFailure, Sink, SourceRef, check_uid};
 
 pub(crate) fn read_dir(root: &Path, created_at: Timestamp, f: Sink<'_>) -> anyhow::Result<()> {
@@ -88,6 +89,7 @@ fn list(dir: &Path) -> io::Result<Listing> {
                 line: 0,
                 uid: None,
                 source: Some(dir.display().to_string()),
+                kind: FailureKind::SourceUnreadable,
                 reason: format!("cannot read: {e}"),
             }),
         });
@@ -140,6 +142,7 @@ impl Walk<'_, '_> {
             line: 0,
             uid,
             source: Some(path.display().to_string()),
+            kind: FailureKind::Record,
             reason,
         }))
     }

@@ -182,20 +182,30 @@ fn manifest_failures_are_reported_and_the_rest_is_packed() {
     let r: Value = serde_json::from_slice(&std::fs::read(rep).unwrap()).unwrap();
     assert_eq!(r["files_packed"].as_u64(), Some(2));
     assert_eq!(r["files_failed"].as_u64(), Some(4), "{r:#}");
-    let reasons: Vec<String> = r["failures"]
+    // Each failure says which kind it is, for scripts and metrics.
+    let mut kinds: Vec<(String, String)> = r["failures"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|f| f.to_string())
+        .map(|f| {
+            let who = f["uid"]
+                .as_str()
+                .map_or_else(|| format!("line {}", f["line"]), String::from);
+            (who, f["kind"].as_str().unwrap().to_string())
+        })
         .collect();
-    assert!(
-        reasons.iter().any(|f| f.contains("duplicate")),
-        "{reasons:?}"
-    );
-    assert!(
-        reasons.iter().any(|f| f.contains("nope.txt")),
-        "{reasons:?}"
-    );
+    kinds.sort();
+    let want = [
+        ("a", "duplicate"),
+        ("badtime", "record"),
+        ("line 6", "record"),
+        ("missing", "source_missing"),
+    ];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(u, k)| (u.to_string(), k.to_string()))
+        .collect();
+    assert_eq!(kinds, want, "{r:#}");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let s = open(out.path());
     let (loc, data) = rt

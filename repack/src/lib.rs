@@ -9,7 +9,6 @@ pub mod holds;
 pub mod lease;
 pub mod metrics;
 pub mod open;
-pub mod push;
 pub mod repack;
 pub mod retention;
 pub mod tombstones_cli;

@@ -370,3 +370,54 @@ fn a_bad_pushgateway_url_is_a_usage_error_before_any_work() {
         );
     }
 }
+
+#[test]
+fn des_pack_pushes_its_metrics() {
+    let gw = Gateway::start();
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    for i in 0..3 {
+        std::fs::write(src.path().join(format!("f{i}.txt")), format!("file {i}")).unwrap();
+    }
+    let packed = with_gateway(
+        des_pack().args([
+            "--dir",
+            src.path().to_str().unwrap(),
+            "--created-at",
+            "2024-05-17T10:00:00Z",
+            "--out",
+            out.path().to_str().unwrap(),
+            "-q",
+        ]),
+        &gw.url(),
+    );
+    assert_eq!(packed.status.code(), Some(0), "{}", describe(&packed));
+    assert!(
+        !stderr(&packed).contains("warning"),
+        "{}",
+        describe(&packed)
+    );
+    let text = gw.metrics();
+    let job = "job=\"des-pack\"";
+    assert_eq!(
+        sample(&text, "des_pack_files_packed_total", &[job]),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "des_pack_runs_total", &[job, "status=\"success\""]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "des_pack_files_failed_total",
+            &[job, "reason=\"source_missing\""]
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    let ran = sample(&text, "des_pack_last_success_timestamp_seconds", &[job]).unwrap();
+    assert!((now() - ran).abs() < 600.0, "{ran}");
+}

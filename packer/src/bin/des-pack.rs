@@ -4,20 +4,66 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use des_packer::PackReport;
 use des_packer::cli::{Args, EXIT_FATAL, EXIT_OK, EXIT_PARTIAL};
+use des_packer::metrics::{self, RunStatus};
+use des_storage::metrics_file::write_atomically;
 use std::io::IsTerminal;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match run(&args) {
-        Ok(code) => ExitCode::from(code as u8),
+    let started = Instant::now();
+    let (code, report) = match run(&args) {
+        Ok((code, report)) => (code, Some(report)),
         Err(e) => {
             eprintln!("des-pack: error: {e:#}");
-            ExitCode::from(EXIT_FATAL as u8)
+            (EXIT_FATAL, None)
+        }
+    };
+    if args.metrics_file.is_some() || args.pushgateway.is_some() {
+        let status = match code {
+            EXIT_OK => RunStatus::Success,
+            EXIT_PARTIAL => RunStatus::Partial,
+            _ => RunStatus::Failed,
+        };
+        publish_metrics(
+            &args,
+            report.as_ref(),
+            status,
+            started.elapsed().as_secs_f64(),
+        );
+    }
+    ExitCode::from(code as u8)
+}
+
+/// Writes --metrics-file and pushes to --pushgateway. Metrics are secondary
+/// to the run: a failure is a warning, not a change of the exit status.
+fn publish_metrics(args: &Args, report: Option<&PackReport>, status: RunStatus, seconds: f64) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let path = args.metrics_file.as_deref();
+    let text = metrics::render_run(path, report, status, seconds, now);
+    if let Some(path) = path
+        && let Err(e) = write_atomically(path, &text)
+    {
+        eprintln!("des-pack: warning: writing metrics {}: {e}", path.display());
+    }
+    if let Some(gateway) = &args.pushgateway {
+        let pushed = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting a runtime for the push")
+            .and_then(|rt| {
+                rt.block_on(gateway.push(env!("CARGO_BIN_NAME"), &text))
+                    .context("pushing the metrics to the Pushgateway")
+            });
+        if let Err(e) = pushed {
+            eprintln!("des-pack: warning: {e:#} (the exit status is not affected)");
         }
     }
 }
 
-fn run(args: &Args) -> Result<i32> {
+fn run(args: &Args) -> Result<(i32, PackReport)> {
     let input = args.input()?;
     let opts = args.options()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -36,11 +82,12 @@ fn run(args: &Args) -> Result<i32> {
     } else {
         print_summary(&report);
     }
-    Ok(if report.any_failed() {
+    let code = if report.any_failed() {
         EXIT_PARTIAL
     } else {
         EXIT_OK
-    })
+    };
+    Ok((code, report))
 }
 
 fn print_summary(r: &PackReport) {

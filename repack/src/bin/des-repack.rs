@@ -13,9 +13,9 @@ use des_repack::RepackError;
 use des_repack::lease::{DEFAULT_SETTLE, LeaseConfig};
 use des_repack::metrics::{JobStatus, RepackMetrics};
 use des_repack::open::open_store;
-use des_repack::push::Pushgateway;
 use des_repack::repack::{Progress, RepackOptions, RepackReport, repack};
 use des_storage::DesStore;
+use des_storage::push::Pushgateway;
 use des_storage::units::{parse_duration, parse_size};
 use indicatif::{ProgressBar, ProgressStyle};
 

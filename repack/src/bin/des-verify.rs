@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
-use des_repack::push::Pushgateway;
 use des_repack::verify::open::{self, Scope};
 use des_repack::verify::{
     ByteRate, DEFAULT_JOBS, Progress, Sample, VerifyOptions, VerifyReport, verify_key, verify_store,
 };
+use des_storage::push::Pushgateway;
 use des_storage::units::{parse_duration, parse_size};
 use des_storage::{DesStore, Layout};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};

@@ -1,6 +1,6 @@
 //! Pushing a batch run's metrics to a Prometheus Pushgateway
-//! (`--pushgateway URL`, env `DES_PUSHGATEWAY_URL`) for `des-repack` and
-//! `des-verify`.
+//! (`--pushgateway URL`, env `DES_PUSHGATEWAY_URL`) for the batch tools:
+//! `des-pack`, `des-migrate`, `des-repack` and `des-verify`.
 //!
 //! A batch pod on Kubernetes is gone before Prometheus could scrape it, so
 //! at the end of a run the tool PUTs the text its `--metrics-file` holds to
