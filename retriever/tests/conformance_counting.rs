@@ -10,10 +10,9 @@ mod conformance;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use des_retriever::metrics::Metrics;
 use des_retriever::{CountingStore, Storage};
-use des_storage::{Capabilities, LocalStore, MemoryStore, ObjectStore, Result};
+use des_storage::{LocalStore, MemoryStore, ObjectStore};
 
 use conformance::Store;
 
@@ -60,38 +59,22 @@ async fn the_suite_goes_through_the_counters() {
     );
 }
 
-/// Reports what the trait's defaults would not, so a wrapper that answers
-/// with a default instead of forwarding shows.
-#[derive(Debug, Default)]
-struct Unusual {
-    memory: MemoryStore,
-}
-
-#[async_trait]
-impl ObjectStore for Unusual {
-    des_storage::forward_methods!(memory => describe, get, head, put, put_writer, delete, list);
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            conditional_put: false,
-        }
-    }
-
-    async fn sweep_leftovers(&self, _older_than: Duration) -> Result<u64> {
-        Ok(3)
-    }
-}
-
 #[tokio::test]
 async fn wrappers_forward_the_methods_the_trait_has_defaults_for() {
     for (name, store) in [
-        ("counting", counting(Arc::new(Unusual::default()))),
-        ("metered", metered(Arc::new(Unusual::default()))),
+        (
+            "counting",
+            counting(Arc::new(conformance::Unusual::default())),
+        ),
+        (
+            "metered",
+            metered(Arc::new(conformance::Unusual::default())),
+        ),
     ] {
         assert!(!store.capabilities().conditional_put, "{name}");
         assert_eq!(
             store.sweep_leftovers(Duration::ZERO).await.unwrap(),
-            3,
+            conformance::UNUSUAL_LEFTOVERS,
             "{name}"
         );
     }

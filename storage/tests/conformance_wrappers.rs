@@ -9,13 +9,12 @@ mod conformance;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use des_storage::resilience::{
     BreakerConfig, BreakerStore, CircuitBreaker, HedgedStore, RateLimit, RateLimitedStore,
     RateLimiter, ReplicatedStore, RetryPolicy, RetryStore, ScriptedStore,
 };
 use des_storage::zones::{ZoneSettings, Zones, ZonesFile};
-use des_storage::{Capabilities, MemoryStore, ObjectStore, ObjectStoreExt, Result};
+use des_storage::{MemoryStore, ObjectStore, ObjectStoreExt};
 
 use conformance::Store;
 
@@ -180,38 +179,13 @@ async fn the_replica_ends_up_with_what_the_primary_has() {
     assert!(contents(&replica).await == want, "the copies differ");
 }
 
-/// Reports what the trait's defaults would not: conditional writes not
-/// enforced, and leftovers to sweep. A wrapper that answers with a default
-/// instead of forwarding to its inner store shows.
-#[derive(Debug, Default)]
-struct Unusual {
-    memory: MemoryStore,
-}
-
-const UNUSUAL_LEFTOVERS: u64 = 3;
-
-#[async_trait]
-impl ObjectStore for Unusual {
-    des_storage::forward_methods!(memory => describe, get, head, put, put_writer, delete, list);
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            conditional_put: false,
-        }
-    }
-
-    async fn sweep_leftovers(&self, _older_than: Duration) -> Result<u64> {
-        Ok(UNUSUAL_LEFTOVERS)
-    }
-}
-
 fn unusual() -> Arc<dyn ObjectStore> {
-    Arc::new(Unusual::default())
+    Arc::new(conformance::Unusual::default())
 }
 
 #[tokio::test]
 async fn wrappers_forward_the_methods_the_trait_has_defaults_for() {
-    let copies = |n: u64| n * UNUSUAL_LEFTOVERS;
+    let copies = |n: u64| n * conformance::UNUSUAL_LEFTOVERS;
     let stores: [(&str, Store, u64); 7] = [
         ("retry", retry(unusual), copies(1)),
         ("breaker", breaker(unusual), copies(1)),

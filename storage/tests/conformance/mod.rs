@@ -613,3 +613,29 @@ macro_rules! conformance_tests {
         }
     };
 }
+
+/// Reports what the trait's defaults would not: conditional writes not
+/// enforced, and leftovers to sweep. A wrapper that answers with a default
+/// instead of forwarding to its inner store shows.
+#[allow(dead_code)] // Only the wrapper suites use it.
+#[derive(Debug, Default)]
+pub struct Unusual {
+    memory: des_storage::MemoryStore,
+}
+
+pub const UNUSUAL_LEFTOVERS: u64 = 3;
+
+#[async_trait::async_trait]
+impl des_storage::ObjectStore for Unusual {
+    des_storage::forward_methods!(memory => describe, get, head, put, put_writer, delete, list);
+
+    fn capabilities(&self) -> des_storage::Capabilities {
+        des_storage::Capabilities {
+            conditional_put: false,
+        }
+    }
+
+    async fn sweep_leftovers(&self, _older_than: std::time::Duration) -> des_storage::Result<u64> {
+        Ok(UNUSUAL_LEFTOVERS)
+    }
+}
