@@ -9,8 +9,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use des_format::DigestAlgorithm;
 use des_repack::upgrade::{self, Locations, Progress, UpgradeError, UpgradeOptions};
-use des_storage::s3::{S3Config, S3Store};
-use des_storage::{LocalStore, ObjectStore};
+use des_storage::ObjectStore;
 
 const EXIT_CODES: &str = "\
 Exit status:
@@ -106,24 +105,30 @@ fn main() -> ExitCode {
     }
 }
 
-/// Opens a location; an S3 one that will be written is first asked whether
+/// Opens a location through the same stack as every tool (retries and a
+/// breaker for S3); an S3 one that will be written is first asked whether
 /// it enforces conditional writes (the write protocol depends on it).
 async fn open(location: &str, writes: bool) -> Result<Arc<dyn ObjectStore>> {
-    if location.starts_with("s3://") {
-        let store = S3Store::new(S3Config::from_url(location)?)?;
-        if writes && store.config().conditional_put.is_none() {
-            store
-                .probe_conditional_put()
+    if !location.starts_with("s3://") {
+        let path = location.strip_prefix("file://").unwrap_or(location);
+        if !std::path::Path::new(path).is_dir() {
+            anyhow::bail!("{location}: no such directory");
+        }
+    }
+    let opened = des_storage::zones::open(Some(location), None)?;
+    if writes {
+        for s in opened.s3.iter().filter(|s| s.config().conditional_put.is_none()) {
+            s.probe_conditional_put()
                 .await
                 .with_context(|| format!("probing conditional writes on {location}"))?;
         }
-        return Ok(Arc::new(store));
     }
-    let path = location.strip_prefix("file://").unwrap_or(location);
-    if !std::path::Path::new(path).is_dir() {
-        anyhow::bail!("{location}: no such directory");
-    }
-    Ok(Arc::new(LocalStore::new(path)?))
+    opened
+        .placement
+        .stores()
+        .into_iter()
+        .next()
+        .with_context(|| format!("{location}: no store"))
 }
 
 /// Whether two locations name the same store (`/a/b/`, `file:///a/b` and a
