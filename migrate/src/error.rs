@@ -52,8 +52,8 @@ pub enum MigrateError {
     #[error("another des-migrate is archiving {table} (its advisory lock is held); nothing done")]
     Locked { table: String },
     /// Opening or writing the store failed for the whole run.
-    #[error("store: {0:#}")]
-    Store(anyhow::Error),
+    #[error("store: {0}")]
+    Store(#[from] des_packer::error::PackError),
     /// Local work files (manifests in the temp directory).
     #[error("{what}: {source}")]
     Io {

@@ -41,15 +41,25 @@ pub struct GroupResult {
 pub(crate) enum BuildError {
     /// Someone else replaced the shard while we built ours: rebuild from theirs.
     Conflict,
-    Fatal(String),
+    Fatal(FileError),
 }
 
 impl From<PublishError> for BuildError {
     fn from(e: PublishError) -> Self {
         match e {
             PublishError::Conflict => Self::Conflict,
-            PublishError::Store(e) => Self::Fatal(e.to_string()),
+            PublishError::Store(e) => Self::store(e),
         }
+    }
+}
+
+impl BuildError {
+    fn store(detail: impl std::fmt::Display) -> Self {
+        Self::Fatal(FileError::new(FailureKind::Store, detail))
+    }
+
+    fn unusable(detail: impl std::fmt::Display) -> Self {
+        Self::Fatal(FileError::new(FailureKind::ShardUnusable, detail))
     }
 }
 
@@ -71,7 +81,7 @@ pub fn build_group(ctx: &Ingest<'_>, group: &ShardGroup) -> GroupResult {
     );
     match built {
         Ok(Some(r)) => r,
-        Err(BuildError::Fatal(msg)) => fail_all(group, &FileError::new(FailureKind::Store, msg)),
+        Err(BuildError::Fatal(e)) => fail_all(group, &e),
         Ok(None) | Err(BuildError::Conflict) => fail_all(
             group,
             &FileError::new(
@@ -102,20 +112,22 @@ fn load_old(
         .handle
         .block_on(ctx.store.load_index(key))
         .map_err(|e| {
-            BuildError::Fatal(format!(
-                "existing shard {key} is unreadable ({e}); run des-verify"
-            ))
+            let detail = format!("existing shard {key} is unreadable ({e}); run des-verify");
+            match e.kind() {
+                ErrorKind::Corrupt | ErrorKind::Invalid => BuildError::unusable(detail),
+                _ => BuildError::store(detail),
+            }
         })?;
     if let Some(o) = &old {
         let Some(t) = o.index.trailer() else {
-            return Err(BuildError::Fatal(format!("{key} is not a v3 shard")));
+            return Err(BuildError::unusable(format!("{key} is not a v3 shard")));
         };
         let date: u32 = group.date_dir.parse().unwrap_or(0);
         if t.date != date
             || u32::from(t.shard_index) != group.shard_index
             || t.n_bits != ctx.store.n_bits()
         {
-            return Err(BuildError::Fatal(format!(
+            return Err(BuildError::unusable(format!(
                 "{key} holds a different shard (trailer {t:?})"
             )));
         }
@@ -130,12 +142,12 @@ fn try_build(ctx: &Ingest<'_>, group: &ShardGroup) -> Result<GroupResult, BuildE
     let objects = ctx
         .store
         .objects_for_shard(group.shard_index)
-        .map_err(|e| BuildError::Fatal(format!("no store for {key}: {e}")))?;
+        .map_err(|e| BuildError::store(format!("no store for {key}: {e}")))?;
     let old = load_old(ctx, &key, group)?;
     // After reading the base generation, never before: see `DeletionGuard`.
     ctx.handle
         .block_on(ctx.deletions.refresh())
-        .map_err(|e| BuildError::Fatal(format!("reading the tombstone log: {e}")))?;
+        .map_err(|e| BuildError::store(format!("reading the tombstone log: {e}")))?;
     let mut out = GroupResult::default();
     let to_add = partition(ctx, group, old.as_ref(), &mut out);
     if to_add.is_empty() {
@@ -163,7 +175,7 @@ fn try_build(ctx: &Ingest<'_>, group: &ShardGroup) -> Result<GroupResult, BuildE
         digest_alg: ctx.store.digest(),
         written_at: Timestamp::now(),
     };
-    let mut w = ShardWriter::new(sink, ident).map_err(|e| BuildError::Fatal(e.to_string()))?;
+    let mut w = ShardWriter::new(sink, ident).map_err(BuildError::store)?;
     if let Some(o) = &old {
         copy_old(ctx, &objects, o, &mut w)?;
     }
@@ -173,7 +185,7 @@ fn try_build(ctx: &Ingest<'_>, group: &ShardGroup) -> Result<GroupResult, BuildE
         // Everything new failed: keep the old shard untouched (dropping `w` aborts the upload).
         return Ok(out);
     }
-    let (sink, summary) = w.finish().map_err(|e| BuildError::Fatal(e.to_string()))?;
+    let (sink, summary) = w.finish().map_err(BuildError::store)?;
     recheck_big_files(ctx, &objects, &mut refs)?;
     let put = publish.commit_blocking(ctx.handle, ctx.store, sink, |latest| {
         added.iter().all(|uid| latest.find(uid).is_some())
@@ -274,12 +286,17 @@ fn copy_old(
     w: &mut ShardWriter<SyncObjectWriter>,
 ) -> Result<(), BuildError> {
     let AnyIndex::V3(ix) = &old.index else {
-        return Err(BuildError::Fatal(format!("{} is not a v3 shard", old.key)));
+        return Err(BuildError::unusable(format!(
+            "{} is not a v3 shard",
+            old.key
+        )));
     };
     let view = ix.view();
     let mut entries: Vec<EntryRef<'_>> = view.iter().collect();
     entries.sort_by_key(|e| (e.is_external(), e.data_offset()));
-    let fatal = |e: des_format::FormatError| BuildError::Fatal(format!("copying {}: {e}", old.key));
+    // An old entry that fails its check: the shard cannot be built on.
+    let fatal =
+        |e: des_format::FormatError| BuildError::unusable(format!("copying {}: {e}", old.key));
     let data_end = ix.trailer().data_end();
     let opts = GetOptions {
         range: Some(ByteRange::Bounded {
@@ -307,10 +324,10 @@ fn copy_old(
         }
         let r = reader
             .as_mut()
-            .ok_or_else(|| BuildError::Fatal("empty data region".into()))?;
+            .ok_or_else(|| BuildError::unusable(format!("{}: empty data region", old.key)))?;
         let gap = e.data_offset().saturating_sub(pos);
         std::io::copy(&mut r.take(gap), &mut std::io::sink())
-            .map_err(|err| BuildError::Fatal(format!("reading {}: {err}", old.key)))?;
+            .map_err(|err| BuildError::store(format!("reading {}: {err}", old.key)))?;
         w.add_inline_from(e.to_new_entry(), e.stored_len(), e.crc32c(), &mut *r)
             .map_err(fatal)?;
         pos = e.data_offset() + e.stored_len();

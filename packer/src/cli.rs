@@ -4,7 +4,7 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use clap::Parser;
 use des_format::{Compression, Timestamp};
 use des_storage::push::Pushgateway;

@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, Result, anyhow};
+use crate::error::{Context, PackError, Result};
 use des_format::routing::locate_ts;
 use des_format::shard::Check;
 use des_format::{ContentDigest, Located, Timestamp};
@@ -494,7 +494,7 @@ impl Lister for S3Lister {
             .block_on(self.retry.run("list", &self.prefix, || {
                 self.store.list_timed(&self.prefix, start_after)
             }))
-            .map_err(|e| anyhow!("listing {}: {e}", self.url))?;
+            .with_context(|| format!("listing {}", self.url))?;
         let objects = page
             .objects
             .into_iter()
@@ -566,7 +566,7 @@ fn read_batch(
             }
             // A server that does not move on would otherwise loop forever.
             Some(next) if after.as_deref().is_some_and(|a| next.as_str() <= a) => {
-                anyhow::bail!(
+                crate::error::bail!(
                     "the listing of {} did not advance past {next:?}",
                     spec.url()
                 );
@@ -888,7 +888,7 @@ fn verify_and_delete(
     listed?;
     let tally = tally
         .into_inner()
-        .map_err(|_| anyhow!("a verification thread panicked"))?;
+        .map_err(|_| PackError::Internal("a verification thread panicked".into()))?;
     stats.sources_deleted += tally.deleted;
     stats.sources_failed_verification += tally.failed;
     let room = MAX_REPORTED_FAILURES.saturating_sub(stats.verification_failures.len());
@@ -967,13 +967,13 @@ fn feed_verification(
                 continue;
             }
             if tx.send((obj, rec)).is_err() {
-                anyhow::bail!("the verification threads stopped");
+                crate::error::bail!("the verification threads stopped");
             }
         }
         match page.next_start_after {
             // Guarded like `read_batch`: a listing that does not advance.
             Some(next) if after.as_deref().is_some_and(|a| next.as_str() <= a) => {
-                anyhow::bail!(
+                crate::error::bail!(
                     "the listing of {} did not advance past {next:?}",
                     spec.url()
                 );

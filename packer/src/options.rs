@@ -94,10 +94,10 @@ impl PackOptions {
 impl PackOptions {
     /// The shard indexes this run packs, if restricted: `--shard-range`, or
     /// `--shard-partition` turned into a range for a store with `n_bits`.
-    pub fn shard_filter(&self, n_bits: u8) -> anyhow::Result<Option<RangeInclusive<u32>>> {
+    pub fn shard_filter(&self, n_bits: u8) -> crate::error::Result<Option<RangeInclusive<u32>>> {
         match (&self.shard_range, self.shard_partition) {
             (Some(_), Some(_)) => {
-                anyhow::bail!("give --shard-range or --shard-partition, not both")
+                crate::error::bail!("give --shard-range or --shard-partition, not both")
             }
             (Some(r), None) => Ok(Some(r.clone())),
             (None, Some((index, count))) => partition_range(index, count, n_bits).map(Some),
@@ -109,15 +109,19 @@ impl PackOptions {
 /// Part `index` (0-based) of `count` equal parts of `0..2^n_bits`. `count`
 /// must divide the shard space so every packer gets the same share and the
 /// parts tile it exactly.
-pub fn partition_range(index: u32, count: u32, n_bits: u8) -> anyhow::Result<RangeInclusive<u32>> {
+pub fn partition_range(
+    index: u32,
+    count: u32,
+    n_bits: u8,
+) -> crate::error::Result<RangeInclusive<u32>> {
     let shards = 1u32
         .checked_shl(u32::from(n_bits))
-        .ok_or_else(|| anyhow::anyhow!("n_bits {n_bits} out of range"))?;
+        .ok_or_else(|| crate::error::PackError::Usage(format!("n_bits {n_bits} out of range")))?;
     if count == 0 || index >= count {
-        anyhow::bail!("shard partition {index}/{count}: need 0 <= index < count");
+        crate::error::bail!("shard partition {index}/{count}: need 0 <= index < count");
     }
     if shards % count != 0 {
-        anyhow::bail!(
+        crate::error::bail!(
             "shard partition count {count} does not divide the {shards} shards of this store (use a power of two up to {shards})"
         );
     }

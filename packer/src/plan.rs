@@ -13,7 +13,7 @@ use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use crate::error::Context;
 use des_format::Timestamp;
 use des_format::routing::{check_n_bits, locate_ts, shard_hex};
 use serde::{Deserialize, Serialize};
@@ -117,7 +117,7 @@ pub struct Planner {
 }
 
 impl Planner {
-    pub fn new(cfg: PlanConfig) -> anyhow::Result<Self> {
+    pub fn new(cfg: PlanConfig) -> crate::error::Result<Self> {
         check_n_bits(cfg.n_bits)?;
         Ok(Self {
             cfg,
@@ -139,7 +139,7 @@ impl Planner {
 
     /// Routes the record (routing error → Err(RecordFailure) returned to the caller, not fatal);
     /// records outside shard_filter are skipped (counted).
-    pub fn push(&mut self, rec: FileRecord) -> anyhow::Result<Result<(), RecordFailure>> {
+    pub fn push(&mut self, rec: FileRecord) -> crate::error::Result<Result<(), RecordFailure>> {
         let loc = match locate_ts(&rec.uid, rec.created_at, self.cfg.n_bits) {
             Ok(loc) => loc,
             Err(e) => {
@@ -183,7 +183,7 @@ impl Planner {
         self.stats
     }
 
-    fn spill(&mut self) -> anyhow::Result<()> {
+    fn spill(&mut self) -> crate::error::Result<()> {
         let mut buffer = std::mem::take(&mut self.buffer);
         self.buffered_bytes = 0;
         sort_entries(&mut buffer);
@@ -205,14 +205,14 @@ impl Planner {
     /// Sorted groups in (date_dir, shard_index) order. Duplicate (date_dir, shard_index, uid) keys:
     /// the first record (lowest `line`) is kept, each later one is reported as a RecordFailure
     /// "duplicate uid … (first at line N)".
-    pub fn finish(self) -> anyhow::Result<PlanIter> {
+    pub fn finish(self) -> crate::error::Result<PlanIter> {
         let mut buffer = self.buffer;
         sort_entries(&mut buffer);
         let runs = reduce_runs(self.runs, self.fan_in, &self.cfg.spill_dir)?;
         let mut sources = runs
             .into_iter()
             .map(Source::open)
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect::<crate::error::Result<Vec<_>>>()?;
         sources.push(Source::Memory(buffer.into_iter()));
         Ok(PlanIter {
             merger: Merger::new(sources)?,
@@ -235,7 +235,7 @@ fn failure_of(rec: &FileRecord, kind: FailureKind, reason: String) -> RecordFail
 
 /// Merges runs `fan_in` at a time until at most `fan_in` are left; the final
 /// merge then opens no more files than that.
-fn reduce_runs(mut runs: Vec<Run>, fan_in: usize, dir: &Path) -> anyhow::Result<Vec<Run>> {
+fn reduce_runs(mut runs: Vec<Run>, fan_in: usize, dir: &Path) -> crate::error::Result<Vec<Run>> {
     while runs.len() > fan_in {
         let mut next = Vec::with_capacity(runs.len().div_ceil(fan_in));
         let mut rest = runs.into_iter();
@@ -252,11 +252,11 @@ fn reduce_runs(mut runs: Vec<Run>, fan_in: usize, dir: &Path) -> anyhow::Result<
     Ok(runs)
 }
 
-fn merge_into_run(runs: Vec<Run>, dir: &Path) -> anyhow::Result<Run> {
+fn merge_into_run(runs: Vec<Run>, dir: &Path) -> crate::error::Result<Run> {
     let sources = runs
         .into_iter()
         .map(Source::open)
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<crate::error::Result<Vec<_>>>()?;
     let mut merger = Merger::new(sources)?;
     let mut w = RunWriter::create(dir)?;
     while let Some(e) = merger.next_entry()? {
@@ -276,7 +276,7 @@ pub struct PlanIter {
 }
 
 impl PlanIter {
-    fn next_group(&mut self) -> anyhow::Result<Option<(ShardGroup, Vec<RecordFailure>)>> {
+    fn next_group(&mut self) -> crate::error::Result<Option<(ShardGroup, Vec<RecordFailure>)>> {
         let first = match self.pending.take() {
             Some(e) => e,
             None => match self.merger.next_entry()? {
@@ -316,7 +316,7 @@ fn duplicate(group: &ShardGroup, kept: &FileRecord, dup: &FileRecord) -> RecordF
 }
 
 impl Iterator for PlanIter {
-    type Item = anyhow::Result<(ShardGroup, Vec<RecordFailure>)>;
+    type Item = crate::error::Result<(ShardGroup, Vec<RecordFailure>)>;
 
     fn next(&mut self) -> Option<Self::Item> {
         // After an I/O error the merge state is unknown; stop rather than
@@ -366,7 +366,7 @@ impl PartialEq for HeapItem {
 impl Eq for HeapItem {}
 
 impl Merger {
-    fn new(mut sources: Vec<Source>) -> anyhow::Result<Self> {
+    fn new(mut sources: Vec<Source>) -> crate::error::Result<Self> {
         let mut heap = BinaryHeap::with_capacity(sources.len());
         for (i, s) in sources.iter_mut().enumerate() {
             if let Some(entry) = s.next()? {
@@ -376,7 +376,7 @@ impl Merger {
         Ok(Self { sources, heap })
     }
 
-    fn next_entry(&mut self) -> anyhow::Result<Option<Entry>> {
+    fn next_entry(&mut self) -> crate::error::Result<Option<Entry>> {
         let Some(Reverse(item)) = self.heap.pop() else {
             return Ok(None);
         };
@@ -401,11 +401,11 @@ enum Source {
 }
 
 impl Source {
-    fn open(run: Run) -> anyhow::Result<Self> {
+    fn open(run: Run) -> crate::error::Result<Self> {
         Ok(Self::Run(RunReader::open(run)?))
     }
 
-    fn next(&mut self) -> anyhow::Result<Option<Entry>> {
+    fn next(&mut self) -> crate::error::Result<Option<Entry>> {
         let next = match self {
             Self::Memory(it) => return Ok(it.next()),
             Self::Run(r) => r.next()?,
@@ -435,7 +435,7 @@ struct RunWriter {
 }
 
 impl RunWriter {
-    fn create(dir: &Path) -> anyhow::Result<Self> {
+    fn create(dir: &Path) -> crate::error::Result<Self> {
         let tmp = tempfile::Builder::new()
             .prefix(".des-plan-")
             .suffix(".run")
@@ -448,7 +448,7 @@ impl RunWriter {
         })
     }
 
-    fn write(&mut self, e: &Entry) -> anyhow::Result<()> {
+    fn write(&mut self, e: &Entry) -> crate::error::Result<()> {
         let body = serde_json::to_vec(&SpillRecord::from_entry(e)?)?;
         let len = u32::try_from(body.len()).context("spill record over 4 GiB")?;
         self.out.write_all(&len.to_le_bytes())?;
@@ -456,7 +456,7 @@ impl RunWriter {
         Ok(())
     }
 
-    fn finish(mut self) -> anyhow::Result<Run> {
+    fn finish(mut self) -> crate::error::Result<Run> {
         self.out
             .flush()
             .with_context(|| format!("cannot write spill file {}", self.path.display()))?;
@@ -473,7 +473,7 @@ struct RunReader {
 }
 
 impl RunReader {
-    fn open(run: Run) -> anyhow::Result<Self> {
+    fn open(run: Run) -> crate::error::Result<Self> {
         let file = File::open(&run.path)
             .with_context(|| format!("cannot reopen spill file {}", run.path.display()))?;
         Ok(Self {
@@ -483,7 +483,7 @@ impl RunReader {
         })
     }
 
-    fn next(&mut self) -> anyhow::Result<Option<Entry>> {
+    fn next(&mut self) -> crate::error::Result<Option<Entry>> {
         self.read_frame().with_context(|| {
             format!(
                 "corrupt or unreadable spill file {}",
@@ -492,7 +492,7 @@ impl RunReader {
         })
     }
 
-    fn read_frame(&mut self) -> anyhow::Result<Option<Entry>> {
+    fn read_frame(&mut self) -> crate::error::Result<Option<Entry>> {
         if self.input.fill_buf()?.is_empty() {
             return Ok(None);
         }
@@ -536,7 +536,7 @@ enum SpillPath<'a> {
 }
 
 impl<'a> SpillRecord<'a> {
-    fn from_entry(e: &'a Entry) -> anyhow::Result<Self> {
+    fn from_entry(e: &'a Entry) -> crate::error::Result<Self> {
         let r = &e.rec;
         Ok(Self {
             d: Cow::Borrowed(&e.date_dir),
@@ -552,7 +552,7 @@ impl<'a> SpillRecord<'a> {
         })
     }
 
-    fn into_entry(self) -> anyhow::Result<Entry> {
+    fn into_entry(self) -> crate::error::Result<Entry> {
         Ok(Entry {
             date_dir: self.d.into_owned(),
             shard_index: self.s,
@@ -571,7 +571,7 @@ impl<'a> SpillRecord<'a> {
 }
 
 impl<'a> SpillPath<'a> {
-    fn encode(source: &'a SourceRef) -> anyhow::Result<Self> {
+    fn encode(source: &'a SourceRef) -> crate::error::Result<Self> {
         let p = match source {
             SourceRef::Local(p) => p,
             SourceRef::S3 { bucket, key } => {
@@ -588,17 +588,17 @@ impl<'a> SpillPath<'a> {
     }
 
     #[cfg(unix)]
-    fn encode_raw(p: &Path) -> anyhow::Result<Self> {
+    fn encode_raw(p: &Path) -> crate::error::Result<Self> {
         use std::os::unix::ffi::OsStrExt;
         Ok(Self::Hex(hex::encode(p.as_os_str().as_bytes())))
     }
 
     #[cfg(not(unix))]
-    fn encode_raw(p: &Path) -> anyhow::Result<Self> {
-        anyhow::bail!("cannot spill non-UTF-8 path {}", p.display())
+    fn encode_raw(p: &Path) -> crate::error::Result<Self> {
+        crate::error::bail!("cannot spill non-UTF-8 path {}", p.display())
     }
 
-    fn decode(self) -> anyhow::Result<SourceRef> {
+    fn decode(self) -> crate::error::Result<SourceRef> {
         match self {
             Self::Utf8(s) => Ok(SourceRef::Local(PathBuf::from(s.into_owned()))),
             Self::Hex(h) => decode_raw(&h).map(SourceRef::Local),
@@ -611,14 +611,18 @@ impl<'a> SpillPath<'a> {
 }
 
 #[cfg(unix)]
-fn decode_raw(h: &str) -> anyhow::Result<PathBuf> {
+fn decode_raw(h: &str) -> crate::error::Result<PathBuf> {
     use std::os::unix::ffi::OsStringExt;
-    Ok(PathBuf::from(std::ffi::OsString::from_vec(hex::decode(h)?)))
+    Ok(PathBuf::from(std::ffi::OsString::from_vec(
+        hex::decode(h).map_err(|e| {
+            crate::error::PackError::Internal(format!("a spill file names {h:?}: {e}"))
+        })?,
+    )))
 }
 
 #[cfg(not(unix))]
-fn decode_raw(_: &str) -> anyhow::Result<PathBuf> {
-    anyhow::bail!("raw byte paths are only supported on Unix")
+fn decode_raw(_: &str) -> crate::error::Result<PathBuf> {
+    crate::error::bail!("raw byte paths are only supported on Unix")
 }
 
 #[cfg(test)]
@@ -672,7 +676,7 @@ mod tests {
         let groups = p
             .finish()
             .unwrap()
-            .collect::<anyhow::Result<Vec<_>>>()
+            .collect::<crate::error::Result<Vec<_>>>()
             .unwrap();
         (groups, stats)
     }
@@ -774,7 +778,7 @@ mod tests {
         let groups = p
             .finish()
             .unwrap()
-            .collect::<anyhow::Result<Vec<_>>>()
+            .collect::<crate::error::Result<Vec<_>>>()
             .unwrap();
         assert_eq!(files_in(&spill), 0);
 

@@ -28,6 +28,9 @@ pub enum FailureKind {
     Unsupported,
     /// The store failed (an upload, a read of the shard, the publish).
     Store,
+    /// The shard the file belongs in cannot be built on (damaged, or not a
+    /// v3 shard of its place): run des-verify.
+    ShardUnusable,
     /// The shard kept changing under concurrent writers: retry later.
     Contention,
     /// The (uid, day) has a tombstone (listed under `deleted`).
@@ -35,7 +38,7 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::Record,
         Self::Duplicate,
         Self::SourceRefused,
@@ -45,6 +48,7 @@ impl FailureKind {
         Self::ContentConflict,
         Self::Unsupported,
         Self::Store,
+        Self::ShardUnusable,
         Self::Contention,
         Self::Deleted,
     ];
@@ -60,6 +64,7 @@ impl FailureKind {
             Self::ContentConflict => "content_conflict",
             Self::Unsupported => "unsupported",
             Self::Store => "store",
+            Self::ShardUnusable => "shard_unusable",
             Self::Contention => "contention",
             Self::Deleted => "deleted",
         }

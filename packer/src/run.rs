@@ -6,7 +6,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use crate::error::{Context, PackError, Result};
 use des_storage::protocol::{DeletionGuard, holder_id};
 use des_storage::{CreateOptions, DesStore};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -150,7 +150,7 @@ fn plan_input<T: Send>(
         // If planning failed, `rx` is gone and the reader stops at its next batch.
         let read = reader
             .join()
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("the input reader panicked")));
+            .unwrap_or_else(|_| Err(PackError::Internal("the input reader panicked".into())));
         (read, planned)
     });
     planned?;
@@ -168,7 +168,7 @@ fn read_batches<T>(
 ) -> Result<T> {
     let send = |batch| {
         tx.send(batch)
-            .map_err(|_| anyhow::anyhow!("planning stopped"))
+            .map_err(|_| PackError::Internal("planning stopped".into()))
     };
     let mut batch = Vec::with_capacity(RECORD_BATCH);
     let read = read(&mut |r| {
@@ -247,7 +247,10 @@ fn run_groups(
         plan_error = feeder.join().ok().and_then(|r| r.err());
     });
     match plan_error {
-        Some(e) => Err(e.context("reading the plan")),
+        Some(e) => Err(crate::error::IntoPackError::with(
+            e,
+            "reading the plan".into(),
+        )),
         None => Ok(()),
     }
 }

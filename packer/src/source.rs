@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use crate::error::{Context, bail};
 use des_format::Timestamp;
 use des_format::v3::{MAX_CONTENT_TYPE_LEN, MAX_META_LEN, MAX_UID_LEN};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -132,14 +132,14 @@ pub enum Input {
 }
 
 pub(crate) type Sink<'a> =
-    &'a mut dyn FnMut(Result<FileRecord, RecordFailure>) -> anyhow::Result<()>;
+    &'a mut dyn FnMut(Result<FileRecord, RecordFailure>) -> crate::error::Result<()>;
 
 /// Calls `f` for every record or per-record failure; returns Err only for fatal problems
 /// (manifest unreadable, not JSON at all, directory missing) or if `f` returns Err.
 pub fn read_input(
     input: &Input,
-    mut f: impl FnMut(Result<FileRecord, RecordFailure>) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
+    mut f: impl FnMut(Result<FileRecord, RecordFailure>) -> crate::error::Result<()>,
+) -> crate::error::Result<()> {
     match input {
         Input::Manifest(path) => read_manifest(path, &mut f),
         Input::Dir { root, created_at } => crate::walk::read_dir(root, *created_at, &mut f),
@@ -155,7 +155,7 @@ pub fn read_input(
 // ---------------------------------------------------------------------------
 // Manifests
 
-fn read_manifest(path: &Path, f: Sink<'_>) -> anyhow::Result<()> {
+fn read_manifest(path: &Path, f: Sink<'_>) -> crate::error::Result<()> {
     let file =
         File::open(path).with_context(|| format!("cannot open manifest {}", path.display()))?;
     let mut reader = BufReader::new(file);
@@ -211,7 +211,7 @@ fn read_json_lines(
     first_line: u64,
     base: &Path,
     f: Sink<'_>,
-) -> anyhow::Result<()> {
+) -> crate::error::Result<()> {
     let mut buf = Vec::new();
     let mut line = first_line;
     loop {
@@ -243,7 +243,7 @@ fn read_json_array(
     reader: impl BufRead,
     base: &Path,
     f: Sink<'_>,
-) -> anyhow::Result<()> {
+) -> crate::error::Result<()> {
     let mut de = serde_json::Deserializer::from_reader(reader);
     let mut visitor = ArrayVisitor {
         base,
@@ -273,7 +273,7 @@ struct ArrayVisitor<'a, 'f> {
     sink: Sink<'f>,
     elements: u64,
     /// The sink's own error, kept intact; serde only gets a placeholder to stop.
-    sink_error: Option<anyhow::Error>,
+    sink_error: Option<crate::error::PackError>,
 }
 
 impl<'de> Visitor<'de> for &mut ArrayVisitor<'_, '_> {
@@ -638,7 +638,7 @@ pub(crate) mod tests {
 
     pub(crate) type Item = Result<FileRecord, RecordFailure>;
 
-    pub(crate) fn collect(input: &Input) -> anyhow::Result<Vec<Item>> {
+    pub(crate) fn collect(input: &Input) -> crate::error::Result<Vec<Item>> {
         let mut out = Vec::new();
         read_input(input, |r| {
             out.push(r);
@@ -860,7 +860,7 @@ pub(crate) mod tests {
             let err = read_input(&input, |_| {
                 calls += 1;
                 if calls == 2 {
-                    anyhow::bail!("consumer is full")
+                    crate::error::bail!("consumer is full")
                 } else {
                     Ok(())
                 }

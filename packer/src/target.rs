@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 use des_storage::ObjectStore;
 use des_storage::keys::StoreKey;
 use des_storage::s3::S3Store;

@@ -16,13 +16,17 @@ use std::fs::{self, FileType};
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
-use anyhow::{Context, bail};
+use crate::error::{Context, bail};
 use des_format::Timestamp;
 
 use crate::report::FailureKind;
 use crate::source::{FileRecord, RecordFailure, Sink, SourceRef, check_uid};
 
-pub(crate) fn read_dir(root: &Path, created_at: Timestamp, f: Sink<'_>) -> anyhow::Result<()> {
+pub(crate) fn read_dir(
+    root: &Path,
+    created_at: Timestamp,
+    f: Sink<'_>,
+) -> crate::error::Result<()> {
     let md =
         fs::metadata(root).with_context(|| format!("cannot read directory {}", root.display()))?;
     if !md.is_dir() {
@@ -128,7 +132,7 @@ struct Walk<'a, 's> {
 
 impl Walk<'_, '_> {
     /// Hands out a record or failure, numbered here (its own `line` is ignored).
-    fn emit(&mut self, item: Result<FileRecord, RecordFailure>) -> anyhow::Result<()> {
+    fn emit(&mut self, item: Result<FileRecord, RecordFailure>) -> crate::error::Result<()> {
         self.line += 1;
         let line = self.line;
         let item = item
@@ -137,7 +141,12 @@ impl Walk<'_, '_> {
         (self.sink)(item)
     }
 
-    fn fail(&mut self, uid: Option<String>, path: &Path, reason: String) -> anyhow::Result<()> {
+    fn fail(
+        &mut self,
+        uid: Option<String>,
+        path: &Path,
+        reason: String,
+    ) -> crate::error::Result<()> {
         self.emit(Err(RecordFailure {
             line: 0,
             uid,
@@ -147,7 +156,7 @@ impl Walk<'_, '_> {
         }))
     }
 
-    fn file(&mut self, entry: Entry, uid: Option<String>) -> anyhow::Result<()> {
+    fn file(&mut self, entry: Entry, uid: Option<String>) -> crate::error::Result<()> {
         let uid = match uid.map_or_else(|| relative_uid(self.root, &entry.path), Ok) {
             Ok(u) => u,
             Err(reason) => return self.fail(None, &entry.path, reason),

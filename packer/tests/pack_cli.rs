@@ -403,5 +403,7 @@ fn a_corrupt_entry_is_not_copied_into_a_new_generation() {
     assert_eq!(r["files_packed"], 0, "{r:#}");
     let reason = r["failures"][0]["reason"].as_str().unwrap();
     assert!(reason.contains("CRC") || reason.contains("crc"), "{reason}");
+    assert_eq!(r["failures"][0]["kind"], "shard_unusable", "{r:#}");
+    assert_eq!(r["files_failed_by_kind"]["shard_unusable"], 1, "{r:#}");
     assert!(std::fs::read(&shard).unwrap() == bytes, "the shard changed");
 }

@@ -117,7 +117,11 @@ async fn open(location: &str, writes: bool) -> Result<Arc<dyn ObjectStore>> {
     }
     let opened = des_storage::zones::open(Some(location), None)?;
     if writes {
-        for s in opened.s3.iter().filter(|s| s.config().conditional_put.is_none()) {
+        for s in opened
+            .s3
+            .iter()
+            .filter(|s| s.config().conditional_put.is_none())
+        {
             s.probe_conditional_put()
                 .await
                 .with_context(|| format!("probing conditional writes on {location}"))?;
