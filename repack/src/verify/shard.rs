@@ -43,9 +43,6 @@ async fn verify_once(
     opts: &VerifyOptions,
 ) -> Result<Outcome> {
     let mut report = ShardReport::new(&target.key);
-    if let Some(rate) = &opts.rate {
-        rate.take(store.suffix_len()).await;
-    }
     let loaded = match store.load_index(&target.key).await {
         Ok(Some(loaded)) => loaded,
         Ok(None) => {
@@ -62,6 +59,11 @@ async fn verify_once(
     };
     report.entries = loaded.index.len() as u64;
     report.bytes_read = index_bytes(store, &loaded);
+    // Charged once read, at what was read: a small shard's suffix read is
+    // the shard, not the 64 KiB asked for.
+    if let Some(rate) = &opts.rate {
+        rate.take(report.bytes_read).await;
+    }
     match loaded.index.trailer() {
         Some(t) => {
             report.format = Some(ShardFormat::V3);

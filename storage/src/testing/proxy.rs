@@ -14,6 +14,8 @@ use crate::error::{Error, Result};
 #[derive(Default)]
 struct Shared {
     down: AtomicBool,
+    /// Connections still to refuse before forwarding again.
+    refuse_budget: AtomicU64,
     stop: AtomicBool,
     refused: AtomicU64,
     forwarded: AtomicU64,
@@ -63,6 +65,13 @@ impl OutageProxy {
         }
     }
 
+    /// A brief outage of a known size: open connections are cut, and the
+    /// next `n` connections refused; then forwarding resumes by itself.
+    pub fn refuse_next(&self, n: u64) {
+        self.shared.refuse_budget.store(n, Ordering::SeqCst);
+        self.shared.cut_all();
+    }
+
     /// Connections closed because the proxy was down.
     pub fn refused(&self) -> u64 {
         self.shared.refused.load(Ordering::SeqCst)
@@ -89,7 +98,11 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, target: &str) {
             return;
         }
         let Ok(client) = client else { continue };
-        if shared.down.load(Ordering::SeqCst) {
+        let budgeted = shared
+            .refuse_budget
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if budgeted || shared.down.load(Ordering::SeqCst) {
             shared.refused.fetch_add(1, Ordering::SeqCst);
             let _ = client.shutdown(Shutdown::Both);
             continue;
