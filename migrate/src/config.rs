@@ -7,6 +7,7 @@ use clap::{Parser, ValueEnum};
 use des_format::Compression;
 use des_packer::options::{DEFAULT_BIG_FILE_THRESHOLD, DEFAULT_JOBS, DEFAULT_PLAN_MEMORY};
 use des_packer::{PackOptions, SourceRoots};
+use des_storage::cli::StoreArgs;
 use des_storage::push::Pushgateway;
 use des_storage::units::{parse_duration, parse_size};
 use serde::Serialize;
@@ -73,7 +74,8 @@ pub enum Mode {
     name = "des-migrate",
     version,
     about = "Archive the files listed in a PostgreSQL table into a DES store",
-    after_help = des_storage::units::after_help(AFTER_HELP)
+    after_help = des_storage::units::after_help(AFTER_HELP),
+    group = StoreArgs::required_group()
 )]
 pub struct Args {
     /// PostgreSQL connection string (URL or key=value), e.g.
@@ -115,12 +117,8 @@ pub struct Args {
     /// watermark: lag_days written when the watermark row is created
     #[arg(long, default_value_t = 1)]
     pub lag_days: u32,
-    /// Store: a directory or s3://bucket/prefix (env DES_STORE)
-    #[arg(long, env = "DES_STORE", required_unless_present = "zones")]
-    pub out: Option<String>,
-    /// Zones file instead of --out
-    #[arg(long, conflicts_with = "out")]
-    pub zones: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Shard bits (4..=16), only when creating the store
     #[arg(long)]
     pub n_bits: Option<u8>,
@@ -275,10 +273,10 @@ impl Config {
                 a.batch_size
             )));
         }
-        if a.out.is_some() && a.zones.is_some() {
+        if a.store.store.is_some() && a.store.zones.is_some() {
             // DES_STORE in the environment is not an explicit choice clap can see.
             return Err(MigrateError::Usage(
-                "give either --out (or DES_STORE) or --zones, not both".into(),
+                "give either --store (or DES_STORE) or --zones, not both".into(),
             ));
         }
         let names = TableNames {
@@ -295,8 +293,7 @@ impl Config {
             archived: Ident::column(&a.archived_column)?,
         };
         let pack = PackOptions {
-            out: a.out.clone().unwrap_or_default(),
-            zones: a.zones.clone(),
+            store: a.store.clone(),
             abort_stale_uploads_after: a.abort_stale_uploads_after,
             n_bits: a.n_bits,
             fips: a.fips,
@@ -403,7 +400,7 @@ mod tests {
         let c = Config::from_args(&a).unwrap();
         assert_eq!(c.mode, Mode::Watermark);
         assert_eq!(c.pack.jobs, 3);
-        assert_eq!(c.pack.out_location(), Some("/tmp/s"));
+        assert_eq!(c.pack.store.store.as_deref(), Some("/tmp/s"));
         assert_eq!(c.names.size.unwrap().sql, "\"size_bytes\"");
         assert!(c.names.content_type.is_none());
         let rel = args(&["--source-base", "data"]).unwrap();

@@ -13,7 +13,6 @@ use des_format::Timestamp;
 use des_format::shard::{Check, Located};
 use des_packer::reader::SourceStores;
 use des_packer::{SourceRef, SourceRoots};
-use des_storage::resilience::{RetryPolicy, RetryStore};
 use des_storage::store::{external_key, verify_stream};
 use des_storage::{DesStore, LoadedIndex, ObjectStore};
 use tokio::runtime::Handle;
@@ -182,8 +181,9 @@ impl<'a> SourceCleaner<'a> {
             return Ok(Arc::clone(s));
         }
         let url = format!("s3://{bucket}");
-        let s3 = des_storage::open_location(&url).map_err(|e| format!("cannot open {url}: {e}"))?;
-        let store: Arc<dyn ObjectStore> = Arc::new(RetryStore::new(s3, RetryPolicy::default()));
+        // open_location gives S3 the retries and breaker every tool's requests get.
+        let store =
+            des_storage::open_location(&url).map_err(|e| format!("cannot open {url}: {e}"))?;
         self.buckets.insert(bucket.to_string(), Arc::clone(&store));
         Ok(store)
     }

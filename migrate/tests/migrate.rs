@@ -215,7 +215,7 @@ fn per_record_deletes_only_verified_sources() {
 fn pack_manifest(manifest: &std::path::Path, store: &std::path::Path) {
     let rt = rt();
     let opts = des_packer::PackOptions {
-        out: store.to_str().unwrap().to_string(),
+        store: des_storage::cli::StoreArgs::at(store.to_str().unwrap()),
         n_bits: Some(4),
         ..des_packer::PackOptions::default()
     };

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use des_format::Timestamp;
 use des_storage::DesStore;
-use des_storage::zones::open_placement;
+use des_storage::cli::Connection;
+use des_storage::zones::open;
 use futures::StreamExt;
 
 #[tokio::main]
@@ -24,7 +25,9 @@ async fn main() -> Result<()> {
         _ => bail!("usage: readback (STORE | --zones FILE) DIR CREATED_AT"),
     };
     let ts = Timestamp::parse_rfc3339(created)?;
-    let store = Arc::new(DesStore::open_placed(open_placement(location, zones)?).await?);
+    let store = Arc::new(
+        DesStore::open_placed(open(location, zones, &Connection::default())?.placement).await?,
+    );
     let root = std::path::PathBuf::from(dir);
     let files: Vec<std::path::PathBuf> = walkdir::WalkDir::new(&root)
         .into_iter()

@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::error::{Context, Result, bail};
 use clap::Parser;
 use des_format::{Compression, Timestamp};
+use des_storage::cli::StoreArgs;
 use des_storage::push::Pushgateway;
 use des_storage::units::{parse_duration, parse_size};
 
@@ -45,6 +46,7 @@ AWS_ENDPOINT_URL, credentials) plus DES_S3_FORCE_PATH_STYLE, DES_S3_PART_SIZE an
 
 #[derive(Debug, Parser)]
 #[command(name = "des-pack", version, about = "Pack small files into DES shards", after_help = des_storage::units::after_help(AFTER_HELP))]
+#[command(group = StoreArgs::required_group())]
 pub struct Args {
     /// Manifest file (JSON array or JSON Lines)
     #[arg(
@@ -89,13 +91,10 @@ pub struct Args {
     /// created_at (RFC 3339) for every file of --dir
     #[arg(long)]
     pub created_at: Option<String>,
-    /// Store location: a directory (created if missing) or s3://bucket/prefix
-    #[arg(long, env = "DES_STORE", required_unless_present = "zones")]
-    pub out: Option<String>,
-    /// Zones file (YAML or TOML): each shard goes to the zone owning its index
-    /// (and that zone's replicas)
-    #[arg(long, conflicts_with = "out")]
-    pub zones: Option<PathBuf>,
+    /// Where shards go (--store, old spelling --out; a directory is created
+    /// if missing) or --zones: each shard goes to the zone owning its index
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// At start, abort S3 multipart uploads older than this and remove
     /// `.des-tmp-*` files of local stores not modified for this long (both
     /// left by crashed runs); must exceed the longest upload of any packer
@@ -246,13 +245,12 @@ impl Args {
     }
 
     pub fn options(&self) -> Result<PackOptions> {
-        if self.out.is_some() && self.zones.is_some() {
+        if self.store.store.is_some() && self.store.zones.is_some() {
             // DES_STORE in the environment is not an explicit choice clap can see.
-            bail!("give either --out (or DES_STORE) or --zones, not both");
+            bail!("give either --store (or DES_STORE) or --zones, not both");
         }
         Ok(PackOptions {
-            out: self.out.clone().unwrap_or_default(),
-            zones: self.zones.clone(),
+            store: self.store.clone(),
             abort_stale_uploads_after: self.abort_stale_uploads_after,
             n_bits: self.n_bits,
             fips: self.fips,
@@ -328,10 +326,10 @@ mod tests {
         };
         let zones = parse(&["--zones", "z.yaml"]).unwrap();
         let opts = zones.options().unwrap();
-        assert_eq!((opts.out_location(), opts.zones.is_some()), (None, true));
+        assert_eq!((opts.store.store, opts.store.zones.is_some()), (None, true));
         let out = parse(&["--out", "s3://b/p", "--abort-stale-uploads-after", "1h"]).unwrap();
         let opts = out.options().unwrap();
-        assert_eq!(opts.out_location(), Some("s3://b/p"));
+        assert_eq!(opts.store.store.as_deref(), Some("s3://b/p"));
         assert_eq!(opts.abort_stale_uploads_after, Duration::from_secs(3600));
         assert!(parse(&["--out", "x", "--zones", "z.yaml"]).is_err());
     }

@@ -1,3 +1,4 @@
+use des_storage::cli::StoreArgs;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,12 +20,9 @@ pub const DEFAULT_ABORT_STALE_UPLOADS_AFTER: Duration = Duration::from_secs(24 *
 /// Everything a pack run needs besides its input.
 #[derive(Debug, Clone)]
 pub struct PackOptions {
-    /// Store location: a directory, `file://` or `s3://bucket/prefix`; empty
-    /// when `zones` is given.
-    pub out: String,
-    /// Zones file (YAML/TOML) instead of `out`: shards go to the zone owning
-    /// their index, and to its replicas.
-    pub zones: Option<PathBuf>,
+    /// Where the shards go: a location, or a zones file (shards go to the
+    /// zone owning their index, and to its replicas).
+    pub store: StoreArgs,
     /// At the start of a run, S3 multipart uploads older than this are
     /// aborted, and local temp files not modified for this long removed:
     /// they can only be left over from a packer that died. Must be longer
@@ -61,8 +59,7 @@ pub struct PackOptions {
 impl Default for PackOptions {
     fn default() -> Self {
         Self {
-            out: String::new(),
-            zones: None,
+            store: StoreArgs::default(),
             abort_stale_uploads_after: DEFAULT_ABORT_STALE_UPLOADS_AFTER,
             n_bits: None,
             fips: false,
@@ -81,11 +78,6 @@ impl Default for PackOptions {
 }
 
 impl PackOptions {
-    /// `out`, unless it is empty (zones are used instead).
-    pub fn out_location(&self) -> Option<&str> {
-        Some(self.out.as_str()).filter(|o| !o.is_empty())
-    }
-
     pub fn digest(&self) -> Option<DigestAlgorithm> {
         self.fips.then_some(DigestAlgorithm::Sha256)
     }

@@ -21,7 +21,7 @@ use crate::report::{Failure, PackReport};
 use crate::source::{FileRecord, Input, RecordFailure, Sink, read_input};
 use crate::target::Target;
 
-/// Runs a pack into `opts.out` or `opts.zones`. Must be called outside the
+/// Runs a pack into `opts.store`. Must be called outside the
 /// runtime's worker threads (it blocks on `handle`). Per-file problems land
 /// in the report; `Err` means the run as a whole could not proceed.
 pub fn pack(
@@ -30,11 +30,11 @@ pub fn pack(
     handle: &Handle,
     progress: bool,
 ) -> Result<PackReport> {
-    let target = Target::open(opts.out_location(), opts.zones.as_deref())?;
+    let target = Target::open(&opts.store)?;
     pack_into(input, opts, &target, handle, progress)
 }
 
-/// As [`pack`], into a target opened by the caller (`opts.out`/`zones` are
+/// As [`pack`], into a target opened by the caller (`opts.store` is
 /// not used).
 pub fn pack_into(
     input: &Input,

@@ -3,7 +3,7 @@
 //! it for the S3-only housekeeping done once per run (the rest of the
 //! housekeeping goes through the placement's stores).
 
-use std::path::Path;
+use des_storage::cli::StoreArgs;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,15 +33,11 @@ pub struct Housekeeping {
 }
 
 impl Target {
-    /// Opens `--out LOCATION` or `--zones FILE` (exactly one).
-    pub fn open(out: Option<&str>, zones: Option<&Path>) -> Result<Self> {
-        let shown = match (out, zones) {
-            (Some(o), _) => o.to_string(),
-            (None, Some(z)) => format!("zones file {}", z.display()),
-            (None, None) => "(none)".into(),
-        };
-        let opened = des_storage::zones::open(out, zones)
-            .with_context(|| format!("opening store {shown}"))?;
+    /// Opens `--store LOCATION` or `--zones FILE` (exactly one).
+    pub fn open(store: &StoreArgs) -> Result<Self> {
+        let opened = store
+            .open()
+            .with_context(|| format!("opening store {}", store.describe()))?;
         Ok(Self::new(opened.placement, opened.s3))
     }
 

@@ -1,7 +1,6 @@
 //! Opening a store from the command line's `--store LOCATION` / `--zones FILE`.
 
-use std::path::Path;
-
+use des_storage::cli::StoreArgs;
 use des_storage::{DesStore, ObjectStore};
 
 use crate::error::{RepackError, Result};
@@ -11,12 +10,8 @@ use crate::error::{RepackError, Result};
 /// `_des/.probe-*` object, unless `DES_S3_CONDITIONAL_PUT` says so): the
 /// repacker publishes and takes its lease differently where it does not,
 /// and an unprobed location counts as "does not".
-pub async fn open_store(
-    store: Option<&str>,
-    zones: Option<&Path>,
-    probe: bool,
-) -> Result<DesStore> {
-    let opened = des_storage::zones::open(store, zones)?;
+pub async fn open_store(args: &StoreArgs, probe: bool) -> Result<DesStore> {
+    let opened = args.open()?;
     if probe {
         for s in opened
             .s3

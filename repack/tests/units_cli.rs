@@ -59,6 +59,33 @@ const OPTIONS: &[(&str, &str, Kind)] = &[
     ("des-retriever", "--cache-max-age-secs", Kind::Duration),
 ];
 
+/// Every binary takes the shared store options (des_storage::cli), whose
+/// durations are in the same grammar.
+const BINARIES: &[&str] = &[
+    "des-pack",
+    "des-migrate",
+    "des-repack",
+    "des-tombstones",
+    "des-verify",
+    "des-upgrade",
+    "des-retriever",
+];
+const CONNECTION_DURATIONS: &[&str] = &[
+    "--attempt-timeout",
+    "--retry-deadline",
+    "--breaker-cool-down",
+];
+
+/// OPTIONS and every binary's connection durations.
+fn options() -> Vec<(&'static str, &'static str, Kind)> {
+    let shared = BINARIES.iter().flat_map(|b| {
+        CONNECTION_DURATIONS
+            .iter()
+            .map(|o| (*b, *o, Kind::Duration))
+    });
+    OPTIONS.iter().copied().chain(shared).collect()
+}
+
 const SIZES: &[&str] = &["1048576", "512K", "64MiB", "10G", "2TB", "64kb"];
 const DURATIONS: &[&str] = &["90", "250ms", "90s", "15m", "24h", "7d"];
 const NONSENSE: &[&str] = &["10 parsecs", "1w", "1.5G", "-1"];
@@ -89,7 +116,7 @@ fn run(bin: &str, option: &str, value: &str) -> String {
 
 #[test]
 fn every_size_and_duration_option_takes_the_same_spellings() {
-    for &(bin, option, kind) in OPTIONS {
+    for (bin, option, kind) in options() {
         let good = match kind {
             Kind::Size => SIZES,
             Kind::Duration => DURATIONS,
@@ -113,14 +140,13 @@ fn every_size_and_duration_option_takes_the_same_spellings() {
 
 #[test]
 fn help_states_the_grammar_once() {
-    let mut bins: Vec<&str> = OPTIONS.iter().map(|o| o.0).collect();
-    bins.dedup();
-    for bin in bins {
+    let options = options();
+    for &bin in BINARIES {
         let out = Command::new(binary(bin)).arg("--help").output().unwrap();
         assert_eq!(out.status.code(), Some(0), "{bin} --help");
         let help = String::from_utf8_lossy(&out.stdout);
         assert_eq!(help.matches(GRAMMAR).count(), 1, "{bin}:\n{help}");
-        for &(_, option, _) in OPTIONS.iter().filter(|o| o.0 == bin) {
+        for &(_, option, _) in options.iter().filter(|o| o.0 == bin) {
             assert!(help.contains(option), "{bin} --help lacks {option}");
         }
     }

@@ -166,6 +166,21 @@ fn verify_rides_out_a_brief_outage_and_breaks_at_a_long_one() {
     // the jobs in flight finish theirs. Without it: four per shard left.
     let refused = proxy.refused();
     assert!((4..=40).contains(&refused), "{refused} connections refused");
+
+    // The command line's settings reach the stack: --s3-endpoint names the
+    // proxy (the environment names the server itself), and with one attempt
+    // per request the same brief outage fails the run.
+    let proxy = des_storage::testing::OutageProxy::start(&host).unwrap();
+    let mut once = des_verify_via(&server, server.endpoint(), &args);
+    once.args(["--s3-endpoint", &proxy.endpoint(), "--retry-attempts", "1"])
+        .stdout(std::process::Stdio::null());
+    let mut run = once.spawn().unwrap();
+    wait_until(|| proxy.forwarded() > 0, "des-verify to connect");
+    std::thread::sleep(Duration::from_millis(300));
+    proxy.refuse_next(2);
+    wait_until(|| proxy.refused() == 2, "requests during the outage");
+    let status = run.wait().unwrap();
+    assert_eq!(status.code(), Some(2), "not retried: shards failed");
 }
 
 fn wait_until(cond: impl Fn() -> bool, what: &str) {

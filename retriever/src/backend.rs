@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use des_storage::cli::Connection;
 use des_storage::store::{Placement, SHARD_EXT, Single};
-use des_storage::zones::{Zones, open_placement, open_zones_file};
+use des_storage::zones::{Zones, open};
 use des_storage::{ByteRange, GetOptions, GetResult, ObjectStore, Result};
 use prometheus::IntCounter;
 
@@ -72,21 +73,22 @@ impl Storage {
 
     /// Opens the configured source. S3 locations (`s3://` or zones) get the
     /// storage crate's retry and circuit-breaker stack.
-    pub fn open(source: &Source) -> Result<Self> {
-        match source {
-            Source::Zones(path) => Ok(Self::zones(Arc::new(open_zones_file(path)?))),
-            Source::Location(location) => {
-                let label = if location.starts_with("s3://") {
-                    "s3"
-                } else {
-                    "local"
-                };
-                Ok(Self {
-                    placement: open_placement(Some(location), None)?,
-                    backends: Backends::Single(label.into()),
-                })
-            }
-        }
+    pub fn open(source: &Source, connection: &Connection) -> Result<Self> {
+        let opened = match source {
+            Source::Zones(path) => open(None, Some(path), connection)?,
+            Source::Location(location) => open(Some(location), None, connection)?,
+        };
+        Ok(match (opened.zones, source) {
+            (Some(zones), _) => Self::zones(zones),
+            (None, Source::Location(l)) if l.starts_with("s3://") => Self {
+                placement: opened.placement,
+                backends: Backends::Single("s3".into()),
+            },
+            (None, _) => Self {
+                placement: opened.placement,
+                backends: Backends::Single("local".into()),
+            },
+        })
     }
 
     /// The same placement with every store's reads counted in `metrics`.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use des_storage::Layout;
+use des_storage::cli::{Connection, StoreArgs};
 use des_storage::units::{Secs, Size};
 use serde::Deserialize;
 
@@ -34,8 +35,9 @@ pub const EXIT_CONFIG: u8 = 2;
 
 const AFTER_HELP: &str = "Every option can also be set as DES_RETRIEVER_<OPTION> (e.g. \
 DES_RETRIEVER_CACHE_BYTES) or as <option> (e.g. cache_bytes) in the --config TOML file; precedence \
-is command line > environment > file > default. S3 credentials and endpoints come from the usual \
-AWS_* variables (and DES_S3_*).\n\nExit codes: 0 clean shutdown (SIGTERM/SIGINT), 1 server error \
+is command line > environment > file > default (DES_STORE and DES_ZONES, which every DES tool \
+reads, count as command line). S3 credentials come from the usual AWS_* variables (and DES_S3_*); \
+`breaker` in the file is true or false.\n\nExit codes: 0 clean shutdown (SIGTERM/SIGINT), 1 server error \
 after start, 2 bad usage or configuration, store not openable, or listen address not bindable.";
 
 #[derive(Debug, Clone, Parser)]
@@ -80,12 +82,10 @@ pub struct HashKeyArgs {
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct Options {
-    /// Store location: a directory, file:// or s3://bucket/prefix URL.
-    #[arg(long, conflicts_with = "zones")]
-    pub store: Option<String>,
-    /// Zones file (YAML or TOML): shards spread over several S3 locations.
-    #[arg(long)]
-    pub zones: Option<PathBuf>,
+    /// --store/--zones (also DES_STORE/DES_ZONES, as for every tool), S3
+    /// and resilience settings.
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Store layout: v3 (n_bits read from the store), legacy (Python DES;
     /// needs --n-bits) or auto (both, as during an in-place des-upgrade: v3
     /// first, then legacy parts; --n-bits needed until the store has
@@ -232,6 +232,8 @@ deserialize_via_from_str!(LayoutName, AuthMode, LogFormat);
 struct FileConfig {
     store: Option<String>,
     zones: Option<PathBuf>,
+    #[serde(flatten)]
+    connection: Connection,
     layout: Option<LayoutName>,
     n_bits: Option<u8>,
     listen: Option<String>,
@@ -305,6 +307,8 @@ pub struct RateLimits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     pub source: Source,
+    /// S3 endpoint and region, retries and breakers for the source.
+    pub connection: Connection,
     pub layout: Layout,
     /// `--layout auto`: `layout` is V3 and lookups that miss the v3 shard
     /// also search the legacy parts of the same (date, shard), while the
@@ -336,6 +340,7 @@ impl Settings {
     pub fn for_location(location: impl Into<String>) -> Self {
         Self {
             source: Source::Location(location.into()),
+            connection: Connection::default(),
             layout: Layout::V3,
             layout_auto: false,
             n_bits: None,
@@ -411,6 +416,7 @@ impl Settings {
             None => FileConfig::default(),
         };
         let source = source(&src, &cli, &file)?;
+        let connection = connection(&src, &cli.store.connection, &file.connection)?;
         let (layout, layout_auto, n_bits) = layout(&src, &cli, &file)?;
         let auth = auth(&src, &cli, &file)?;
         let rate_limits = rate_limits(&src, &cli, &file)?;
@@ -435,6 +441,7 @@ impl Settings {
         let secs = Duration::from_secs;
         Ok(Self {
             source,
+            connection,
             layout,
             layout_auto,
             n_bits,
@@ -510,11 +517,50 @@ impl Settings {
     }
 }
 
+/// Each connection setting from the CLI, `DES_RETRIEVER_<NAME>` or the file.
+fn connection(
+    src: &Sources<'_>,
+    cli: &Connection,
+    file: &Connection,
+) -> Result<Connection, ConfigError> {
+    let (c, f) = (cli.clone(), file.clone());
+    Ok(Connection {
+        s3_endpoint: src.pick("s3_endpoint", c.s3_endpoint, f.s3_endpoint)?,
+        s3_region: src.pick("s3_region", c.s3_region, f.s3_region)?,
+        retry_attempts: src.pick("retry_attempts", c.retry_attempts, f.retry_attempts)?,
+        attempt_timeout: src.pick("attempt_timeout", c.attempt_timeout, f.attempt_timeout)?,
+        retry_deadline: src.pick("retry_deadline", c.retry_deadline, f.retry_deadline)?,
+        breaker: src
+            .pick("breaker", c.breaker.map(OnOff), f.breaker.map(OnOff))?
+            .map(|b| b.0),
+        breaker_failures: src.pick("breaker_failures", c.breaker_failures, f.breaker_failures)?,
+        breaker_cool_down: src.pick(
+            "breaker_cool_down",
+            c.breaker_cool_down,
+            f.breaker_cool_down,
+        )?,
+    })
+}
+
+/// `on`/`off` (and true/false, yes/no, 1/0), as the command line's `--breaker`.
+struct OnOff(bool);
+
+impl FromStr for OnOff {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "on" | "true" | "yes" | "1" => Ok(Self(true)),
+            "off" | "false" | "no" | "0" => Ok(Self(false)),
+            _ => Err(format!("{s:?}: expected on or off")),
+        }
+    }
+}
+
 /// Exactly one of store and zones; a CLI or environment value of one
 /// overrides the file's value of the other, so a file can hold a default.
 fn source(src: &Sources<'_>, cli: &Options, file: &FileConfig) -> Result<Source, ConfigError> {
-    let store = src.pick("store", cli.store.clone(), None)?;
-    let zones = src.pick("zones", cli.zones.clone(), None)?;
+    let store = src.pick("store", cli.store.store.clone(), None)?;
+    let zones = src.pick("zones", cli.store.zones.clone(), None)?;
     let (store, zones) = match (store, zones) {
         (None, None) => (file.store.clone(), file.zones.clone()),
         given => given,

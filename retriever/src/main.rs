@@ -76,7 +76,7 @@ fn hash_key(args: &HashKeyArgs) -> ExitCode {
 }
 
 async fn run(settings: Settings) -> u8 {
-    let opened = match Storage::open(&settings.source) {
+    let opened = match Storage::open(&settings.source, &settings.connection) {
         Ok(storage) => AppState::open(&storage, &settings).await,
         Err(e) => Err(e.into()),
     };

@@ -4,6 +4,7 @@
 pub mod bigchunks;
 pub mod bridge;
 mod cached_read;
+pub mod cli;
 mod error;
 pub mod forward;
 pub mod keys;
@@ -41,11 +42,18 @@ use std::sync::Arc;
 /// S3 requests get (see [`zones::open`]). S3 clients are built lazily on
 /// first use, so this stays synchronous.
 pub fn open_location(location: &str) -> Result<Arc<dyn ObjectStore>> {
-    let raw = open_location_raw(location)?;
-    if location.starts_with("s3://") {
-        return zones::single_s3_stack(location, raw);
-    }
-    Ok(raw)
+    open_location_with(location, &cli::Connection::default())
+}
+
+/// [`open_location`] with `connection`'s endpoint, region, retry and
+/// breaker settings.
+pub fn open_location_with(
+    location: &str,
+    connection: &cli::Connection,
+) -> Result<Arc<dyn ObjectStore>> {
+    zones::single(location, connection, |loc| {
+        Ok(Arc::new(zones::s3_store(loc, connection)?) as Arc<dyn ObjectStore>)
+    })
 }
 
 /// [`open_location`] without the resilience stack: for S3-only housekeeping

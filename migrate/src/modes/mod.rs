@@ -39,11 +39,7 @@ pub fn run(
     report.mode = Some(cfg.mode);
     report.dry_run = cfg.dry_run;
     report.table = cfg.names.table.name.clone();
-    report.store = match (cfg.pack.out_location(), &cfg.pack.zones) {
-        (Some(o), _) => o.to_string(),
-        (None, Some(z)) => format!("zones file {}", z.display()),
-        (None, None) => String::new(),
-    };
+    report.store = cfg.pack.store.describe();
     let result = run_cycle(cfg, handle, report);
     report.elapsed_seconds = started.elapsed().as_secs_f64();
     if let Err(e) = &result {
@@ -72,10 +68,7 @@ fn run_cycle(
     let store_target = if cfg.dry_run {
         None
     } else {
-        Some(
-            Target::open(cfg.pack.out_location(), cfg.pack.zones.as_deref())
-                .map_err(MigrateError::Store)?,
-        )
+        Some(Target::open(&cfg.pack.store).map_err(MigrateError::Store)?)
     };
     let mut opts = cfg.pack.clone();
     opts.spill_dir = Some(work.path().to_path_buf());

@@ -15,6 +15,7 @@ use des_repack::metrics::{JobStatus, RepackMetrics};
 use des_repack::open::open_store;
 use des_repack::repack::{Progress, RepackOptions, RepackReport, repack};
 use des_storage::DesStore;
+use des_storage::cli::StoreArgs;
 use des_storage::push::Pushgateway;
 use des_storage::units::{parse_duration, parse_size};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -40,18 +41,10 @@ Environment:
 /// named with --shard. Only one repacker runs per store at a time.
 #[derive(Debug, Parser)]
 #[command(name = "des-repack", version, after_help = des_storage::units::after_help(EXIT_CODES))]
+#[command(group = StoreArgs::required_group())]
 struct Cli {
-    /// Store location: a directory, file:// or s3://bucket/prefix URL.
-    #[arg(
-        long,
-        value_name = "LOCATION",
-        env = "DES_STORE",
-        required_unless_present = "zones"
-    )]
-    store: Option<String>,
-    /// Zones file (YAML/TOML) instead of --store.
-    #[arg(long, value_name = "FILE", conflicts_with = "store")]
-    zones: Option<PathBuf>,
+    #[command(flatten)]
+    store: StoreArgs,
     /// Rewrite a shard when this share (0..=1) of its stored bytes is deleted.
     #[arg(long, default_value_t = 0.2, value_parser = parse_ratio)]
     min_garbage_ratio: f64,
@@ -131,7 +124,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         let opts = options(&cli)?;
         let started = Instant::now();
-        let store = match open_store(cli.store.as_deref(), cli.zones.as_deref(), !cli.dry_run)
+        let store = match open_store(&cli.store, !cli.dry_run)
             .await
             .context("opening the store")
         {

@@ -16,6 +16,7 @@ use des_repack::tombstones_cli::{
     add_one, list, show,
 };
 use des_storage::DesStore;
+use des_storage::cli::StoreArgs;
 use des_storage::tombstones::{DeleteReason, Tombstone, TombstoneLog, parse_date};
 use serde::Serialize;
 
@@ -31,14 +32,10 @@ Exit status:
 /// `add` logs a tombstone: readers answer 410 Gone for that uid on that UTC
 /// day at once, and `des-repack` later removes the bytes from the shard.
 #[derive(Debug, Parser)]
-#[command(name = "des-tombstones", version, after_help = EXIT_CODES)]
+#[command(name = "des-tombstones", version, after_help = des_storage::units::after_help(EXIT_CODES))]
 struct Cli {
-    /// Store location: a directory, file:// or s3://bucket/prefix URL.
-    #[arg(long, global = true, value_name = "LOCATION", env = "DES_STORE")]
-    store: Option<String>,
-    /// Zones file (YAML/TOML) instead of --store.
-    #[arg(long, global = true, value_name = "FILE")]
-    zones: Option<PathBuf>,
+    #[command(flatten)]
+    store: StoreArgs,
     /// Machine-readable output on stdout.
     #[arg(long, global = true)]
     json: bool,
@@ -201,7 +198,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: &Cli) -> Result<u8> {
-    let store = open_store(cli.store.as_deref(), cli.zones.as_deref(), false)
+    let store = open_store(&cli.store, false)
         .await
         .context("opening the store")?;
     let log = TombstoneLog::new(&store);

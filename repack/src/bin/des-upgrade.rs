@@ -10,6 +10,7 @@ use clap::Parser;
 use des_format::DigestAlgorithm;
 use des_repack::upgrade::{self, Locations, Progress, UpgradeError, UpgradeOptions};
 use des_storage::ObjectStore;
+use des_storage::cli::Connection;
 
 const EXIT_CODES: &str = "\
 Exit status:
@@ -40,7 +41,7 @@ Environment:
 /// deleted. Without --to the store is converted in place; serve it with
 /// `des-retriever --layout auto` meanwhile.
 #[derive(Debug, Parser)]
-#[command(name = "des-upgrade", version, after_help = EXIT_CODES)]
+#[command(name = "des-upgrade", version, after_help = des_storage::units::after_help(EXIT_CODES))]
 struct Cli {
     /// The legacy store: a directory, file:// or s3://bucket/prefix URL.
     #[arg(long, value_name = "LOCATION", env = "DES_UPGRADE_FROM")]
@@ -49,6 +50,9 @@ struct Cli {
     /// left as it is unless --delete-legacy.
     #[arg(long, value_name = "LOCATION")]
     to: Option<String>,
+    /// S3 and resilience settings for both locations.
+    #[command(flatten)]
+    connection: Connection,
     /// Routing bits of the legacy store (it does not record them); the v3
     /// store gets the same.
     #[arg(long, value_parser = clap::value_parser!(u8).range(4..=16))]
@@ -108,14 +112,18 @@ fn main() -> ExitCode {
 /// Opens a location through the same stack as every tool (retries and a
 /// breaker for S3); an S3 one that will be written is first asked whether
 /// it enforces conditional writes (the write protocol depends on it).
-async fn open(location: &str, writes: bool) -> Result<Arc<dyn ObjectStore>> {
+async fn open(
+    location: &str,
+    connection: &Connection,
+    writes: bool,
+) -> Result<Arc<dyn ObjectStore>> {
     if !location.starts_with("s3://") {
         let path = location.strip_prefix("file://").unwrap_or(location);
         if !std::path::Path::new(path).is_dir() {
             anyhow::bail!("{location}: no such directory");
         }
     }
-    let opened = des_storage::zones::open(Some(location), None)?;
+    let opened = des_storage::zones::open(Some(location), None, connection)?;
     if writes {
         for s in opened
             .s3
@@ -153,7 +161,7 @@ fn same_location(a: &str, b: &str) -> bool {
 
 async fn run(cli: &Cli) -> Result<u8> {
     let writes = !cli.dry_run;
-    let source = open(&cli.from, writes).await?;
+    let source = open(&cli.from, &cli.connection, writes).await?;
     let (target, in_place) = match &cli.to {
         Some(to) if !same_location(to, &cli.from) => {
             let path = to.strip_prefix("file://").unwrap_or(to);
@@ -166,7 +174,7 @@ async fn run(cli: &Cli) -> Result<u8> {
                 let empty: Arc<dyn ObjectStore> = Arc::new(des_storage::MemoryStore::new());
                 (empty, false)
             } else {
-                (open(to, writes).await?, false)
+                (open(to, &cli.connection, writes).await?, false)
             }
         }
         _ => (Arc::clone(&source), true),

@@ -13,6 +13,7 @@ use des_repack::verify::open::{self, Scope};
 use des_repack::verify::{
     ByteRate, DEFAULT_JOBS, Progress, Sample, VerifyOptions, VerifyReport, verify_key, verify_store,
 };
+use des_storage::cli::StoreArgs;
 use des_storage::push::Pushgateway;
 use des_storage::units::{parse_duration, parse_size};
 use des_storage::{DesStore, Layout};
@@ -62,16 +63,11 @@ impl From<LayoutArg> for Layout {
 #[derive(Debug, Parser)]
 #[command(name = "des-verify", version, after_help = des_storage::units::after_help(EXIT_CODES))]
 struct Cli {
-    /// Shard file or store root (env DES_STORE).
-    #[arg(
-        env = "DES_STORE",
-        required_unless_present = "zones",
-        conflicts_with = "zones"
-    )]
+    /// Shard file or store root (or --store, DES_STORE; or --zones: every zone).
+    #[arg(conflicts_with_all = ["store", "zones"])]
     path: Option<String>,
-    /// Verify every zone of a zones file (YAML/TOML) instead of PATH.
-    #[arg(long, value_name = "FILE")]
-    zones: Option<PathBuf>,
+    #[command(flatten)]
+    store: StoreArgs,
     /// Read at most this many bytes per second, over all concurrent shards
     /// (e.g. 50M), to leave bandwidth to readers.
     #[arg(long, value_name = "BYTES_PER_SEC", value_parser = parse_rate)]
@@ -164,16 +160,26 @@ async fn verify(cli: &Cli) -> Result<u8> {
     opts.jobs = cli.jobs;
     opts.rate = cli.rate.and_then(ByteRate::new).map(Arc::new);
     opts.max_delay = cli.max_delay;
-    let opened = match (&cli.path, &cli.zones) {
-        (Some(path), _) => open::open(path, cli.layout.map(Layout::from), cli.n_bits)
-            .await
-            .with_context(|| format!("cannot open {path}"))?,
+    let connection = &cli.store.connection;
+    let opened = match (
+        cli.path.as_ref().or(cli.store.store.as_ref()),
+        &cli.store.zones,
+    ) {
+        (Some(_), Some(_)) => anyhow::bail!("give either a PATH (or DES_STORE) or --zones"),
+        (Some(path), None) => {
+            open::open(path, cli.layout.map(Layout::from), cli.n_bits, connection)
+                .await
+                .with_context(|| format!("cannot open {path}"))?
+        }
         (None, Some(zones)) => {
             if cli.layout.is_some() {
                 anyhow::bail!("--layout does not apply to --zones (zoned stores are v3)");
             }
-            let placement = des_storage::zones::open_placement(None, Some(zones))
-                .with_context(|| format!("cannot open {}", zones.display()))?;
+            let placement = cli
+                .store
+                .open()
+                .with_context(|| format!("cannot open {}", zones.display()))?
+                .placement;
             open::Opened {
                 store: DesStore::open_placed(placement)
                     .await
@@ -181,7 +187,7 @@ async fn verify(cli: &Cli) -> Result<u8> {
                 scope: Scope::Store,
             }
         }
-        (None, None) => anyhow::bail!("give a PATH or --zones"),
+        (None, None) => anyhow::bail!("give a PATH, --store (DES_STORE) or --zones"),
     };
     let bar = progress_bar(cli.quiet);
     let (entries, bytes) = (AtomicU64::new(0), AtomicU64::new(0));

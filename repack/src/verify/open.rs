@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use des_storage::cli::Connection;
 use des_storage::store::{DEFAULT_N_BITS, SHARD_EXT, STORE_CONFIG_KEY};
 use des_storage::{DesStore, Error, ErrorKind, Layout, LocalStore, ObjectStore, Result};
 
@@ -25,7 +26,12 @@ pub struct Opened {
 /// Opens `location`: a shard file or object (`…/X.des`), or a store root (a
 /// directory, `file://` or remote URL). `layout` and `n_bits` apply to store
 /// roots; `layout: None` means a v3 store.
-pub async fn open(location: &str, layout: Option<Layout>, n_bits: Option<u8>) -> Result<Opened> {
+pub async fn open(
+    location: &str,
+    layout: Option<Layout>,
+    n_bits: Option<u8>,
+    connection: &Connection,
+) -> Result<Opened> {
     let local = match location.split_once("://") {
         None => Some(location),
         Some(("file", path)) => Some(path),
@@ -41,7 +47,7 @@ pub async fn open(location: &str, layout: Option<Layout>, n_bits: Option<u8>) ->
         None => location.ends_with(SHARD_EXT),
     };
     if !is_shard {
-        let objects = des_storage::open_location(location)?;
+        let objects = des_storage::open_location_with(location, connection)?;
         let store = open_store(objects, layout, n_bits).await?;
         return Ok(Opened {
             store,
@@ -55,7 +61,7 @@ pub async fn open(location: &str, layout: Option<Layout>, n_bits: Option<u8>) ->
     }
     let parts = match local {
         Some(path) => local_parts(Path::new(path))?,
-        None => url_parts(location)?,
+        None => url_parts(location, connection)?,
     };
     open_shard(parts, n_bits).await
 }
@@ -161,15 +167,18 @@ fn split_url(location: &str) -> Option<SplitUrl<'_>> {
     Some(SplitUrl { root, dir, name })
 }
 
-fn url_parts(location: &str) -> Result<ShardParts> {
+fn url_parts(location: &str, connection: &Connection) -> Result<ShardParts> {
     let SplitUrl { root, dir, name } = split_url(location)
         .ok_or_else(|| Error::Invalid(format!("{location}: not a shard inside a bucket")))?;
     let root = match root {
-        Some((root, dir_name)) => Some((des_storage::open_location(root)?, dir_name.to_string())),
+        Some((root, dir_name)) => Some((
+            des_storage::open_location_with(root, connection)?,
+            dir_name.to_string(),
+        )),
         None => None,
     };
     Ok(ShardParts {
-        dir_store: des_storage::open_location(dir)?,
+        dir_store: des_storage::open_location_with(dir, connection)?,
         root,
         name: name.to_string(),
     })

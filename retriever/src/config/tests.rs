@@ -440,3 +440,76 @@ fn sizes_and_durations_in_the_shared_grammar() {
             .contains("DES_RETRIEVER_CACHE_BYTES")
     );
 }
+
+#[test]
+fn connection_settings_from_each_source() {
+    use des_storage::units::Dur;
+    let (_dir, f) = config_file(
+        "store = \"/s\"\nauth = \"off\"\nretry_attempts = 2\nretry_deadline = \"1m\"\n\
+         breaker = false\nbreaker_cool_down = 3\ns3_region = \"file-region\"\n",
+    );
+    let s = resolve(
+        &[
+            "--config",
+            &f,
+            "--retry-attempts",
+            "6",
+            "--attempt-timeout",
+            "750ms",
+        ],
+        &[
+            ("DES_RETRIEVER_RETRY_ATTEMPTS", "5"),
+            ("DES_RETRIEVER_RETRY_DEADLINE", "2m"),
+            ("DES_RETRIEVER_BREAKER_FAILURES", "9"),
+            ("DES_RETRIEVER_S3_ENDPOINT", "http://127.0.0.1:3900"),
+        ],
+    )
+    .unwrap();
+    let c = &s.connection;
+    assert_eq!(c.retry_attempts, Some(6), "cli beats env and file");
+    assert_eq!(c.attempt_timeout, Some(Dur(Duration::from_millis(750))));
+    assert_eq!(
+        c.retry_deadline,
+        Some(Dur(Duration::from_secs(120))),
+        "env beats file"
+    );
+    assert_eq!(c.breaker_failures, Some(9));
+    assert_eq!(c.s3_endpoint.as_deref(), Some("http://127.0.0.1:3900"));
+    assert_eq!(c.breaker, Some(false), "file");
+    assert_eq!(
+        c.breaker_cool_down,
+        Some(Dur(Duration::from_secs(3))),
+        "a bare number is seconds"
+    );
+    assert_eq!(c.s3_region.as_deref(), Some("file-region"));
+
+    let on = resolve(
+        &["--store", "/s", "--no-auth"],
+        &[("DES_RETRIEVER_BREAKER", "off")],
+    )
+    .unwrap();
+    assert_eq!(on.connection.breaker, Some(false));
+    let bad = resolve(
+        &["--store", "/s", "--no-auth"],
+        &[("DES_RETRIEVER_BREAKER", "maybe")],
+    );
+    assert!(
+        bad.unwrap_err()
+            .to_string()
+            .contains("DES_RETRIEVER_BREAKER")
+    );
+    // Zero attempts is refused when the store is opened, like a zones file's.
+    let zero = resolve(
+        &[
+            "--store",
+            "s3://bucket/p",
+            "--no-auth",
+            "--retry-attempts",
+            "0",
+        ],
+        &[],
+    )
+    .unwrap();
+    let err = crate::backend::Storage::open(&zero.source, &zero.connection).unwrap_err();
+    assert!(err.to_string().contains("max_attempts"), "{err}");
+}

@@ -97,7 +97,7 @@ pub fn pack(out: &Path, files: &[Spec], n_bits: u8, big_file_threshold: u64) {
     let manifest_path = src.path().join("manifest.jsonl");
     std::fs::write(&manifest_path, manifest).unwrap();
     let opts = des_packer::PackOptions {
-        out: out.display().to_string(),
+        store: des_storage::cli::StoreArgs::at(out.display().to_string()),
         n_bits: Some(n_bits),
         big_file_threshold,
         jobs: 1,

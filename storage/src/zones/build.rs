@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::file::{S3Location, ZoneSettings, ZoneSpec, ZonesFile};
 use super::{Zone, ZoneCounters, Zones};
+use crate::cli::Connection;
 use crate::error::{Error, Result};
 use crate::object::ObjectStore;
 use crate::resilience::{
@@ -21,13 +22,26 @@ impl Zones {
         file: &ZonesFile,
         factory: impl Fn(&S3Location) -> Result<Arc<dyn ObjectStore>>,
     ) -> Result<Self> {
+        Self::build_with(file, &Connection::default(), factory)
+    }
+
+    /// [`Zones::build`], with `connection`'s settings over the file's.
+    pub fn build_with(
+        file: &ZonesFile,
+        connection: &Connection,
+        factory: impl Fn(&S3Location) -> Result<Arc<dyn ObjectStore>>,
+    ) -> Result<Self> {
         file.validate()?;
         let n_bits = u8::try_from(file.n_bits)
             .map_err(|_| Error::Invalid(format!("n_bits {} out of range", file.n_bits)))?;
         let mut zones = file
             .zones
             .iter()
-            .map(|spec| build_zone(spec, &file.settings(spec), &factory))
+            .map(|spec| {
+                let mut settings = file.settings(spec);
+                connection.tune(&mut settings)?;
+                build_zone(spec, &settings, &factory)
+            })
             .collect::<Result<Vec<_>>>()?;
         zones.sort_by_key(|z| z.range.start);
         Ok(Self { n_bits, zones })

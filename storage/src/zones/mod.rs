@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 pub use file::{MAX_N_BITS, MIN_N_BITS, S3Location, ShardRange, ZoneSettings, ZoneSpec, ZonesFile};
-pub(crate) use placement::single_s3_stack;
-pub use placement::{Opened, open, open_placement, open_zones_file, s3_factory};
+pub use placement::{Opened, open};
+pub(crate) use placement::{s3_store, single};
 
 use crate::object::ObjectStore;
 use crate::resilience::CircuitBreaker;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::build::location_stack;
 use super::file::{S3Location, ZoneSettings, ZonesFile};
 use super::{ZoneCounters, Zones};
+use crate::cli::Connection;
 use crate::error::{Error, Result};
 use crate::object::ObjectStore;
 use crate::s3::{S3Config, S3Store};
@@ -54,57 +55,83 @@ impl S3Config {
     }
 }
 
-/// The production backend for a zone location.
-pub fn s3_factory(loc: &S3Location) -> Result<Arc<dyn ObjectStore>> {
-    Ok(Arc::new(S3Store::new(S3Config::from_location(loc)?)?))
-}
-
-/// Reads, validates and builds a zones file over S3.
-pub fn open_zones_file(path: &Path) -> Result<Zones> {
-    let file = ZonesFile::from_path(path)?;
-    Zones::build(&file, s3_factory)
-}
-
 /// A store opened for a tool: the placement every request goes through
-/// (retries and a breaker for each S3 location), and the bare S3 stores
-/// behind it, for the S3-only housekeeping that must not be retried or
-/// counted as traffic (probing conditional writes, aborting stale uploads).
+/// (retries and a breaker for each S3 location), the zones behind it (for
+/// their breakers and counters), and the bare S3 stores, for the S3-only
+/// housekeeping that must not be retried or counted as traffic (probing
+/// conditional writes, aborting stale uploads).
 #[derive(Debug, Clone)]
 pub struct Opened {
     pub placement: Arc<dyn Placement>,
+    /// `Some` when the store is a zones file.
+    pub zones: Option<Arc<Zones>>,
     /// Every S3 location (zone primaries and replicas); clones of the
     /// stores inside `placement`, sharing their clients and probed answers.
     pub s3: Vec<S3Store>,
 }
 
-/// Where a tool's shards live: `--store LOCATION` (a directory, `file://`
-/// or `s3://` URL) or `--zones FILE`, exactly one of them. Every tool opens
-/// its store here, so every tool gets the same resilience.
-pub fn open(store: Option<&str>, zones: Option<&Path>) -> Result<Opened> {
+/// Where a tool's shards live: `store` (a directory, `file://` or `s3://`
+/// URL) or a `zones` file, exactly one of them, reached with `connection`'s
+/// settings. Every tool opens its store here (most through
+/// [`crate::cli::StoreArgs`]), so every tool gets the same resilience.
+pub fn open(store: Option<&str>, zones: Option<&Path>, connection: &Connection) -> Result<Opened> {
     let s3 = std::cell::RefCell::new(Vec::new());
-    let placement = open_placement_with(store, zones, |loc| {
-        let store = S3Store::new(S3Config::from_location(loc)?)?;
+    let factory = |loc: &S3Location| {
+        let store = s3_store(loc, connection)?;
         s3.borrow_mut().push(store.clone());
         Ok(Arc::new(store) as Arc<dyn ObjectStore>)
-    })?;
+    };
+    let (placement, zones): (Arc<dyn Placement>, _) = match (store, zones) {
+        (Some(_), Some(_)) => {
+            return Err(Error::Invalid(
+                "give either a store location or a zones file, not both".into(),
+            ));
+        }
+        (None, None) => {
+            return Err(Error::Invalid(
+                "no store: give a store location or a zones file".into(),
+            ));
+        }
+        (None, Some(path)) => {
+            let zones = Arc::new(Zones::build_with(
+                &ZonesFile::from_path(path)?,
+                connection,
+                factory,
+            )?);
+            (zones.clone(), Some(zones))
+        }
+        (Some(location), None) => (
+            Arc::new(Single(single(location, connection, factory)?)),
+            None,
+        ),
+    };
     Ok(Opened {
         placement,
+        zones,
         s3: s3.into_inner(),
     })
 }
 
-/// [`open`], for callers that need no bare S3 store.
-pub fn open_placement(store: Option<&str>, zones: Option<&Path>) -> Result<Arc<dyn Placement>> {
-    open_placement_with(store, zones, s3_factory)
-}
-
-/// The stack of a single S3 location (`s3://bucket/prefix`, region and
-/// endpoint from the environment) over `backend`: retries and a breaker.
-pub(crate) fn single_s3_stack(
+/// One location: a local directory as it is; an `s3://bucket/prefix` URL's
+/// `factory` store with retries and a breaker, as a zone that sets nothing,
+/// tuned by `connection`.
+pub(crate) fn single(
     location: &str,
-    backend: Arc<dyn ObjectStore>,
+    connection: &Connection,
+    factory: impl Fn(&S3Location) -> Result<Arc<dyn ObjectStore>>,
 ) -> Result<Arc<dyn ObjectStore>> {
-    let settings = ZoneSettings::default_for_single();
+    if !location.starts_with("s3://") {
+        return crate::open_location_raw(location);
+    }
+    let cfg = S3Config::from_url(location)?;
+    let backend = factory(&S3Location {
+        bucket: cfg.bucket,
+        prefix: cfg.prefix,
+        region_name: None,
+        endpoint_url: None,
+    })?;
+    let mut settings = ZoneSettings::default_for_single();
+    connection.tune(&mut settings)?;
     let stack = location_stack(
         "default",
         location,
@@ -115,34 +142,8 @@ pub(crate) fn single_s3_stack(
     Ok(stack.store)
 }
 
-fn open_placement_with(
-    store: Option<&str>,
-    zones: Option<&Path>,
-    factory: impl Fn(&S3Location) -> Result<Arc<dyn ObjectStore>>,
-) -> Result<Arc<dyn Placement>> {
-    match (store, zones) {
-        (Some(_), Some(_)) => Err(Error::Invalid(
-            "give either a store location or a zones file, not both".into(),
-        )),
-        (None, None) => Err(Error::Invalid(
-            "no store: give a store location or a zones file".into(),
-        )),
-        (None, Some(path)) => Ok(Arc::new(Zones::build(
-            &ZonesFile::from_path(path)?,
-            factory,
-        )?)),
-        (Some(location), None) => {
-            if !location.starts_with("s3://") {
-                return Ok(Arc::new(Single(crate::open_location(location)?)));
-            }
-            let cfg = S3Config::from_url(location)?;
-            let backend = factory(&S3Location {
-                bucket: cfg.bucket,
-                prefix: cfg.prefix,
-                region_name: None,
-                endpoint_url: None,
-            })?;
-            Ok(Arc::new(Single(single_s3_stack(location, backend)?)))
-        }
-    }
+/// The production backend for a location, `connection` filling in what
+/// the location does not name.
+pub(crate) fn s3_store(loc: &S3Location, connection: &Connection) -> Result<S3Store> {
+    S3Store::new(S3Config::from_location(&connection.fill(loc.clone()))?)
 }

@@ -389,16 +389,54 @@ async fn zones_place_a_des_store_per_shard_and_each_zone_is_self_describing() {
 }
 
 #[test]
-fn open_placement_needs_exactly_one_source() {
-    let both = open_placement(Some("/tmp/x"), Some(std::path::Path::new("z.yaml")));
+fn open_needs_exactly_one_source() {
+    let none = crate::cli::Connection::default();
+    let both = open(Some("/tmp/x"), Some(std::path::Path::new("z.yaml")), &none);
     assert_eq!(both.unwrap_err().kind(), ErrorKind::Invalid);
     assert_eq!(
-        open_placement(None, None).unwrap_err().kind(),
+        open(None, None, &none).unwrap_err().kind(),
         ErrorKind::Invalid
     );
 }
 
-/// Two zones splitting 16 shards, with these `s3` and `replicas` (flow maps).
+/// The command line's retry and breaker settings win over the file's, for
+/// every zone, and are validated like the file's.
+#[tokio::test]
+async fn connection_settings_override_the_zones_file() {
+    use crate::cli::Connection;
+    use crate::resilience::ScriptedStore;
+    use crate::units::Dur;
+
+    let f = ZonesFile::from_yaml_str(YAML).unwrap();
+    let backends = std::sync::Mutex::new(Vec::new());
+    let factory = |_: &S3Location| {
+        let s = ScriptedStore::new("down");
+        s.set_down(Some(ErrorKind::Unavailable));
+        backends.lock().unwrap().push(s.clone());
+        Ok(Arc::new(s) as Arc<dyn crate::ObjectStore>)
+    };
+    let connection = Connection {
+        retry_attempts: Some(2),
+        retry_deadline: Some(Dur(Duration::from_secs(5))),
+        breaker: Some(false),
+        ..Connection::default()
+    };
+    let built = Zones::build_with(&f, &connection, factory).unwrap();
+    assert!(built.iter().all(|z| z.breakers.is_empty()), "breaker off");
+    // "high" sets max_attempts 7 in the file; the command line's 2 wins.
+    let high = built.get("high").unwrap();
+    assert!(high.store.head("k").await.is_err());
+    let calls = backends.lock().unwrap()[2].total_calls();
+    assert_eq!(calls, 2, "attempts in all");
+
+    let zero = Connection {
+        retry_attempts: Some(0),
+        ..Connection::default()
+    };
+    let err = Zones::build_with(&f, &zero, memory_factory).unwrap_err();
+    assert!(err.to_string().contains("max_attempts"), "{err}");
+}
+
 fn two_zones(a: &str, a_replicas: &str, b: &str, b_replicas: &str) -> String {
     format!(
         "n_bits: 4\nzones:\n  - name: a\n    range: {{start: 0, end: 7}}\n    s3: {a}\n    replicas: [{a_replicas}]\n  - name: b\n    range: {{start: 8, end: 15}}\n    s3: {b}\n    replicas: [{b_replicas}]\n"
