@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Packing throughput: des-pack (--compression none and auto) against
+# Packing throughput and stored size: des-pack (--compression none, auto
+# without dictionaries, auto with trained dictionaries) against
 # `tar -cf -`, `tar -cf - | zstd -3 -T0` and tar + fsync of its archive (the
 # durability des-pack gives) over the same files, in the same
 # run, page cache warm for everyone. Prints a table with ratios to tar.
@@ -54,14 +55,17 @@ run tar+zstd "tar -cf - \"\$dir\" | zstd -3 -T0 -q -o \$parent/out/x.tar.zst"
 # des-pack fsyncs every shard before it reports success; this is tar with the same promise.
 run tar+fsync "tar -cf \$parent/out/x.tar \"\$dir\" && sync \$parent/out/x.tar"
 run des-pack-none "\$pack --dir \"\$dir\" --created-at \$created_at --out \$parent/out/store --compression none --jobs \$jobs -q"
-run des-pack-auto "\$pack --dir \"\$dir\" --created-at \$created_at --out \$parent/out/store --compression auto --jobs \$jobs -q"
+run des-pack-auto "\$pack --dir \"\$dir\" --created-at \$created_at --out \$parent/out/store --compression auto --dict off --jobs \$jobs -q"
+run des-pack-dict "\$pack --dir \"\$dir\" --created-at \$created_at --out \$parent/out/store --compression auto --dict auto --jobs \$jobs -q"
 
 read -r tar_s _ _ <<<"${result[tar]}"
-printf '%-15s %9s %10s %9s %11s %13s %8s %12s\n' tool seconds files/s MB/s peak_RSS_MB out_bytes ratio vs_tar_speed
-for name in tar tar+zstd tar+fsync des-pack-none des-pack-auto; do
+read -r zst_s _ zst_out <<<"${result[tar+zstd]}"
+printf '%-15s %9s %10s %9s %11s %13s %8s %12s %10s %12s\n' tool seconds files/s MB/s peak_RSS_MB out_bytes ratio vs_tar_speed size/zstd speed/zstd
+for name in tar tar+zstd tar+fsync des-pack-none des-pack-auto des-pack-dict; do
     read -r s kb out <<<"${result[$name]}"
-    awk -v n="$name" -v s="$s" -v kb="$kb" -v out="$out" -v f="$files" -v b="$bytes" -v t="$tar_s" 'BEGIN {
-        printf "%-15s %9.2f %10.0f %9.1f %11.1f %13.0f %8.3f %12.2f\n", n, s, f/s, b/s/1e6, kb/1024, out, out/b, t/s
+    awk -v n="$name" -v s="$s" -v kb="$kb" -v out="$out" -v f="$files" -v b="$bytes" -v t="$tar_s" \
+        -v zs="$zst_s" -v zo="$zst_out" 'BEGIN {
+        printf "%-15s %9.2f %10.0f %9.1f %11.1f %13.0f %8.3f %12.2f %10.2f %12.2f\n", n, s, f/s, b/s/1e6, kb/1024, out, out/b, t/s, out/zo, zs/s
     }'
 done
 rm -rf "$parent"

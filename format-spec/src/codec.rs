@@ -12,6 +12,9 @@ pub enum Codec {
     Zstd,
     /// LZ4 frame format (`lz4_flex::frame`), as written by python-lz4's `lz4.frame`.
     Lz4,
+    /// A zstd frame compressed with a shared dictionary (`crate::dict`),
+    /// named in the frame header. Inline entries only.
+    ZstdDict,
 }
 
 impl Codec {
@@ -20,6 +23,7 @@ impl Codec {
             Self::None => 0,
             Self::Zstd => 1,
             Self::Lz4 => 2,
+            Self::ZstdDict => 3,
         }
     }
 
@@ -28,6 +32,7 @@ impl Codec {
             0 => Ok(Self::None),
             1 => Ok(Self::Zstd),
             2 => Ok(Self::Lz4),
+            3 => Ok(Self::ZstdDict),
             other => Err(FormatError::Corrupt(format!("unknown codec {other}"))),
         }
     }
@@ -37,6 +42,7 @@ impl Codec {
             Self::None => "none",
             Self::Zstd => "zstd",
             Self::Lz4 => "lz4",
+            Self::ZstdDict => "zstd-dict",
         }
     }
 }
@@ -148,17 +154,35 @@ pub fn encode<'a>(
     content_type: Option<&str>,
     data: &'a [u8],
 ) -> Result<(Codec, Cow<'a, [u8]>)> {
+    encode_with(policy, name, content_type, data, None)
+}
+
+/// [`encode`], with `dict` in place of plain zstd where the policy says
+/// zstd (the `auto` rules apply as they are).
+pub fn encode_with<'a>(
+    policy: Compression,
+    name: &str,
+    content_type: Option<&str>,
+    data: &'a [u8],
+    dict: Option<&crate::dict::EncoderDict>,
+) -> Result<(Codec, Cow<'a, [u8]>)> {
+    let zstd = |level| match dict {
+        Some(d) if data.len() as u64 <= crate::dict::MAX_DICT_PAYLOAD => {
+            Ok((Codec::ZstdDict, crate::dict::compress(data, d)?))
+        }
+        _ => Ok((Codec::Zstd, zstd_compress(data, level)?)),
+    };
     match policy {
         Compression::None => Ok((Codec::None, Cow::Borrowed(data))),
-        Compression::Zstd { level } => Ok((Codec::Zstd, Cow::Owned(zstd_compress(data, level)?))),
+        Compression::Zstd { level } => zstd(level).map(|(c, p)| (c, Cow::Owned(p))),
         Compression::Lz4 => Ok((Codec::Lz4, Cow::Owned(lz4_compress(data)?))),
         Compression::Auto { zstd_level } => {
             if data.len() < 64 || looks_compressed(name, content_type, data) {
                 return Ok((Codec::None, Cow::Borrowed(data)));
             }
-            let packed = zstd_compress(data, zstd_level)?;
+            let (codec, packed) = zstd(zstd_level)?;
             if worth_it(packed.len() as u64, data.len() as u64) {
-                Ok((Codec::Zstd, Cow::Owned(packed)))
+                Ok((codec, Cow::Owned(packed)))
             } else {
                 Ok((Codec::None, Cow::Borrowed(data)))
             }
@@ -224,6 +248,11 @@ pub fn decode(codec: Codec, stored: &[u8], orig_len: u64) -> Result<Vec<u8>> {
                 .map_err(|e| FormatError::Corrupt(format!("zstd: {e}")))?;
             out
         }
+        Codec::ZstdDict => {
+            return Err(FormatError::Unsupported(
+                "a dictionary entry decodes only with its dictionary".into(),
+            ));
+        }
         Codec::Lz4 => {
             let mut out = Vec::with_capacity(initial_capacity(cap, stored.len()));
             lz4_flex::frame::FrameDecoder::new(stored)
@@ -279,6 +308,11 @@ pub fn decoder<'a, R: Read + 'a>(codec: Codec, r: R) -> Result<Box<dyn Read + 'a
         Codec::None => Box::new(r),
         Codec::Zstd => Box::new(zstd::stream::read::Decoder::new(r)?),
         Codec::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(r)),
+        Codec::ZstdDict => {
+            return Err(FormatError::Unsupported(
+                "dictionary entries are inline; nothing streams them".into(),
+            ));
+        }
     })
 }
 
@@ -295,6 +329,11 @@ impl<W: Write> StreamEncoder<W> {
             Codec::None => Self::None(w),
             Codec::Zstd => Self::Zstd(zstd::stream::write::Encoder::new(w, level)?),
             Codec::Lz4 => Self::Lz4(lz4_flex::frame::FrameEncoder::new(w)),
+            Codec::ZstdDict => {
+                return Err(FormatError::InvalidInput(
+                    "dictionary entries are inline; nothing streams them".into(),
+                ));
+            }
         })
     }
 

@@ -106,7 +106,10 @@ fn read_inline(
 ) -> Result<(LegacyPayload, Codec, u64)> {
     let offset = c.u64().ok_or_else(short)?;
     let len = c.u64().ok_or_else(short)?;
-    let codec = Codec::from_code(c.u8().ok_or_else(short)?)?;
+    let codec = match Codec::from_code(c.u8().ok_or_else(short)?)? {
+        Codec::ZstdDict => return corrupt(format!("{uid:?}: codec 3 in a legacy shard")),
+        codec => codec,
+    };
     let compressed = c.u64().ok_or_else(short)?;
     let orig = c.u64().ok_or_else(short)?;
     if compressed != len {

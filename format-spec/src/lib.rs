@@ -6,6 +6,7 @@
 
 pub mod chunks;
 pub mod codec;
+pub mod dict;
 pub mod digest;
 mod error;
 mod le;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::codec::{self, Codec};
+use crate::dict::DecoderDict;
 use crate::digest::{ContentDigest, DigestAlgorithm};
 use crate::error::{FormatError, Result, corrupt};
 use crate::legacy::{self, LegacyIndex, LegacyPayload};
@@ -157,9 +158,18 @@ impl Located {
 
     /// Checks stored bytes and decodes them; never returns bytes that fail a check.
     pub fn decode(&self, stored: &[u8]) -> Result<Vec<u8>> {
+        self.decode_with(stored, None)
+    }
+
+    /// [`Self::decode`] with the dictionary a codec-3 entry names (SPEC §6.7);
+    /// without it such an entry is an error.
+    pub fn decode_with(&self, stored: &[u8], dict: Option<&DecoderDict>) -> Result<Vec<u8>> {
         self.check_stored(stored)?;
-        let data = codec::decode(self.codec, stored, self.orig_len)
-            .map_err(|e| self.corrupt(e.to_string()))?;
+        let data = match (self.codec, dict) {
+            (Codec::ZstdDict, Some(dict)) => crate::dict::decode(stored, self.orig_len, dict),
+            (codec, _) => codec::decode(codec, stored, self.orig_len),
+        }
+        .map_err(|e| self.corrupt(e.to_string()))?;
         self.check_original(&data)?;
         Ok(data)
     }
@@ -167,8 +177,17 @@ impl Located {
     /// [`Self::decode`] for shared buffers: an entry stored raw is checked in
     /// place and handed back without a copy (the common case when serving).
     pub fn decode_bytes(&self, stored: bytes::Bytes) -> Result<bytes::Bytes> {
+        self.decode_bytes_with(stored, None)
+    }
+
+    /// [`Self::decode_bytes`] with a codec-3 entry's dictionary.
+    pub fn decode_bytes_with(
+        &self,
+        stored: bytes::Bytes,
+        dict: Option<&DecoderDict>,
+    ) -> Result<bytes::Bytes> {
         if self.codec != Codec::None {
-            return self.decode(&stored).map(bytes::Bytes::from);
+            return self.decode_with(&stored, dict).map(bytes::Bytes::from);
         }
         self.check_stored(&stored)?;
         if stored.len() as u64 != self.orig_len {

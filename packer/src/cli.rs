@@ -12,6 +12,7 @@ use des_storage::push::Pushgateway;
 use des_storage::units::{parse_duration, parse_size};
 
 use crate::confine::SourceRoots;
+use crate::dicts::{DictMode, DictSettings};
 use crate::from_s3::{DEFAULT_LISTING_BATCH, FromS3};
 use crate::options::{DEFAULT_BIG_FILE_THRESHOLD, DEFAULT_PLAN_MEMORY, PackOptions};
 use crate::source::Input;
@@ -112,6 +113,23 @@ pub struct Args {
     pub compression: String,
     #[arg(long, default_value_t = des_format::codec::DEFAULT_ZSTD_LEVEL)]
     pub zstd_level: i32,
+    /// Shared zstd dictionaries: auto (train one per common file extension
+    /// from a sample of this run's files, keep it where it beats plain zstd
+    /// by 10 %), off, or a stored dictionary's id (hex) for every
+    /// compressible file
+    #[arg(long, default_value = "auto", value_name = "auto|off|ID")]
+    pub dict: DictMode,
+    /// Largest dictionary trained
+    #[arg(long, default_value = "256K", value_name = "SIZE", value_parser = parse_size)]
+    pub dict_size: u64,
+    /// Bytes of sampled files a dictionary is trained on (read again before
+    /// packing; one extension's held in memory at a time)
+    #[arg(long, default_value = "16M", value_name = "SIZE", value_parser = parse_size)]
+    pub dict_sample: u64,
+    /// Reuse an extension's latest dictionary (from any run) while it is
+    /// younger than this; 0 retrains every run
+    #[arg(long, default_value = "24h", value_name = "DURATION", value_parser = parse_duration)]
+    pub dict_max_age: Duration,
     /// Files larger than this are stored as separate objects
     #[arg(long, value_name = "SIZE", default_value_t = DEFAULT_BIG_FILE_THRESHOLD, value_parser = parse_size)]
     pub big_file_threshold: u64,
@@ -255,6 +273,13 @@ impl Args {
             n_bits: self.n_bits,
             fips: self.fips,
             compression: Compression::parse(&self.compression, self.zstd_level)?,
+            dict: DictSettings {
+                mode: self.dict,
+                size: usize::try_from(self.dict_size)?,
+                sample_bytes: self.dict_sample,
+                max_age: self.dict_max_age,
+                ..DictSettings::default()
+            },
             big_file_threshold: self.big_file_threshold,
             jobs: self.jobs.max(1),
             plan_memory: usize::try_from(self.plan_memory)?,

@@ -1164,15 +1164,10 @@ fn check_stored(
             .decode(&[])
             .map(drop)
             .map_err(|e| Stored::Bad(e.to_string())),
-        Some(_) if located.stored_len <= MAX_BUFFERED && located.orig_len <= MAX_BUFFERED => {
-            let stored = handle
-                .block_on(ingest.store.read_stored(loaded, located))
-                .map_err(shard_err)?;
-            located
-                .decode(&stored)
-                .map(drop)
-                .map_err(|e| Stored::Bad(e.to_string()))
-        }
+        Some(_) if located.stored_len <= MAX_BUFFERED && located.orig_len <= MAX_BUFFERED => handle
+            .block_on(ingest.store.read_file(loaded, located))
+            .map(drop)
+            .map_err(shard_err),
         Some(range) => {
             let objects = ingest
                 .store

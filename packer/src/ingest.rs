@@ -19,6 +19,7 @@ use des_storage::protocol::{BigRef, DeletionGuard};
 use des_storage::{DesStore, ErrorKind, ObjectStore, PutOptions};
 use tokio::runtime::Handle;
 
+use crate::dicts::Dictionaries;
 use crate::options::{PackOptions, UPLOAD_CHUNK};
 use crate::reader::{OpenSource, SourceStores};
 use crate::report::{FailureKind, FileError};
@@ -63,6 +64,8 @@ pub struct Ingest<'a> {
     pub deletions: &'a DeletionGuard,
     /// This run's name on the big-file refs it writes.
     pub holder: &'a str,
+    /// Shared zstd dictionaries (trained in this run, or `--dict ID`).
+    pub dicts: &'a Dictionaries,
 }
 
 /// Streams `r`, returning its digest and its chunk table (per-chunk CRC32C,
@@ -116,6 +119,21 @@ impl Ingest<'_> {
         self.sources.open(&rec.source, self.handle)
     }
 
+    /// The whole file if it has at most `max` bytes (a dictionary sample);
+    /// `None` if it is larger or cannot be read (it fails later, if at all).
+    pub fn read_small(&self, rec: &FileRecord, max: usize) -> Option<Vec<u8>> {
+        let src = self.open(rec).ok()?;
+        if src.len > max as u64 {
+            return None;
+        }
+        let mut data = Vec::with_capacity(usize::try_from(src.len).ok()?);
+        src.reader
+            .take(max as u64 + 1)
+            .read_to_end(&mut data)
+            .ok()?;
+        (data.len() <= max).then_some(data)
+    }
+
     /// Digest of the file's current content (to compare with an existing entry).
     pub fn digest_of(&self, rec: &FileRecord) -> Result<ContentDigest, FileError> {
         let src = self.open(rec)?;
@@ -146,18 +164,16 @@ impl Ingest<'_> {
             return self.prepare_big(rec, objects, self.open(rec)?);
         }
         let digest = self.alg().digest(&data);
-        let (codec, stored) = codec::encode(
-            self.opts.compression,
-            &rec.uid,
-            rec.content_type.as_deref(),
-            &data,
-        )
-        .map_err(|e| {
-            FileError::new(
-                FailureKind::Unsupported,
-                format!("compressing {}: {e}", rec.uid),
-            )
-        })?;
+        let ct = rec.content_type.as_deref();
+        let dict = self.dicts.for_file(&rec.uid, ct, data.len());
+        let (codec, stored) =
+            codec::encode_with(self.opts.compression, &rec.uid, ct, &data, dict.as_deref())
+                .map_err(|e| {
+                    FileError::new(
+                        FailureKind::Unsupported,
+                        format!("compressing {}: {e}", rec.uid),
+                    )
+                })?;
         let entry = new_entry(rec, codec, data.len() as u64, digest);
         // Kept raw, `stored` borrows `data`: hand the buffer over instead of copying it.
         let stored = match stored {

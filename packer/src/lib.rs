@@ -5,6 +5,7 @@
 pub mod build;
 pub mod cli;
 pub mod confine;
+pub mod dicts;
 pub mod error;
 pub mod from_s3;
 pub mod ingest;

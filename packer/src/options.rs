@@ -6,6 +6,7 @@ use std::time::Duration;
 use des_format::{Compression, DigestAlgorithm};
 
 use crate::confine::SourceRoots;
+use crate::dicts::DictSettings;
 
 pub const DEFAULT_BIG_FILE_THRESHOLD: u64 = 10 << 20;
 /// 4 on 2 cores packs the Rust docs ≈ 17 % faster than 2 (docs/BENCHMARKS.md §1):
@@ -51,6 +52,8 @@ pub struct PackOptions {
     /// How long a reference to an existing big file protects it from
     /// clean-up (`des_storage::protocol::bigrefs`); renewed at half.
     pub big_ref_ttl: Duration,
+    /// Shared zstd dictionaries (`--dict`, `--dict-size`, `--dict-sample`).
+    pub dict: DictSettings,
     /// `--source-root`: when not empty, only sources inside these
     /// directories / S3 prefixes are read; others fail per file.
     pub source_roots: SourceRoots,
@@ -73,11 +76,33 @@ impl Default for PackOptions {
             conflict_retries: 5,
             big_ref_ttl: des_storage::protocol::big_ref_ttl(),
             source_roots: SourceRoots::default(),
+            dict: DictSettings::default(),
         }
     }
 }
 
 impl PackOptions {
+    /// The zstd level the policy compresses at (dictionaries are prepared
+    /// for it).
+    pub fn zstd_level(&self) -> i32 {
+        match self.compression {
+            Compression::Auto { zstd_level } => zstd_level,
+            Compression::Zstd { level } => level,
+            Compression::Lz4 | Compression::None => des_format::codec::DEFAULT_ZSTD_LEVEL,
+        }
+    }
+
+    /// `dict`, off where the policy never uses zstd.
+    pub fn dict_settings(&self) -> DictSettings {
+        match self.compression {
+            Compression::Lz4 | Compression::None => DictSettings {
+                mode: crate::dicts::DictMode::Off,
+                ..self.dict
+            },
+            _ => self.dict,
+        }
+    }
+
     pub fn digest(&self) -> Option<DigestAlgorithm> {
         self.fips.then_some(DigestAlgorithm::Sha256)
     }

@@ -161,6 +161,8 @@ pub struct PackReport {
     /// `--from-s3` runs only: the listing, its checkpoint, deleted originals.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from_s3: Option<crate::from_s3::FromS3Stats>,
+    /// Dictionaries trained in this run (`--dict auto`), kept or not.
+    pub dictionaries: Vec<crate::dicts::TrainedDict>,
 }
 
 pub const MAX_REPORTED_FAILURES: usize = 10_000;

@@ -13,6 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::runtime::Handle;
 
 use crate::build::{GroupResult, build_group};
+use crate::dicts::{Dictionaries, MAX_DICT_FILE, Sampler};
 use crate::ingest::Ingest;
 use crate::options::PackOptions;
 use crate::plan::{PlanConfig, PlanIter, Planner, ShardGroup};
@@ -78,6 +79,8 @@ pub fn pack_into(
         .block_on(DeletionGuard::load(&store))
         .context("reading the tombstone log")?;
     let holder = holder_id();
+    let dicts = Dictionaries::new(opts.dict_settings(), opts.zstd_level(), &store, handle)
+        .with_context(|| format!("loading the dictionary of {:?}", opts.dict.mode))?;
     let ingest = Ingest {
         store: &store,
         handle,
@@ -85,6 +88,7 @@ pub fn pack_into(
         sources: &sources,
         deletions: &deletions,
         holder: &holder,
+        dicts: &dicts,
     };
     match input {
         // A listing is packed in batches, each one a plan and build like
@@ -96,6 +100,7 @@ pub fn pack_into(
             read_input(input, sink)
         })?,
     }
+    report.dictionaries = dicts.trained();
     report.shards.sort_by(|a, b| a.key.cmp(&b.key));
     report.elapsed_seconds = started.elapsed().as_secs_f64();
     Ok(report)
@@ -112,7 +117,21 @@ pub(crate) fn pack_batch<T: Send>(
     read: impl FnOnce(Sink<'_>) -> Result<T> + Send,
 ) -> Result<T> {
     let seen_before = report.files_seen;
-    let (plan, read) = plan_input(read, ingest.opts, ingest.store, spill_dir, report)?;
+    let mut sampler = ingest.dicts.sampler();
+    let (plan, read) = plan_input(
+        read,
+        ingest.opts,
+        ingest.store,
+        spill_dir,
+        report,
+        sampler.as_mut(),
+    )?;
+    if let Some(sampler) = sampler {
+        let read = |rec: &FileRecord| ingest.read_small(rec, MAX_DICT_FILE);
+        ingest
+            .dicts
+            .train_from(sampler, read, ingest.store, ingest.handle);
+    }
     let bar = progress_bar(progress, report.files_seen - seen_before);
     run_groups(ingest, plan, &bar, report)?;
     bar.finish_and_clear();
@@ -136,6 +155,7 @@ fn plan_input<T: Send>(
     store: &DesStore,
     spill_dir: &Path,
     report: &mut PackReport,
+    sampler: Option<&mut Sampler>,
 ) -> Result<(PlanIter, T)> {
     let mut planner = Planner::new(PlanConfig {
         n_bits: store.n_bits(),
@@ -146,7 +166,7 @@ fn plan_input<T: Send>(
     let (tx, rx) = mpsc::sync_channel::<Batch>(4);
     let (read, planned) = std::thread::scope(|s| {
         let reader = s.spawn(move || read_batches(read, &tx));
-        let planned = plan_batches(&mut planner, rx, report);
+        let planned = plan_batches(&mut planner, rx, report, sampler);
         // If planning failed, `rx` is gone and the reader stops at its next batch.
         let read = reader
             .join()
@@ -187,11 +207,19 @@ fn read_batches<T>(
     Ok(read)
 }
 
-fn plan_batches(planner: &mut Planner, rx: Receiver<Batch>, report: &mut PackReport) -> Result<()> {
+fn plan_batches(
+    planner: &mut Planner,
+    rx: Receiver<Batch>,
+    report: &mut PackReport,
+    mut sampler: Option<&mut Sampler>,
+) -> Result<()> {
     for r in rx.into_iter().flatten() {
         match r {
             Err(f) => report.fail(f.into()),
             Ok(rec) => {
+                if let Some(s) = sampler.as_deref_mut() {
+                    s.observe(&rec);
+                }
                 if let Err(f) = planner.push(rec)? {
                     report.fail(f.into());
                 }

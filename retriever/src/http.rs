@@ -384,9 +384,12 @@ pub async fn metrics_public(
 /// Prometheus text exposition.
 pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let r = &state.retriever;
+    let dicts = r.store().dict_cache();
     let sizes = CacheSizes {
         index: r.cache_bytes().await,
         payload: r.payload_cache_bytes(),
+        dictionaries: dicts.bytes(),
+        dictionary_loads: dicts.loads(),
     };
     let text = r
         .metrics()

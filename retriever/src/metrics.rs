@@ -24,6 +24,9 @@ pub struct MetricsError(#[from] prometheus::Error);
 pub struct CacheSizes {
     pub index: u64,
     pub payload: u64,
+    /// Shared zstd dictionaries held, and read from storage so far.
+    pub dictionaries: u64,
+    pub dictionary_loads: u64,
 }
 
 #[derive(Debug)]
@@ -37,6 +40,8 @@ pub struct Metrics {
     pub cache_misses: IntCounter,
     pub cache_evictions: IntCounterVec,
     pub payload_cache_bytes: IntGauge,
+    pub dictionary_cache_bytes: IntGauge,
+    pub dictionary_loads: IntCounter,
     pub payload_cache_hits: IntCounter,
     pub payload_cache_misses: IntCounter,
     pub breaker_state: IntGaugeVec,
@@ -106,6 +111,16 @@ impl Metrics {
             "Bytes held by the hot payload cache (decoded small files).",
         )?;
         r.register(Box::new(payload_cache_bytes.clone()))?;
+        let dictionary_cache_bytes = IntGauge::new(
+            "des_dictionary_cache_bytes",
+            "Bytes held by loaded shared zstd dictionaries (prepared for decoding).",
+        )?;
+        r.register(Box::new(dictionary_cache_bytes.clone()))?;
+        let dictionary_loads = IntCounter::new(
+            "des_dictionary_loads_total",
+            "Shared zstd dictionaries read from storage and verified (cache misses).",
+        )?;
+        r.register(Box::new(dictionary_loads.clone()))?;
         let breaker_state = IntGaugeVec::new(
             Opts::new(
                 "des_circuit_breaker_state",
@@ -182,6 +197,8 @@ impl Metrics {
                 &["cause"],
             )?,
             payload_cache_bytes,
+            dictionary_cache_bytes,
+            dictionary_loads,
             payload_cache_hits: counter(
                 &r,
                 "des_payload_cache_hits_total",
@@ -243,6 +260,14 @@ impl Metrics {
         let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         self.cache_bytes.set(gauge(sizes.index));
         self.payload_cache_bytes.set(gauge(sizes.payload));
+        self.dictionary_cache_bytes.set(gauge(sizes.dictionaries));
+        {
+            // Scrapes may overlap; the counter only moves forward.
+            let _guard = self.sync.lock().unwrap_or_else(|p| p.into_inner());
+            let seen = self.dictionary_loads.get();
+            self.dictionary_loads
+                .inc_by(sizes.dictionary_loads.saturating_sub(seen));
+        }
         if let Some(zones) = zones {
             self.copy_zones(zones);
         }
@@ -379,6 +404,8 @@ mod tests {
         let sizes = CacheSizes {
             index: 1234,
             payload: 567,
+            dictionaries: 89,
+            dictionary_loads: 2,
         };
         let text = m.render(sizes, None).unwrap();
         for name in [
@@ -390,6 +417,8 @@ mod tests {
             "des_index_cache_misses_total 1",
             "des_index_cache_evictions_total{cause=\"size\"} 1",
             "des_payload_cache_bytes 567",
+            "des_dictionary_cache_bytes 89",
+            "des_dictionary_loads_total 2",
             "des_payload_cache_hits_total 1",
             "des_payload_cache_misses_total 1",
             "des_corruption_detected_total 1",

@@ -12,10 +12,6 @@ use des_storage::{ByteRange, DesStore, Error, GetOptions, GetResult};
 
 use crate::lookup::Hit;
 
-/// Inline payloads above this are decoded on the blocking pool, so a large
-/// zstd entry does not stall the other requests of an HTTP worker.
-const DECODE_INLINE_MAX: usize = 256 * 1024;
-
 /// Bytes a chunked read must save over reading the whole object to be
 /// worth its extra request: two of the packer's 1 MiB chunks.
 const WORTH_A_TABLE: u64 = 2 << 20;
@@ -52,7 +48,8 @@ pub struct External {
 pub async fn open(store: &DesStore, hit: &Hit) -> Result<Payload, Error> {
     let Some(key) = external_key(&hit.loaded.key, &hit.located) else {
         let stored = store.read_stored(&hit.loaded, &hit.located).await?;
-        return decode(&hit.loaded.key, &hit.located, stored)
+        return store
+            .decode_entry(&hit.loaded.key, &hit.located, stored)
             .await
             .map(Payload::Inline);
     };
@@ -108,21 +105,4 @@ pub async fn open_window(
             }
         },
     )
-}
-
-async fn decode(shard_key: &str, located: &Located, stored: Bytes) -> Result<Bytes, Error> {
-    if stored.len() <= DECODE_INLINE_MAX {
-        return located
-            .decode_bytes(stored)
-            .map_err(|e| Error::format(shard_key, e));
-    }
-    let located = located.clone();
-    let key = shard_key.to_string();
-    tokio::task::spawn_blocking(move || {
-        located
-            .decode_bytes(stored)
-            .map_err(|e| Error::format(&key, e))
-    })
-    .await
-    .map_err(|e| Error::other("decode task failed", e))?
 }

@@ -27,6 +27,8 @@ use crate::tombstones::{APPLIED_PREFIX, LOG_PREFIX};
 pub const CONFIG_KEY: &str = "_des/store.json";
 pub const SHARD_EXT: &str = ".des";
 pub const BIG_PREFIX: &str = "_big/";
+/// Shared zstd dictionaries (SPEC §6.7), written once, never deleted.
+pub const DICTS_PREFIX: &str = "_dicts/";
 /// `_big/<hex>` + this is the big file's chunk table.
 pub const CHUNKS_SUFFIX: &str = des_format::chunks::TABLE_SUFFIX;
 pub const HOLDS_PREFIX: &str = "_legal_holds/";

@@ -167,7 +167,10 @@ impl<'a> IndexView<'a> {
                 ));
             }
             prev = Some(e.uid);
-            Codec::from_code(e.codec_flags() & 0x0F)?;
+            let codec = Codec::from_code(e.codec_flags() & 0x0F)?;
+            if codec == Codec::ZstdDict && e.is_external() {
+                return corrupt(format!("external entry {:?} names a dictionary", e.uid));
+            }
             // Not `flags()`: that hides the bits the in-memory form uses.
             let flags = e.codec_flags() >> 4;
             if flags & !KNOWN_FLAGS != 0 {

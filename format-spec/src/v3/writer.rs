@@ -227,6 +227,12 @@ impl<W: Write> ShardWriter<W> {
 
     /// Adds an entry whose payload was stored as its own object.
     pub fn add_external(&mut self, e: NewEntry, stored_len: u64, crc32c: u32) -> Result<()> {
+        if e.codec == Codec::ZstdDict {
+            return Err(FormatError::InvalidInput(format!(
+                "{:?}: dictionary entries are inline only",
+                e.uid
+            )));
+        }
         self.admit(&e, 0)?;
         if stored_len > MAX_U40 {
             return invalid(format!("{:?} is larger than 1 TiB", e.uid));

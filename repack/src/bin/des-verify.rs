@@ -63,8 +63,8 @@ impl From<LayoutArg> for Layout {
 #[derive(Debug, Parser)]
 #[command(name = "des-verify", version, after_help = des_storage::units::after_help(EXIT_CODES))]
 struct Cli {
-    /// Shard file or store root (or --store, DES_STORE; or --zones: every zone).
-    #[arg(conflicts_with_all = ["store", "zones"])]
+    /// Shard file or store root (or --store, DES_STORE; or --zones: every
+    /// zone). Given, it wins over DES_STORE.
     path: Option<String>,
     #[command(flatten)]
     store: StoreArgs,
@@ -165,7 +165,9 @@ async fn verify(cli: &Cli) -> Result<u8> {
         cli.path.as_ref().or(cli.store.store.as_ref()),
         &cli.store.zones,
     ) {
-        (Some(_), Some(_)) => anyhow::bail!("give either a PATH (or DES_STORE) or --zones"),
+        (Some(_), Some(_)) => {
+            anyhow::bail!("give either a PATH (or --store, DES_STORE) or --zones")
+        }
         (Some(path), None) => {
             open::open(path, cli.layout.map(Layout::from), cli.n_bits, connection)
                 .await

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use des_format::shard::{AnyIndex, Located};
 use des_format::v3::{self, EntryRef, ShardIdent, ShardWriter, Trailer};
-use des_format::{Compression, ContentDigest, Timestamp, codec};
+use des_format::{Codec, Compression, ContentDigest, Timestamp, codec};
 use des_storage::bridge::{BlockingStreamReader, SyncObjectWriter};
 use des_storage::keys::ShardKey;
 use des_storage::protocol::{PublishError, RepackJournal, ShardPublish, journal};
@@ -218,7 +218,11 @@ fn copy_live<W: std::io::Write>(
             std::io::copy(&mut r.take(gap), &mut std::io::sink())
                 .map_err(|err| RepackError::shard(key, format!("reading: {err}")))?;
             match input.recompress {
-                Some(policy) if e.stored_len() <= MAX_RECOMPRESS => {
+                // Dictionary entries stay as they are: re-encoding them
+                // would need their dictionary, and they are already small.
+                Some(policy)
+                    if e.stored_len() <= MAX_RECOMPRESS && e.codec() != Codec::ZstdDict =>
+                {
                     recompress(key, &e, policy, input.store.digest(), r, w)?;
                     exp.stored = None;
                 }

@@ -37,12 +37,15 @@ pub async fn check_entry(
                 .read_stored(loaded, located)
                 .await
                 .map_err(shard_read_error)?;
-            let located = located.clone();
-            let decoded = tokio::task::spawn_blocking(move || located.decode(&stored).map(drop))
-                .await
-                .map_err(|e| EntryFailure::Io(Error::other("decode task failed", e)))?;
-            // `decode` only fails on bad bytes: length, CRC, codec or digest.
-            decoded.map_err(|e| EntryFailure::Corrupt(e.to_string()))
+            // Fails as corrupt on bad bytes (length, CRC, codec, digest) and
+            // on a missing or damaged dictionary; otherwise it is I/O.
+            match store.decode_entry(&loaded.key, located, stored).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == ErrorKind::Corrupt => {
+                    Err(EntryFailure::Corrupt(e.to_string()))
+                }
+                Err(e) => Err(EntryFailure::Io(e)),
+            }
         }
         Some(range) => {
             let etag = loaded.object.etag.clone();

@@ -80,6 +80,14 @@ pub fn text(len: usize) -> Vec<u8> {
 /// Packs `files` into the store at `out` with the real packer (a separate
 /// runtime on its own thread, since `pack` blocks).
 pub fn pack(out: &Path, files: &[Spec], n_bits: u8, big_file_threshold: u64) {
+    pack_with(out, files, |o| {
+        o.n_bits = Some(n_bits);
+        o.big_file_threshold = big_file_threshold;
+    });
+}
+
+/// [`pack`] with options set by `tweak` (one job, into `out`, by default).
+pub fn pack_with(out: &Path, files: &[Spec], tweak: impl FnOnce(&mut des_packer::PackOptions)) {
     let src = tempfile::tempdir().unwrap();
     let mut manifest = String::new();
     for (i, f) in files.iter().enumerate() {
@@ -96,13 +104,12 @@ pub fn pack(out: &Path, files: &[Spec], n_bits: u8, big_file_threshold: u64) {
     }
     let manifest_path = src.path().join("manifest.jsonl");
     std::fs::write(&manifest_path, manifest).unwrap();
-    let opts = des_packer::PackOptions {
+    let mut opts = des_packer::PackOptions {
         store: des_storage::cli::StoreArgs::at(out.display().to_string()),
-        n_bits: Some(n_bits),
-        big_file_threshold,
         jobs: 1,
         ..Default::default()
     };
+    tweak(&mut opts);
     let report = std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().unwrap();
         des_packer::pack(

@@ -2,6 +2,7 @@
 //! key layout, and shard index / file reads that count their requests.
 
 mod auto;
+mod dicts;
 mod index;
 mod placement;
 mod read;
@@ -19,6 +20,7 @@ use crate::object::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions
 pub use auto::{
     LEGACY_MARKER_KEY, LEGACY_RECHECK, LegacyMarker, legacy_prefix, v3_key_of_legacy_part,
 };
+pub use dicts::{DEFAULT_DICT_CACHE_BYTES, DictCache, LatestDict, dict_key};
 pub use index::LoadedIndex;
 pub use placement::{Placement, Single, shard_index_of_key};
 pub use read::{external_key, verify_stream};
@@ -73,6 +75,8 @@ pub struct DesStore {
     suffix_len: u64,
     /// Set by [`DesStore::open_auto`]: lookups also search legacy parts.
     legacy: Option<Arc<auto::LegacyFallback>>,
+    /// Shared by clones: dictionaries are loaded once per handle.
+    dicts: Arc<DictCache>,
 }
 
 impl DesStore {
@@ -116,6 +120,7 @@ impl DesStore {
             digest: DigestAlgorithm::Sha256,
             suffix_len: DEFAULT_SUFFIX_LEN,
             legacy: None,
+            dicts: Arc::default(),
         })
     }
 
@@ -238,7 +243,18 @@ impl DesStore {
             digest,
             suffix_len: DEFAULT_SUFFIX_LEN,
             legacy: None,
+            dicts: Arc::default(),
         })
+    }
+
+    /// The dictionary cache, bounded at `bytes`.
+    pub fn with_dict_cache_bytes(mut self, bytes: u64) -> Self {
+        self.dicts = Arc::new(DictCache::new(bytes));
+        self
+    }
+
+    pub fn dict_cache(&self) -> &DictCache {
+        &self.dicts
     }
 
     pub fn with_suffix_len(mut self, n: u64) -> Self {

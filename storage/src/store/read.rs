@@ -29,10 +29,6 @@ pub fn external_key(shard_key: &str, located: &Located) -> Option<String> {
     }
 }
 
-fn entry_error(key: &str, e: des_format::FormatError) -> Error {
-    Error::format(key, e)
-}
-
 impl DesStore {
     /// The stored (possibly compressed) bytes of one entry: one range read of
     /// the shard version the index came from, or one read of the external object.
@@ -58,13 +54,8 @@ impl DesStore {
     /// [`verify_stream`] or a streaming read instead).
     pub async fn read_file(&self, loaded: &LoadedIndex, located: &Located) -> Result<Vec<u8>> {
         let stored = self.read_stored(loaded, located).await?;
-        let located = located.clone();
-        let key = loaded.key.clone();
-        tokio::task::spawn_blocking(move || {
-            located.decode(&stored).map_err(|e| entry_error(&key, e))
-        })
-        .await
-        .map_err(|e| Error::other("decode task failed", e))?
+        let data = self.decode_entry(&loaded.key, located, stored).await?;
+        Ok(data.into())
     }
 
     /// Finds `uid` in the shard it routes to. Legacy stores may hold several

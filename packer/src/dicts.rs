@@ -1,0 +1,429 @@
+//! Dictionaries trained while packing (`--dict auto`, SPEC §6.7).
+//!
+//! While a run (or a listing's batch) is planned, a [`Sampler`] keeps a
+//! fixed-seed reservoir of records per content class (the file name's
+//! extension, else the content type). Before any shard is built, the most
+//! common classes are trained on up to `sample_bytes` of their sampled
+//! files each, and a dictionary is kept only if it pays: files held back
+//! from training must shrink by at least a tenth more than with plain zstd.
+//! A kept dictionary is written to the store before any file is compressed
+//! with it, so no shard is ever published before its dictionary. Every run
+//! trains anew, so content that drifts gets new dictionaries; old ones
+//! stay, as entries may use them.
+//!
+//! Memory: reservoirs of at most `RESERVOIR` records for at most
+//! `MAX_SAMPLED_CLASSES` classes, then `sample_bytes` of one class at a
+//! time while it trains; none of it grows with the input.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use des_format::dict::{self, EncoderDict};
+use des_format::{Compression, DigestAlgorithm};
+use des_storage::DesStore;
+use des_storage::store::LatestDict;
+
+use crate::source::FileRecord;
+use serde::Serialize;
+use tokio::runtime::Handle;
+
+/// `--dict`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DictMode {
+    /// Train per class, use where it pays.
+    #[default]
+    Auto,
+    Off,
+    /// Use this stored dictionary for every compressible file.
+    Id(u32),
+}
+
+impl FromStr for DictMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "off" => Ok(Self::Off),
+            id => u32::from_str_radix(id.trim_start_matches("0x"), 16)
+                .map(Self::Id)
+                .map_err(|_| format!("{s:?}: expected auto, off or a dictionary id (hex)")),
+        }
+    }
+}
+
+/// Dictionary settings of a pack run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DictSettings {
+    pub mode: DictMode,
+    /// Largest dictionary trained (bytes).
+    pub size: usize,
+    /// Sampled bytes per class before training.
+    pub sample_bytes: u64,
+    /// Classes trained per run (the most common ones).
+    pub max_classes: usize,
+    /// A class's latest dictionary younger than this is reused, not retrained.
+    pub max_age: std::time::Duration,
+}
+
+impl Default for DictSettings {
+    fn default() -> Self {
+        Self {
+            mode: DictMode::Auto,
+            size: 256 << 10,
+            sample_bytes: 16 << 20,
+            max_classes: 8,
+            max_age: std::time::Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Files larger than this are neither samples nor compressed with a
+/// dictionary: a dictionary's history matters little past the first
+/// hundred kilobytes.
+pub const MAX_DICT_FILE: usize = 256 << 10;
+/// Fewer files than this train no useful dictionary.
+const MIN_SAMPLES: usize = 64;
+/// One sample in this many is held back to measure the gain.
+const HOLD_OUT: usize = 8;
+
+/// A trained dictionary, as the JSON report shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TrainedDict {
+    pub class: String,
+    /// `None`: trained but not kept (it did not pay), or not storable.
+    pub id: Option<String>,
+    pub bytes: usize,
+    pub samples: usize,
+    /// Held-back files' stored size with the dictionary / with plain zstd.
+    pub ratio_to_plain: f64,
+    /// Taken from an earlier run (trained less than `--dict-max-age` ago).
+    pub reused: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Records kept per class while planning; enough to find `sample_bytes`
+/// of usable files among them.
+const RESERVOIR: usize = 1024;
+/// Classes counted and sampled while planning (the first seen); the most
+/// common `max_classes` of them are trained.
+const MAX_SAMPLED_CLASSES: usize = 16;
+
+/// Reservoirs of planned records per content class (Algorithm R, fixed
+/// seed: the same input samples the same files).
+#[derive(Debug)]
+pub struct Sampler {
+    classes: HashMap<String, Reservoir>,
+    rng: u64,
+}
+
+#[derive(Debug, Default)]
+struct Reservoir {
+    seen: u64,
+    kept: Vec<FileRecord>,
+}
+
+impl Default for Sampler {
+    fn default() -> Self {
+        Self {
+            classes: HashMap::new(),
+            rng: 0x9E37_79B9_7F4A_7C15,
+        }
+    }
+}
+
+impl Sampler {
+    pub fn observe(&mut self, rec: &FileRecord) {
+        if rec.size_hint.is_some_and(|n| n as usize > MAX_DICT_FILE) {
+            return;
+        }
+        let class = class_of(&rec.uid, rec.content_type.as_deref());
+        if !self.classes.contains_key(&class) && self.classes.len() >= MAX_SAMPLED_CLASSES {
+            return;
+        }
+        // xorshift64*: cheap, and no dependency on the run's thread timing.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let draw = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        let r = self.classes.entry(class).or_default();
+        r.seen += 1;
+        if r.kept.len() < RESERVOIR {
+            r.kept.push(rec.clone());
+        } else if let Some(slot) = r.kept.get_mut((draw % r.seen) as usize) {
+            *slot = rec.clone();
+        }
+    }
+
+    /// Classes by how many records were seen, most first, each with at
+    /// most an eighth of its files: training and the second read of the
+    /// samples stay a small part of the run.
+    fn by_count(self) -> Vec<(String, Vec<FileRecord>)> {
+        let mut v: Vec<_> = self.classes.into_iter().collect();
+        v.sort_by(|a, b| b.1.seen.cmp(&a.1.seen).then_with(|| a.0.cmp(&b.0)));
+        v.into_iter()
+            .map(|(c, mut r)| {
+                r.kept
+                    .truncate(usize::try_from(r.seen / 8).unwrap_or(usize::MAX));
+                (c, r.kept)
+            })
+            .collect()
+    }
+}
+
+pub struct Dictionaries {
+    settings: DictSettings,
+    level: i32,
+    alg: DigestAlgorithm,
+    fixed: Option<Arc<EncoderDict>>,
+    /// Trained classes: `None` where no dictionary paid.
+    classes: Mutex<HashMap<String, Option<Arc<EncoderDict>>>>,
+    trained: Mutex<Vec<TrainedDict>>,
+}
+
+impl Dictionaries {
+    /// For a run compressing at zstd `level` into `store`; `--dict ID`
+    /// loads (and verifies) that dictionary now.
+    pub fn new(
+        settings: DictSettings,
+        level: i32,
+        store: &DesStore,
+        handle: &Handle,
+    ) -> des_storage::Result<Self> {
+        let fixed = match settings.mode {
+            DictMode::Id(id) => {
+                let dict = handle.block_on(store.stored_dictionary(id))?;
+                let encoder = dict.encoder(level).map_err(|e| {
+                    des_storage::Error::format(&des_storage::store::dict_key(id), e)
+                })?;
+                Some(Arc::new(encoder))
+            }
+            _ => None,
+        };
+        Ok(Self {
+            settings,
+            level,
+            alg: store.digest(),
+            fixed,
+            classes: Mutex::default(),
+            trained: Mutex::default(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Option<Arc<EncoderDict>>>> {
+        self.classes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What was trained so far, for the report.
+    pub fn trained(&self) -> Vec<TrainedDict> {
+        self.trained
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A sampler for the next plan, if this run trains dictionaries.
+    pub fn sampler(&self) -> Option<Sampler> {
+        (self.settings.mode == DictMode::Auto).then(Sampler::default)
+    }
+
+    /// Trains the most common sampled classes not trained yet, reading
+    /// their files with `read` (`None`: unreadable, skipped), and stores
+    /// each dictionary that pays.
+    pub fn train_from(
+        &self,
+        sampler: Sampler,
+        read: impl Fn(&FileRecord) -> Option<Vec<u8>>,
+        store: &DesStore,
+        handle: &Handle,
+    ) {
+        let mut budget = self.settings.max_classes.saturating_sub(self.lock().len());
+        for (class, records) in sampler.by_count() {
+            if budget == 0 {
+                break;
+            }
+            if self.lock().contains_key(&class) {
+                continue;
+            }
+            if let Some((dict, report)) = self.recent(&class, store, handle) {
+                budget -= 1;
+                self.record(class, Some(dict), report);
+                continue;
+            }
+            let mut samples = Vec::new();
+            let mut bytes = 0u64;
+            for rec in &records {
+                if bytes >= self.settings.sample_bytes {
+                    break;
+                }
+                let Some(data) = read(rec) else { continue };
+                let usable = (64..=MAX_DICT_FILE).contains(&data.len())
+                    && !des_format::codec::looks_compressed(
+                        &rec.uid,
+                        rec.content_type.as_deref(),
+                        &data,
+                    );
+                if usable {
+                    bytes += data.len() as u64;
+                    samples.push(data);
+                }
+            }
+            if samples.len() < MIN_SAMPLES {
+                continue;
+            }
+            budget -= 1;
+            let (dict, report) = self.train(&class, &samples, store, handle);
+            self.record(class, dict, report);
+        }
+    }
+
+    fn record(&self, class: String, dict: Option<Arc<EncoderDict>>, report: TrainedDict) {
+        self.trained
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(report);
+        self.lock().insert(class, dict);
+    }
+
+    /// The class's latest dictionary if it was trained less than `max_age`
+    /// ago (so frequent small runs share one a day, not one each).
+    fn recent(
+        &self,
+        class: &str,
+        store: &DesStore,
+        handle: &Handle,
+    ) -> Option<(Arc<EncoderDict>, TrainedDict)> {
+        let latest = handle.block_on(store.latest_dictionary(class)).ok()??;
+        let age = std::time::SystemTime::now()
+            .duration_since(latest.trained_at)
+            .unwrap_or_default();
+        if age >= self.settings.max_age {
+            return None;
+        }
+        let dict = handle.block_on(store.stored_dictionary(latest.id)).ok()?;
+        let encoder = dict.encoder(self.level).ok()?;
+        let report = TrainedDict {
+            class: class.to_string(),
+            id: Some(format!("{:08x}", latest.id)),
+            bytes: dict.bytes().len(),
+            samples: 0,
+            ratio_to_plain: latest.ratio_to_plain,
+            reused: true,
+            error: None,
+        };
+        Some((Arc::new(encoder), report))
+    }
+
+    /// The dictionary to compress this file with, if any.
+    pub fn for_file(
+        &self,
+        uid: &str,
+        content_type: Option<&str>,
+        len: usize,
+    ) -> Option<Arc<EncoderDict>> {
+        match self.settings.mode {
+            DictMode::Off => None,
+            DictMode::Id(_) => self.fixed.clone(),
+            DictMode::Auto if !(64..=MAX_DICT_FILE).contains(&len) => None,
+            DictMode::Auto => self
+                .lock()
+                .get(&class_of(uid, content_type))
+                .cloned()
+                .flatten(),
+        }
+    }
+
+    /// Trains on all but every `HOLD_OUT`th sample, measures on those, and
+    /// stores the dictionary if it pays.
+    fn train(
+        &self,
+        class: &str,
+        samples: &[Vec<u8>],
+        store: &DesStore,
+        handle: &Handle,
+    ) -> (Option<Arc<EncoderDict>>, TrainedDict) {
+        let (held, training): (Vec<_>, Vec<_>) = samples
+            .iter()
+            .enumerate()
+            .partition(|(i, _)| i % HOLD_OUT == 0);
+        let training: Vec<&Vec<u8>> = training.into_iter().map(|(_, s)| s).collect();
+        let mut report = TrainedDict {
+            class: class.to_string(),
+            id: None,
+            bytes: 0,
+            samples: samples.len(),
+            ratio_to_plain: 1.0,
+            reused: false,
+            error: None,
+        };
+        let result = (|| {
+            let trained = dict::train(&training, self.settings.size, self.alg)?;
+            let encoder = trained.encoder(self.level)?;
+            let (mut with, mut plain) = (0usize, 0usize);
+            for (_, file) in &held {
+                with += dict::compress(file, &encoder)?.len();
+                let plain_policy = Compression::Zstd { level: self.level };
+                plain += des_format::codec::encode(plain_policy, "", None, file)?
+                    .1
+                    .len();
+            }
+            Ok::<_, des_format::FormatError>((trained, encoder, with, plain))
+        })();
+        let (trained, encoder, with, plain) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                report.error = Some(e.to_string());
+                return (None, report);
+            }
+        };
+        report.bytes = trained.bytes().len();
+        report.ratio_to_plain = with as f64 / plain.max(1) as f64;
+        if !des_format::codec::worth_it(with as u64, plain as u64) {
+            return (None, report);
+        }
+        if let Err(e) = handle.block_on(store.put_dictionary(&trained)) {
+            report.error = Some(e.to_string());
+            return (None, report);
+        }
+        let latest = LatestDict {
+            id: trained.id(),
+            trained_at: std::time::SystemTime::now(),
+            ratio_to_plain: report.ratio_to_plain,
+        };
+        // Only a hint for later runs: without it they train their own.
+        if let Err(e) = handle.block_on(store.set_latest_dictionary(class, &latest)) {
+            report.error = Some(format!("recording it as the latest: {e}"));
+        }
+        report.id = Some(format!("{:08x}", trained.id()));
+        (Some(Arc::new(encoder)), report)
+    }
+}
+
+/// A file's content class: its name's extension (lowercased), else its
+/// content type, else none.
+fn class_of(uid: &str, content_type: Option<&str>) -> String {
+    let name = uid.rsplit('/').next().unwrap_or(uid);
+    match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() && !ext.is_empty() && ext.len() <= 10 => {
+            format!(".{}", ext.to_ascii_lowercase())
+        }
+        _ => content_type.unwrap_or("").to_ascii_lowercase(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_and_modes() {
+        assert_eq!(class_of("docs/a/index.HTML", None), ".html");
+        assert_eq!(class_of("scan-001", Some("Image/TIFF")), "image/tiff");
+        assert_eq!(class_of("dir.d/.hidden", None), "");
+        assert_eq!("auto".parse(), Ok(DictMode::Auto));
+        assert_eq!("off".parse(), Ok(DictMode::Off));
+        assert_eq!("0000a0b1".parse(), Ok(DictMode::Id(0xa0b1)));
+        assert!("sometimes".parse::<DictMode>().is_err());
+    }
+}

@@ -1,0 +1,104 @@
+//! Shared dictionaries through the binaries: des-pack trains and uses one,
+//! des-verify checks dictionary entries and calls a missing dictionary
+//! corruption (exit 1), des-repack --recompress keeps them readable.
+//! The binaries of other packages are found next to this test's own.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(|d| d.parent()).unwrap().join(name)
+}
+
+fn run(bin: &str, args: &[&str]) -> Output {
+    Command::new(binary(bin)).args(args).output().unwrap()
+}
+
+fn expect(out: &Output, code: i32) -> String {
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(code), "{text}");
+    text
+}
+
+/// 800 pages alike enough for a dictionary to pay (an eighth sampled).
+fn write_pages(dir: &Path) {
+    for i in 0..800 {
+        let page = format!(
+            "<!DOCTYPE html><html><head><title>Struct T{i}</title><link rel=\"stylesheet\" \
+             href=\"../static.files/rustdoc.css\"></head><body class=\"rustdoc struct\"><main>\
+             <h1>Struct <span>T{i}</span></h1><p>Implements {} traits; size {} bytes.</p>\
+             </main></body></html>",
+            i % 17,
+            i * 8
+        );
+        std::fs::write(dir.join(format!("t{i}.html")), page.repeat(2 + i % 3)).unwrap();
+    }
+}
+
+#[test]
+fn pack_verify_repack_with_a_dictionary_and_without_it() {
+    let src = tempfile::tempdir().unwrap();
+    write_pages(src.path());
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let pack = |extra: &[&str]| {
+        let mut args = vec![
+            "--dir",
+            src.path().to_str().unwrap(),
+            "--created-at",
+            "2024-05-17T10:00:00Z",
+            "--store",
+            s,
+            "--n-bits",
+            "4",
+            "--json",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        run("des-pack", &args)
+    };
+    let out = pack(&["--dict-sample", "64K", "--dict-size", "8K"]);
+    expect(&out, 0);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = report["dictionaries"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        report["dictionaries"][0]["ratio_to_plain"]
+            .as_f64()
+            .unwrap()
+            < 0.9
+    );
+    assert!(store.path().join("_dicts").join(&id).exists());
+
+    // Unknown dictionary: a usage-level failure before anything is written.
+    expect(&pack(&["--dict", "7fffffff"]), 2);
+
+    expect(&run("des-verify", &[s, "--quiet"]), 0);
+    let rewrite = run(
+        "des-repack",
+        &[
+            "--store",
+            s,
+            "--recompress",
+            "zstd",
+            "--shard",
+            "20240517/0",
+            "--shard",
+            "20240517/7",
+        ],
+    );
+    expect(&rewrite, 0);
+    expect(&run("des-verify", &[s, "--quiet"]), 0);
+
+    std::fs::remove_file(store.path().join("_dicts").join(&id)).unwrap();
+    let text = expect(&run("des-verify", &[s, "--quiet"]), 1);
+    assert!(text.contains(&format!("_dicts/{id}")), "{text}");
+}
