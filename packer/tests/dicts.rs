@@ -3,28 +3,17 @@
 //! `--dict ID` reuses a stored one and `--dict off` uses none.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
+use common::{CREATED, noise};
 use des_format::{Codec, Timestamp};
 use des_packer::dicts::{DictMode, DictSettings};
 use des_packer::{Input, PackOptions, PackReport, Target, pack_into};
 use des_storage::{ByteRange, DesStore, MemoryStore, ObjectStore, ObjectStoreExt, PutOptions};
 use tokio::runtime::Runtime;
-
-const CREATED: &str = "2024-05-17T10:00:00Z";
-
-fn noise(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// 800 pages a dictionary pays on (an eighth of them sampled), and 800
 /// random `.bin` files it cannot.
