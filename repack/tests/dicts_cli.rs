@@ -1,6 +1,7 @@
 //! Shared dictionaries through the binaries: des-pack trains and uses one,
 //! des-verify checks dictionary entries and calls a missing dictionary
-//! corruption (exit 1), des-repack --recompress keeps them readable.
+//! corruption (exit 1), des-repack --recompress decodes them and
+//! --recompress-dict moves entries to a dictionary.
 //! The binaries of other packages are found next to this test's own.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -96,6 +97,27 @@ fn pack_verify_repack_with_a_dictionary_and_without_it() {
         ],
     );
     expect(&rewrite, 0);
+    expect(&run("des-verify", &[s, "--quiet"]), 0);
+    // Those two are now plain zstd (decoded with their dictionary first);
+    // --recompress-dict moves shard 0 back to the dictionary.
+    let shard0 = store.path().join("20240517").join("0.des");
+    let plain = std::fs::metadata(&shard0).unwrap().len();
+    let back = run(
+        "des-repack",
+        &[
+            "--store",
+            s,
+            "--recompress",
+            "auto",
+            "--recompress-dict",
+            &id,
+            "--shard",
+            "20240517/0",
+        ],
+    );
+    expect(&back, 0);
+    let with_dict = std::fs::metadata(&shard0).unwrap().len();
+    assert!(with_dict * 10 < plain * 9, "{with_dict} vs {plain}");
     expect(&run("des-verify", &[s, "--quiet"]), 0);
 
     std::fs::remove_file(store.path().join("_dicts").join(&id)).unwrap();

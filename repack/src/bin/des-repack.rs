@@ -66,6 +66,10 @@ struct Cli {
     /// instead of copying their stored bytes.
     #[arg(long, value_name = "POLICY")]
     recompress: Option<String>,
+    /// With --recompress: compress with this stored dictionary (its id, hex)
+    /// where the policy says zstd, moving old entries to it.
+    #[arg(long, value_name = "ID", requires = "recompress")]
+    recompress_dict: Option<String>,
     /// zstd level for --recompress.
     #[arg(long, default_value_t = des_format::codec::DEFAULT_ZSTD_LEVEL)]
     zstd_level: i32,
@@ -138,6 +142,10 @@ fn main() -> ExitCode {
                 return Err(e);
             }
         };
+        let mut opts = opts;
+        if let Some(id) = &cli.recompress_dict {
+            opts.recompress_dict = Some(recompress_dict(&store, id, cli.zstd_level).await?);
+        }
         match &cli.schedule {
             Some(cron) => scheduled(&cli, store, opts, cron).await,
             None => Ok(once(&cli, &store, &opts, &mut RepackMetrics::default()).await),
@@ -280,6 +288,21 @@ async fn publish_metrics(
 
 /// Nothing else removes crashed writers' temp files between packer runs; a
 /// failure only leaves them for the next run, so it is a warning.
+/// `--recompress-dict ID`: the stored dictionary, verified and prepared.
+async fn recompress_dict(
+    store: &DesStore,
+    id: &str,
+    level: i32,
+) -> Result<std::sync::Arc<des_format::dict::EncoderDict>> {
+    let n = u32::from_str_radix(id.trim_start_matches("0x"), 16)
+        .map_err(|_| anyhow!("--recompress-dict {id:?}: expected a dictionary id (hex)"))?;
+    let dict = store
+        .stored_dictionary(n)
+        .await
+        .with_context(|| format!("--recompress-dict {id}"))?;
+    Ok(std::sync::Arc::new(dict.encoder(level)?))
+}
+
 async fn sweep_temp_files(store: &DesStore, older_than: Duration) {
     for s in store.placement().stores() {
         match s.sweep_leftovers(older_than).await {

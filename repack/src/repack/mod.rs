@@ -69,6 +69,9 @@ pub struct RepackOptions {
     pub dry_run: bool,
     /// Re-encode copied entries with this policy instead of copying them.
     pub recompress: Option<Compression>,
+    /// With `recompress`: where it says zstd, use this stored dictionary
+    /// (moves old entries to a dictionary, SPEC §6.7).
+    pub recompress_dict: Option<Arc<des_format::dict::EncoderDict>>,
     /// Age a dropped big file's candidate must reach before it is collected.
     pub big_file_grace: Duration,
     pub lease: LeaseConfig,
@@ -88,6 +91,7 @@ impl Default for RepackOptions {
             force_shards: Vec::new(),
             dry_run: false,
             recompress: None,
+            recompress_dict: None,
             big_file_grace: DEFAULT_BIG_FILE_GRACE,
             lease: LeaseConfig::default(),
             conflict_retries: 3,
@@ -484,6 +488,7 @@ async fn rewrite_on_thread(
         loaded,
         drop,
         recompress: ctx.opts.recompress,
+        recompress_dict: ctx.opts.recompress_dict.clone(),
         lease_lost: Arc::clone(&ctx.lease_lost),
     };
     let handle = Handle::current();

@@ -13,6 +13,7 @@ use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use des_format::dict::EncoderDict;
 use des_format::shard::{AnyIndex, Located};
 use des_format::v3::{self, EntryRef, ShardIdent, ShardWriter, Trailer};
 use des_format::{Codec, Compression, ContentDigest, Timestamp, codec};
@@ -40,6 +41,8 @@ pub struct RewriteInput {
     /// uids to leave out.
     pub drop: HashSet<String>,
     pub recompress: Option<Compression>,
+    /// The dictionary `recompress` compresses with, if any.
+    pub recompress_dict: Option<Arc<EncoderDict>>,
     /// Raised when the lease is lost: publishing must not happen then.
     pub lease_lost: Arc<AtomicBool>,
 }
@@ -218,12 +221,8 @@ fn copy_live<W: std::io::Write>(
             std::io::copy(&mut r.take(gap), &mut std::io::sink())
                 .map_err(|err| RepackError::shard(key, format!("reading: {err}")))?;
             match input.recompress {
-                // Dictionary entries stay as they are: re-encoding them
-                // would need their dictionary, and they are already small.
-                Some(policy)
-                    if e.stored_len() <= MAX_RECOMPRESS && e.codec() != Codec::ZstdDict =>
-                {
-                    recompress(key, &e, policy, input.store.digest(), r, w)?;
+                Some(policy) if e.stored_len() <= MAX_RECOMPRESS => {
+                    recompress(handle, input, &e, policy, r, w)?;
                     exp.stored = None;
                 }
                 _ => w
@@ -261,22 +260,33 @@ fn open_data(
 }
 
 fn recompress<W: std::io::Write>(
-    key: &str,
+    handle: &Handle,
+    input: &RewriteInput,
     e: &EntryRef<'_>,
     policy: Compression,
-    alg: des_format::DigestAlgorithm,
     r: &mut BlockingStreamReader,
     w: &mut ShardWriter<W>,
 ) -> Result<()> {
+    let key = input.loaded.key.as_str();
     let mut stored = Vec::with_capacity(usize::try_from(e.stored_len()).unwrap_or(0));
     r.take(e.stored_len())
         .read_to_end(&mut stored)
         .map_err(|err| RepackError::shard(key, format!("reading {}: {err}", e.uid)))?;
+    // An entry with a dictionary decodes only with it (loaded once, cached).
+    let dict = match (e.codec(), des_format::dict::frame_dict_id(&stored)) {
+        (Codec::ZstdDict, Some(id)) => Some(
+            handle
+                .block_on(input.store.dictionary(key, id))
+                .map_err(|err| RepackError::on_shard(key, err))?,
+        ),
+        _ => None,
+    };
     // `decode` checks length, CRC32C, decoding and digest before anything is re-encoded.
-    let data = Located::from_v3(e, alg)
-        .decode(&stored)
+    let data = Located::from_v3(e, input.store.digest())
+        .decode_with(&stored, dict.as_deref())
         .map_err(|err| RepackError::shard(key, err))?;
-    let (codec, encoded) = codec::encode(policy, e.uid, e.content_type, &data)
+    let target = input.recompress_dict.as_deref();
+    let (codec, encoded) = codec::encode_with(policy, e.uid, e.content_type, &data, target)
         .map_err(|err| RepackError::shard(key, err))?;
     let mut entry = e.to_new_entry();
     entry.codec = codec;
