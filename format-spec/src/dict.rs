@@ -28,6 +28,19 @@ const ID_SPAN: u32 = (1 << 31) - MIN_ID;
 /// and so a reader decodes in one call: dictionaries pay on small files.
 pub const MAX_DICT_PAYLOAD: u64 = 16 << 20;
 
+/// A dictionary id as written in keys, reports and on command lines: 8
+/// lowercase hex digits.
+pub fn id_hex(id: u32) -> String {
+    format!("{id:08x}")
+}
+
+/// Parses an id written by [`id_hex`] (a `0x` prefix and fewer digits are
+/// accepted too).
+pub fn parse_id(s: &str) -> std::result::Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0x"), 16)
+        .map_err(|_| format!("{s:?}: expected a dictionary id (hex)"))
+}
+
 /// A dictionary as stored: its zstd bytes (with its id in them), that id,
 /// and the digest of the bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,10 +92,6 @@ impl Dictionary {
     /// The zstd dictionary bytes.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
-    }
-
-    pub fn digest(&self) -> &ContentDigest {
-        &self.digest
     }
 
     /// The `_dicts/<id>` object.
@@ -159,12 +168,6 @@ pub struct EncoderDict {
     cdict: CDict<'static>,
 }
 
-impl EncoderDict {
-    pub fn id(&self) -> u32 {
-        self.id
-    }
-}
-
 impl std::fmt::Debug for EncoderDict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "EncoderDict({})", self.id)
@@ -179,10 +182,6 @@ pub struct DecoderDict {
 }
 
 impl DecoderDict {
-    pub fn id(&self) -> u32 {
-        self.id
-    }
-
     /// Bytes of the dictionary it was prepared from.
     pub fn size(&self) -> usize {
         self.size

@@ -45,9 +45,9 @@ impl FromStr for DictMode {
         match s {
             "auto" => Ok(Self::Auto),
             "off" => Ok(Self::Off),
-            id => u32::from_str_radix(id.trim_start_matches("0x"), 16)
+            id => dict::parse_id(id)
                 .map(Self::Id)
-                .map_err(|_| format!("{s:?}: expected auto, off or a dictionary id (hex)")),
+                .map_err(|e| format!("{e}, auto or off")),
         }
     }
 }
@@ -58,7 +58,7 @@ pub struct DictSettings {
     pub mode: DictMode,
     /// Largest dictionary trained (bytes).
     pub size: usize,
-    /// Sampled bytes per class before training.
+    /// Bytes of sampled files a class's dictionary is trained on.
     pub sample_bytes: u64,
     /// Classes trained per run (the most common ones).
     pub max_classes: usize,
@@ -305,7 +305,7 @@ impl Dictionaries {
         let encoder = dict.encoder(self.level).ok()?;
         let report = TrainedDict {
             class: class.to_string(),
-            id: Some(format!("{:08x}", latest.id)),
+            id: Some(dict::id_hex(latest.id)),
             bytes: dict.bytes().len(),
             samples: 0,
             ratio_to_plain: latest.ratio_to_plain,
@@ -395,7 +395,7 @@ impl Dictionaries {
         if let Err(e) = handle.block_on(store.set_latest_dictionary(class, &latest)) {
             report.error = Some(format!("recording it as the latest: {e}"));
         }
-        report.id = Some(format!("{:08x}", trained.id()));
+        report.id = Some(dict::id_hex(trained.id()));
         (Some(Arc::new(encoder)), report)
     }
 }

@@ -1,9 +1,9 @@
-use des_storage::cli::StoreArgs;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use des_format::{Compression, DigestAlgorithm};
+use des_storage::cli::StoreArgs;
 
 use crate::confine::SourceRoots;
 use crate::dicts::DictSettings;

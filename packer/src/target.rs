@@ -3,12 +3,12 @@
 //! it for the S3-only housekeeping done once per run (the rest of the
 //! housekeeping goes through the placement's stores).
 
-use des_storage::cli::StoreArgs;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Context, Result};
 use des_storage::ObjectStore;
+use des_storage::cli::StoreArgs;
 use des_storage::keys::StoreKey;
 use des_storage::s3::S3Store;
 use des_storage::store::Placement;

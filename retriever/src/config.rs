@@ -542,17 +542,13 @@ fn connection(
     })
 }
 
-/// `on`/`off` (and true/false, yes/no, 1/0), as the command line's `--breaker`.
+/// `--breaker`'s grammar for `Sources::pick`.
 struct OnOff(bool);
 
 impl FromStr for OnOff {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "on" | "true" | "yes" | "1" => Ok(Self(true)),
-            "off" | "false" | "no" | "0" => Ok(Self(false)),
-            _ => Err(format!("{s:?}: expected on or off")),
-        }
+        des_storage::cli::parse_on_off(s).map(Self)
     }
 }
 

@@ -92,8 +92,8 @@ async fn dictionary_entries_are_served_and_a_bad_dictionary_is_a_500() {
     let coded = dictionary_coded(dir.path(), &files).await;
     assert_eq!(coded.len(), 800, "every page uses the dictionary");
 
-    let objects = des_storage::open_location(dir.path().to_str().unwrap()).unwrap();
-    let state = web::Data::new(state_on(objects, &settings(dir.path())).await);
+    let (state, counting) = counted(dir.path(), &settings(dir.path())).await;
+    let state = web::Data::new(state);
     let app = init_service(des_retriever::server::app(state.clone())).await;
     for f in &files {
         let resp = call_service(
@@ -110,6 +110,24 @@ async fn dictionary_entries_are_served_and_a_bad_dictionary_is_a_500() {
     let dicts = state.retriever.store().dict_cache();
     assert_eq!(dicts.loads(), 1);
     assert!(dicts.bytes() > 8000, "{}", dicts.bytes());
+    // Index and dictionary cached: a file is one range read.
+    let before = counting.counts();
+    let resp = call_service(
+        &app,
+        TestRequest::get()
+            .uri(&file_uri(&coded[0], CREATED))
+            .to_request(),
+    )
+    .await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let after = counting.counts();
+    assert_eq!(
+        (
+            after.total() - before.total(),
+            after.suffix_get - before.suffix_get
+        ),
+        (1, 0)
+    );
 
     let plain = files.iter().find(|f| !coded.contains(&f.uid)).unwrap();
     let dict = the_dictionary(dir.path());

@@ -94,8 +94,8 @@ pub struct Connection {
     #[arg(long, value_name = "DURATION", global = true, help_heading = HEADING)]
     pub retry_deadline: Option<Dur>,
     /// A circuit breaker per S3 location: on or off [default: on].
-    #[arg(long, value_name = "on|off", value_parser = clap::builder::BoolishValueParser::new(), hide_possible_values = true,
-          global = true, help_heading = HEADING)]
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off, global = true,
+          help_heading = HEADING)]
     pub breaker: Option<bool>,
     /// Failures in a row that open a breaker; 0 leaves only its failure-rate
     /// trigger [default: 5].
@@ -139,5 +139,15 @@ impl Connection {
             location.region_name.clone_from(&self.s3_region);
         }
         location
+    }
+}
+
+/// `on`/`off` (also true/false, yes/no, 1/0): `--breaker` and the
+/// retriever's `DES_RETRIEVER_BREAKER`.
+pub fn parse_on_off(s: &str) -> std::result::Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(format!("{s:?}: expected on or off")),
     }
 }

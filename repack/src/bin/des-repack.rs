@@ -68,8 +68,9 @@ struct Cli {
     recompress: Option<String>,
     /// With --recompress: compress with this stored dictionary (its id, hex)
     /// where the policy says zstd, moving old entries to it.
-    #[arg(long, value_name = "ID", requires = "recompress")]
-    recompress_dict: Option<String>,
+    #[arg(long, value_name = "ID", requires = "recompress",
+          value_parser = des_format::dict::parse_id)]
+    recompress_dict: Option<u32>,
     /// zstd level for --recompress.
     #[arg(long, default_value_t = des_format::codec::DEFAULT_ZSTD_LEVEL)]
     zstd_level: i32,
@@ -126,7 +127,7 @@ fn main() -> ExitCode {
         }
     };
     let result = rt.block_on(async {
-        let opts = options(&cli)?;
+        let mut opts = options(&cli)?;
         let started = Instant::now();
         let store = match open_store(&cli.store, !cli.dry_run)
             .await
@@ -142,8 +143,7 @@ fn main() -> ExitCode {
                 return Err(e);
             }
         };
-        let mut opts = opts;
-        if let Some(id) = &cli.recompress_dict {
+        if let Some(id) = cli.recompress_dict {
             opts.recompress_dict = Some(recompress_dict(&store, id, cli.zstd_level).await?);
         }
         match &cli.schedule {
@@ -286,23 +286,21 @@ async fn publish_metrics(
     written
 }
 
-/// Nothing else removes crashed writers' temp files between packer runs; a
-/// failure only leaves them for the next run, so it is a warning.
 /// `--recompress-dict ID`: the stored dictionary, verified and prepared.
 async fn recompress_dict(
     store: &DesStore,
-    id: &str,
+    id: u32,
     level: i32,
 ) -> Result<std::sync::Arc<des_format::dict::EncoderDict>> {
-    let n = u32::from_str_radix(id.trim_start_matches("0x"), 16)
-        .map_err(|_| anyhow!("--recompress-dict {id:?}: expected a dictionary id (hex)"))?;
     let dict = store
-        .stored_dictionary(n)
+        .stored_dictionary(id)
         .await
-        .with_context(|| format!("--recompress-dict {id}"))?;
+        .with_context(|| format!("--recompress-dict {}", des_format::dict::id_hex(id)))?;
     Ok(std::sync::Arc::new(dict.encoder(level)?))
 }
 
+/// Nothing else removes crashed writers' temp files between packer runs; a
+/// failure only leaves them for the next run, so it is a warning.
 async fn sweep_temp_files(store: &DesStore, older_than: Duration) {
     for s in store.placement().stores() {
         match s.sweep_leftovers(older_than).await {

@@ -24,7 +24,7 @@ use crate::object::{ByteRange, ObjectStore, ObjectStoreExt, PutOptions};
 
 /// The object holding dictionary `id`.
 pub fn dict_key(id: u32) -> String {
-    format!("{DICTS_PREFIX}{id:08x}")
+    format!("{DICTS_PREFIX}{}", dict::id_hex(id))
 }
 
 /// Which dictionary a content class got last, and when: a hint that lets
@@ -111,6 +111,20 @@ impl DictCache {
         slot
     }
 
+    /// Drops `id`'s slot if its load failed, so ids of failed loads (a
+    /// corrupt frame can name any) do not pile up; the next request retries.
+    fn forget_failed(&self, id: u32) {
+        let mut held = self.lock();
+        if held
+            .slots
+            .get(&id)
+            .is_some_and(|(slot, _)| !slot.initialized())
+        {
+            held.slots.remove(&id);
+            held.order.retain(|o| *o != id);
+        }
+    }
+
     /// Records a loaded dictionary's size and evicts the oldest while over
     /// the limit (never the one just loaded).
     fn loaded(&self, id: u32, size: u64) {
@@ -170,7 +184,7 @@ impl DesStore {
     pub async fn dictionary(&self, shard_key: &str, id: u32) -> Result<Arc<DecoderDict>> {
         let slot = self.dict_cache().slot(id);
         let objects = self.objects_for_key(shard_key)?;
-        let dict = slot
+        let loaded = slot
             .get_or_try_init(|| async {
                 let key = dict_key(id);
                 let dict = read_dictionary(objects.as_ref(), id, shard_key).await?;
@@ -180,8 +194,14 @@ impl DesStore {
                 self.dict_cache().loaded(id, 2 * prepared.size() as u64);
                 Ok::<_, Error>(Arc::new(prepared))
             })
-            .await?;
-        Ok(Arc::clone(dict))
+            .await;
+        match loaded {
+            Ok(dict) => Ok(Arc::clone(dict)),
+            Err(e) => {
+                self.dict_cache().forget_failed(id);
+                Err(e)
+            }
+        }
     }
 
     /// Dictionary `id` as stored (in the placement's first store), verified.
@@ -279,6 +299,7 @@ async fn read_dictionary(
                 }
                 _ => e,
             })?;
-    // Verifying digests 100 KiB twice: short enough for an async thread.
+    // Two digests of a dictionary (at most `--dict-size`, 256 KiB by
+    // default): well under a millisecond, fine on an async thread.
     Dictionary::parse(&object, id).map_err(|e| Error::format(&key, e))
 }

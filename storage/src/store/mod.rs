@@ -247,12 +247,6 @@ impl DesStore {
         })
     }
 
-    /// The dictionary cache, bounded at `bytes`.
-    pub fn with_dict_cache_bytes(mut self, bytes: u64) -> Self {
-        self.dicts = Arc::new(DictCache::new(bytes));
-        self
-    }
-
     pub fn dict_cache(&self) -> &DictCache {
         &self.dicts
     }
