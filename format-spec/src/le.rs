@@ -75,3 +75,25 @@ impl<'a> Cursor<'a> {
         self.take(8).and_then(|s| u64_at(s, 0))
     }
 }
+
+/// LEB128: 7 bits per byte, low first, high bit set on all but the last.
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u32) {
+    while v >= 0x80 {
+        out.push((v & 0x7F) as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Reads a [`put_varint`] value of at most 35 bits.
+pub(crate) fn varint(c: &mut Cursor<'_>) -> Option<usize> {
+    let mut v = 0u64;
+    for shift in (0..35).step_by(7) {
+        let b = c.u8()?;
+        v |= u64::from(b & 0x7F) << shift;
+        if b & 0x80 == 0 {
+            return usize::try_from(v).ok();
+        }
+    }
+    None
+}

@@ -6,7 +6,9 @@
 
 use bytes::Bytes;
 use des_format::codec::Codec;
-use des_format::v3::{IndexView, NewEntry, ShardIdent, ShardIndex, ShardWriter, Trailer};
+use des_format::v3::{
+    IndexLayout, IndexView, NewEntry, ShardIdent, ShardIndex, ShardWriter, Trailer,
+};
 use des_format::{DigestAlgorithm, Tail, Timestamp};
 use proptest::prelude::*;
 
@@ -39,7 +41,7 @@ fn stored(specs: &[Spec]) -> (Bytes, Trailer) {
         digest_alg: DigestAlgorithm::Blake3,
         written_at: Timestamp::from_micros(1_715_947_200_000_000),
     };
-    let mut w = ShardWriter::new(Vec::new(), ident).unwrap();
+    let mut w = ShardWriter::with_layout(Vec::new(), ident, IndexLayout::Flat).unwrap();
     for (i, s) in specs.iter().enumerate() {
         let data = format!("payload of {}", s.uid).into_bytes();
         let e = NewEntry {

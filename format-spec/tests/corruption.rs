@@ -13,7 +13,7 @@ use bytes::Bytes;
 use des_format::codec::{self, Codec, Compression};
 use des_format::legacy;
 use des_format::shard::Source;
-use des_format::v3::{NewEntry, ShardIdent, ShardWriter};
+use des_format::v3::{IndexLayout, NewEntry, ShardIdent, ShardWriter};
 use des_format::{AnyIndex, DigestAlgorithm, Tail, Timestamp};
 
 struct Fixture {
@@ -37,6 +37,12 @@ fn ident(alg: DigestAlgorithm, generation: u64) -> ShardIdent {
 }
 
 fn fixture() -> Fixture {
+    fixture_in(IndexLayout::Flat)
+}
+
+/// The same files in either index layout; paged with pages of about one
+/// entry, so the directory has several records and keys.
+fn fixture_in(layout: IndexLayout) -> Fixture {
     let alg = DigestAlgorithm::Blake3;
     let ident = ident(alg, 2);
     let text = |s: &str, n: usize| s.repeat(n).into_bytes();
@@ -86,7 +92,9 @@ fn fixture() -> Fixture {
             None,
         ),
     ];
-    let mut w = ShardWriter::new(Vec::new(), ident).unwrap();
+    let mut w = ShardWriter::with_layout(Vec::new(), ident, layout)
+        .unwrap()
+        .with_page_target(100);
     let mut external = None;
     let mut map = BTreeMap::new();
     for (uid, data, policy, ct, meta) in files {
@@ -202,14 +210,19 @@ fn fixture_is_small_and_mixed() {
 
 #[test]
 fn single_byte_damage_never_returns_wrong_bytes() {
-    let f = fixture();
+    for layout in [IndexLayout::Flat, IndexLayout::Paged] {
+        single_byte_damage_is_detected(&fixture_in(layout));
+    }
+}
+
+fn single_byte_damage_is_detected(f: &Fixture) {
     let mut survived = Vec::new();
     let mut damaged = f.shard.clone();
     for pos in 0..f.shard.len() {
         let masks = (0..8).map(|bit| 1u8 << bit).chain([0xFF]);
         for mask in masks {
             damaged[pos] ^= mask;
-            if check(&f, &damaged, &format!("byte {pos} ^ {mask:#04x}")) {
+            if check(f, &damaged, &format!("byte {pos} ^ {mask:#04x}")) {
                 survived.push(pos);
             }
             damaged[pos] ^= mask;
@@ -226,19 +239,24 @@ fn single_byte_damage_never_returns_wrong_bytes() {
 
 #[test]
 fn truncation_and_extension_are_errors() {
-    let f = fixture();
+    for layout in [IndexLayout::Flat, IndexLayout::Paged] {
+        truncation_and_extension_are_errors_in(&fixture_in(layout));
+    }
+}
+
+fn truncation_and_extension_are_errors_in(f: &Fixture) {
     for cut in 0..f.shard.len() {
         assert!(
-            !check(&f, &f.shard[..cut], &format!("truncated to {cut}")),
+            !check(f, &f.shard[..cut], &format!("truncated to {cut}")),
             "cut {cut}"
         );
     }
     let mut longer = f.shard.clone();
     longer.push(0);
-    assert!(!check(&f, &longer, "one byte appended"));
+    assert!(!check(f, &longer, "one byte appended"));
     let mut prefixed = vec![0];
     prefixed.extend_from_slice(&f.shard);
-    assert!(!check(&f, &prefixed, "one byte prepended"));
+    assert!(!check(f, &prefixed, "one byte prepended"));
 }
 
 /// One raw entry `e` whose stored bytes are `stored` (its CRC computed over

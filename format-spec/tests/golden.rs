@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use des_format::codec::{self, Codec};
 use des_format::shard::Source;
-use des_format::v3::{NewEntry, ShardIdent, ShardWriter};
+use des_format::v3::{IndexLayout, NewEntry, ShardIdent, ShardWriter};
 use des_format::{AnyIndex, DigestAlgorithm, Tail, Timestamp};
 
 fn golden_path() -> PathBuf {
@@ -139,7 +139,7 @@ fn build() -> Vec<u8> {
         digest_alg: DigestAlgorithm::Blake3,
         written_at: Timestamp::from_micros(WRITTEN_AT_US),
     };
-    let mut w = ShardWriter::new(Vec::new(), ident).unwrap();
+    let mut w = ShardWriter::with_layout(Vec::new(), ident, IndexLayout::Flat).unwrap();
     for (i, e) in expected().iter().enumerate() {
         let ne = NewEntry {
             uid: e.uid.to_string(),

@@ -10,8 +10,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 use des_format::codec::{self, Codec, Compression};
+use des_format::shard::Located;
 use des_format::shard::Source;
-use des_format::v3::{IndexView, NewEntry, ShardIdent, ShardWriter, TRAILER_LEN};
+use des_format::v3::{
+    Directory, IndexLayout, IndexView, NewEntry, ShardIdent, ShardWriter, TRAILER_LEN, Trailer,
+    paged,
+};
 use des_format::{AnyIndex, DigestAlgorithm, FormatError, Tail, Timestamp};
 use proptest::prelude::*;
 
@@ -147,8 +151,16 @@ fn new_entry(i: &Input, codec: Codec, alg: DigestAlgorithm) -> NewEntry {
     }
 }
 
-fn write(inputs: &[Input], alg: DigestAlgorithm) -> Written {
-    let mut w = ShardWriter::new(Vec::new(), ident(alg)).unwrap();
+fn layout() -> impl Strategy<Value = IndexLayout> {
+    prop_oneof![Just(IndexLayout::Flat), Just(IndexLayout::Paged)]
+}
+
+/// Paged shards get pages of about 200 bytes, so a few entries make several
+/// pages and separator keys meet the uids' shared prefixes.
+fn write(inputs: &[Input], alg: DigestAlgorithm, layout: IndexLayout) -> Written {
+    let mut w = ShardWriter::with_layout(Vec::new(), ident(alg), layout)
+        .unwrap()
+        .with_page_target(200);
     let mut external = HashMap::new();
     for i in inputs {
         let (codec, stored) =
@@ -174,6 +186,17 @@ fn suffix(shard: &[u8], n: usize) -> &[u8] {
     &shard[shard.len().saturating_sub(n)..]
 }
 
+/// A paged lookup as a remote reader makes it: the directory from the end of
+/// the object, then the one page it names.
+fn paged_find(shard: &[u8], trailer: &Trailer, uid: &str) -> Option<Located> {
+    let len = shard.len() as u64;
+    let dir = paged::directory_range(shard, trailer, len).unwrap();
+    let dir = Directory::parse(&shard[dir.start as usize..dir.end as usize], trailer).unwrap();
+    let r = dir.page_range(dir.page_for(uid)?).unwrap();
+    let page = Bytes::copy_from_slice(&shard[r.start as usize..r.end as usize]);
+    dir.page(dir.page_for(uid)?, page).unwrap().find(uid)
+}
+
 fn index_bytes(shard: &[u8], tail: &Tail) -> Bytes {
     let r = tail.index_range();
     Bytes::copy_from_slice(&shard[r.start as usize..r.end as usize])
@@ -183,8 +206,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     #[test]
-    fn every_entry_reads_back(inputs in inputs(), alg in alg(), suffix_len in TRAILER_LEN..70_000) {
-        let Written { shard, external } = write(&inputs, alg);
+    fn every_entry_reads_back(inputs in inputs(), alg in alg(), layout in layout(), suffix_len in TRAILER_LEN..70_000) {
+        let Written { shard, external } = write(&inputs, alg, layout);
         let len = shard.len() as u64;
 
         // The trailer must parse from any suffix that holds at least the trailer.
@@ -194,11 +217,13 @@ proptest! {
         prop_assert_eq!(trailer.entry_count as usize, inputs.len());
         prop_assert_eq!(trailer.generation, 7);
         prop_assert_eq!(trailer.shard_index, 0xB5C);
+        prop_assert_eq!(trailer.layout, layout);
+        prop_assert_eq!(shard[4], layout.version(), "header version byte");
 
         let index = index_bytes(&shard, &tail);
-        let view = IndexView::parse(&index, trailer).unwrap();
-        prop_assert_eq!(view.len(), inputs.len());
-        prop_assert_eq!(view.is_empty(), inputs.is_empty());
+        // Only a flat index is one entry table; paged ones are read by page below.
+        let view = IndexView::parse(&index, trailer).ok();
+        prop_assert_eq!(view.is_some(), layout == IndexLayout::Flat);
         let ix = AnyIndex::parse(&tail, index.clone(), None).unwrap().unwrap();
         prop_assert_eq!(ix.len(), inputs.len());
         prop_assert_eq!(ix.is_empty(), inputs.is_empty());
@@ -240,21 +265,29 @@ proptest! {
                 prop_assert_eq!(loc.codec, Codec::Lz4);
             }
 
-            // The v3 view sees the same entry.
-            let e = view.find(&i.uid).unwrap();
-            prop_assert_eq!(e.uid, i.uid.as_str());
-            prop_assert_eq!(e.is_external(), i.external);
-            prop_assert_eq!(e.digest(), alg.digest(&i.data));
+            // The stored-bytes view (flat) or the page (paged) sees the same entry.
+            if let Some(view) = &view {
+                let e = view.find(&i.uid).unwrap();
+                prop_assert_eq!(e.uid, i.uid.as_str());
+                prop_assert_eq!(e.is_external(), i.external);
+                prop_assert_eq!(e.digest(), alg.digest(&i.data));
+            } else {
+                prop_assert_eq!(paged_find(&shard, trailer, &i.uid), Some(loc));
+            }
         }
     }
 
     #[test]
     fn find_equals_linear_scan(inputs in inputs(), probes in prop::collection::vec(uid(), 0..16)) {
-        let Written { shard, .. } = write(&inputs, DigestAlgorithm::Blake3);
+        let Written { shard, .. } = write(&inputs, DigestAlgorithm::Blake3, IndexLayout::Flat);
         let tail = Tail::parse(&shard, shard.len() as u64).unwrap();
         let Tail::V3(trailer) = &tail else { panic!("v3 shard detected as legacy") };
         let index = index_bytes(&shard, &tail);
         let view = IndexView::parse(&index, trailer).unwrap();
+        let paged = write(&inputs, DigestAlgorithm::Blake3, IndexLayout::Paged).shard;
+        let Tail::V3(paged_trailer) = Tail::parse(&paged, paged.len() as u64).unwrap() else {
+            panic!("v3 shard detected as legacy")
+        };
 
         // Present uids, random (mostly absent) uids, and near misses that sit
         // right next to a present uid in sort order.
@@ -272,6 +305,8 @@ proptest! {
             let found = view.find(p).map(|e| (e.uid, e.data_offset(), e.crc32c()));
             prop_assert_eq!(found, scanned, "probe {:?}", p);
             prop_assert_eq!(found.is_some(), inputs.iter().any(|i| &i.uid == p));
+            let by_page = paged_find(&paged, &paged_trailer, p).map(|l| l.uid);
+            prop_assert_eq!(by_page.as_deref(), found.map(|f| f.0), "paged probe {:?}", p);
         }
     }
 
@@ -380,7 +415,7 @@ fn sort_order_is_utf8_bytes_not_utf16() {
             created_at: 0,
         })
         .collect();
-    let Written { shard, .. } = write(&inputs, DigestAlgorithm::Blake3);
+    let Written { shard, .. } = write(&inputs, DigestAlgorithm::Blake3, IndexLayout::Paged);
     let tail = Tail::parse(&shard, shard.len() as u64).unwrap();
     let ix = AnyIndex::parse(&tail, index_bytes(&shard, &tail), None)
         .unwrap()

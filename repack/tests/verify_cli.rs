@@ -261,7 +261,10 @@ fn flipped_index_byte_names_the_shard() {
     assert_eq!(f[0]["key"], key.as_str());
     assert_eq!(f[0]["kind"], "shard");
     assert!(
-        f[0]["reason"].as_str().unwrap().contains("index checksum"),
+        f[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("checksum mismatch"),
         "{f:?}"
     );
     // The other shards were still checked.

@@ -149,14 +149,20 @@ impl Placement for MeteredPlacement {
 #[derive(Debug)]
 struct MeteredStore {
     inner: Arc<dyn ObjectStore>,
-    index: IntCounter,
-    payload: IntCounter,
-    big: IntCounter,
+    /// (calls, bytes) per kind of read.
+    index: (IntCounter, IntCounter),
+    payload: (IntCounter, IntCounter),
+    big: (IntCounter, IntCounter),
 }
 
 impl MeteredStore {
     fn new(inner: Arc<dyn ObjectStore>, label: &str, metrics: &Metrics) -> Self {
-        let c = |kind: &str| metrics.range_calls.with_label_values(&[label, kind]);
+        let c = |kind: &str| {
+            (
+                metrics.range_calls.with_label_values(&[label, kind]),
+                metrics.read_bytes.with_label_values(&[label, kind]),
+            )
+        };
         Self {
             inner,
             index: c("index"),
@@ -172,13 +178,21 @@ impl ObjectStore for MeteredStore {
         describe, capabilities, head, put, put_writer, delete, list, sweep_leftovers);
 
     async fn get(&self, key: &str, opts: GetOptions) -> Result<GetResult> {
-        match opts.range {
+        let counters = match opts.range {
             // Store settings (`_des/…`), read once at start: none of the three.
-            _ if key.starts_with(STORE_META_PREFIX) => {}
-            Some(ByteRange::Suffix(_)) => self.index.inc(),
-            _ if key.ends_with(SHARD_EXT) => self.payload.inc(),
-            _ => self.big.inc(),
+            _ if key.starts_with(STORE_META_PREFIX) => None,
+            Some(ByteRange::Suffix(_)) => Some(&self.index),
+            _ if key.ends_with(SHARD_EXT) => Some(&self.payload),
+            _ => Some(&self.big),
+        };
+        if let Some((calls, _)) = counters {
+            calls.inc();
         }
-        self.inner.get(key, opts).await
+        let got = self.inner.get(key, opts).await?;
+        // The range the store answered with: what the body will carry.
+        if let Some((_, bytes)) = counters {
+            bytes.inc_by(got.range.end.saturating_sub(got.range.start));
+        }
+        Ok(got)
     }
 }

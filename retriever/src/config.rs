@@ -16,9 +16,10 @@ use serde::Deserialize;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_CACHE_BYTES: u64 = 512 << 20;
+pub const DEFAULT_PAGE_CACHE_BYTES: u64 = 256 << 20;
 pub const DEFAULT_PAYLOAD_CACHE_BYTES: u64 = 128 << 20;
 pub const DEFAULT_PAYLOAD_CACHE_MAX_ENTRY_BYTES: u64 = 256 << 10;
-pub const DEFAULT_SUFFIX_BYTES: u64 = 64 << 10;
+pub const DEFAULT_SUFFIX_BYTES: u64 = des_storage::store::DEFAULT_SUFFIX_LEN;
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_NEGATIVE_TTL_SECS: u64 = 5;
 pub const DEFAULT_TOMBSTONE_POLL_SECS: u64 = 10;
@@ -98,9 +99,13 @@ pub struct Options {
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long)]
     pub listen: Option<String>,
-    /// Bytes of shard indexes kept in memory [default: 512 MiB].
+    /// Bytes of shard indexes kept in memory: whole indexes of small or flat
+    /// shards, page directories of paged ones [default: 512 MiB].
     #[arg(long)]
     pub cache_bytes: Option<Size>,
+    /// Bytes of index pages of paged shards kept in memory [default: 256 MiB].
+    #[arg(long)]
+    pub page_cache_bytes: Option<Size>,
     /// Reload a cached shard index after this many seconds [default: never].
     #[arg(long)]
     pub cache_ttl_secs: Option<Secs>,
@@ -115,7 +120,8 @@ pub struct Options {
     /// index is re-read when a requested uid is not in it [default: 5].
     #[arg(long)]
     pub negative_ttl_secs: Option<Secs>,
-    /// Bytes read from the end of a shard to get its index in one request [default: 64 KiB].
+    /// Bytes read from the end of a shard to get its index (or page directory)
+    /// in one request [default: 48 KiB].
     #[arg(long)]
     pub suffix_bytes: Option<Size>,
     /// HTTP worker threads [default: one per CPU].
@@ -238,6 +244,7 @@ struct FileConfig {
     n_bits: Option<u8>,
     listen: Option<String>,
     cache_bytes: Option<Size>,
+    page_cache_bytes: Option<Size>,
     cache_ttl_secs: Option<Secs>,
     payload_cache_bytes: Option<Size>,
     payload_cache_max_entry_bytes: Option<Size>,
@@ -318,6 +325,7 @@ pub struct Settings {
     pub n_bits: Option<u8>,
     pub listen: String,
     pub cache_bytes: u64,
+    pub page_cache_bytes: u64,
     pub cache_ttl: Option<Duration>,
     /// Hot payload cache bound; 0: no cache.
     pub payload_cache_bytes: u64,
@@ -346,6 +354,7 @@ impl Settings {
             n_bits: None,
             listen: DEFAULT_LISTEN.into(),
             cache_bytes: DEFAULT_CACHE_BYTES,
+            page_cache_bytes: DEFAULT_PAGE_CACHE_BYTES,
             cache_ttl: None,
             payload_cache_bytes: DEFAULT_PAYLOAD_CACHE_BYTES,
             payload_cache_max_entry_bytes: DEFAULT_PAYLOAD_CACHE_MAX_ENTRY_BYTES,
@@ -452,6 +461,14 @@ impl Settings {
                 .pick("cache_bytes", cli.cache_bytes, file.cache_bytes)?
                 .map(|v| v.0)
                 .unwrap_or(DEFAULT_CACHE_BYTES),
+            page_cache_bytes: src
+                .pick(
+                    "page_cache_bytes",
+                    cli.page_cache_bytes,
+                    file.page_cache_bytes,
+                )?
+                .map(|v| v.0)
+                .unwrap_or(DEFAULT_PAGE_CACHE_BYTES),
             cache_ttl: src
                 .pick("cache_ttl_secs", cli.cache_ttl_secs, file.cache_ttl_secs)?
                 .map(|v| v.0)

@@ -387,6 +387,7 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
     let dicts = r.store().dict_cache();
     let sizes = CacheSizes {
         index: r.cache_bytes().await,
+        pages: r.page_cache_bytes().await,
         payload: r.payload_cache_bytes(),
         dictionaries: dicts.bytes(),
         dictionary_loads: dicts.loads(),

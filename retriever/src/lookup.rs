@@ -5,7 +5,10 @@
 //! Request budget (index within the suffix read): a cold GET costs 2 storage
 //! requests (suffix read, payload range read), a warm one 1, and one whose
 //! payload is in the hot cache 0. HEAD, 304 and 416 answers need only the
-//! index, so they cost 1 cold and 0 warm.
+//! index, so they cost 1 cold and 0 warm. A paged shard (SPEC §5.10) whose
+//! index is larger than the suffix adds one page read unless the page is
+//! cached: cold 3, warm 1 or 2. The index cache holds directories (and
+//! whole indexes of small or flat shards); pages have their own cache.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +16,8 @@ use std::time::{Duration, Instant};
 use des_format::Timestamp;
 use des_format::routing::ShardLocation;
 use des_format::shard::Located;
-use des_storage::{DesStore, ErrorKind as StorageKind, Layout, LoadedIndex};
+use des_format::v3::Page;
+use des_storage::{DesStore, ErrorKind as StorageKind, Layout, OpenedShard, Route};
 use moka::future::Cache;
 use moka::notification::RemovalCause;
 
@@ -35,8 +39,10 @@ const NEGATIVE_CAPACITY: u64 = 100_000;
 
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
-    /// Upper bound on the heap held by cached shard indexes.
+    /// Upper bound on the heap held by cached shard indexes and directories.
     pub index_bytes: u64,
+    /// Upper bound on the heap held by cached pages of paged indexes.
+    pub page_bytes: u64,
     /// Drop cached indexes this long after loading (none: only on eviction or staleness).
     pub index_ttl: Option<Duration>,
     /// How long "no such shard" is remembered, and how old a cached index must
@@ -53,6 +59,7 @@ impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             index_bytes: crate::config::DEFAULT_CACHE_BYTES,
+            page_bytes: crate::config::DEFAULT_PAGE_CACHE_BYTES,
             index_ttl: None,
             negative_ttl: DEFAULT_NEGATIVE_TTL,
             parts_ttl: DEFAULT_PARTS_TTL,
@@ -65,7 +72,7 @@ impl Default for CacheConfig {
 /// A file found in a (cached) index.
 #[derive(Debug, Clone)]
 pub struct Hit {
-    pub loaded: Arc<LoadedIndex>,
+    pub loaded: Arc<OpenedShard>,
     pub located: Located,
 }
 
@@ -79,7 +86,7 @@ enum FillError {
 /// A cached index and when it was read.
 #[derive(Debug, Clone)]
 struct Cached {
-    loaded: Arc<LoadedIndex>,
+    loaded: Arc<OpenedShard>,
     at: Instant,
 }
 
@@ -90,6 +97,8 @@ pub struct Retriever {
     metrics: Arc<Metrics>,
     negative_ttl: Duration,
     indexes: Cache<String, Cached>,
+    /// Pages of paged shards, by shard version and page number.
+    pages: Cache<PageKey, Arc<Page>>,
     /// Shard keys (v3) or part prefixes (legacy) known not to exist.
     missing: Cache<String, ()>,
     /// Legacy only: part keys of a (date, shard), highest part first.
@@ -100,7 +109,21 @@ pub struct Retriever {
 
 /// Cache weight: what an index holds on the heap, so `index_bytes` bounds memory.
 fn weight(key: &str, ix: &Cached) -> u32 {
-    let bytes = ix.loaded.index.heap_size() + key.len() + std::mem::size_of::<LoadedIndex>();
+    u32::try_from(ix.loaded.heap_size() + key.len()).unwrap_or(u32::MAX)
+}
+
+/// A page of one version of a shard: a replaced shard has a new generation,
+/// so its pages are never mixed up with the old ones (which age out).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PageKey {
+    shard: String,
+    generation: u64,
+    size: u64,
+    page: usize,
+}
+
+fn page_weight(key: &PageKey, page: &Arc<Page>) -> u32 {
+    let bytes = page.heap_size() + key.shard.len() + std::mem::size_of::<PageKey>();
     u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
@@ -140,12 +163,19 @@ impl Retriever {
         if let Some(ttl) = cfg.index_ttl {
             indexes = indexes.time_to_live(ttl);
         }
+        let mut pages = Cache::builder()
+            .max_capacity(cfg.page_bytes)
+            .weigher(page_weight);
+        if let Some(ttl) = cfg.index_ttl {
+            pages = pages.time_to_live(ttl);
+        }
         Self {
             store,
             backends,
             metrics,
             negative_ttl: cfg.negative_ttl,
             indexes: indexes.build(),
+            pages: pages.build(),
             missing: Cache::builder()
                 .max_capacity(NEGATIVE_CAPACITY)
                 .time_to_live(cfg.negative_ttl)
@@ -175,6 +205,12 @@ impl Retriever {
         // The size is updated by housekeeping moka runs lazily; catch up first.
         self.indexes.run_pending_tasks().await;
         self.indexes.weighted_size()
+    }
+
+    /// Heap bytes of the cached index pages.
+    pub async fn page_cache_bytes(&self) -> u64 {
+        self.pages.run_pending_tasks().await;
+        self.pages.weighted_size()
     }
 
     /// The hot payload cache, unless switched off.
@@ -222,7 +258,8 @@ impl Retriever {
             for key in self.legacy_parts(&loc).await?.iter() {
                 match self.index(key).await? {
                     Some(cached) => {
-                        if let Some(located) = cached.loaded.find(uid) {
+                        let found = self.find_cached(&cached.loaded, uid).await;
+                        if let Some(located) = found.map_err(|e| ApiError::from(&*e))? {
                             return Ok(Hit {
                                 loaded: cached.loaded,
                                 located,
@@ -252,19 +289,85 @@ impl Retriever {
         let Some(mut cached) = self.index(key).await? else {
             return Ok(None);
         };
+        let mut found = match self.find_cached(&cached.loaded, uid).await {
+            Ok(found) => found,
+            // The shard was replaced since its directory was cached, or the
+            // page is damaged: one fresh directory decides which.
+            Err(e) if worth_refreshing(&e) => {
+                tracing::warn!(shard = key, uid, error = %e, "cached directory stale or page bad; reloading once");
+                self.forget(&cached.loaded).await;
+                match self.index(key).await? {
+                    Some(fresh) => cached = fresh,
+                    None => return Ok(None),
+                }
+                self.find_cached(&cached.loaded, uid)
+                    .await
+                    .map_err(|e| ApiError::from(&*e))?
+            }
+            Err(e) => return Err(ApiError::from(&*e)),
+        };
         // Files may have been packed into the shard since we read it; look
         // again, but at most once per negative TTL so 404 floods stay cheap.
-        if cached.loaded.find(uid).is_none() && cached.at.elapsed() >= self.negative_ttl {
+        if found.is_none() && cached.at.elapsed() >= self.negative_ttl {
             self.forget(&cached.loaded).await;
             match self.index(key).await? {
                 Some(fresh) => cached = fresh,
                 None => return Ok(None),
             }
+            found = self
+                .find_cached(&cached.loaded, uid)
+                .await
+                .map_err(|e| ApiError::from(&*e))?;
         }
-        Ok(cached.loaded.find(uid).map(|located| Hit {
+        Ok(found.map(|located| Hit {
             loaded: cached.loaded,
             located,
         }))
+    }
+
+    /// `uid` in an opened shard: from its whole index, or from the page its
+    /// directory names, read once however many requests wait for it.
+    async fn find_cached(
+        &self,
+        shard: &Arc<OpenedShard>,
+        uid: &str,
+    ) -> Result<Option<Located>, Arc<des_storage::Error>> {
+        let k = match shard.route(uid) {
+            Route::Done(found) => return Ok(found),
+            Route::Page(k) => k,
+        };
+        let key = PageKey {
+            shard: shard.key.clone(),
+            generation: shard.generation(),
+            size: shard.object.size,
+            page: k,
+        };
+        if let Some(page) = self.pages.get(&key).await {
+            self.metrics.page_cache_hits.inc();
+            return Ok(page.find(uid));
+        }
+        let store = self.store.clone();
+        let opened = Arc::clone(shard);
+        let filled = self
+            .pages
+            .entry(key)
+            .or_try_insert_with(async move { store.read_page(&opened, k).await.map(Arc::new) })
+            .await;
+        match filled {
+            Ok(entry) => {
+                if entry.is_fresh() {
+                    self.metrics.page_cache_misses.inc();
+                } else {
+                    self.metrics.page_cache_hits.inc();
+                }
+                Ok(entry.into_value().find(uid))
+            }
+            Err(e) => {
+                self.metrics.page_cache_misses.inc();
+                self.count_corruption(&e);
+                Err(e)
+            }
+        }
     }
 
     /// The payload of `hit`: from the hot cache if it holds this very entry,
@@ -377,7 +480,7 @@ impl Retriever {
 
     /// Drops a cached index (and, for legacy, its part list) so the next
     /// lookup reads the shard again; a no-op if someone already refreshed it.
-    pub async fn forget(&self, stale: &Arc<LoadedIndex>) {
+    pub async fn forget(&self, stale: &Arc<OpenedShard>) {
         if let Some(current) = self.indexes.get(&stale.key).await
             && Arc::ptr_eq(&current.loaded, stale)
         {
@@ -425,7 +528,7 @@ impl Retriever {
             .indexes
             .entry_by_ref(key)
             .or_try_insert_with(async move {
-                match store.load_index(&owned).await {
+                match store.open_shard(&owned).await {
                     Ok(Some(ix)) => Ok(Cached {
                         loaded: Arc::new(ix),
                         at: Instant::now(),

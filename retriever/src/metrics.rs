@@ -23,6 +23,8 @@ pub struct MetricsError(#[from] prometheus::Error);
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CacheSizes {
     pub index: u64,
+    /// Pages of paged shard indexes.
+    pub pages: u64,
     pub payload: u64,
     /// Shared zstd dictionaries held, and read from storage so far.
     pub dictionaries: u64,
@@ -38,6 +40,10 @@ pub struct Metrics {
     pub cache_bytes: IntGauge,
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
+    pub page_cache_bytes: IntGauge,
+    pub page_cache_hits: IntCounter,
+    pub page_cache_misses: IntCounter,
+    pub read_bytes: IntCounterVec,
     pub cache_evictions: IntCounterVec,
     pub payload_cache_bytes: IntGauge,
     pub dictionary_cache_bytes: IntGauge,
@@ -106,6 +112,11 @@ impl Metrics {
             "Heap bytes held by cached shard indexes.",
         )?;
         r.register(Box::new(cache_bytes.clone()))?;
+        let page_cache_bytes = IntGauge::new(
+            "des_index_page_cache_bytes",
+            "Heap bytes held by cached pages of paged shard indexes.",
+        )?;
+        r.register(Box::new(page_cache_bytes.clone()))?;
         let payload_cache_bytes = IntGauge::new(
             "des_payload_cache_bytes",
             "Bytes held by the hot payload cache (decoded small files).",
@@ -176,7 +187,7 @@ impl Metrics {
             range_calls: counter_vec(
                 &r,
                 "des_s3_range_calls_total",
-                "Reads sent to storage: index (shard suffix), payload (range of a shard), big (external object).",
+                "Reads sent to storage: index (shard suffix), payload (range of a shard: a payload, an index page or the rest of an index), big (external object).",
                 &["backend", "type"],
             )?,
             cache_bytes,
@@ -189,6 +200,23 @@ impl Metrics {
                 &r,
                 "des_index_cache_misses_total",
                 "Shard index lookups that read storage.",
+            )?,
+            page_cache_bytes,
+            page_cache_hits: counter(
+                &r,
+                "des_index_page_cache_hits_total",
+                "Lookups in paged shards whose index page was cached.",
+            )?,
+            page_cache_misses: counter(
+                &r,
+                "des_index_page_cache_misses_total",
+                "Lookups in paged shards that read an index page from storage.",
+            )?,
+            read_bytes: counter_vec(
+                &r,
+                "des_storage_read_bytes_total",
+                "Bytes of the reads counted by des_s3_range_calls_total, by the same labels.",
+                &["backend", "type"],
             )?,
             cache_evictions: counter_vec(
                 &r,
@@ -259,6 +287,7 @@ impl Metrics {
     pub fn render(&self, sizes: CacheSizes, zones: Option<&Zones>) -> Result<String, MetricsError> {
         let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         self.cache_bytes.set(gauge(sizes.index));
+        self.page_cache_bytes.set(gauge(sizes.pages));
         self.payload_cache_bytes.set(gauge(sizes.payload));
         self.dictionary_cache_bytes.set(gauge(sizes.dictionaries));
         {
@@ -397,12 +426,18 @@ mod tests {
         m.cache_hits.inc();
         m.cache_misses.inc();
         m.cache_evictions.with_label_values(&["size"]).inc();
+        m.page_cache_hits.inc();
+        m.page_cache_misses.inc();
+        m.read_bytes
+            .with_label_values(&["local", "index"])
+            .inc_by(4096);
         m.payload_cache_hits.inc();
         m.payload_cache_misses.inc();
         m.corruption.inc();
         m.http_requests.with_label_values(&["/health", "200"]).inc();
         let sizes = CacheSizes {
             index: 1234,
+            pages: 4321,
             payload: 567,
             dictionaries: 89,
             dictionary_loads: 2,
@@ -416,6 +451,10 @@ mod tests {
             "des_index_cache_hits_total 1",
             "des_index_cache_misses_total 1",
             "des_index_cache_evictions_total{cause=\"size\"} 1",
+            "des_index_page_cache_bytes 4321",
+            "des_index_page_cache_hits_total 1",
+            "des_index_page_cache_misses_total 1",
+            "des_storage_read_bytes_total{backend=\"local\",type=\"index\"} 4096",
             "des_payload_cache_bytes 567",
             "des_dictionary_cache_bytes 89",
             "des_dictionary_loads_total 2",

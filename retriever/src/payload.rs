@@ -47,7 +47,7 @@ pub struct External {
 /// shard's store when zoned).
 pub async fn open(store: &DesStore, hit: &Hit) -> Result<Payload, Error> {
     let Some(key) = external_key(&hit.loaded.key, &hit.located) else {
-        let stored = store.read_stored(&hit.loaded, &hit.located).await?;
+        let stored = store.read_stored(&*hit.loaded, &hit.located).await?;
         return store
             .decode_entry(&hit.loaded.key, &hit.located, stored)
             .await

@@ -119,6 +119,7 @@ pub async fn open_retriever(
     };
     let cache = CacheConfig {
         index_bytes: settings.cache_bytes,
+        page_bytes: settings.page_cache_bytes,
         index_ttl: settings.cache_ttl,
         negative_ttl: settings.negative_ttl,
         payload_bytes: settings.payload_cache_bytes,

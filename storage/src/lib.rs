@@ -32,7 +32,10 @@ pub use object::{
     ObjectStoreExt, ObjectWriter, PutMode, PutOptions, PutResult,
 };
 pub use s3::{S3Config, S3Store};
-pub use store::{CreateOptions, DesStore, Layout, LoadedIndex, StoreConfig};
+pub use store::{
+    CreateOptions, DesStore, Layout, LoadedIndex, OpenedShard, Route, ShardLookup, ShardVersion,
+    StoreConfig,
+};
 
 use std::sync::Arc;
 

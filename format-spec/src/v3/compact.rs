@@ -23,7 +23,7 @@ use std::collections::HashMap;
 
 use super::{ENTRY_LEN, IndexView, entry as at};
 use crate::error::{FormatError, Result};
-use crate::le::{self, Cursor};
+use crate::le::{self, Cursor, put_varint, varint};
 
 pub(super) const HAS_CONTENT_TYPE: u8 = 0x20;
 pub(super) const HAS_META: u8 = 0x40;
@@ -31,17 +31,18 @@ pub(super) const HAS_META: u8 = 0x40;
 pub(super) const MEMORY_BITS: u8 = 0xE0;
 const EXTRAS: u8 = HAS_CONTENT_TYPE | HAS_META;
 
-/// Re-encodes a validated index: the entry table, then the compact heap.
-pub(super) fn encode(view: &IndexView<'_>) -> Result<Vec<u8>> {
-    let types = content_types(view);
+/// Re-encodes a validated index, given as its pages in uid order (one view
+/// for a flat index): the entry table, then the compact heap.
+pub(super) fn encode(pages: &[IndexView<'_>]) -> Result<Vec<u8>> {
+    let types = content_types(pages);
     let mut heap = Vec::new();
     for (ct, _) in &types {
         heap.push(u8::try_from(ct.len()).map_err(|_| too_large())?);
         heap.extend_from_slice(ct.as_bytes());
     }
     let type_at: HashMap<&str, u32> = types.into_iter().collect();
-    let mut placed = Vec::with_capacity(view.len());
-    for e in view.iter() {
+    let mut placed = Vec::with_capacity(pages.iter().map(IndexView::len).sum());
+    for e in pages.iter().flat_map(IndexView::iter) {
         let off = u32::try_from(heap.len()).map_err(|_| too_large())?;
         let mut tag = 0;
         if let Some(at) = e.content_type.and_then(|ct| type_at.get(ct)) {
@@ -75,9 +76,13 @@ pub(super) fn encode(view: &IndexView<'_>) -> Result<Vec<u8>> {
 }
 
 /// Distinct content types, most frequent first, with their heap offsets.
-fn content_types<'a>(view: &IndexView<'a>) -> Vec<(&'a str, u32)> {
+fn content_types<'a>(pages: &[IndexView<'a>]) -> Vec<(&'a str, u32)> {
     let mut counts: HashMap<&'a str, u64> = HashMap::new();
-    for ct in view.iter().filter_map(|e| e.content_type) {
+    for ct in pages
+        .iter()
+        .flat_map(IndexView::iter)
+        .filter_map(|e| e.content_type)
+    {
         *counts.entry(ct).or_default() += 1;
     }
     let mut types: Vec<(&str, u64)> = counts.into_iter().collect();
@@ -96,26 +101,6 @@ fn content_types<'a>(view: &IndexView<'a>) -> Vec<(&'a str, u32)> {
 
 fn too_large() -> FormatError {
     FormatError::Unsupported("index too large to hold in memory".into())
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u32) {
-    while v >= 0x80 {
-        out.push((v & 0x7F) as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn varint(c: &mut Cursor<'_>) -> Option<usize> {
-    let mut v = 0u64;
-    for shift in (0..35).step_by(7) {
-        let b = c.u8()?;
-        v |= u64::from(b & 0x7F) << shift;
-        if b & 0x80 == 0 {
-            return usize::try_from(v).ok();
-        }
-    }
-    None
 }
 
 /// The uid of the record `heap[start..end]`; the common case reads nothing

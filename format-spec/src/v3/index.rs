@@ -2,7 +2,10 @@ use std::cmp::Ordering;
 
 use bytes::Bytes;
 
-use super::{ENTRY_LEN, FLAG_EXTERNAL, HEADER_LEN, KNOWN_FLAGS, Trailer, compact, entry as at};
+use super::{
+    ENTRY_LEN, FLAG_EXTERNAL, HEADER_LEN, IndexLayout, KNOWN_FLAGS, Trailer, compact, entry as at,
+    paged,
+};
 use crate::codec::Codec;
 use crate::digest::ContentDigest;
 use crate::error::{FormatError, Result, corrupt};
@@ -145,6 +148,9 @@ impl<'a> IndexView<'a> {
         if crc32c::crc32c(index) != trailer.index_crc32c {
             return corrupt("index checksum mismatch");
         }
+        if trailer.layout != IndexLayout::Flat {
+            return corrupt("a paged index is not one entry table");
+        }
         let view = Self::trusted(index, trailer.entry_count);
         if view.len() != trailer.entry_count as usize {
             return corrupt("entry table truncated");
@@ -153,7 +159,10 @@ impl<'a> IndexView<'a> {
         Ok(view)
     }
 
-    fn validate(&self, data_end: u64) -> Result<()> {
+    /// The per-entry checks of SPEC §5.9 and the overlap check among this
+    /// view's entries; returns the inline payload spans, so a paged index can
+    /// check overlap across its pages too.
+    pub(super) fn validate(&self, data_end: u64) -> Result<Vec<(u64, u64)>> {
         let mut spans: Vec<(u64, u64)> = Vec::with_capacity(self.len());
         let mut prev: Option<&str> = None;
         for i in 0..self.len() {
@@ -196,15 +205,8 @@ impl<'a> IndexView<'a> {
             }
             spans.push((start, len));
         }
-        spans.sort_unstable();
-        for w in spans.windows(2) {
-            if let [(a, alen), (b, _)] = w
-                && a + alen > *b
-            {
-                return corrupt(format!("payloads at {a} and {b} overlap"));
-            }
-        }
-        Ok(())
+        check_overlap(&mut spans)?;
+        Ok(spans)
     }
 
     pub fn len(&self) -> usize {
@@ -273,6 +275,19 @@ impl<'a> IndexView<'a> {
     }
 }
 
+/// Inline payloads must not share bytes (zero-length ones at a boundary may touch).
+pub(super) fn check_overlap(spans: &mut [(u64, u64)]) -> Result<()> {
+    spans.sort_unstable();
+    for w in spans.windows(2) {
+        if let [(a, alen), (b, _)] = w
+            && a + alen > *b
+        {
+            return corrupt(format!("payloads at {a} and {b} overlap"));
+        }
+    }
+    Ok(())
+}
+
 fn search<'a>(len: usize, uid: &str, uid_at: impl Fn(usize) -> Option<&'a [u8]>) -> Option<usize> {
     let (mut lo, mut hi) = (0usize, len);
     while lo < hi {
@@ -299,7 +314,10 @@ pub struct ShardIndex {
 
 impl ShardIndex {
     pub fn parse(bytes: Bytes, trailer: Trailer) -> Result<Self> {
-        let compact = compact::encode(&IndexView::parse(&bytes, &trailer)?)?;
+        let compact = match trailer.layout {
+            IndexLayout::Flat => compact::encode(&[IndexView::parse(&bytes, &trailer)?])?,
+            IndexLayout::Paged => compact::encode(&paged::parse_all(&bytes, &trailer)?)?,
+        };
         Ok(Self {
             compact: Bytes::from(compact),
             trailer,

@@ -3,15 +3,48 @@
 
 mod compact;
 mod index;
+pub mod paged;
 mod trailer;
 mod writer;
 
 pub use index::{EntryRef, IndexView, ShardIndex};
+pub use paged::{Directory, Page};
 pub use trailer::Trailer;
 pub use writer::{NewEntry, ShardIdent, ShardSummary, ShardWriter};
 
 pub const HEADER_MAGIC: [u8; 4] = *b"DES3";
+/// Version byte of a shard with a flat index (SPEC §5.4–5.5).
 pub const FORMAT_VERSION: u8 = 3;
+/// Version byte of a shard with a paged index (SPEC §5.10).
+pub const PAGED_FORMAT_VERSION: u8 = 4;
+
+/// How a shard's index is laid out; the header and trailer version byte say which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IndexLayout {
+    /// One sorted entry table and one heap: a lookup needs the whole index.
+    Flat,
+    /// Self-contained pages and a directory before the trailer: a lookup
+    /// needs the directory and one page, whatever the number of entries.
+    #[default]
+    Paged,
+}
+
+impl IndexLayout {
+    pub fn version(self) -> u8 {
+        match self {
+            Self::Flat => FORMAT_VERSION,
+            Self::Paged => PAGED_FORMAT_VERSION,
+        }
+    }
+
+    pub fn from_version(v: u8) -> Option<Self> {
+        match v {
+            FORMAT_VERSION => Some(Self::Flat),
+            PAGED_FORMAT_VERSION => Some(Self::Paged),
+            _ => None,
+        }
+    }
+}
 /// magic(4) + version(1) + flags(1) + reserved(2).
 pub const HEADER_LEN: u64 = 8;
 

@@ -1,4 +1,4 @@
-use super::{ENTRY_LEN, FORMAT_VERSION, HEADER_LEN, TRAILER_LEN, TRAILER_MAGIC, trailer_at as at};
+use super::{ENTRY_LEN, HEADER_LEN, IndexLayout, TRAILER_LEN, TRAILER_MAGIC, trailer_at as at};
 use crate::digest::DigestAlgorithm;
 use crate::error::{Result, corrupt};
 use crate::le;
@@ -20,6 +20,8 @@ pub struct Trailer {
     pub shard_index: u16,
     pub n_bits: u8,
     pub digest_alg: DigestAlgorithm,
+    /// Told by the version byte: 3 flat (SPEC §5.4), 4 paged (§5.10).
+    pub layout: IndexLayout,
 }
 
 impl Trailer {
@@ -40,7 +42,7 @@ impl Trailer {
         put(at::SHARD_INDEX, &self.shard_index.to_le_bytes());
         put(at::N_BITS, &[self.n_bits]);
         put(at::DIGEST_ALG, &[self.digest_alg.code()]);
-        put(at::VERSION, &[FORMAT_VERSION]);
+        put(at::VERSION, &[self.layout.version()]);
         put(at::MAGIC, &TRAILER_MAGIC);
         let crc = crc32c::crc32c(b.get(..at::TRAILER_CRC).unwrap_or_default());
         if let Some(dst) = b.get_mut(at::TRAILER_CRC..at::TRAILER_CRC + 4) {
@@ -77,9 +79,9 @@ impl Trailer {
         }
         let field = |v: Option<u64>| v.ok_or_else(|| crate::FormatError::Corrupt("trailer".into()));
         let version = le::u8_at(b, at::VERSION).unwrap_or(0);
-        if version != FORMAT_VERSION {
+        let Some(layout) = IndexLayout::from_version(version) else {
             return corrupt(format!("trailer says format version {version}"));
-        }
+        };
         if le::bytes::<3>(b, at::RESERVED) != Some([0; 3]) {
             return corrupt("trailer reserved bytes are not zero");
         }
@@ -95,6 +97,7 @@ impl Trailer {
             n_bits: le::u8_at(b, at::N_BITS).unwrap_or(0),
             digest_alg: DigestAlgorithm::from_code(le::u8_at(b, at::DIGEST_ALG).unwrap_or(0))
                 .map_err(|e| crate::FormatError::Corrupt(e.to_string()))?,
+            layout,
         };
         t.check_geometry(object_len)?;
         Ok(t)

@@ -2,8 +2,8 @@ use std::collections::HashSet;
 use std::io::{Read, Write};
 
 use super::{
-    ENTRY_LEN, FLAG_EXTERNAL, FORMAT_VERSION, HEADER_LEN, HEADER_MAGIC, MAX_CONTENT_TYPE_LEN,
-    MAX_META_LEN, MAX_U40, MAX_UID_LEN, Trailer,
+    ENTRY_LEN, FLAG_EXTERNAL, HEADER_LEN, HEADER_MAGIC, IndexLayout, MAX_CONTENT_TYPE_LEN,
+    MAX_META_LEN, MAX_U40, MAX_UID_LEN, Trailer, paged,
 };
 use crate::codec::Codec;
 use crate::digest::{ContentDigest, DigestAlgorithm};
@@ -61,6 +61,8 @@ pub struct ShardWriter<W: Write> {
     out: W,
     pos: u64,
     ident: ShardIdent,
+    layout: IndexLayout,
+    page_target: usize,
     placed: Vec<Placed>,
     uids: HashSet<String>,
     /// Set when a write failed half-way; such a shard must never be finished.
@@ -102,7 +104,14 @@ fn check_entry(e: &NewEntry) -> Result<()> {
 }
 
 impl<W: Write> ShardWriter<W> {
-    pub fn new(mut out: W, ident: ShardIdent) -> Result<Self> {
+    /// A writer of the default layout: a paged index (format version 4).
+    pub fn new(out: W, ident: ShardIdent) -> Result<Self> {
+        Self::with_layout(out, ident, IndexLayout::default())
+    }
+
+    /// `IndexLayout::Flat` writes format version 3, which readers older than
+    /// version 4 can still open.
+    pub fn with_layout(mut out: W, ident: ShardIdent, layout: IndexLayout) -> Result<Self> {
         crate::routing::check_n_bits(ident.n_bits)?;
         // Readers reject a trailer whose shard index does not fit n_bits; refuse
         // here rather than publish a shard nobody can open.
@@ -114,16 +123,25 @@ impl<W: Write> ShardWriter<W> {
         }
         let mut header = [0u8; HEADER_LEN as usize];
         header[..4].copy_from_slice(&HEADER_MAGIC);
-        header[4] = FORMAT_VERSION;
+        header[4] = layout.version();
         out.write_all(&header)?;
         Ok(Self {
             out,
             pos: HEADER_LEN,
             ident,
+            layout,
+            page_target: paged::PAGE_TARGET,
             placed: Vec::new(),
             uids: HashSet::new(),
             poisoned: false,
         })
+    }
+
+    /// Size a page of a paged index starts from (default
+    /// [`paged::PAGE_TARGET`]); tests use tiny pages to get many of them.
+    pub fn with_page_target(mut self, bytes: usize) -> Self {
+        self.page_target = bytes.max(1);
+        self
     }
 
     pub fn contains(&self, uid: &str) -> bool {
@@ -250,18 +268,27 @@ impl<W: Write> ShardWriter<W> {
             .sort_unstable_by(|a, b| a.e.uid.as_bytes().cmp(b.e.uid.as_bytes()));
         let count = u32::try_from(self.placed.len())
             .map_err(|_| FormatError::InvalidInput("too many entries for one shard".into()))?;
-        let (index, inline_stored, orig) = self.encode_index()?;
+        let (entries, heap, inline_stored, orig) = self.encode_index()?;
+        let (index, index_crc32c) = match self.layout {
+            IndexLayout::Flat => {
+                let flat = [entries, heap].concat();
+                let crc = crc32c::crc32c(&flat);
+                (flat, crc)
+            }
+            IndexLayout::Paged => paged::paginate(&entries, &heap, self.page_target)?,
+        };
         let trailer = Trailer {
             index_offset: self.pos,
             index_len: index.len() as u64,
             entry_count: count,
-            index_crc32c: crc32c::crc32c(&index),
+            index_crc32c,
             generation: self.ident.generation,
             written_at: self.ident.written_at,
             date: self.ident.date,
             shard_index: self.ident.shard_index,
             n_bits: self.ident.n_bits,
             digest_alg: self.ident.digest_alg,
+            layout: self.layout,
         };
         self.out.write_all(&index)?;
         self.out.write_all(&trailer.encode())?;
@@ -277,7 +304,8 @@ impl<W: Write> ShardWriter<W> {
         Ok((self.out, summary))
     }
 
-    fn encode_index(&self) -> Result<(Vec<u8>, u64, u64)> {
+    /// The flat entry table and heap (SPEC §5.4–5.5), with payload totals.
+    fn encode_index(&self) -> Result<(Vec<u8>, Vec<u8>, u64, u64)> {
         let mut entries = Vec::with_capacity(self.placed.len() * ENTRY_LEN);
         let mut heap = Vec::new();
         let (mut inline_stored, mut orig) = (0u64, 0u64);
@@ -299,8 +327,7 @@ impl<W: Write> ShardWriter<W> {
             }
             orig += p.e.orig_len;
         }
-        entries.extend_from_slice(&heap);
-        Ok((entries, inline_stored, orig))
+        Ok((entries, heap, inline_stored, orig))
     }
 }
 

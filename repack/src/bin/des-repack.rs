@@ -59,6 +59,11 @@ struct Cli {
     /// Rewrite this shard whatever the rules say: DATE/HEX (e.g. 20240517/5C).
     #[arg(long = "shard", value_name = "DATE/HEX")]
     shards: Vec<String>,
+    /// Also rewrite every shard with a flat index (format version 3) too
+    /// large for one suffix read, giving it a paged index (SPEC §5.10), so
+    /// a cold lookup reads one page instead of the whole index.
+    #[arg(long)]
+    reindex: bool,
     /// Print the plan; change nothing (takes no lease).
     #[arg(long)]
     dry_run: bool,
@@ -173,6 +178,7 @@ fn options(cli: &Cli) -> Result<RepackOptions> {
             format!("{s}{}", des_storage::store::SHARD_EXT)
         })
         .collect();
+    o.reindex = cli.reindex;
     o.dry_run = cli.dry_run;
     o.recompress = cli
         .recompress

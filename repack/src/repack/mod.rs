@@ -29,7 +29,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use des_format::shard::AnyIndex;
+use des_format::shard::{AnyIndex, Tail};
+use des_format::v3::{IndexLayout, TRAILER_LEN};
 use des_format::{Compression, Timestamp};
 use des_storage::keys::ShardKey;
 use des_storage::protocol::{big_ref_ttl, checked, journal};
@@ -66,6 +67,9 @@ pub struct RepackOptions {
     pub max_bytes: Option<u64>,
     /// Shard keys (`YYYYMMDD/HEX.des`) to rewrite regardless of the rules.
     pub force_shards: Vec<String>,
+    /// Also rewrite every flat-index (format version 3) shard whose index
+    /// does not fit the suffix read, so it gets a paged index (SPEC §5.10).
+    pub reindex: bool,
     pub dry_run: bool,
     /// Re-encode copied entries with this policy instead of copying them.
     pub recompress: Option<Compression>,
@@ -89,6 +93,7 @@ impl Default for RepackOptions {
             max_delay: DEFAULT_MAX_DELAY,
             max_bytes: None,
             force_shards: Vec::new(),
+            reindex: false,
             dry_run: false,
             recompress: None,
             recompress_dict: None,
@@ -184,7 +189,12 @@ async fn run_locked(
         now,
         checked,
     };
-    let order = plan_order(&mut ctx);
+    let flat = if opts.reindex {
+        flat_shards(store).await?
+    } else {
+        Vec::new()
+    };
+    let order = plan_order(&mut ctx, flat);
     progress(Progress::Planned {
         shards: order.len(),
     });
@@ -238,6 +248,9 @@ enum Trigger {
     Pending,
     /// `--shard`: rewritten whatever the rules say.
     Forced,
+    /// `--reindex`: a flat index too large for the suffix read; rewritten
+    /// (with a paged index) whatever the rules say.
+    Reindex,
     /// It changed since it was last checked: deleted bytes found in it are
     /// past their proof and go now.
     Recheck,
@@ -245,12 +258,18 @@ enum Trigger {
 
 /// Forced shards first, then the rest by their oldest pending tombstone, so
 /// the deletions closest to their deadline go first when the budget runs out.
-fn plan_order(ctx: &mut Ctx<'_>) -> Vec<(String, Vec<PendingTomb>, Trigger)> {
+fn plan_order(ctx: &mut Ctx<'_>, flat: Vec<String>) -> Vec<(String, Vec<PendingTomb>, Trigger)> {
     let mut by_shard = std::mem::take(&mut ctx.state.by_shard);
     let mut order = Vec::new();
     for key in &ctx.opts.force_shards {
         let pending = by_shard.remove(key).unwrap_or_default();
         order.push((key.clone(), pending, Trigger::Forced));
+    }
+    for key in flat {
+        if !ctx.opts.force_shards.contains(&key) {
+            let pending = by_shard.remove(&key).unwrap_or_default();
+            order.push((key, pending, Trigger::Reindex));
+        }
     }
     let mut rest: Vec<(String, Vec<PendingTomb>, Trigger)> = by_shard
         .into_iter()
@@ -259,6 +278,20 @@ fn plan_order(ctx: &mut Ctx<'_>) -> Vec<(String, Vec<PendingTomb>, Trigger)> {
     rest.sort_by_key(|(k, p, _)| (p.iter().map(PendingTomb::logged_at).min(), k.clone()));
     order.extend(rest);
     order
+}
+
+/// Shards whose flat index a lookup must read whole: one suffix read each.
+async fn flat_shards(store: &DesStore) -> Result<Vec<String>> {
+    let mut keys = Vec::new();
+    for meta in store.list_shards().await? {
+        if let Some(Tail::V3(t)) = store.shard_tail(&meta.key).await?
+            && t.layout == IndexLayout::Flat
+            && t.index_len + TRAILER_LEN as u64 > store.suffix_len()
+        {
+            keys.push(meta.key);
+        }
+    }
+    Ok(keys)
 }
 
 fn age_seconds(now: Timestamp, then: Timestamp) -> f64 {
@@ -361,7 +394,7 @@ async fn try_process(
         let garbage = assess(ctx, &holds, &loaded)?;
         out.garbage_ratio = garbage.ratio;
         out.entries_dropped = garbage.drop.len() as u64;
-        if garbage.drop.is_empty() && trigger != Trigger::Forced {
+        if garbage.drop.is_empty() && !matches!(trigger, Trigger::Forced | Trigger::Reindex) {
             return nothing_to_remove(ctx, key, pending, &loaded, out).await;
         }
         let Some(reason) = decide(ctx, pending, trigger, garbage.ratio) else {
@@ -467,6 +500,8 @@ fn decide(
         .any(|p| ctx.now.micros().saturating_sub(p.logged_at().micros()) >= max_delay);
     if trigger == Trigger::Forced {
         Some("forced")
+    } else if trigger == Trigger::Reindex {
+        Some("reindex")
     } else if trigger == Trigger::Recheck {
         Some("recheck")
     } else if ratio >= ctx.opts.min_garbage_ratio {

@@ -313,7 +313,10 @@ fn check_new_index(
     let index = tail
         .get(..tail.len().saturating_sub(v3::TRAILER_LEN))
         .ok_or_else(|| bad("short tail".into()))?;
-    let view = v3::IndexView::parse(index, &trailer).map_err(|e| bad(e.to_string()))?;
+    // Either index layout, checked as a reader would check it.
+    let parsed = v3::ShardIndex::parse(bytes::Bytes::copy_from_slice(index), trailer)
+        .map_err(|e| bad(e.to_string()))?;
+    let view = parsed.view();
     if view.len() != expect.len() {
         return Err(bad(format!(
             "{} entries, expected {}",

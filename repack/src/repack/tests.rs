@@ -559,3 +559,109 @@ async fn an_orphan_big_file_is_collected_once_its_ref_expires() {
     assert!(mem.head(&orphan_key).await.is_err());
     assert_eq!(read(&store, &kept).await.unwrap(), kept.data);
 }
+
+/// A shard of `n` small files with numeric uids `≡ shard (mod 16)`, which
+/// route to `shard` at n_bits 4, written with `layout`.
+async fn numeric_shard(store: &DesStore, shard: u16, n: u64, layout: des_format::v3::IndexLayout) {
+    let at = ts("2024-05-17T10:00:00Z");
+    let ident = ShardIdent {
+        date: at.date_number(),
+        shard_index: shard,
+        n_bits: N_BITS,
+        generation: 1,
+        digest_alg: store.digest(),
+        written_at: at,
+    };
+    let mut w = ShardWriter::with_layout(Vec::new(), ident, layout).unwrap();
+    for i in 0..n {
+        let data = noise(i + 1, 40);
+        let e = NewEntry {
+            uid: ((1000 + i) * 16 + u64::from(shard)).to_string(),
+            created_at: at,
+            content_type: None,
+            meta: None,
+            codec: Codec::None,
+            orig_len: data.len() as u64,
+            digest: store.digest().digest(&data),
+        };
+        w.add_inline(e, &data).unwrap();
+    }
+    let loc = store
+        .locate(&(16 + u64::from(shard)).to_string(), at)
+        .unwrap();
+    let objects = store.objects_for_shard(loc.shard_index).unwrap();
+    let bytes = Bytes::from(w.finish().unwrap().0);
+    let key = DesStore::shard_key(&loc);
+    objects
+        .put(&key, bytes, PutOptions::default())
+        .await
+        .unwrap();
+}
+
+async fn layout_of(store: &DesStore, key: &str) -> des_format::v3::IndexLayout {
+    match store.shard_tail(key).await.unwrap().unwrap() {
+        des_format::shard::Tail::V3(t) => t.layout,
+        des_format::shard::Tail::Legacy { .. } => panic!("legacy"),
+    }
+}
+
+#[tokio::test]
+async fn reindex_rewrites_large_flat_shards_only() {
+    use des_format::v3::IndexLayout::{Flat, Paged};
+    let mem = MemoryStore::new();
+    let store = single(Arc::new(mem.clone())).await;
+    // 2,000 entries: an index of ~170 KB, more than the 48 KiB suffix read.
+    numeric_shard(&store, 0, 2_000, Flat).await;
+    numeric_shard(&store, 1, 10, Flat).await;
+    numeric_shard(&store, 2, 2_000, Paged).await;
+    let keys: Vec<String> = (0..3)
+        .map(|s| format!("20240517/{}.des", des_format::routing::shard_hex(s, N_BITS)))
+        .collect();
+    let before = store.load_index(&keys[0]).await.unwrap().unwrap();
+
+    let mut o = opts();
+    o.reindex = true;
+    o.dry_run = true;
+    let r = repack(&store, &o, |_| {}).await.unwrap();
+    assert_eq!(r.shards.len(), 1, "{r:#?}");
+    assert_eq!(
+        layout_of(&store, &keys[0]).await,
+        Flat,
+        "a dry run changes nothing"
+    );
+
+    o.dry_run = false;
+    let r = repack(&store, &o, |_| {}).await.unwrap();
+    assert_eq!(r.shards_rewritten, 1, "{r:#?}");
+    assert_eq!(
+        (r.shards[0].key.as_str(), r.shards[0].reason.as_str()),
+        (keys[0].as_str(), "reindex")
+    );
+    assert_eq!(layout_of(&store, &keys[0]).await, Paged);
+    assert_eq!(
+        layout_of(&store, &keys[1]).await,
+        Flat,
+        "small: its index comes with the suffix"
+    );
+    let after = store.load_index(&keys[0]).await.unwrap().unwrap();
+    assert_eq!(after.index.trailer().unwrap().generation, 2);
+    let strip = |ix: &des_storage::LoadedIndex| -> Vec<_> {
+        ix.index
+            .located()
+            .into_iter()
+            .map(|l| (l.uid, l.check, l.orig_len))
+            .collect()
+    };
+    assert_eq!(strip(&after), strip(&before));
+    for i in [0u64, 999, 1_999] {
+        let uid = ((1000 + i) * 16).to_string();
+        let (_, data) = store
+            .get_file(&uid, ts("2024-05-17T10:00:00Z"))
+            .await
+            .unwrap();
+        assert_eq!(data, noise(i + 1, 40));
+    }
+    // Nothing left to convert.
+    let r = repack(&store, &o, |_| {}).await.unwrap();
+    assert_eq!(r.shards_rewritten, 0, "{r:#?}");
+}

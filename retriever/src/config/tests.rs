@@ -29,7 +29,8 @@ fn defaults() {
     assert_eq!(s.layout, Layout::V3);
     assert_eq!(s.listen, DEFAULT_LISTEN);
     assert_eq!(s.cache_bytes, 512 << 20);
-    assert_eq!(s.suffix_bytes, 64 << 10);
+    assert_eq!(s.suffix_bytes, 48 << 10);
+    assert_eq!(s.page_cache_bytes, 256 << 20);
     assert_eq!(s.cache_ttl, None);
     assert_eq!(s.payload_cache_bytes, 128 << 20);
     assert_eq!(s.payload_cache_max_entry_bytes, 256 << 10);

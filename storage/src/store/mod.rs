@@ -21,13 +21,15 @@ pub use auto::{
     LEGACY_MARKER_KEY, LEGACY_RECHECK, LegacyMarker, legacy_prefix, v3_key_of_legacy_part,
 };
 pub use dicts::{DEFAULT_DICT_CACHE_BYTES, DictCache, LatestDict, dict_key};
-pub use index::LoadedIndex;
+pub use index::{LoadedIndex, OpenedShard, Route, ShardLookup, ShardVersion};
 pub use placement::{Placement, Single, shard_index_of_key};
 pub use read::{external_key, verify_stream};
 
 pub use crate::keys::{CONFIG_KEY as STORE_CONFIG_KEY, SHARD_EXT};
-/// One suffix read of this size returns trailer and index for typical shards.
-pub const DEFAULT_SUFFIX_LEN: u64 = 64 * 1024;
+/// One suffix read of this size returns the trailer and the whole index of
+/// small shards, and the page directory of paged ones (SPEC §7.1), leaving
+/// room in a 64 KiB cold-read budget for one page of at most 8 KiB.
+pub const DEFAULT_SUFFIX_LEN: u64 = 48 * 1024;
 
 /// Written once when a store is created; every tool reads n_bits from it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

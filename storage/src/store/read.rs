@@ -6,7 +6,7 @@ use des_format::Timestamp;
 use des_format::codec;
 use des_format::shard::{Check, Located, Source};
 
-use super::{DesStore, Layout, LoadedIndex};
+use super::{DesStore, Layout, OpenedShard, ShardVersion};
 use crate::bridge::BlockingStreamReader;
 use crate::error::{Error, Result};
 use crate::object::{ByteRange, GetOptions, ObjectStore, ObjectStoreExt};
@@ -32,17 +32,18 @@ pub fn external_key(shard_key: &str, located: &Located) -> Option<String> {
 impl DesStore {
     /// The stored (possibly compressed) bytes of one entry: one range read of
     /// the shard version the index came from, or one read of the external object.
-    pub async fn read_stored(&self, loaded: &LoadedIndex, located: &Located) -> Result<Bytes> {
+    pub async fn read_stored(&self, shard: &impl ShardVersion, located: &Located) -> Result<Bytes> {
+        let shard_key = shard.key();
         match located.shard_range() {
             Some(r) => {
-                self.read_exact(&loaded.key, r.start, r.end, &loaded.object)
+                self.read_exact(shard_key, r.start, r.end, shard.object())
                     .await
             }
             None => {
-                let key = external_key(&loaded.key, located)
-                    .ok_or_else(|| Error::corrupt(&loaded.key, "entry has no payload"))?;
+                let key = external_key(shard_key, located)
+                    .ok_or_else(|| Error::corrupt(shard_key, "entry has no payload"))?;
                 let (_, body) = self
-                    .objects_for_key(&loaded.key)?
+                    .objects_for_key(shard_key)?
                     .get_range(&key, ByteRange::All)
                     .await?;
                 Ok(body)
@@ -52,16 +53,16 @@ impl DesStore {
 
     /// Verified original bytes of one entry (buffered; big files should use
     /// [`verify_stream`] or a streaming read instead).
-    pub async fn read_file(&self, loaded: &LoadedIndex, located: &Located) -> Result<Vec<u8>> {
-        let stored = self.read_stored(loaded, located).await?;
-        let data = self.decode_entry(&loaded.key, located, stored).await?;
+    pub async fn read_file(&self, shard: &impl ShardVersion, located: &Located) -> Result<Vec<u8>> {
+        let stored = self.read_stored(shard, located).await?;
+        let data = self.decode_entry(shard.key(), located, stored).await?;
         Ok(data.into())
     }
 
     /// Finds `uid` in the shard it routes to. Legacy stores may hold several
     /// parts per shard; the highest-numbered part holding the uid wins. An
     /// auto store searches its v3 shard before the legacy parts.
-    pub async fn find(&self, uid: &str, created_at: Timestamp) -> Result<(LoadedIndex, Located)> {
+    pub async fn find(&self, uid: &str, created_at: Timestamp) -> Result<(OpenedShard, Located)> {
         let loc = self.locate(uid, created_at)?;
         let v3 = self.layout() == Layout::V3;
         if v3 && let Some(found) = self.find_in(&Self::shard_key(&loc), uid).await? {
@@ -82,11 +83,12 @@ impl DesStore {
         )))
     }
 
-    async fn find_in(&self, key: &str, uid: &str) -> Result<Option<(LoadedIndex, Located)>> {
-        Ok(self
-            .load_index(key)
-            .await?
-            .and_then(|loaded| loaded.find(uid).map(|found| (loaded, found))))
+    async fn find_in(&self, key: &str, uid: &str) -> Result<Option<(OpenedShard, Located)>> {
+        let Some(shard) = self.open_shard(key).await? else {
+            return Ok(None);
+        };
+        let found = self.find_in_shard(&shard, uid).await?;
+        Ok(found.map(|located| (shard, located)))
     }
 
     /// Library read of one file by (uid, created_at).
