@@ -1,5 +1,7 @@
-//! A checked-in v3 shard pins the byte layout: any change to what the writer
-//! emits shows up as a diff against `tests/data/golden_v3.des`.
+//! Checked-in shards pin the byte layout: any change to what the writer
+//! emits shows up as a diff against `tests/data/golden_v3.des` (flat index,
+//! format version 3) or `tests/data/golden_v4.des` (paged index, version 4,
+//! pages of about 200 bytes so the directory has several records).
 //!
 //! To accept an intentional format change, regenerate the file with
 //!
@@ -24,7 +26,12 @@ use des_format::v3::{IndexLayout, NewEntry, ShardIdent, ShardWriter};
 use des_format::{AnyIndex, DigestAlgorithm, Tail, Timestamp};
 
 fn golden_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/golden_v3.des")
+    golden_path_of(IndexLayout::Flat)
+}
+
+fn golden_path_of(layout: IndexLayout) -> PathBuf {
+    let name = format!("tests/data/golden_v{}.des", layout.version());
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(name)
 }
 
 // Compressed payloads are fixed bytes, not produced by zstd/lz4 at test time:
@@ -130,7 +137,7 @@ fn stored_of(e: &Expected) -> Vec<u8> {
     }
 }
 
-fn build() -> Vec<u8> {
+fn build(layout: IndexLayout) -> Vec<u8> {
     let ident = ShardIdent {
         date: 20240517,
         shard_index: 0x5C,
@@ -139,7 +146,9 @@ fn build() -> Vec<u8> {
         digest_alg: DigestAlgorithm::Blake3,
         written_at: Timestamp::from_micros(WRITTEN_AT_US),
     };
-    let mut w = ShardWriter::with_layout(Vec::new(), ident, IndexLayout::Flat).unwrap();
+    let mut w = ShardWriter::with_layout(Vec::new(), ident, layout)
+        .unwrap()
+        .with_page_target(200);
     for (i, e) in expected().iter().enumerate() {
         let ne = NewEntry {
             uid: e.uid.to_string(),
@@ -177,8 +186,13 @@ fn fixed_payloads_are_what_they_claim() {
 
 #[test]
 fn writer_matches_golden_file() {
-    let built = build();
-    let path = golden_path();
+    writer_matches(IndexLayout::Flat);
+    writer_matches(IndexLayout::Paged);
+}
+
+fn writer_matches(layout: IndexLayout) {
+    let built = build(layout);
+    let path = golden_path_of(layout);
     if std::env::var_os("DES_BLESS").is_some_and(|v| v == "1") {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, &built).unwrap();
@@ -198,7 +212,12 @@ fn writer_matches_golden_file() {
 
 #[test]
 fn golden_file_reads_back_through_the_api() {
-    let bytes = std::fs::read(golden_path()).unwrap();
+    read_back(IndexLayout::Flat);
+    read_back(IndexLayout::Paged);
+}
+
+fn read_back(layout: IndexLayout) {
+    let bytes = std::fs::read(golden_path_of(layout)).unwrap();
     let len = bytes.len() as u64;
     let tail = Tail::parse(&bytes, len).unwrap();
     let r = tail.index_range();
@@ -335,4 +354,86 @@ fn hand_decoded() {
     assert_eq!(data_end, index_offset as u64);
     // The first payload written (abc123, zstd) starts right after the header.
     assert_eq!(&f[8..8 + ZSTD_STORED.len()], ZSTD_STORED);
+}
+
+fn varint(b: &[u8], at: &mut usize) -> usize {
+    let mut v = 0usize;
+    for shift in (0..35).step_by(7) {
+        let byte = b[*at];
+        *at += 1;
+        v |= usize::from(byte & 0x7F) << shift;
+        if byte & 0x80 == 0 {
+            return v;
+        }
+    }
+    panic!("varint longer than 5 bytes");
+}
+
+/// The paged golden file decoded by SPEC.md §5.10 alone: the directory from
+/// the end, each page's CRC, entry count and heap offsets relative to the
+/// page, separator keys between the pages' uids.
+#[test]
+fn hand_decoded_paged() {
+    let f = std::fs::read(golden_path_of(IndexLayout::Paged)).unwrap();
+    let n = f.len();
+    assert_eq!(&f[..8], b"DES3\x04\x00\x00\x00", "header");
+    let t = &f[n - 64..];
+    assert_eq!(t[48], 4, "format version");
+    assert_eq!(u32_at(t, 52), crc32c::crc32c(&t[..52]), "trailer crc");
+    let index_offset = u64_at(t, 0) as usize;
+    let index_len = u64_at(t, 8) as usize;
+    assert_eq!(index_offset + index_len + 64, n);
+    let count = u32_at(t, 16) as usize;
+    assert_eq!(count, 5);
+
+    let dir_end = n - 64;
+    let page_count = u32_at(&f, dir_end - 8) as usize;
+    let rec_len = u32_at(&f, dir_end - 4) as usize;
+    let dir_start = dir_end - 8 - rec_len;
+    assert_eq!(
+        u32_at(t, 20),
+        crc32c::crc32c(&f[dir_start..dir_end]),
+        "directory crc"
+    );
+    assert!(page_count >= 3, "{page_count} pages");
+
+    let (mut at, mut page_at) = (dir_start, index_offset);
+    let (mut prev_key, mut uids, mut entries) = (Vec::new(), Vec::new(), 0);
+    let mut keys = Vec::new();
+    for _ in 0..page_count {
+        let shared = varint(&f, &mut at);
+        let suffix_len = varint(&f, &mut at);
+        let mut key = prev_key[..shared].to_vec();
+        key.extend_from_slice(&f[at..at + suffix_len]);
+        at += suffix_len;
+        let n_k = varint(&f, &mut at);
+        let page_len = varint(&f, &mut at);
+        let crc = u32_at(&f, at);
+        at += 4;
+        let page = &f[page_at..page_at + page_len];
+        assert_eq!(crc, crc32c::crc32c(page), "page crc");
+        let (table, heap) = page.split_at(n_k * 64);
+        for e in table.chunks_exact(64) {
+            let heap_off = u32_at(e, 40) as usize;
+            let uid_len = u16_at(heap, heap_off) as usize;
+            uids.push(
+                String::from_utf8(heap[heap_off + 2..heap_off + 2 + uid_len].to_vec()).unwrap(),
+            );
+        }
+        keys.push((key.clone(), uids.len() - n_k));
+        entries += n_k;
+        page_at += page_len;
+        prev_key = key;
+    }
+    assert_eq!(at, dir_end - 8, "records fill rec_len");
+    assert_eq!(page_at, dir_start, "pages end where the directory starts");
+    assert_eq!(entries, count);
+    let mut sorted = uids.clone();
+    sorted.sort();
+    assert_eq!(uids, sorted, "pages in uid order");
+    assert!(keys[0].0.is_empty(), "key 0 is empty");
+    for (key, first) in keys.iter().skip(1) {
+        let (last_before, first_here) = (uids[first - 1].as_bytes(), uids[*first].as_bytes());
+        assert!(key.as_slice() > last_before && key.as_slice() <= first_here);
+    }
 }

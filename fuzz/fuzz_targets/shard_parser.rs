@@ -5,12 +5,13 @@
 
 use bytes::Bytes;
 use des_format::shard::Source;
+use des_format::v3::{Directory, IndexLayout, paged};
 use des_format::{AnyIndex, Tail};
 use libfuzzer_sys::fuzz_target;
 
-/// Readers fetch a suffix of this size first (SPEC.md §Reading a remote shard);
-/// parsing the trailer from a suffix shorter than the object is a distinct path.
-const SUFFIX: usize = 64 * 1024;
+/// Readers fetch a suffix of this size first (SPEC.md §7.1); parsing the
+/// trailer from a suffix shorter than the object is a distinct path.
+const SUFFIX: usize = 48 * 1024;
 
 const PROBES: &[&str] = &[
     "",
@@ -46,6 +47,11 @@ fn read_everything(data: &[u8]) {
     let Ok(tail) = Tail::parse(suffix, object_len) else {
         return;
     };
+    if let Tail::V3(t) = &tail
+        && t.layout == IndexLayout::Paged
+    {
+        lookup_by_page(data, suffix, t);
+    }
     let range = tail.index_range();
     let (Ok(start), Ok(end)) = (usize::try_from(range.start), usize::try_from(range.end)) else {
         return;
@@ -55,6 +61,34 @@ fn read_everything(data: &[u8]) {
     for version in [Some(1), Some(2), None] {
         if let Ok(Some(ix)) = AnyIndex::parse(&tail, index.clone(), version) {
             exercise(&ix, data);
+        }
+    }
+}
+
+/// The retriever's path for a paged shard (SPEC §5.10): the directory from
+/// the end of the object, then one page per probe.
+fn lookup_by_page(data: &[u8], suffix: &[u8], t: &des_format::v3::Trailer) {
+    let Ok(r) = paged::directory_range(suffix, t, data.len() as u64) else {
+        return;
+    };
+    let (Ok(start), Ok(end)) = (usize::try_from(r.start), usize::try_from(r.end)) else {
+        return;
+    };
+    let dir_bytes = data.get(start..end).expect("directory range outside object");
+    let Ok(dir) = Directory::parse(dir_bytes, t) else {
+        return;
+    };
+    for probe in PROBES {
+        let Some(k) = dir.page_for(probe) else {
+            continue;
+        };
+        let page = dir.page_range(k).expect("the directory names page k");
+        let (Ok(s), Ok(e)) = (usize::try_from(page.start), usize::try_from(page.end)) else {
+            continue;
+        };
+        let bytes = Bytes::copy_from_slice(data.get(s..e).expect("page outside object"));
+        if let Ok(p) = dir.page(k, bytes) {
+            let _ = p.find(probe);
         }
     }
 }
@@ -87,7 +121,13 @@ fn repair_v3_checksums(b: &mut [u8], entries_too: bool) -> Option<()> {
     let index_len = u64_at(b, t + 8)?;
     let count = u32_at(b, t + 16)?;
     let index_end = index_offset.checked_add(index_len)?;
-    if index_end <= t {
+    if b.get(t + 48) == Some(&4) {
+        // Paged: the index CRC covers the directory, which ends at the trailer.
+        let records = u32_at(b, t.checked_sub(4)?)?;
+        let dir_start = t.checked_sub(8)?.checked_sub(records)?;
+        let crc = crc32c::crc32c(b.get(dir_start..t)?);
+        put_u32(b, t + 20, crc);
+    } else if index_end <= t {
         if entries_too {
             for i in 0..count.min(index_len / 64) {
                 let e = index_offset + i * 64;

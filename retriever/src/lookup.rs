@@ -97,8 +97,10 @@ pub struct Retriever {
     metrics: Arc<Metrics>,
     negative_ttl: Duration,
     indexes: Cache<String, Cached>,
+    index_capacity: u64,
     /// Pages of paged shards, by shard version and page number.
     pages: Cache<PageKey, Arc<Page>>,
+    page_capacity: u64,
     /// Shard keys (v3) or part prefixes (legacy) known not to exist.
     missing: Cache<String, ()>,
     /// Legacy only: part keys of a (date, shard), highest part first.
@@ -175,7 +177,9 @@ impl Retriever {
             metrics,
             negative_ttl: cfg.negative_ttl,
             indexes: indexes.build(),
+            index_capacity: cfg.index_bytes,
             pages: pages.build(),
+            page_capacity: cfg.page_bytes,
             missing: Cache::builder()
                 .max_capacity(NEGATIVE_CAPACITY)
                 .time_to_live(cfg.negative_ttl)
@@ -357,6 +361,9 @@ impl Retriever {
             Ok(entry) => {
                 if entry.is_fresh() {
                     self.metrics.page_cache_misses.inc();
+                    if u64::from(page_weight(entry.key(), entry.value())) > self.page_capacity {
+                        self.pages.invalidate(entry.key()).await;
+                    }
                 } else {
                     self.metrics.page_cache_hits.inc();
                 }
@@ -541,7 +548,14 @@ impl Retriever {
         // Fresh: this call read storage. Requests that waited on it count as
         // hits, so misses equal index reads however many requests coalesced.
         match &filled {
-            Ok(entry) if entry.is_fresh() => self.metrics.cache_misses.inc(),
+            Ok(entry) if entry.is_fresh() => {
+                self.metrics.cache_misses.inc();
+                // The cache evicts lazily: without this, an index larger than
+                // the whole bound would be served from memory until then.
+                if u64::from(weight(key, entry.value())) > self.index_capacity {
+                    self.indexes.invalidate(key).await;
+                }
+            }
             Ok(_) => self.metrics.cache_hits.inc(),
             Err(_) => self.metrics.cache_misses.inc(),
         }
