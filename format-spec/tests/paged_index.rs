@@ -124,9 +124,19 @@ fn budgets_hold(n: usize) {
     assert_eq!(reader.find("").unwrap().0, None);
     assert_eq!(reader.find("zzz").unwrap().0, None);
     println!(
-        "{n} entries: {} pages, suffix read {opened} bytes, largest page read {largest}",
-        reader.dir.page_count()
+        "{n} entries: {} pages, suffix read {opened} bytes, largest page read {largest}, \
+         directory in memory {} bytes",
+        reader.dir.page_count(),
+        reader.dir.heap_size()
     );
+    // What a reader caches per shard: about a byte per entry at most, not the index.
+    if n >= 10_000 {
+        assert!(
+            reader.dir.heap_size() <= n,
+            "{} bytes",
+            reader.dir.heap_size()
+        );
+    }
 }
 
 #[test]
@@ -216,5 +226,52 @@ fn damage_to_directory_or_page_is_caught_on_the_lookup_path() {
             }
             damaged[pos] ^= mask;
         }
+    }
+}
+
+/// Every key shares a long prefix, which the directory keeps once: probes
+/// before, inside and after it, and prefixes of it, land on the right page.
+#[test]
+fn uids_around_the_shared_prefix_find_their_page() {
+    let uids: Vec<String> = (0..60).map(|i| format!("archive/2024/x{i:03}")).collect();
+    let mut w = ShardWriter::new(Vec::new(), ident())
+        .unwrap()
+        .with_page_target(150);
+    for u in &uids {
+        let e = NewEntry {
+            uid: u.clone(),
+            created_at: Timestamp::from_micros(0),
+            content_type: None,
+            meta: None,
+            codec: Codec::None,
+            orig_len: 0,
+            digest: DigestAlgorithm::Blake3.digest(b""),
+        };
+        w.add_inline(e, b"").unwrap();
+    }
+    let shard = w.finish().unwrap().0;
+    let (reader, _) = Reader::open(&shard).unwrap();
+    assert!(
+        reader.dir.page_count() > 10,
+        "{} pages",
+        reader.dir.page_count()
+    );
+    for u in &uids {
+        assert_eq!(reader.find(u).unwrap().0.map(|l| l.uid), Some(u.clone()));
+    }
+    for probe in [
+        "",
+        "a",
+        "archive",
+        "archive/2024/",
+        "archive/2024/x",
+        "archive/2024/x0",
+        "archive/2024/x0599",
+        "archive/2024/y",
+        "archive/2025",
+        "b",
+        "archive/2024/x059~",
+    ] {
+        assert_eq!(reader.find(probe).unwrap().0, None, "{probe:?}");
     }
 }

@@ -36,7 +36,10 @@ struct PageSpan {
 #[derive(Debug, Clone)]
 pub struct Directory {
     trailer: Trailer,
-    /// Separator keys back to back; key `k` ends at `key_ends[k]`.
+    /// What every key but key 0 (always empty) starts with: uids of one
+    /// shard often share a long prefix (a path, a date), kept here once.
+    prefix: Vec<u8>,
+    /// The rest of each key, back to back; key `k`'s ends at `key_ends[k]`.
     keys: Vec<u8>,
     key_ends: Vec<u32>,
     pages: Vec<PageSpan>,
@@ -83,6 +86,7 @@ impl Directory {
         }
         let mut d = Self {
             trailer: *trailer,
+            prefix: Vec::new(),
             keys: Vec::new(),
             key_ends: Vec::with_capacity(page_count as usize),
             pages: Vec::with_capacity(page_count as usize),
@@ -103,7 +107,32 @@ impl Directory {
         if c.remaining() != 0 || start != dir_start || entries != u64::from(trailer.entry_count) {
             return corrupt("pages do not add up to the index");
         }
+        d.strip_common_prefix();
         Ok(d)
+    }
+
+    /// Moves the prefix all keys but key 0 share into `prefix`, and drops
+    /// spare capacity: this is what a reader keeps per cached shard.
+    fn strip_common_prefix(&mut self) {
+        let mut common: Option<&[u8]> = None;
+        for k in 1..self.pages.len() {
+            let key = self.stored_key(k).unwrap_or_default();
+            common = Some(match common {
+                None => key,
+                Some(c) => c.get(..shared_len(c, key)).unwrap_or_default(),
+            });
+        }
+        let prefix = common.unwrap_or_default().to_vec();
+        let mut keys = Vec::with_capacity(self.keys.len());
+        let mut ends = Vec::with_capacity(self.pages.len());
+        for k in 0..self.pages.len() {
+            let key = self.stored_key(k).unwrap_or_default();
+            keys.extend_from_slice(key.get(prefix.len()..).unwrap_or_default());
+            ends.push(u32::try_from(keys.len()).unwrap_or(u32::MAX));
+        }
+        keys.shrink_to_fit();
+        self.pages.shrink_to_fit();
+        (self.prefix, self.keys, self.key_ends) = (prefix, keys, ends);
     }
 
     fn read_record(&mut self, c: &mut Cursor<'_>, start: u64) -> Option<PageSpan> {
@@ -111,7 +140,7 @@ impl Directory {
         let suffix_len = varint(c)?;
         let suffix = c.take(suffix_len)?;
         let prev_len = match self.pages.len().checked_sub(1) {
-            Some(p) => self.key(p)?.len(),
+            Some(p) => self.stored_key(p)?.len(),
             None => 0,
         };
         let prev_start = self.keys.len() - prev_len;
@@ -127,9 +156,10 @@ impl Directory {
         })
     }
 
+    /// While parsing (`prefix` still empty): key `k` in full.
     fn check_record(&self, k: usize, span: &PageSpan) -> Result<()> {
-        let key = self.key(k).unwrap_or_default();
-        let ordered = match k.checked_sub(1).and_then(|p| self.key(p)) {
+        let key = self.stored_key(k).unwrap_or_default();
+        let ordered = match k.checked_sub(1).and_then(|p| self.stored_key(p)) {
             None => key.is_empty(),
             Some(prev) => prev < key,
         };
@@ -145,7 +175,8 @@ impl Directory {
         Ok(())
     }
 
-    fn key(&self, k: usize) -> Option<&[u8]> {
+    /// Key `k` as kept: without `prefix` (but key 0 has none to strip).
+    fn stored_key(&self, k: usize) -> Option<&[u8]> {
         let end = *self.key_ends.get(k)? as usize;
         let start = match k.checked_sub(1) {
             Some(p) => *self.key_ends.get(p)? as usize,
@@ -165,15 +196,36 @@ impl Directory {
     /// The page that holds `uid` if the shard does: the last one whose key is
     /// not greater than `uid`. `None` for a shard without entries.
     pub fn page_for(&self, uid: &str) -> Option<usize> {
-        let (mut lo, mut hi) = (0usize, self.pages.len());
+        let last = self.pages.len().checked_sub(1)?;
+        let uid = uid.as_bytes();
+        // Keys 1.. all start with `prefix`: a uid that does not sorts
+        // before all of them or after all of them.
+        let Some(rest) = uid.strip_prefix(self.prefix.as_slice()) else {
+            return Some(if uid < self.prefix.as_slice() {
+                0
+            } else {
+                last
+            });
+        };
+        // The last key (from 1) not greater than the uid; key 0 ("") otherwise.
+        let (mut lo, mut hi) = (1usize, self.pages.len());
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            match self.key(mid)?.cmp(uid.as_bytes()) {
+            match self.stored_key(mid)?.cmp(rest) {
                 Ordering::Greater => hi = mid,
                 Ordering::Less | Ordering::Equal => lo = mid + 1,
             }
         }
-        lo.checked_sub(1)
+        Some(lo - 1)
+    }
+
+    /// Key `k` in full (`None` past the last page).
+    fn key(&self, k: usize) -> Option<Vec<u8>> {
+        let stored = self.stored_key(k)?;
+        Some(match k {
+            0 => stored.to_vec(),
+            _ => [self.prefix.as_slice(), stored].concat(),
+        })
     }
 
     /// Byte range of page `k` in the object.
@@ -185,6 +237,7 @@ impl Directory {
     /// Bytes held, for byte-bounded caches.
     pub fn heap_size(&self) -> usize {
         std::mem::size_of::<Self>()
+            + self.prefix.capacity()
             + self.keys.capacity()
             + self.key_ends.capacity() * 4
             + self.pages.capacity() * std::mem::size_of::<PageSpan>()
@@ -223,9 +276,11 @@ impl Directory {
         let last = view
             .entry(view.len().saturating_sub(1))
             .map(|e| e.uid.as_bytes());
-        let below = first.zip(self.key(k)).is_none_or(|(f, key)| f < key);
+        let below = first
+            .zip(self.key(k))
+            .is_none_or(|(f, key)| f < key.as_slice());
         let above = match (last, self.key(k + 1)) {
-            (Some(l), Some(next)) => l >= next,
+            (Some(l), Some(next)) => l >= next.as_slice(),
             (l, _) => l.is_none(),
         };
         if below || above {
@@ -411,7 +466,7 @@ fn directory(records: &[Record<'_>], cuts: &[usize], pages: &[Vec<u8>]) -> Resul
             None => &[][..],
             Some(prev) => separator(prev.uid(), records.get(s).map_or(&[][..], Record::uid)),
         };
-        let shared = prev_key.iter().zip(key).take_while(|(a, b)| a == b).count();
+        let shared = shared_len(prev_key, key);
         let rest = key.get(shared..).unwrap_or_default();
         put_varint(&mut out, to_u32(shared)?);
         put_varint(&mut out, to_u32(rest.len())?);
@@ -428,12 +483,12 @@ fn directory(records: &[Record<'_>], cuts: &[usize], pages: &[Vec<u8>]) -> Resul
 }
 
 fn separator<'a>(prev_last: &[u8], first: &'a [u8]) -> &'a [u8] {
-    let common = prev_last
-        .iter()
-        .zip(first)
-        .take_while(|(a, b)| a == b)
-        .count();
+    let common = shared_len(prev_last, first);
     first.get(..=common).unwrap_or(first)
+}
+
+fn shared_len(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 fn to_u32(n: usize) -> Result<u32> {
