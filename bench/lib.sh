@@ -104,3 +104,30 @@ for server, us in cpu.items():
     print(f"cpu_us_per_req {server}: median {statistics.median(us):.1f} (rounds: {', '.join(f'{x:.1f}' for x in us)})")
 PY
 }
+
+# loadgen_result NAME BASE PATHS SECONDS [VERIFY [RATE [HOST]]]: one run of
+# des-loadgen ($loadgen_bin, pinned to LOADGEN_CPU, default 1) as a RESULT-style
+# line "NAME rps=… p50_ms=… p99_ms=… errors=0". Closed loop over CONNECTIONS
+# connections, or open loop at RATE requests/s. VERIFY (PATH<TAB>FILE lines)
+# checks those answers byte for byte; any non-2xx, error or mismatch ends
+# the script, so no figure comes from a run that served wrong answers.
+loadgen_result() {
+    local name=$1 base=$2 paths=$3 secs=$4 verify=${5:-} rate=${6:-} host=${7:-} out rc=0
+    local args=(--base "$base" --paths "$paths" --duration "${secs}s" --connections "${CONNECTIONS:-32}" --json)
+    if [[ -n $verify ]]; then args+=(--verify "$verify"); fi
+    if [[ -n $rate ]]; then args+=(--rate "$rate" --warmup 1s); fi
+    if [[ -n $host ]]; then args+=(--host "$host"); fi
+    out=$(taskset -c "${LOADGEN_CPU:-1}" "${loadgen_bin:?build des-bench-tools first}" "${args[@]}" \
+        2>"${work:?}/loadgen-$name.err") || rc=$?
+    if ((rc != 0)); then
+        echo "des-loadgen run $name failed (exit $rc): non-2xx, error or wrong bytes" >&2
+        cat "$work/loadgen-$name.err" >&2
+        exit 1
+    fi
+    python3 - "$name" "$out" <<'PY'
+import json, sys
+r = json.loads(sys.argv[2])
+print(f"{sys.argv[1]} rps={r['rps']:.0f} p50_ms={r['p50_us'] / 1000:.2f} "
+      f"p99_ms={r['p99_us'] / 1000:.2f} errors={r['errors']} verified={r['verified']}")
+PY
+}

@@ -12,7 +12,10 @@
 #   DES_RETRIEVER=/path/to/des-retriever ...      # a prebuilt retriever (A/B of two builds)
 #   PERF=/tmp/cold.perf ...                       # also `perf record -g` the retriever's first run
 #
-# Needs root (it writes /proc/sys/vm/drop_caches), wrk, nginx, cargo.
+# Servers are pinned to core 0, des-loadgen to core 1; every run checks the
+# status of every answer and the bytes of VERIFY_SAMPLE files (any non-2xx
+# or mismatch ends the script).
+# Needs root (it writes /proc/sys/vm/drop_caches), nginx, cargo, taskset.
 # Prints one RESULT line per server and round, with the serving processes'
 # CPU time (the retriever; every nginx worker) per request and the disk reads and KiB read per request (/proc/diskstats of
 # the device holding DIR; the store should be on the same device), then the
@@ -23,7 +26,7 @@ dir=${1:?usage: bench/retriever_cold.sh DIR}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-15}
 CONNECTIONS=${CONNECTIONS:-32}
-THREADS=${THREADS:-1}          # wrk threads
+VERIFY_SAMPLE=${VERIFY_SAMPLE:-200} # files whose bytes every run checks
 WORKERS=${WORKERS:-1}          # retriever workers = nginx worker_processes
 CREATED_AT=2024-05-17T10:00:00Z
 
@@ -31,8 +34,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=bench/lib.sh
 source "$root/bench/lib.sh"
 [[ $(id -u) == 0 ]] || { echo "needs root: drops the page cache before each run" >&2; exit 1; }
-for tool in wrk nginx cargo; do
-    command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y wrk nginx)" >&2; exit 1; }
+for tool in nginx cargo taskset; do
+    command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y nginx util-linux)" >&2; exit 1; }
 done
 work=$(mktemp -d /tmp/des-bench-cold.XXXXXX)
 chmod 755 "$work"
@@ -45,7 +48,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-build_bins "$root"
+build_bins "$root" -p des-bench-tools
+loadgen_bin=${DES_LOADGEN:-$bin/des-loadgen}
 store=${STORE:-}
 if [[ -z $store ]]; then
     store="$work/store"
@@ -56,6 +60,10 @@ chmod o+rx "$dir" # nginx workers run as an unprivileged user
 (cd "$dir" && find . -type f | sed 's|^\./||') > "$work/uids"
 sed "s|^\(.*\)$|/files/\1?created_at=$CREATED_AT|" "$work/uids" > "$work/paths-retriever"
 sed 's|^|/|' "$work/uids" > "$work/paths-nginx"
+shuf -n "$VERIFY_SAMPLE" --random-source=<(yes) "$work/uids" > "$work/sample"
+awk -v d="$dir" -v at="$CREATED_AT" '{ printf "/files/%s?created_at=%s\t%s/%s\n", $0, at, d, $0 }' \
+    "$work/sample" > "$work/verify-retriever"
+awk -v d="$dir" '{ printf "/%s\t%s/%s\n", $0, d, $0 }' "$work/sample" > "$work/verify-nginx"
 echo "$(wc -l < "$work/uids") files" >&2
 
 device=$(basename "$(df --output=source "$dir" | tail -1)")
@@ -68,7 +76,7 @@ start() { # name port: starts one server, fresh, on a cold page cache
     echo 3 > /proc/sys/vm/drop_caches
     case $1 in
         retriever)
-            RUST_LOG=warn "$retriever_bin" --store "$store" --no-auth --listen "127.0.0.1:$2" \
+            RUST_LOG=warn taskset -c 0 "$retriever_bin" --store "$store" --no-auth --listen "127.0.0.1:$2" \
                 --workers "$WORKERS" >>"$work/retriever.log" 2>&1 &
             server=$!
             serving=("$server")
@@ -87,8 +95,10 @@ start() { # name port: starts one server, fresh, on a cold page cache
         root $dir;
     }"
             server=$!
+            taskset -a -p -c 0 "$server" >/dev/null
             wait_port "$2"
             mapfile -t serving < <(pgrep -P "$server") # every worker, once listening
+            for w in "${serving[@]}"; do taskset -a -p -c 0 "$w" >/dev/null; done
             ;;
     esac
 }
@@ -104,8 +114,9 @@ run() { # round name paths: one measured run, its line appended to $work/results
     if [[ -n ${PERF:-} && $1 == retriever && $round == 1 ]]; then
         perf record -q -F 499 -g -o "$PERF" -p "${serving[0]}" -- sleep "$DURATION" 2>/dev/null &
     fi
-    line=$(PATHS_FILE="$2" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" -s "$root/bench/random_paths.lua" \
-        "http://127.0.0.1:$port" | grep '^RESULT' | sed "s/^RESULT/$1/")
+    local verify=$work/verify-nginx
+    [[ $1 == retriever ]] && verify=$work/verify-retriever
+    line=$(loadgen_result "$1" "http://127.0.0.1:$port" "$2" "$DURATION" "$verify")
     python3 - "round $round $line" "$DURATION" "$before_cpu" "$(cpu_of "${serving[@]}")" "$(getconf CLK_TCK)" \
         "$before_reads" "$(disk_reads)" <<'PY' | tee -a "$work/results"
 import sys

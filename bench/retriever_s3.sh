@@ -2,7 +2,12 @@
 # GET throughput from S3: des-retriever on a DES store in S3 (cold and warm)
 # vs presigned GETs of the same files stored as loose objects in the same
 # bucket, straight from the S3 server. One S3 server on loopback, started
-# and removed by this script; same wrk settings and random mix of files.
+# and removed by this script; same load (des-loadgen) and random mix of files.
+# The retriever, the S3 server and the nginx proxy are pinned to core 0,
+# des-loadgen to core 1. Every run checks every answer's status and, for
+# VERIFY_SAMPLE files, its bytes (retriever and direct GETs): any non-2xx
+# or mismatch ends the script. Besides saturation, p99 is measured at a
+# fixed rate of RATE_SHARE (default 0.5) of the direct GETs' saturation rate.
 #
 #   bench/retriever_s3.sh                      # Garage, defaults below
 #   BACKEND=s3s-fs bench/retriever_s3.sh       # s3s-fs instead
@@ -18,12 +23,12 @@
 # Garage and s3s-fs do not set TCP_NODELAY and write headers and body of a
 # GET as two segments, so a client that delays its ACK (Linux, on a pooled
 # connection: 40 ms) waits ~44 ms per request. des-storage re-arms
-# TCP_QUICKACK on plain-http S3 connections; wrk cannot, so by default the
-# direct baseline is stalled. QUICKACK=1 runs everything in a private network
+# TCP_QUICKACK on plain-http S3 connections; des-loadgen does not, so by
+# default the direct baseline is stalled. QUICKACK=1 runs everything in a private network
 # namespace whose loopback route has `quickack 1`, so every client ACKs at
 # once and the direct baseline is fair (needs root; cargo runs offline there).
 #
-# Needs: wrk, curl, python3, cargo, and the server (scripts/garage.sh install,
+# Needs: curl, python3, cargo, taskset, and the server (scripts/garage.sh install,
 # scripts/s3s-fs.sh install). Prints RESULT lines for: direct (loose objects
 # from the server, after a warm-up), direct-ranged (presigned range GETs of
 # the packed entries in their shards, straight from the server: the storage
@@ -48,7 +53,8 @@ MAX_SIZE=${MAX_SIZE:-16384}    # bytes
 DURATION=${DURATION:-15}       # seconds per measured run
 WARMUP=${WARMUP:-5}            # seconds of warm-up for the direct run
 CONNECTIONS=${CONNECTIONS:-32}
-THREADS=${THREADS:-1}          # wrk threads
+VERIFY_SAMPLE=${VERIFY_SAMPLE:-200} # files whose bytes every run checks
+RATE_SHARE=${RATE_SHARE:-0.5}  # fixed-rate runs: this share of direct's saturation rps
 WORKERS=${WORKERS:-1}          # retriever workers
 ROUNDS=${ROUNDS:-1}            # measured rounds of direct, ranged, proxy and warm, interleaved
 N_BITS=${N_BITS:-8}
@@ -65,8 +71,8 @@ if [[ -n ${DES_BENCH_NETNS:-} ]]; then
     ip route change local 127.0.0.0/8 dev lo table local scope host quickack 1
     ip route change local 127.0.0.1 dev lo table local proto kernel scope host src 127.0.0.1 quickack 1
 fi
-for tool in wrk curl python3 cargo; do
-    command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y wrk curl)" >&2; exit 1; }
+for tool in curl python3 cargo taskset; do
+    command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y curl util-linux)" >&2; exit 1; }
 done
 work=$(mktemp -d /tmp/des-bench-s3.XXXXXX)
 garage_name=bench-s3-$$
@@ -80,13 +86,15 @@ cleanup() {
 trap cleanup EXIT
 
 
-build_bins "$root" -p des-storage --example s3_loose
+build_bins "$root" -p des-storage --example s3_loose -p des-bench-tools
+loadgen_bin=${DES_LOADGEN:-$bin/des-loadgen}
 
 echo "starting $BACKEND..." >&2
 case $BACKEND in
     garage)
         eval "$("$root/scripts/garage.sh" start "$garage_name")"
         server_pid=$(cat "${DES_GARAGE_STATE:-/tmp/des-garage}/$garage_name/pid")
+        taskset -a -p -c 0 "$server_pid" >/dev/null
         ;;
     s3s-fs)
         s3s_bin=${S3S_FS_BIN:-$(command -v s3s-fs 2>/dev/null || echo "$HOME/.cargo/bin/s3s-fs")}
@@ -98,7 +106,7 @@ case $BACKEND in
         export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
         export AWS_ENDPOINT_URL=http://127.0.0.1:$sport AWS_REGION=us-east-1
         export DES_S3_FORCE_PATH_STYLE=1 DES_S3_BUCKET=des
-        RUST_LOG=warn "$s3s_bin" --host 127.0.0.1 --port "$sport" --access-key "$AWS_ACCESS_KEY_ID" \
+        RUST_LOG=warn taskset -c 0 "$s3s_bin" --host 127.0.0.1 --port "$sport" --access-key "$AWS_ACCESS_KEY_ID" \
             --secret-key "$AWS_SECRET_ACCESS_KEY" "$work/s3s" >"$work/s3s.log" 2>&1 &
         server_pid=$!
         pids+=("$server_pid")
@@ -117,6 +125,17 @@ echo "uploading loose objects to s3://des/loose and presigning GETs..." >&2
 cut -f1 "$work/presigned" > "$work/uids"
 cut -f2 "$work/presigned" > "$work/paths-direct"
 sed "s|^\(.*\)$|/files/\1?created_at=$CREATED_AT|" "$work/uids" > "$work/paths-retriever"
+# PATH<TAB>FILE for a fixed sample: what des-loadgen compares answers with.
+python3 - "$work" "$VERIFY_SAMPLE" "$CREATED_AT" <<'PY'
+import random, sys
+work, n, at = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+lines = [l.rstrip("\n").split("\t") for l in open(f"{work}/presigned")]
+sample = random.Random(7).sample(lines, min(n, len(lines)))
+with open(f"{work}/verify-direct", "w") as d, open(f"{work}/verify-retriever", "w") as r:
+    for uid, path in sample:
+        d.write(f"{path}\t{work}/loose/{uid}\n")
+        r.write(f"/files/{uid}?created_at={at}\t{work}/loose/{uid}\n")
+PY
 
 echo "packing to s3://des/store..." >&2
 "$pack_bin" --dir "$work/loose" --created-at "$CREATED_AT" --out s3://des/store \
@@ -143,20 +162,25 @@ if command -v nginx >/dev/null; then
         }
     }"
     pids+=($!)
+    taskset -a -p -c 0 "$!" >/dev/null
     wait_port "$pport"
 fi
 
 rport=$(free_port)
 read -ra extra <<<"${RETRIEVER_ARGS:-}"
-RUST_LOG=warn "$retriever_bin" --store s3://des/store --no-auth --listen "127.0.0.1:$rport" \
+RUST_LOG=warn taskset -c 0 "$retriever_bin" --store s3://des/store --no-auth --listen "127.0.0.1:$rport" \
     --workers "$WORKERS" "${extra[@]}" 2>"$work/retriever.log" &
 retriever_pid=$!
 pids+=("$retriever_pid")
 wait_port "$rport"
 
-run() { # name base-url paths seconds
-    PATHS_FILE="$3" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$4s" -s "$root/bench/random_paths.lua" \
-        "$2" | grep '^RESULT' | sed "s/^RESULT/$1/"
+run() { # name base-url paths seconds [rate]: every answer checked, see loadgen_result
+    local verify=
+    case $3 in
+        */paths-direct) verify=$work/verify-direct ;;
+        */paths-retriever) verify=$work/verify-retriever ;;
+    esac
+    loadgen_result "$1" "$2" "$3" "$4" "$verify" "${5:-}"
 }
 # "storage-requests GETs" from the retriever's metrics.
 counts() {
@@ -169,7 +193,7 @@ counts() {
 machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
 # A measured retriever run: RESULT line plus storage requests per GET and
 # the CPU seconds of the retriever, of the S3 server and of the whole machine
-# (all cores; wrk and anything else running make up the difference).
+# (all cores; des-loadgen and anything else running make up the difference).
 measure() { # name
     local before after b_r b_s b_m line
     before=$(counts); b_r=$(cpu_ticks "$retriever_pid"); b_s=$(cpu_ticks "$server_pid")
@@ -206,7 +230,7 @@ want=$(python3 -c "a, b = '${rrange#bytes=}'.split('-'); print(int(b) - int(a) +
 [[ $rlen == "$want" ]] || { echo "ranged GET returned $rlen bytes, wanted $want" >&2; exit 1; }
 
 echo "load before measuring: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-echo "measuring ($DURATION s each, $CONNECTIONS connections, $THREADS wrk threads, $WORKERS retriever workers)..." >&2
+echo "measuring ($DURATION s each, $CONNECTIONS connections, $WORKERS retriever workers on core 0, des-loadgen on core 1)..." >&2
 direct() { # name paths [port]: warm-up in the first round, then a measured run with CPU seconds
     local b_s b_m line port=${3:-$s3_port}
     if [[ $round == 1 ]]; then run "$1" "http://127.0.0.1:$port" "$2" "$WARMUP" >/dev/null; fi
@@ -251,6 +275,12 @@ for round in $(seq 1 "$ROUNDS"); do
     printf '%s\n' "$d" "$g" ${p:+"$p"} "$w" | sed "s/^/round $round /" | tee -a "$work/results"
     summary
 done
+# p99 at a fixed rate both can sustain: RATE_SHARE of direct's saturation rps.
+rate=$(python3 -c "import re, sys; print(round(float(re.search(r'rps=([0-9.]+)', sys.argv[1]).group(1)) * $RATE_SHARE))" "$d")
+fd=$(run direct-fixed "http://127.0.0.1:$s3_port" "$work/paths-direct" "$DURATION" "$rate")
+fw=$(run retriever-warm-fixed "http://127.0.0.1:$rport" "$work/paths-retriever" "$DURATION" "$rate")
+echo "fixed rate $rate req/s ($RATE_SHARE of direct's saturation): $fd"
+echo "fixed rate $rate req/s ($RATE_SHARE of direct's saturation): $fw"
 check "http://127.0.0.1:$rport/files/$first?created_at=$CREATED_AT"
 echo "sanity check: retriever GET of $first is byte-identical" >&2
 echo "backend=$BACKEND quickack_route=${QUICKACK:-0} files=$FILES rounds=$ROUNDS load=$(cut -d' ' -f1-3 /proc/loadavg)"
