@@ -11,6 +11,11 @@ pub enum CrashPoint {
     AfterPublish,
     /// Tombstones marked applied, big files not yet collected.
     AfterMark,
+    /// A shard with nothing live left: big files registered and the journal
+    /// written, the shard not yet deleted.
+    BeforeDelete,
+    /// The shard deleted, its tombstones not yet marked.
+    AfterDelete,
 }
 
 impl CrashPoint {
@@ -21,6 +26,8 @@ impl CrashPoint {
             Self::BeforePublish => "before_publish",
             Self::AfterPublish => "after_publish",
             Self::AfterMark => "after_mark",
+            Self::BeforeDelete => "before_delete",
+            Self::AfterDelete => "after_delete",
         }
     }
 

@@ -1,253 +1,222 @@
-//! Retention: tombstones for files older than a per-uid-prefix age.
+//! Retention rules as tools use them: which shards can hold expired files,
+//! what the rules expire now (`des-tombstones retention check`), and why one
+//! file is or is not expired (`des-tombstones show`).
 //!
-//! Rules file (TOML):
-//!
-//! ```toml
-//! deleted_by = "retention"        # optional, recorded in each tombstone
-//! ticket_id = "POLICY-7"          # optional
-//!
-//! [[rule]]
-//! uid_prefix = "logs/"
-//! max_age_days = 90
-//!
-//! [[rule]]
-//! uid_prefix = "logs/audit/"      # the longest matching prefix wins:
-//! # no max_age_days: kept forever   # audit logs are exempt
-//! ```
-//!
-//! A file's age is measured from its `created_at`. Files under a legal hold
-//! (see [`crate::holds`]) and files already tombstoned are skipped.
+//! The rules themselves, their storage and the expiry arithmetic are
+//! `des_storage::retention`; legal holds are `des_storage::holds`. Nothing
+//! here writes: the repacker (`crate::repack`) removes expired files.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
-use des_format::Timestamp;
 use des_format::shard::AnyIndex;
-use des_storage::DesStore;
-use des_storage::Layout;
-use des_storage::tombstones::{DeleteReason, Tombstone, TombstoneLog, TombstoneSet};
-use futures::StreamExt;
-use serde::{Deserialize, Serialize};
+use des_storage::keys::ShardKey;
+use des_storage::retention::{self as rules_store, RetentionRules, StoredRules};
+use des_storage::{DesStore, ObjectMeta};
+use serde::Serialize;
 
 use crate::error::{RepackError, Result};
 use crate::holds::HoldSet;
-use crate::verify::place_of;
 
-const MICROS_PER_DAY: i64 = 86_400_000_000;
-/// Examples of expired files kept in the report.
-const MAX_EXAMPLES: usize = 100;
+pub use des_storage::retention::{Rule, day_number, today};
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Rule {
-    pub uid_prefix: String,
-    /// `None`: files under this prefix are kept forever (an exception).
-    #[serde(default)]
-    pub max_age_days: Option<u32>,
+/// Reads and checks a rules file.
+pub fn rules_from_path(path: &Path) -> Result<RetentionRules> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| RepackError::Invalid(format!("{}: {e}", path.display())))?;
+    RetentionRules::from_toml(&text)
+        .map_err(|e| RepackError::Invalid(format!("{}: {e}", path.display())))
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RetentionRules {
-    #[serde(default = "default_deleted_by")]
-    pub deleted_by: String,
-    #[serde(default)]
-    pub ticket_id: Option<String>,
-    #[serde(rename = "rule", default)]
-    pub rules: Vec<Rule>,
-}
-
-fn default_deleted_by() -> String {
-    "retention".into()
-}
-
-impl RetentionRules {
-    pub fn from_path(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| RepackError::Invalid(format!("{}: {e}", path.display())))?;
-        Self::from_toml(&text).map_err(|e| RepackError::Invalid(format!("{}: {e}", path.display())))
-    }
-
-    pub fn from_toml(text: &str) -> Result<Self> {
-        let rules: Self = toml::from_str(text).map_err(|e| RepackError::Invalid(e.to_string()))?;
-        if rules.rules.is_empty() {
-            return Err(RepackError::Invalid("no [[rule]] given".into()));
-        }
-        if rules.rules.iter().any(|r| r.max_age_days == Some(0)) {
-            return Err(RepackError::Invalid(
-                "max_age_days must be at least 1 (leave it out to keep forever)".into(),
-            ));
-        }
-        let mut prefixes: Vec<&str> = rules.rules.iter().map(|r| r.uid_prefix.as_str()).collect();
-        prefixes.sort_unstable();
-        if prefixes.windows(2).any(|w| w.first() == w.get(1)) {
-            return Err(RepackError::Invalid("two rules for one uid_prefix".into()));
-        }
-        Ok(rules)
-    }
-
-    /// The rule for `uid`: the one with the longest matching prefix.
-    pub fn rule_for(&self, uid: &str) -> Option<&Rule> {
-        self.rules
-            .iter()
-            .filter(|r| uid.starts_with(&r.uid_prefix))
-            .max_by_key(|r| r.uid_prefix.len())
-    }
-
-    fn youngest_expiry_days(&self) -> Option<u32> {
-        self.rules.iter().filter_map(|r| r.max_age_days).min()
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Expired {
-    pub uid: String,
-    pub created_at: String,
-    pub rule: String,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct RetentionReport {
-    pub store: String,
-    pub dry_run: bool,
-    pub shards_scanned: u64,
-    pub entries_scanned: u64,
-    pub expired: u64,
-    pub held: u64,
-    pub already_tombstoned: u64,
-    pub tombstones_created: u64,
-    pub failures: Vec<String>,
-    /// Up to 100 of the expired files (created or, dry, to create).
-    pub examples: Vec<Expired>,
-}
-
-/// Scans shards old enough to hold expired files and logs a
-/// `retention_expired` tombstone for each (unless `dry_run`).
-pub async fn apply(
-    store: &DesStore,
-    rules: &RetentionRules,
-    now: Timestamp,
-    dry_run: bool,
-) -> Result<RetentionReport> {
-    let mut report = RetentionReport {
-        store: store.describe(),
-        dry_run,
-        ..RetentionReport::default()
-    };
-    let Some(min_days) = rules.youngest_expiry_days() else {
-        return Ok(report);
-    };
-    let log = TombstoneLog::new(store);
-    let holds = HoldSet::load(store).await?;
-    let deleted = TombstoneSet::load(&log).await?;
-    let newest_date = days_before(now, min_days).date_number();
-    for meta in store.list_shards().await? {
-        let Some(place) = place_of(Layout::V3, &meta.key, store.n_bits()) else {
-            continue;
-        };
-        if place.date > newest_date {
-            continue;
-        }
-        let Some(loaded) = store.load_index(&meta.key).await? else {
-            continue;
-        };
-        let AnyIndex::V3(ix) = &loaded.index else {
-            continue;
-        };
-        report.shards_scanned += 1;
-        let mut due = Vec::new();
-        for e in ix.view().iter() {
-            report.entries_scanned += 1;
-            let Some(rule) = rules.rule_for(e.uid) else {
-                continue;
-            };
-            let Some(days) = rule.max_age_days else {
-                continue;
-            };
-            if e.created_at() >= days_before(now, days) {
-                continue;
-            }
-            report.expired += 1;
-            if deleted.contains(e.uid, place.date) {
-                report.already_tombstoned += 1;
-            } else if holds.holding(e.uid, place.date).is_some() {
-                report.held += 1;
-            } else {
-                if report.examples.len() < MAX_EXAMPLES {
-                    report.examples.push(Expired {
-                        uid: e.uid.to_string(),
-                        created_at: e.created_at().to_rfc3339(),
-                        rule: rule.uid_prefix.clone(),
-                    });
+/// Every shard object of a date up to `newest` (inclusive), over every store
+/// of the placement, in key order.
+///
+/// One listing from the start of each store, stopped at the first key after
+/// `newest`: date directories sort before every `_`-prefixed key, and a key
+/// of date `newest` (`YYYYMMDD/…`, `/` < `0`) before `"{newest}0"`, so the
+/// stores' other objects (tombstones, big files) are never listed.
+pub async fn shards_through(store: &DesStore, newest: u32) -> Result<Vec<ObjectMeta>> {
+    let stop = format!("{newest:08}0");
+    let stores = store.placement().stores();
+    let mut out = Vec::new();
+    for objects in &stores {
+        let mut after: Option<String> = None;
+        'pages: loop {
+            let page = objects.list("", after.as_deref()).await?;
+            for meta in page.objects {
+                if meta.key.as_str() >= stop.as_str() {
+                    break 'pages;
                 }
-                let mut t = Tombstone::new(
-                    e.uid,
-                    e.created_at(),
-                    DeleteReason::RetentionExpired,
-                    rules.deleted_by.as_str(),
-                );
-                t.ticket_id.clone_from(&rules.ticket_id);
-                due.push(t);
+                let Some(shard) = ShardKey::parse(&meta.key, Some(store.n_bits())) else {
+                    continue;
+                };
+                // With zones, a zone lists only the shards it owns.
+                let owner = store.objects_for_shard(shard.index)?;
+                if stores.len() == 1 || Arc::ptr_eq(&owner, objects) {
+                    out.push(meta);
+                }
+            }
+            match page.next_start_after {
+                Some(next) => after = Some(next),
+                None => break,
             }
         }
-        if dry_run {
-            report.tombstones_created += due.len() as u64;
-        } else {
-            append_all(&log, due, &mut report).await;
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}
+
+/// What one rule expires now.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RuleCheck {
+    pub uid_prefix: String,
+    /// `None`: kept forever.
+    pub max_age_days: Option<u32>,
+    /// Files of this date (`YYYYMMDD`) and older are expired.
+    pub expired_through: Option<String>,
+    /// Files this rule expires (held ones not counted).
+    pub files_expired: u64,
+    /// Their stored bytes (big files included).
+    pub bytes_expired: u64,
+    /// Shards holding at least one of them.
+    pub shards: u64,
+    /// Files it would expire but a legal hold keeps.
+    pub files_held: u64,
+}
+
+/// `des-tombstones retention check`: what the rules expire on `date`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckReport {
+    pub store: String,
+    /// The day evaluated (`YYYYMMDD`).
+    pub date: String,
+    pub rules_version: u64,
+    pub rules: Vec<RuleCheck>,
+    /// Shards of the dates looked at.
+    pub shards_scanned: u64,
+    pub files_scanned: u64,
+    /// Shards every file of which is expired: the repacker deletes them whole.
+    pub shards_fully_expired: u64,
+    pub files_expired: u64,
+    pub files_held: u64,
+}
+
+/// Counts what `stored` expires on `today` (and what holds keep), from the
+/// listing and the indexes of the shards of expired dates. Writes nothing.
+pub async fn check(store: &DesStore, stored: &StoredRules, today: u32) -> Result<CheckReport> {
+    let cutoffs = stored.rules.cutoffs(today);
+    let mut by_prefix: BTreeMap<String, RuleCheck> = stored
+        .rules
+        .rules
+        .iter()
+        .map(|r| {
+            let c = RuleCheck {
+                uid_prefix: r.uid_prefix.clone(),
+                max_age_days: r.max_age_days,
+                expired_through: r.last_expired_date(today).map(|d| format!("{d:08}")),
+                ..RuleCheck::default()
+            };
+            (r.uid_prefix.clone(), c)
+        })
+        .collect();
+    let mut report = CheckReport {
+        store: store.describe(),
+        date: format!("{today:08}"),
+        rules_version: stored.version,
+        ..CheckReport::default()
+    };
+    let holds = HoldSet::load(store).await?;
+    if let Some(newest) = cutoffs.newest_expired_date() {
+        for meta in shards_through(store, newest).await? {
+            let Some(loaded) = store.load_index(&meta.key).await? else {
+                continue;
+            };
+            let AnyIndex::V3(ix) = &loaded.index else {
+                continue;
+            };
+            let date = ix.trailer().date;
+            report.shards_scanned += 1;
+            let (mut entries, mut expired) = (0u64, 0u64);
+            let mut touched: Vec<String> = Vec::new();
+            for e in ix.view().iter() {
+                entries += 1;
+                let Some(rule) = cutoffs.expiring(e.uid, date) else {
+                    continue;
+                };
+                let Some(c) = by_prefix.get_mut(&rule.uid_prefix) else {
+                    continue;
+                };
+                if holds.holding(e.uid, date).is_some() {
+                    c.files_held += 1;
+                    report.files_held += 1;
+                    continue;
+                }
+                expired += 1;
+                c.files_expired += 1;
+                c.bytes_expired += e.stored_len();
+                if !touched.contains(&rule.uid_prefix) {
+                    touched.push(rule.uid_prefix.clone());
+                    c.shards += 1;
+                }
+            }
+            report.files_scanned += entries;
+            report.files_expired += expired;
+            if entries > 0 && expired == entries {
+                report.shards_fully_expired += 1;
+            }
         }
     }
+    // In the rules file's order.
+    report.rules = stored
+        .rules
+        .rules
+        .iter()
+        .filter_map(|r| by_prefix.remove(&r.uid_prefix))
+        .collect();
     Ok(report)
 }
 
-async fn append_all(log: &TombstoneLog, due: Vec<Tombstone>, report: &mut RetentionReport) {
-    let results = futures::stream::iter(due)
-        .map(|t| async move { (log.append(&t).await, t.uid) })
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await;
-    for (r, uid) in results {
-        match r {
-            Ok(_) => report.tombstones_created += 1,
-            Err(e) => report.failures.push(format!("{uid}: {e}")),
-        }
-    }
+/// Why a file is, or is not, expired by a rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Explanation {
+    pub rules_version: u64,
+    pub rules_updated_at: String,
+    pub rules_updated_by: String,
+    /// The rule that applies (longest matching prefix); `None`: no rule, kept forever.
+    pub uid_prefix: Option<String>,
+    pub max_age_days: Option<u32>,
+    /// The first day (`YYYYMMDD`) the file is expired on (00:00 UTC).
+    pub expires_on: Option<String>,
+    /// Expired on the day evaluated, and not held.
+    pub expired: bool,
+    /// The legal hold keeping it, if one does.
+    pub held_by: Option<String>,
 }
 
-fn days_before(now: Timestamp, days: u32) -> Timestamp {
-    Timestamp::from_micros(
-        now.micros()
-            .saturating_sub(i64::from(days).saturating_mul(MICROS_PER_DAY)),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-    use super::*;
-
-    #[test]
-    fn longest_prefix_wins_and_bad_files_are_refused() {
-        let rules = RetentionRules::from_toml(
-            r#"
-            [[rule]]
-            uid_prefix = "logs/"
-            max_age_days = 30
-            [[rule]]
-            uid_prefix = "logs/audit/"
-            [[rule]]
-            uid_prefix = ""
-            max_age_days = 3650
-            "#,
-        )
-        .unwrap();
-        assert_eq!(rules.rule_for("logs/x").unwrap().max_age_days, Some(30));
-        assert_eq!(rules.rule_for("logs/audit/x").unwrap().max_age_days, None);
-        assert_eq!(rules.rule_for("img/1").unwrap().max_age_days, Some(3650));
-        assert_eq!(rules.deleted_by, "retention");
-        assert!(RetentionRules::from_toml("").is_err());
-        assert!(RetentionRules::from_toml("[[rule]]\nuid_prefix=\"a\"\nmax_age_days=0").is_err());
-        assert!(RetentionRules::from_toml("[[rule]]\nuid_prefix=\"a\"\nmaxage=1").is_err());
-        let dup = "[[rule]]\nuid_prefix=\"a\"\n[[rule]]\nuid_prefix=\"a\"";
-        assert!(RetentionRules::from_toml(dup).is_err());
-    }
+/// Explains the retention of `(uid, date)` on `today`; `None` when the
+/// store has no rules.
+pub async fn explain(
+    store: &DesStore,
+    uid: &str,
+    date: u32,
+    today: u32,
+) -> Result<Option<Explanation>> {
+    let Some(stored) = rules_store::load(store).await? else {
+        return Ok(None);
+    };
+    let holds = HoldSet::load(store).await?;
+    let rule = stored.rules.rule_for(uid);
+    let expires_on = rule.and_then(|r| r.expires_on(date));
+    let held_by = holds.holding(uid, date).map(|h| h.name.clone());
+    Ok(Some(Explanation {
+        rules_version: stored.version,
+        rules_updated_at: stored.updated_at.clone(),
+        rules_updated_by: stored.updated_by.clone(),
+        uid_prefix: rule.map(|r| r.uid_prefix.clone()),
+        max_age_days: rule.and_then(|r| r.max_age_days),
+        expires_on: expires_on.map(|d| format!("{d:08}")),
+        expired: expires_on.is_some_and(|on| today >= on) && held_by.is_none(),
+        held_by,
+    }))
 }

@@ -87,6 +87,8 @@ fn deleted_bytes_are_gone_and_everything_else_is_identical() {
     );
     assert_eq!(show.status.code(), Some(0), "{}", describe(&show));
     let shown = json(&show);
+    assert_eq!(shown["deleted"], true);
+    let shown = &shown["tombstones"];
     assert_eq!(shown[0]["state"], "applied");
     assert_eq!(shown[0]["applied"]["outcome"], "removed");
     assert_eq!(shown[0]["applied"]["generation"], 2);
@@ -422,11 +424,18 @@ fn check_live(s: &Local, deleted: &[&str]) {
     });
 }
 
+fn tombstones(s: &Local, args: &[&str]) -> std::process::Output {
+    let root = s.root_str();
+    let mut all = vec!["--store", root.as_str()];
+    all.extend_from_slice(args);
+    run("des-tombstones", &all)
+}
+
 #[test]
-fn retention_respects_rules_and_legal_holds() {
+fn retention_rules_expire_files_without_tombstones_and_holds_win() {
     let specs = vec![
         FileSpec::new("logs/a", "2020-01-01T00:00:00Z", 5_000),
-        FileSpec::new("logs/b", "2020-01-02T00:00:00Z", 5_000),
+        FileSpec::new("logs/b", "2020-01-02T23:59:59Z", 5_000),
         FileSpec::new("logs/case42/c", "2020-01-01T00:00:00Z", 5_000),
         FileSpec::new("logs/audit/d", "2020-01-01T00:00:00Z", 5_000),
         FileSpec::new("img/e", "2020-01-01T00:00:00Z", 5_000),
@@ -437,21 +446,78 @@ fn retention_respects_rules_and_legal_holds() {
         ),
     ];
     let s = Local::build(specs);
-    let root = s.root_str();
+    let show = |uid: &str| {
+        let spec = s.spec(uid);
+        let args = [
+            "--json",
+            "show",
+            "--uid",
+            uid,
+            "--created-at",
+            &spec.created_at,
+        ];
+        tombstones(&s, &args)
+    };
+    let out = tombstones(&s, &["retention", "show"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "no rules yet: {}",
+        describe(&out)
+    );
+    assert_eq!(show("logs/a").status.code(), Some(1), "not deleted");
+
     let rules = s.aux("rules.toml");
     std::fs::write(
         &rules,
-        "deleted_by = \"policy\"\n\
+        "ticket_id = \"POLICY-7\"\n\
          [[rule]]\nuid_prefix = \"logs/\"\nmax_age_days = 30\n\
          [[rule]]\nuid_prefix = \"logs/audit/\"\n\
          [[rule]]\nuid_prefix = \"\"\nmax_age_days = 36500\n",
     )
     .unwrap();
-    let hold = run(
-        "des-tombstones",
+    let rules = rules.to_str().unwrap();
+    let bad = s.aux("bad.toml");
+    std::fs::write(&bad, "[[rule]]\nuid_prefix = \"x\"\nmax_age_days = 0\n").unwrap();
+    let out = tombstones(
+        &s,
         &[
-            "--store",
-            &root,
+            "retention",
+            "set",
+            bad.to_str().unwrap(),
+            "--updated-by",
+            "ops",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("at least 1"),
+        "{}",
+        describe(&out)
+    );
+
+    let out = tombstones(
+        &s,
+        &["--json", "retention", "set", rules, "--updated-by", "ops"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(json(&out)["version"], 1);
+    let out = tombstones(&s, &["retention", "set", rules, "--updated-by", "ops"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("version 2"),
+        "{}",
+        describe(&out)
+    );
+    let shown = json(&tombstones(&s, &["--json", "retention", "show"]));
+    assert_eq!(shown["version"], 2, "{shown:#}");
+    assert_eq!(shown["updated_by"], "ops");
+    assert_eq!(shown["ticket_id"], "POLICY-7");
+    assert_eq!(shown["rule"].as_array().unwrap().len(), 3);
+    assert!(s.root().join("_des/retention/0000000001.toml").exists());
+
+    let hold = tombstones(
+        &s,
+        &[
             "hold",
             "add",
             "--name",
@@ -463,97 +529,200 @@ fn retention_respects_rules_and_legal_holds() {
         ],
     );
     assert_eq!(hold.status.code(), Some(0), "{}", describe(&hold));
-    let rules = rules.to_str().unwrap();
-    let dry = run(
-        "des-tombstones",
-        &[
-            "--store",
-            &root,
-            "--json",
-            "retention",
-            "--rules",
-            rules,
-            "--dry-run",
-        ],
+
+    // A dry report, today and on a day before anything expired.
+    let before = s.snapshot();
+    let check = json(&tombstones(&s, &["--json", "retention", "check"]));
+    let logs = &check["rules"][0];
+    assert_eq!(logs["uid_prefix"], "logs/", "{check:#}");
+    assert_eq!(
+        (logs["files_expired"].as_u64(), logs["files_held"].as_u64()),
+        (Some(2), Some(1))
     );
-    let d = json(&dry);
-    assert_eq!(d["expired"], 3, "{d:#}");
-    assert_eq!(d["held"], 1);
-    assert_eq!(d["tombstones_created"], 2);
-    let listed = json(&run(
-        "des-tombstones",
-        &["--store", &root, "--json", "list"],
+    assert_eq!(check["rules"][1]["files_expired"], 0, "exempt: {check:#}");
+    assert_eq!(check["files_expired"], 2);
+    let early = json(&tombstones(
+        &s,
+        &["--json", "retention", "check", "--date", "20200201"],
     ));
     assert_eq!(
-        listed.as_array().unwrap().len(),
-        0,
-        "dry run logged nothing"
+        early["rules"][0]["expired_through"], "20200101",
+        "{early:#}"
     );
+    assert_eq!(
+        early["files_expired"], 1,
+        "only day 20200101 is over 30 days: {early:#}"
+    );
+    assert_eq!(s.snapshot(), before, "check writes nothing");
 
-    let real = json(&run(
-        "des-tombstones",
-        &["--store", &root, "--json", "retention", "--rules", rules],
-    ));
-    assert_eq!(real["tombstones_created"], 2, "{real:#}");
-    let listed = json(&run(
-        "des-tombstones",
-        &[
-            "--store",
-            &root,
-            "--json",
-            "list",
-            "--reason",
-            "retention-expired",
-        ],
-    ));
-    let uids: Vec<&str> = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["uid"].as_str().unwrap())
-        .collect();
-    assert_eq!(uids.len(), 2);
+    // show explains: rule, version, day of expiry; held and exempt files are not deleted.
+    let a = show("logs/a");
+    assert_eq!(a.status.code(), Some(0), "{}", describe(&a));
+    let a = json(&a);
+    assert_eq!(a["deleted"], true, "{a:#}");
+    assert_eq!(a["tombstones"].as_array().unwrap().len(), 0);
+    let why = &a["retention"];
+    assert_eq!(
+        (why["uid_prefix"].as_str(), why["max_age_days"].as_u64()),
+        (Some("logs/"), Some(30))
+    );
+    assert_eq!(
+        (why["rules_version"].as_u64(), why["expires_on"].as_str()),
+        (Some(2), Some("20200201"))
+    );
+    assert_eq!(json(&show("logs/b"))["retention"]["expires_on"], "20200202");
+    let c = show("logs/case42/c");
+    assert_eq!(c.status.code(), Some(1), "{}", describe(&c));
+    assert_eq!(json(&c)["retention"]["held_by"], "case42");
+    let d = json(&show("logs/audit/d"));
+    assert_eq!(
+        (
+            d["deleted"].as_bool(),
+            d["retention"]["max_age_days"].as_u64()
+        ),
+        (Some(false), None)
+    );
+    let text = tombstones(&s, &["show", "--uid", "logs/a", "--date", "20200101"]);
+    let text = String::from_utf8_lossy(&text.stdout);
     assert!(
-        uids.contains(&"logs/a") && uids.contains(&"logs/b"),
-        "{uids:?}"
+        text.contains("expired on 20200201") && text.contains("\"logs/\" (30 days)"),
+        "{text}"
     );
-    assert_eq!(listed[0]["deleted_by"], "policy");
 
-    // A GDPR request for the held file: hidden from readers, bytes kept.
-    let c = s.spec("logs/case42/c");
-    let add = run(
-        "des-tombstones",
-        &[
-            "--store",
-            &root,
-            "add",
-            "--uid",
-            "logs/case42/c",
-            "--date",
-            &c.date(),
-            "--reason",
-            "gdpr",
-            "--deleted-by",
-            "dpo",
-        ],
-    );
-    assert_eq!(add.status.code(), Some(0), "{}", describe(&add));
-    let r = json(&repack(&s, &["--min-garbage-ratio", "0"]));
-    assert_eq!(r["tombstones_held"], 1, "{r:#}");
-    assert_eq!(r["tombstones_pending"], 0);
-    assert!(s.raw_contains(&needle(c)), "held bytes must stay");
+    // des-repack removes expired bytes; no tombstone is ever written.
+    let r = json(&repack(&s, &[]));
+    assert_eq!(r["entries_expired"], 2, "{r:#}");
+    assert_eq!(r["retention_rules_version"], 2);
     s.check_files(&["logs/a", "logs/b"]);
-
-    let release = run(
-        "des-tombstones",
-        &["--store", &root, "hold", "release", "--name", "case42"],
+    for uid in ["logs/a", "logs/b"] {
+        assert!(!s.raw_contains(&needle(s.spec(uid))), "{uid} bytes remain");
+    }
+    assert!(
+        s.raw_contains(&needle(s.spec("logs/case42/c"))),
+        "held bytes stay"
     );
-    assert_eq!(release.status.code(), Some(0), "{}", describe(&release));
-    let r = json(&repack(&s, &["--min-garbage-ratio", "0"]));
-    assert_eq!(r["tombstones_held"], 0, "{r:#}");
-    assert!(!s.raw_contains(&needle(c)));
-    s.check_files(&["logs/a", "logs/b", "logs/case42/c"]);
+    let listed = json(&tombstones(&s, &["--json", "list"]));
+    assert_eq!(listed.as_array().unwrap().len(), 0, "{listed:#}");
     verify_clean(&s);
+
+    let release = tombstones(&s, &["hold", "release", "--name", "case42"]);
+    assert_eq!(release.status.code(), Some(0), "{}", describe(&release));
+    let r = json(&repack(&s, &[]));
+    assert_eq!(r["entries_expired"], 1, "{r:#}");
+    s.check_files(&["logs/a", "logs/b", "logs/case42/c"]);
+    assert!(!s.raw_contains(&needle(s.spec("logs/case42/c"))));
+    verify_clean(&s);
+}
+
+#[test]
+fn crashes_around_a_whole_shard_delete_lose_nothing() {
+    for point in ["before_delete", "after_delete"] {
+        // Two old days: 2020-01-01 expires whole, 2020-01-02 keeps a file.
+        let mut specs = Vec::new();
+        for i in 0..24 {
+            let (uid, day) = match i % 3 {
+                0 => (format!("old/{i}"), "2020-01-01"),
+                1 => (format!("old/{i}"), "2020-01-02"),
+                _ => (format!("keep/{i}"), "2020-01-02"),
+            };
+            specs.push(FileSpec::new(
+                &uid,
+                &format!("{day}T08:00:00Z"),
+                4_000 + i * 100,
+            ));
+        }
+        let s = Local::build(specs);
+        let rules = s.aux("rules.toml");
+        std::fs::write(
+            &rules,
+            "[[rule]]\nuid_prefix = \"old/\"\nmax_age_days = 1\n",
+        )
+        .unwrap();
+        let set = tombstones(
+            &s,
+            &[
+                "retention",
+                "set",
+                rules.to_str().unwrap(),
+                "--updated-by",
+                "t",
+            ],
+        );
+        assert_eq!(set.status.code(), Some(0), "{}", describe(&set));
+        // A GDPR tombstone on a file of a shard about to be deleted whole.
+        tombstone(&s, "old/0");
+        let expired: Vec<String> = s
+            .specs
+            .iter()
+            .map(|f| f.uid.clone())
+            .filter(|u| u.starts_with("old/"))
+            .collect();
+        let expired: Vec<&str> = expired.iter().map(String::as_str).collect();
+        let root = s.root_str();
+        let crashed = bin("des-repack")
+            .args([
+                "--store",
+                &root,
+                "--big-file-grace",
+                "0s",
+                "--lease-ttl",
+                "1s",
+                "--quiet",
+            ])
+            .env("DES_REPACK_CRASH_AT", point)
+            .output()
+            .unwrap();
+        assert!(!crashed.status.success(), "{point}: {}", describe(&crashed));
+        assert!(
+            String::from_utf8_lossy(&crashed.stderr).contains(point),
+            "{point}: {}",
+            describe(&crashed)
+        );
+        // Every live file survived the crash; expired ones are intact or gone.
+        let rt = rt();
+        rt.block_on(async {
+            let objects: std::sync::Arc<dyn des_storage::ObjectStore> =
+                std::sync::Arc::new(des_storage::LocalStore::new(s.root()).unwrap());
+            let store = des_storage::DesStore::open(objects).await.unwrap();
+            for spec in &s.specs {
+                match store.get_file(&spec.uid, spec.ts()).await {
+                    Ok((_, data)) => assert!(data == content(&spec.uid, spec.size), "{}", spec.uid),
+                    Err(e) if spec.uid.starts_with("old/") => {
+                        assert_eq!(e.kind(), des_storage::ErrorKind::NotFound, "{e}");
+                    }
+                    Err(e) => panic!("{point}: live file {} unreadable: {e}", spec.uid),
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(1100));
+        let out = repack(&s, &[]);
+        assert_eq!(out.status.code(), Some(0), "{point}: {}", describe(&out));
+        assert_eq!(json(&out)["tombstones_pending"], 0, "{point}");
+        s.check_files(&expired);
+        let left = std::fs::read_dir(s.root().join("20200101"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".des"))
+                    .count()
+            })
+            .unwrap_or(0);
+        assert_eq!(
+            left, 0,
+            "{point}: every shard of the expired day is deleted"
+        );
+        let shown = json(&tombstones(
+            &s,
+            &["--json", "show", "--uid", "old/0", "--date", "20200101"],
+        ));
+        let marker = &shown["tombstones"][0]["applied"];
+        assert_eq!(marker["outcome"], "removed", "{point}: {shown:#}");
+        assert_eq!(
+            marker["generation"],
+            serde_json::Value::Null,
+            "{point}: the shard was deleted"
+        );
+        verify_clean(&s);
+    }
 }
 
 #[test]

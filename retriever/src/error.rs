@@ -89,6 +89,9 @@ pub struct ApiError {
     range_len: Option<u64>,
     /// For 405: the methods the path serves, sent as `Allow`.
     allow: Option<&'static str>,
+    /// For 410: why the file is gone, when it is known (`retention_expired`);
+    /// sent as `reason` beside `error` and `message`.
+    reason: Option<&'static str>,
 }
 
 impl ApiError {
@@ -100,6 +103,7 @@ impl ApiError {
             retry_after: None,
             range_len: None,
             allow: None,
+            reason: None,
         }
     }
 
@@ -139,6 +143,18 @@ impl ApiError {
 
     pub fn gone(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Gone, message)
+    }
+
+    /// 410 with the `reason` the body names (e.g. `retention_expired`).
+    pub fn gone_because(reason: &'static str, message: impl Into<String>) -> Self {
+        let mut e = Self::gone(message);
+        e.reason = Some(reason);
+        e
+    }
+
+    /// The `reason` of a 410, if any.
+    pub fn reason(&self) -> Option<&'static str> {
+        self.reason
     }
 
     pub fn throttled(message: impl Into<String>, retry_after: Duration) -> Self {
@@ -217,6 +233,9 @@ fn public_message(kind: ErrorKind) -> &'static str {
 struct Body<'a> {
     error: &'a str,
     message: &'a str,
+    /// Only where a reason is known, so every other body keeps its shape.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
 }
 
 impl ResponseError for ApiError {
@@ -245,6 +264,7 @@ impl ResponseError for ApiError {
         resp.json(Body {
             error: self.code(),
             message: &self.message,
+            reason: self.reason,
         })
     }
 }

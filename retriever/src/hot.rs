@@ -300,6 +300,16 @@ impl HotCache {
         self.entries.remove(&KeyRef { uid, date });
     }
 
+    /// Drops every cached file `(uid, date)` for which `gone` says so (files
+    /// a retention rule expired): a scan of the cache, for the rare moments
+    /// the rules, the holds or the day change. Call once the change is
+    /// visible to the request path; the counter is bumped first, as by
+    /// [`Self::invalidate`], so a fill racing the scan undoes itself.
+    pub fn drop_where(&self, gone: impl Fn(&str, u32) -> bool) {
+        self.deletions.fetch_add(1, Ordering::SeqCst);
+        self.entries.retain(|k, _| !gone(&k.uid, k.date));
+    }
+
     /// Whether anything is cached for `(uid, the UTC day of created_at)`.
     pub fn contains(&self, uid: &str, created_at: Timestamp) -> bool {
         let date = created_at.date_number();

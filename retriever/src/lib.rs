@@ -11,7 +11,9 @@
 //!   error kinds to HTTP statuses; [`server`] wires routes, request ids and logs.
 //! * [`auth`] checks API keys, [`limits`] rate-limits clients; [`state`]
 //!   applies both before any lookup. [`delete`] logs deletes as tombstones;
-//!   [`tombstones`] keeps the set of deleted files current (410 Gone).
+//!   [`tombstones`] keeps the set of deleted files current (410 Gone), and
+//!   [`retention`] the store's retention rules and legal holds (410 for
+//!   expired files, by date arithmetic).
 //! * [`backend`] opens one store or zones and meters their reads;
 //!   [`metrics`] is the Prometheus registry behind `/metrics`.
 
@@ -32,6 +34,7 @@ pub mod payload;
 pub mod range;
 pub mod ready;
 pub mod representation;
+pub mod retention;
 pub mod server;
 pub mod state;
 pub mod stream;

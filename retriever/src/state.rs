@@ -14,6 +14,7 @@ use crate::limits::Limits;
 use crate::lookup::{CacheConfig, Retriever};
 use crate::metrics::{Metrics, MetricsError};
 use crate::representation::CacheHeaders;
+use crate::retention::Retention;
 use crate::tombstones::Deleted;
 
 /// Why the service could not start.
@@ -34,6 +35,9 @@ pub struct AppState {
     pub limits: Limits,
     /// Deleted files; `None` for legacy stores, which cannot be deleted from.
     pub deleted: Option<Arc<Deleted>>,
+    /// Files expired by retention rules; `None` for legacy stores. Polled
+    /// with the tombstones (`Deleted` holds it for that).
+    pub retention: Option<Arc<Retention>>,
     pub admission: Admission,
     pub cache_headers: CacheHeaders,
     /// An admin listener serves `/metrics`; the public port does not.
@@ -48,14 +52,17 @@ impl AppState {
         let auth = Arc::new(Auth::from_setting(&settings.auth)?);
         let metrics = Arc::new(Metrics::new()?);
         let retriever = open_retriever(storage, settings, Arc::clone(&metrics)).await?;
-        let deleted = match retriever.store().layout() {
+        let (deleted, retention) = match retriever.store().layout() {
             des_storage::Layout::V3 => {
                 let hot = retriever.hot().cloned();
-                Some(Arc::new(
-                    Deleted::load(retriever.store(), &metrics, hot).await?,
-                ))
+                let retention =
+                    Arc::new(Retention::load(retriever.store(), &metrics, hot.clone()).await?);
+                let deleted = Deleted::load(retriever.store(), &metrics, hot)
+                    .await?
+                    .with_retention(Arc::clone(&retention));
+                (Some(Arc::new(deleted)), Some(retention))
             }
-            des_storage::Layout::Legacy => None,
+            des_storage::Layout::Legacy => (None, None),
         };
         let auth_on = !matches!(settings.auth, AuthSetting::Off);
         Ok(Self {
@@ -67,6 +74,7 @@ impl AppState {
             auth,
             limits: Limits::new(&settings.rate_limits, settings.guards.ipv6_prefix),
             deleted,
+            retention,
         })
     }
 
@@ -81,7 +89,8 @@ impl AppState {
         Ok(principal)
     }
 
-    /// 410 if `(uid, created_at)` was deleted.
+    /// 410 if `(uid, created_at)` was deleted, or a retention rule expired
+    /// it (`reason: retention_expired`) and no legal hold keeps it.
     pub fn check_not_deleted(
         &self,
         uid: &str,
@@ -92,8 +101,33 @@ impl AppState {
                 "{uid:?} of {} was deleted",
                 created_at.date_dir()
             ))),
-            _ => Ok(()),
+            _ => self.check_not_expired(uid, created_at),
         }
+    }
+
+    fn check_not_expired(
+        &self,
+        uid: &str,
+        created_at: des_format::Timestamp,
+    ) -> Result<(), ApiError> {
+        let Some(e) = self
+            .retention
+            .as_ref()
+            .and_then(|r| r.expired(uid, created_at))
+        else {
+            return Ok(());
+        };
+        Err(ApiError::gone_because(
+            "retention_expired",
+            format!(
+                "{uid:?} of {} expired on {} under retention rule {:?} ({} days, rules version {})",
+                created_at.date_dir(),
+                e.expired_on,
+                e.uid_prefix,
+                e.max_age_days,
+                e.rules_version
+            ),
+        ))
     }
 }
 

@@ -14,6 +14,7 @@ use prometheus::{IntCounter, IntGauge};
 
 use crate::hot::HotCache;
 use crate::metrics::Metrics;
+use crate::retention::Retention;
 
 #[derive(Debug)]
 pub struct Deleted {
@@ -28,6 +29,8 @@ pub struct Deleted {
     /// deleted file is never served; it is dropped anyway so deleted (GDPR)
     /// bytes do not stay in memory until evicted.
     hot: Option<HotCache>,
+    /// Retention rules and holds, re-read on the same polls.
+    retention: Option<Arc<Retention>>,
 }
 
 impl Deleted {
@@ -49,9 +52,20 @@ impl Deleted {
             appended: metrics.tombstones_appended.clone(),
             poll_failures: metrics.tombstones_poll_failures.clone(),
             hot,
+            retention: None,
         };
         d.update_gauge();
         Ok(d)
+    }
+
+    /// Polls `retention` together with the log.
+    pub fn with_retention(mut self, retention: Arc<Retention>) -> Self {
+        self.retention = Some(retention);
+        self
+    }
+
+    pub fn retention(&self) -> Option<&Arc<Retention>> {
+        self.retention.as_ref()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, TombstoneSet> {
@@ -111,8 +125,9 @@ impl Deleted {
     }
 }
 
-/// Polls every `interval` until the runtime stops; a failed poll keeps what
-/// is known and is retried at the next tick.
+/// Polls every `interval` until the runtime stops, the log and then the
+/// retention rules and holds; a failed poll keeps what is known and is
+/// retried at the next tick.
 pub fn spawn_polling(deleted: Arc<Deleted>, interval: Duration) {
     actix_web::rt::spawn(async move {
         let mut tick = tokio::time::interval(interval);
@@ -124,6 +139,17 @@ pub fn spawn_polling(deleted: Arc<Deleted>, interval: Duration) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(new = n, "tombstones picked up"),
                 Err(e) => tracing::error!(error = %e, "polling the tombstone log failed"),
+            }
+            if let Some(r) = deleted.retention() {
+                match r.poll().await {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        tracing::info!(version = r.rules_version(), "retention rules picked up");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "re-reading retention rules or legal holds failed")
+                    }
+                }
             }
         }
     });

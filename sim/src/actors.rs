@@ -7,18 +7,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use des_format::Timestamp;
 use des_packer::{Input, PackOptions, PackReport, Target, pack_into};
 use des_repack::holds::{self, Hold};
 use des_repack::lease::LeaseConfig;
 use des_repack::repack::{RepackOptions, RepackReport, repack};
-use des_repack::retention::{self, RetentionReport, RetentionRules, Rule};
 use des_storage::resilience::{RetryPolicy, RetryStore};
+use des_storage::retention::{self as rules_store, RetentionRules, Rule};
 use des_storage::tombstones::{DeleteReason, Tombstone, TombstoneLog};
 use des_storage::{DesStore, ObjectStore};
 use tokio::runtime::Handle;
 
-use crate::scenario::{BIG_FILE_THRESHOLD, HoldSpec, Job, N_BITS, Pair, RETENTION_NOW, RepackSpec};
+use crate::scenario::{BIG_FILE_THRESHOLD, HoldSpec, Job, N_BITS, Pair, RepackSpec};
 use crate::sched::{ActorId, Hub, SimStore};
 
 /// Far beyond a run's length: the lease is never renewed in the middle of
@@ -36,7 +35,8 @@ pub enum Outcome {
     Repack(Result<RepackReport, String>),
     Delete(Vec<(Pair, Result<String, String>)>),
     Hold(Result<bool, String>),
-    Retention(Result<RetentionReport, String>),
+    /// The rules version stored.
+    Retention(Result<u64, String>),
     Panicked(String),
 }
 
@@ -210,18 +210,25 @@ async fn release_hold(objects: Arc<dyn ObjectStore>, name: String) -> Result<boo
         .map_err(|e| e.to_string())
 }
 
-async fn retain(objects: Arc<dyn ObjectStore>, prefix: String) -> Result<RetentionReport, String> {
+/// Adds a rule "uids starting with `prefix` live one day" to the stored
+/// rules (so rules only grow in a scenario) and stores the next version.
+/// Every file of a scenario is years older than that.
+async fn retain(objects: Arc<dyn ObjectStore>, prefix: String) -> Result<u64, String> {
     let store = DesStore::open(objects).await.map_err(|e| e.to_string())?;
-    let rules = RetentionRules {
-        deleted_by: "retention".into(),
-        ticket_id: None,
-        rules: vec![Rule {
-            uid_prefix: prefix,
-            max_age_days: Some(1),
-        }],
+    let mut rules = match rules_store::load(&store).await.map_err(|e| e.to_string())? {
+        Some(stored) => stored.rules,
+        None => RetentionRules {
+            ticket_id: None,
+            rules: Vec::new(),
+        },
     };
-    let now = Timestamp::parse_rfc3339(RETENTION_NOW).map_err(|e| e.to_string())?;
-    retention::apply(&store, &rules, now, false)
+    rules.rules.retain(|r| r.uid_prefix != prefix);
+    rules.rules.push(Rule {
+        uid_prefix: prefix,
+        max_age_days: Some(1),
+    });
+    rules_store::set(&store, &rules, "sim")
         .await
+        .map(|s| s.version)
         .map_err(|e| e.to_string())
 }

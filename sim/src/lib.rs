@@ -7,12 +7,14 @@
 //! checked after every change:
 //!
 //! - I1: a file reported packed stays readable, byte-exact, until a
-//!   tombstone for its (uid, day) exists;
+//!   tombstone for its (uid, day) exists or a stored retention rule
+//!   expires it;
 //! - I2: a tombstone is listed at once; once a repack with max-delay 0 has
 //!   run to completion after it (and after every packer that was running
 //!   when it was written), the file's bytes are in no shard and, with
 //!   big-file grace 0, in no `_big/` object that no live entry uses; they
-//!   never come back, not even when the same input is packed again;
+//!   never come back, not even when the same input is packed again; after
+//!   the final repack, the same holds for files the retention rules expire;
 //! - I3: no published shard references a missing `_big/<digest>`;
 //! - I5: a file under a legal hold keeps its bytes;
 //! - I6: every shard object parses and is whole; an applied marker for

@@ -14,9 +14,6 @@ use rand::{Rng, SeedableRng};
 pub const N_BITS: u8 = 4;
 /// Files above this many bytes become `_big/<digest>` objects.
 pub const BIG_FILE_THRESHOLD: u64 = 128;
-/// The clock retention runs with: years after every file's day, so a
-/// one-day rule expires every file it covers, whatever the wall clock says.
-pub const RETENTION_NOW: &str = "2030-01-01T00:00:00Z";
 const FIRST_DAY: &str = "2024-05-17T00:00:00Z";
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
@@ -82,7 +79,8 @@ pub enum Job {
     ReleaseHold {
         name: String,
     },
-    /// Retention with one rule: uids starting with `prefix` live one day.
+    /// Adds the retention rule "uids starting with `prefix` live one day"
+    /// (every file's day is years before the wall clock: it expires them).
     Retention {
         prefix: String,
     },

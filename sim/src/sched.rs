@@ -11,7 +11,7 @@
 //! That is only exact if an actor never has two operations parked at once:
 //! the engine could not tell whether a second one is still coming. Libraries
 //! do issue operations concurrently (the repacker marks tombstones applied
-//! with `buffer_unordered(16)`, retention appends with `buffer_unordered(16)`),
+//! with `buffer_unordered(16)`, big-file candidates one by one),
 //! so each actor's operations pass one at a time through a FIFO lock
 //! (`turn`): the others wait on the lock, not on the engine, and the order in
 //! which they queued is the order in which the library polled them, which is

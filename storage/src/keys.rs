@@ -10,6 +10,9 @@
 //! _tombstones/<name>                       a tombstone (storage/src/tombstones)
 //! _tombstones_applied/<name>               its applied marker
 //! _legal_holds/<name>.json                 a legal hold
+//! _des/retention.toml                      the current retention rules (storage/src/retention.rs)
+//! _des/retention/<N, 10 digits>.toml       every version of them, immutable
+//! _des/retention-applied.json              how far the repacker has applied them
 //! _des/repack.lease                        the repacker's lease
 //! _des/gc/big/<hex>                        a big file registered for collection
 //! _des/big-refs/<hex>/<holder>             a packer's reference in flight to a big file
@@ -38,6 +41,10 @@ pub const BIG_REFS_PREFIX: &str = "_des/big-refs/";
 pub const CHECKED_PREFIX: &str = "_des/checked/";
 pub const JOURNAL_PREFIX: &str = "_des/journal/";
 pub const PROBE_PREFIX: &str = "_des/.probe-";
+pub const RETENTION_KEY: &str = "_des/retention.toml";
+pub const RETENTION_HISTORY_PREFIX: &str = "_des/retention/";
+pub const RETENTION_APPLIED_KEY: &str = "_des/retention-applied.json";
+const TOML: &str = ".toml";
 const JSON: &str = ".json";
 
 /// A (date, shard) object's key: `<YYYYMMDD>/<HEX>.des`, HEX uppercase and
@@ -156,6 +163,14 @@ pub enum StoreKey {
     Probe {
         tag: String,
     },
+    /// The current retention rules.
+    Retention,
+    /// Version `version` of the retention rules, as it was set.
+    RetentionHistory {
+        version: u64,
+    },
+    /// The repacker's record of the rules it applied, and up to which day.
+    RetentionApplied,
 }
 
 impl StoreKey {
@@ -174,6 +189,21 @@ impl StoreKey {
         }
         if key == LEASE_KEY {
             return Some(Self::Lease);
+        }
+        if key == RETENTION_KEY {
+            return Some(Self::Retention);
+        }
+        if key == RETENTION_APPLIED_KEY {
+            return Some(Self::RetentionApplied);
+        }
+        if let Some(name) = key.strip_prefix(RETENTION_HISTORY_PREFIX) {
+            // Exactly the 10 digits the writer spells, so one version has one key.
+            let digits = name.strip_suffix(TOML)?;
+            if digits.len() != 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let version = digits.parse().ok().filter(|v| *v > 0)?;
+            return Some(Self::RetentionHistory { version });
         }
         if let Some(name) = key.strip_prefix(BIG_PREFIX) {
             if let Some(hex) = name.strip_suffix(CHUNKS_SUFFIX) {
@@ -257,6 +287,11 @@ impl fmt::Display for StoreKey {
             Self::Checked { shard, tag } => write!(f, "{CHECKED_PREFIX}{}/{tag}", shard.stem()),
             Self::Journal { shard } => write!(f, "{JOURNAL_PREFIX}{}{JSON}", shard.stem()),
             Self::Probe { tag } => write!(f, "{PROBE_PREFIX}{tag}"),
+            Self::Retention => f.write_str(RETENTION_KEY),
+            Self::RetentionHistory { version } => {
+                write!(f, "{RETENTION_HISTORY_PREFIX}{version:010}{TOML}")
+            }
+            Self::RetentionApplied => f.write_str(RETENTION_APPLIED_KEY),
         }
     }
 }
@@ -310,6 +345,9 @@ mod tests {
             },
             StoreKey::Journal { shard },
             StoreKey::Probe { tag: "12".into() },
+            StoreKey::Retention,
+            StoreKey::RetentionHistory { version: 7 },
+            StoreKey::RetentionApplied,
         ];
         for k in kinds {
             let s = k.to_string();
@@ -337,9 +375,17 @@ mod tests {
             "_tombstones/nope.json",
             "backups/db.tar",
             "20240517/.des-tmp-5C.des-0011",
+            "_des/retention/7.toml",
+            "_des/retention/0000000000.toml",
+            "_des/retention/000000000x.toml",
+            "_des/retention/0000000007.json",
         ] {
             assert_eq!(StoreKey::parse(bad), None, "{bad}");
         }
+        assert_eq!(
+            StoreKey::RetentionHistory { version: 7 }.to_string(),
+            "_des/retention/0000000007.toml"
+        );
         assert_eq!(ShardKey::parse("20240517/05C.des", Some(8)), None);
         assert_eq!(ShardKey::parse("20240517/1FF.des", Some(8)), None);
         assert_eq!(

@@ -7,6 +7,7 @@ mod cached_read;
 pub mod cli;
 mod error;
 pub mod forward;
+pub mod holds;
 pub mod keys;
 pub mod local;
 pub mod memory;
@@ -16,6 +17,7 @@ mod open_files;
 pub mod protocol;
 pub mod push;
 pub mod resilience;
+pub mod retention;
 pub mod s3;
 pub mod store;
 #[cfg(feature = "testing")]

@@ -28,7 +28,7 @@ Exit status:
   3  another repacker holds the store's lease (_des/repack.lease); nothing done
 
 Environment:
-  DES_REPACK_CRASH_AT=before_publish|after_publish|after_mark
+  DES_REPACK_CRASH_AT=before_publish|after_publish|after_mark|before_delete|after_delete
      abort at that point (crash-safety tests only)";
 
 /// Physically remove deleted files: rewrite shards holding files with
@@ -38,7 +38,10 @@ Environment:
 ///
 /// A shard is rewritten when at least --min-garbage-ratio of its bytes are
 /// deleted, or when one of its tombstones is older than --max-delay, or when
-/// named with --shard. Only one repacker runs per store at a time.
+/// named with --shard. Files the store's retention rules expired
+/// (des-tombstones retention set) go at once, without tombstones; a shard
+/// left with nothing live or held is deleted instead of rewritten. Only one
+/// repacker runs per store at a time.
 #[derive(Debug, Parser)]
 #[command(name = "des-repack", version, after_help = des_storage::units::after_help(EXIT_CODES))]
 #[command(group = StoreArgs::required_group())]

@@ -1,5 +1,5 @@
 //! `des-tombstones`: delete files (log tombstones), list and inspect them,
-//! apply retention rules, and manage legal holds.
+//! set and check retention rules, and manage legal holds.
 
 use std::io::{BufReader, Write};
 use std::path::PathBuf;
@@ -10,22 +10,25 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use des_format::Timestamp;
 use des_repack::holds::{self, Hold, HoldSet};
 use des_repack::open::open_store;
-use des_repack::retention::{self, RetentionRules};
+use des_repack::retention::{self, Explanation};
 use des_repack::tombstones_cli::{
     AddOutcome, AddReport, Defaults, ListFilter, ListedTombstone, TombstoneState, add_batch,
     add_one, list, show,
 };
 use des_storage::DesStore;
 use des_storage::cli::StoreArgs;
+use des_storage::retention::{self as rules_store, StoredRules};
 use des_storage::tombstones::{DeleteReason, Tombstone, TombstoneLog, parse_date};
 use serde::Serialize;
 
 const EXIT_CODES: &str = "\
 Exit status:
-  0  done (show: at least one tombstone found)
+  0  done (show: the file is deleted, by a tombstone or by a retention rule)
   1  some lines of a batch could not be added (each is reported); show: no
-     tombstone for that uid and date
-  2  usage error, or the store could not be read or written";
+     tombstone for that uid and date and no rule expires it; retention show
+     and check: no retention rules stored
+  2  usage error, or the store could not be read or written; retention set:
+     a bad rules file, or another set at the same time (retry)";
 
 /// Delete files from a DES store and inspect deletions.
 ///
@@ -51,8 +54,11 @@ enum Cmd {
     List(ListArgs),
     /// Show the tombstones of one uid and day, and whether the bytes are gone.
     Show(ShowArgs),
-    /// Log retention_expired tombstones for files older than the rules allow.
-    Retention(RetentionArgs),
+    /// Retention rules: how long files are kept, by uid prefix. Stored in
+    /// the store; readers answer 410 for expired files and des-repack
+    /// removes them. No tombstone is written per file.
+    #[command(subcommand)]
+    Retention(RetentionCmd),
     /// Legal holds: files that must never be deleted while the hold exists.
     #[command(subcommand)]
     Hold(HoldCmd),
@@ -141,14 +147,27 @@ struct ShowArgs {
     date: Option<String>,
 }
 
-#[derive(Debug, Args)]
-struct RetentionArgs {
-    /// Rules file (TOML): [[rule]] uid_prefix = "...", max_age_days = N.
-    #[arg(long, value_name = "FILE")]
-    rules: PathBuf,
-    /// Report what would be deleted; log nothing.
-    #[arg(long)]
-    dry_run: bool,
+#[derive(Debug, Subcommand)]
+enum RetentionCmd {
+    /// Store a rules file as the next version (in every store of the
+    /// placement); prints the version.
+    Set {
+        /// Rules file (TOML): [[rule]] uid_prefix = "...", max_age_days = N
+        /// (left out: kept forever); the longest matching prefix wins.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Who sets them (a person, a change ticket); recorded with the version.
+        #[arg(long)]
+        updated_by: String,
+    },
+    /// Print the current rules, their version, when and by whom they were set.
+    Show,
+    /// Report how many files and shards each rule expires now; writes nothing.
+    Check {
+        /// Evaluate as of this UTC day (YYYYMMDD) instead of today.
+        #[arg(long)]
+        date: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -209,34 +228,163 @@ async fn run(cli: &Cli) -> Result<u8> {
             print_listed(cli, &found)?;
             Ok(0)
         }
-        Cmd::Show(a) => {
-            let date = day_of(a.created_at.as_deref(), a.date.as_deref())?;
-            let found = show(&log, &a.uid, date).await?;
-            print_listed(cli, &found)?;
-            Ok(u8::from(found.is_empty()))
-        }
-        Cmd::Retention(a) => {
-            let rules = RetentionRules::from_path(&a.rules)?;
-            let report = retention::apply(&store, &rules, Timestamp::now(), a.dry_run).await?;
-            print(cli, &report, |out| {
-                let verb = if a.dry_run { "would create" } else { "created" };
-                writeln!(
-                    out,
-                    "scanned {} shards, {} files: {} expired, {} held, {} already deleted; \
-                     {verb} {} tombstones, {} failures",
-                    report.shards_scanned,
-                    report.entries_scanned,
-                    report.expired,
-                    report.held,
-                    report.already_tombstoned,
-                    report.tombstones_created,
-                    report.failures.len()
-                )
-            })?;
-            Ok(u8::from(!report.failures.is_empty()))
-        }
+        Cmd::Show(a) => show_file(cli, &store, &log, a).await,
+        Cmd::Retention(r) => retention_cmd(cli, &store, r).await,
         Cmd::Hold(h) => hold(cli, &store, h).await,
     }
+}
+
+/// `show --json`: the file's tombstones and what the retention rules say.
+#[derive(Serialize)]
+struct Shown<'a> {
+    uid: &'a str,
+    date: String,
+    /// Deleted by a tombstone or expired by a rule (and not held).
+    deleted: bool,
+    tombstones: &'a [ListedTombstone],
+    /// `null` when the store has no retention rules.
+    retention: Option<&'a Explanation>,
+}
+
+async fn show_file(cli: &Cli, store: &DesStore, log: &TombstoneLog, a: &ShowArgs) -> Result<u8> {
+    let date = day_of(a.created_at.as_deref(), a.date.as_deref())?;
+    let found = show(log, &a.uid, date).await?;
+    let today = retention::today(Timestamp::now());
+    let why = retention::explain(store, &a.uid, date, today).await?;
+    let deleted = !found.is_empty() || why.as_ref().is_some_and(|w| w.expired);
+    let shown = Shown {
+        uid: &a.uid,
+        date: format!("{date:08}"),
+        deleted,
+        tombstones: &found,
+        retention: why.as_ref(),
+    };
+    print(cli, &shown, |out| {
+        write_listed(out, &found)?;
+        match &why {
+            Some(w) => writeln!(out, "{}", explain_text(w)),
+            None => writeln!(out, "retention: no rules stored"),
+        }
+    })?;
+    Ok(u8::from(!deleted))
+}
+
+fn explain_text(w: &Explanation) -> String {
+    let version = format!(
+        "rules version {} (set {} by {})",
+        w.rules_version, w.rules_updated_at, w.rules_updated_by
+    );
+    let (Some(prefix), Some(days)) = (&w.uid_prefix, w.max_age_days) else {
+        return match &w.uid_prefix {
+            Some(p) => format!("retention: kept forever by rule {p:?}, {version}"),
+            None => format!("retention: no rule matches, kept forever; {version}"),
+        };
+    };
+    let rule = format!("rule {prefix:?} ({days} days), {version}");
+    let on = w.expires_on.as_deref().unwrap_or("-");
+    match (&w.held_by, w.expired) {
+        (Some(hold), _) => {
+            format!(
+                "retention: legal hold {hold:?} keeps it; without it expired from {on} by {rule}"
+            )
+        }
+        (None, true) => format!("retention: expired on {on} (00:00 UTC) by {rule}"),
+        (None, false) => format!("retention: expires on {on} (00:00 UTC) by {rule}"),
+    }
+}
+
+async fn retention_cmd(cli: &Cli, store: &DesStore, r: &RetentionCmd) -> Result<u8> {
+    match r {
+        RetentionCmd::Set { file, updated_by } => {
+            let rules = retention::rules_from_path(file)?;
+            let stored = rules_store::set(store, &rules, updated_by)
+                .await
+                .context("storing the retention rules")?;
+            print(cli, &stored, |out| {
+                writeln!(
+                    out,
+                    "stored retention rules version {} ({} rules)",
+                    stored.version,
+                    stored.rules.rules.len()
+                )
+            })?;
+            Ok(0)
+        }
+        RetentionCmd::Show => {
+            let stored = rules_store::load(store).await?;
+            print(cli, &stored, |out| match &stored {
+                Some(s) => write_rules(out, s),
+                None => writeln!(out, "no retention rules stored"),
+            })?;
+            Ok(u8::from(stored.is_none()))
+        }
+        RetentionCmd::Check { date } => {
+            let today = match date {
+                Some(d) => parse_date(d)?,
+                None => retention::today(Timestamp::now()),
+            };
+            let Some(stored) = rules_store::load(store).await? else {
+                print(cli, &None::<()>, |out| {
+                    writeln!(out, "no retention rules stored")
+                })?;
+                return Ok(1);
+            };
+            let report = retention::check(store, &stored, today).await?;
+            print(cli, &report, |out| {
+                writeln!(
+                    out,
+                    "rules version {} as of {}: {} of {} files in {} shards expired, {} held; \
+                     {} shards wholly expired",
+                    report.rules_version,
+                    report.date,
+                    report.files_expired,
+                    report.files_scanned,
+                    report.shards_scanned,
+                    report.files_held,
+                    report.shards_fully_expired
+                )?;
+                for c in &report.rules {
+                    let age = c
+                        .max_age_days
+                        .map_or_else(|| "forever".into(), |d| format!("{d} days"));
+                    writeln!(
+                        out,
+                        "  {:<24} {age:>12}  through {:<8}  {} files ({} bytes) in {} shards, {} held",
+                        format!("{:?}", c.uid_prefix),
+                        c.expired_through.as_deref().unwrap_or("-"),
+                        c.files_expired,
+                        c.bytes_expired,
+                        c.shards,
+                        c.files_held
+                    )?;
+                }
+                Ok(())
+            })?;
+            Ok(0)
+        }
+    }
+}
+
+fn write_rules(out: &mut dyn Write, s: &StoredRules) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "version {}, set {} by {}{}",
+        s.version,
+        s.updated_at,
+        s.updated_by,
+        s.rules
+            .ticket_id
+            .as_deref()
+            .map(|t| format!(" [{t}]"))
+            .unwrap_or_default()
+    )?;
+    for r in &s.rules.rules {
+        match r.max_age_days {
+            Some(d) => writeln!(out, "  {:<24} {d} days", format!("{:?}", r.uid_prefix))?,
+            None => writeln!(out, "  {:<24} forever", format!("{:?}", r.uid_prefix))?,
+        }
+    }
+    Ok(())
 }
 
 fn day_of(created_at: Option<&str>, date: Option<&str>) -> Result<u32> {
@@ -326,39 +474,41 @@ fn list_filter(a: &ListArgs) -> Result<ListFilter> {
 }
 
 fn print_listed(cli: &Cli, found: &[ListedTombstone]) -> Result<()> {
-    print(cli, &found, |out| {
-        for t in found {
-            let s = &t.tombstone;
-            let state = match t.state {
-                TombstoneState::Pending => "pending",
-                TombstoneState::Applied => "applied",
-            };
+    print(cli, &found, |out| write_listed(out, found))
+}
+
+fn write_listed(out: &mut dyn Write, found: &[ListedTombstone]) -> std::io::Result<()> {
+    for t in found {
+        let s = &t.tombstone;
+        let state = match t.state {
+            TombstoneState::Pending => "pending",
+            TombstoneState::Applied => "applied",
+        };
+        writeln!(
+            out,
+            "{}  {}  {state:<7}  {:<17}  {}  by {}{}",
+            t.logged_at,
+            s.date_dir(),
+            s.reason.as_str(),
+            s.uid,
+            s.deleted_by,
+            s.ticket_id
+                .as_deref()
+                .map(|x| format!(" [{x}]"))
+                .unwrap_or_default()
+        )?;
+        if let Some(m) = &t.applied {
             writeln!(
                 out,
-                "{}  {}  {state:<7}  {:<17}  {}  by {}{}",
-                t.logged_at,
-                s.date_dir(),
-                s.reason.as_str(),
-                s.uid,
-                s.deleted_by,
-                s.ticket_id
-                    .as_deref()
-                    .map(|x| format!(" [{x}]"))
-                    .unwrap_or_default()
+                "    applied {} in {} generation {}: {:?}",
+                m.applied_at,
+                m.shard_key,
+                m.generation.map_or_else(|| "-".into(), |g| g.to_string()),
+                m.outcome
             )?;
-            if let Some(m) = &t.applied {
-                writeln!(
-                    out,
-                    "    applied {} in {} generation {}: {:?}",
-                    m.applied_at,
-                    m.shard_key,
-                    m.generation.map_or_else(|| "-".into(), |g| g.to_string()),
-                    m.outcome
-                )?;
-            }
         }
-        Ok(())
-    })
+    }
+    Ok(())
 }
 
 async fn hold(cli: &Cli, store: &DesStore, h: &HoldCmd) -> Result<u8> {

@@ -14,9 +14,17 @@
 //! changed since it was last checked (`des_storage::protocol::checked`): a
 //! packer racing a tombstone may have published deleted bytes again after
 //! they were proven gone, and such bytes are removed now.
+//!
+//! Retention rules (`des_storage::retention`) expire files by date, with no
+//! tombstone: a shard of an expired date is processed like one with pending
+//! tombstones, its expired entries dropped at once (their day is their
+//! deadline), and a shard left with no live entry is deleted with one
+//! request instead of rewritten ([`expiry`] says which shards are looked at).
+//! Legal holds win over both: a held entry is never dropped.
 
 pub mod bigfiles;
 mod capture;
+mod expiry;
 mod recheck;
 pub mod report;
 mod rewrite;
@@ -32,8 +40,9 @@ use std::time::{Duration, Instant};
 use des_format::shard::{AnyIndex, Tail};
 use des_format::v3::{IndexLayout, TRAILER_LEN};
 use des_format::{Compression, Timestamp};
-use des_storage::keys::ShardKey;
-use des_storage::protocol::{big_ref_ttl, checked, journal};
+use des_storage::keys::{ShardKey, StoreKey};
+use des_storage::protocol::{RepackJournal, big_ref_ttl, checked, journal};
+use des_storage::retention::{self as rules_store, Cutoffs};
 use des_storage::tombstones::{AppliedMarker, AppliedOutcome, TombstoneLog};
 use des_storage::{DesStore, Layout, LoadedIndex, ObjectMeta};
 use futures::StreamExt;
@@ -121,6 +130,11 @@ struct Ctx<'a> {
     now: Timestamp,
     /// The shard versions last checked (`des_storage::protocol::checked`).
     checked: HashMap<ShardKey, String>,
+    /// The retention rules as of the run's start, if any expire files.
+    expiry: Option<expiry::Expiry>,
+    /// Some shard was processed under other rules or holds than the run
+    /// chose its candidates with: its record must not say otherwise.
+    expiry_stale: AtomicBool,
 }
 
 /// One run. `Err` when the run could not proceed at all (lease held, store
@@ -180,6 +194,12 @@ async fn run_locked(
         ..RepackReport::default()
     };
     let checked = recheck::recorded(store).await?;
+    let expiry = expiry::load(store, &holds, rules_store::today(now)).await?;
+    let expiring = match &expiry {
+        Some(e) => expiry::candidates(store, e, &checked).await?,
+        None => Vec::new(),
+    };
+    report.retention_rules_version = expiry.as_ref().map(|e| e.stored.version);
     let mut ctx = Ctx {
         store,
         log,
@@ -188,13 +208,15 @@ async fn run_locked(
         lease_lost,
         now,
         checked,
+        expiry,
+        expiry_stale: AtomicBool::new(false),
     };
     let flat = if opts.reindex {
         flat_shards(store).await?
     } else {
         Vec::new()
     };
-    let order = plan_order(&mut ctx, flat);
+    let order = plan_order(&mut ctx, flat, expiring);
     progress(Progress::Planned {
         shards: order.len(),
     });
@@ -221,6 +243,7 @@ async fn run_locked(
     // Read again: a hold placed during the run keeps its big files too.
     let holds = HoldSet::load(store).await?;
     report.big_files = bigfiles::collect(store, &holds, gc).await?;
+    record_expiry_applied(&ctx, &holds, &report).await?;
     finish_counts(&ctx, &mut report).await?;
     report.duration_seconds = started.elapsed().as_secs_f64();
     report.read_mb_per_second = if report.duration_seconds > 0.0 {
@@ -229,6 +252,31 @@ async fn run_locked(
         0.0
     };
     Ok(report)
+}
+
+/// After a run that processed every expiry candidate, under the rules and
+/// holds it chose them with, records that (see [`expiry`]).
+async fn record_expiry_applied(
+    ctx: &Ctx<'_>,
+    holds: &HoldSet,
+    report: &RepackReport,
+) -> Result<()> {
+    let Some(e) = &ctx.expiry else {
+        return Ok(());
+    };
+    let complete = report
+        .shards
+        .iter()
+        .all(|s| s.action != Action::Failed && s.reason != "max_bytes");
+    let stale = ctx.expiry_stale.load(Ordering::SeqCst);
+    if ctx.opts.dry_run || !complete || stale || holds.fingerprint() != e.holds {
+        return Ok(());
+    }
+    let now = rules_store::load(ctx.store).await?;
+    if now.is_some_and(|s| s.version == e.stored.version) {
+        expiry::write_applied(ctx.store, e).await?;
+    }
+    Ok(())
 }
 
 fn check_lease(ctx: &Ctx<'_>) -> Result<()> {
@@ -254,11 +302,18 @@ enum Trigger {
     /// It changed since it was last checked: deleted bytes found in it are
     /// past their proof and go now.
     Recheck,
+    /// Its date is expired for some retention rule.
+    Expiry,
 }
 
 /// Forced shards first, then the rest by their oldest pending tombstone, so
-/// the deletions closest to their deadline go first when the budget runs out.
-fn plan_order(ctx: &mut Ctx<'_>, flat: Vec<String>) -> Vec<(String, Vec<PendingTomb>, Trigger)> {
+/// the deletions closest to their deadline go first when the budget runs out,
+/// then shards of expired dates (oldest date first).
+fn plan_order(
+    ctx: &mut Ctx<'_>,
+    flat: Vec<String>,
+    expiring: Vec<String>,
+) -> Vec<(String, Vec<PendingTomb>, Trigger)> {
     let mut by_shard = std::mem::take(&mut ctx.state.by_shard);
     let mut order = Vec::new();
     for key in &ctx.opts.force_shards {
@@ -277,6 +332,12 @@ fn plan_order(ctx: &mut Ctx<'_>, flat: Vec<String>) -> Vec<(String, Vec<PendingT
         .collect();
     rest.sort_by_key(|(k, p, _)| (p.iter().map(PendingTomb::logged_at).min(), k.clone()));
     order.extend(rest);
+    let planned: HashSet<String> = order.iter().map(|(k, _, _)| k.clone()).collect();
+    for key in expiring {
+        if !planned.contains(&key) {
+            order.push((key, Vec::new(), Trigger::Expiry));
+        }
+    }
     order
 }
 
@@ -321,24 +382,44 @@ async fn process_shard(
     out
 }
 
-/// What a loaded shard holds of the deleted files.
+/// What a loaded shard holds of the deleted and expired files.
 struct Garbage {
     drop: HashSet<String>,
     ratio: f64,
     /// Stored bytes of the inline entries to drop.
     inline_bytes: u64,
+    /// Entries dropped because a retention rule expired them (and no
+    /// tombstone names them).
+    expired: u64,
+    /// Every entry is dropped: nothing live or held remains.
+    whole: bool,
+    /// Some dropped entry is expired by a rule (tombstoned or not).
+    rule_expired: bool,
+    /// `_big/<hex>` keys of dropped external entries, with the uid of each.
+    big: Vec<(String, String)>,
 }
 
-fn assess(ctx: &Ctx<'_>, holds: &HoldSet, loaded: &LoadedIndex) -> Result<Garbage> {
+/// Which entries go: tombstoned or rule-expired (`cutoffs`), and not held.
+fn assess(
+    ctx: &Ctx<'_>,
+    holds: &HoldSet,
+    cutoffs: Option<&Cutoffs>,
+    loaded: &LoadedIndex,
+) -> Result<Garbage> {
     let AnyIndex::V3(ix) = &loaded.index else {
         return Err(RepackError::shard(&loaded.key, "not a v3 shard"));
     };
     let date = ix.trailer().date;
-    let (mut inline, mut gone_inline, mut count) = (0u64, 0u64, 0u64);
+    let (mut inline, mut gone_inline, mut count, mut expired) = (0u64, 0u64, 0u64, 0u64);
+    let mut rule_expired = false;
     let mut drop = HashSet::new();
+    let mut big = Vec::new();
     for e in ix.view().iter() {
         count += 1;
-        let deleted = ctx.state.set.contains(e.uid, date) && holds.holding(e.uid, date).is_none();
+        let tombstoned = ctx.state.set.contains(e.uid, date);
+        let by_rule = cutoffs.is_some_and(|c| c.expired(e.uid, date));
+        let expiring = by_rule && !tombstoned;
+        let deleted = (tombstoned || by_rule) && holds.holding(e.uid, date).is_none();
         if !e.is_external() {
             inline += e.stored_len();
             if deleted {
@@ -346,7 +427,12 @@ fn assess(ctx: &Ctx<'_>, holds: &HoldSet, loaded: &LoadedIndex) -> Result<Garbag
             }
         }
         if deleted {
+            expired += u64::from(expiring);
+            rule_expired |= by_rule;
             drop.insert(e.uid.to_string());
+            if e.is_external() {
+                big.push((des_format::v3::external_key(&e.digest()), e.uid.to_string()));
+            }
         }
     }
     let ratio = if inline > 0 {
@@ -357,9 +443,13 @@ fn assess(ctx: &Ctx<'_>, holds: &HoldSet, loaded: &LoadedIndex) -> Result<Garbag
         0.0
     };
     Ok(Garbage {
+        whole: count > 0 && drop.len() as u64 == count,
+        rule_expired,
         drop,
         ratio,
         inline_bytes: gone_inline,
+        expired,
+        big,
     })
 }
 
@@ -381,28 +471,50 @@ async fn try_process(
         .cloned()
         .collect();
     let pending = pending.as_slice();
+    let cutoffs = match &ctx.expiry {
+        Some(e) => {
+            let fresh = expiry::fresh(ctx.store, e).await?;
+            // A hold placed and released within the run, or new rules,
+            // changed what this shard kept: the next run looks again.
+            if holds.fingerprint() != e.holds || fresh.as_ref() != Some(&e.cutoffs) {
+                ctx.expiry_stale.store(true, Ordering::SeqCst);
+            }
+            fresh
+        }
+        None => None,
+    };
     for _ in 0..=ctx.opts.conflict_retries {
         let Some(loaded) = ctx.store.load_index(key).await? else {
             out.action = Action::NothingToRemove;
             out.reason = "no_shard".into();
-            out.tombstones_marked = mark(ctx, key, pending, None, &HashSet::new()).await?;
+            out.tombstones_marked = mark_without_shard(ctx, key, pending).await?;
             return Ok(());
         };
         out.generation_before = loaded.index.trailer().map(|t| t.generation);
         out.entries_before = loaded.index.len() as u64;
         out.bytes_before = loaded.object.size;
-        let garbage = assess(ctx, &holds, &loaded)?;
+        let garbage = assess(ctx, &holds, cutoffs.as_ref(), &loaded)?;
         out.garbage_ratio = garbage.ratio;
         out.entries_dropped = garbage.drop.len() as u64;
+        out.entries_expired = garbage.expired;
         if garbage.drop.is_empty() && !matches!(trigger, Trigger::Forced | Trigger::Reindex) {
             return nothing_to_remove(ctx, key, pending, &loaded, out).await;
         }
-        let Some(reason) = decide(ctx, pending, trigger, garbage.ratio) else {
+        let Some(reason) = decide(ctx, pending, trigger, &garbage) else {
             out.action = Action::Deferred;
             out.reason = "below_ratio".into();
             return Ok(());
         };
         out.reason = reason.into();
+        if garbage.whole && garbage.rule_expired {
+            // Nothing to copy: one delete request, no bytes read, no budget.
+            // (Only where a rule expired something: a shard emptied by
+            // tombstones alone keeps the proof of an empty generation.)
+            match delete_shard(ctx, key, pending, &loaded, garbage, out).await {
+                Err(RepackError::Conflict { .. }) => continue,
+                other => return other,
+            }
+        }
         let over = ctx
             .opts
             .max_bytes
@@ -431,6 +543,93 @@ async fn try_process(
         key,
         "kept changing under concurrent writers; retry later",
     ))
+}
+
+/// The shard object is gone. Tombstones a journal names (a run deleted the
+/// whole shard, then crashed before marking) were removed by it; the rest
+/// were never there.
+async fn mark_without_shard(ctx: &Ctx<'_>, key: &str, pending: &[PendingTomb]) -> Result<u64> {
+    if ctx.opts.dry_run {
+        return Ok(0);
+    }
+    let (objects, shard) = shard_store(ctx, key)?;
+    let journal = journal::read(objects.as_ref(), &shard).await?;
+    let removed: HashSet<String> = journal
+        .as_ref()
+        .map(|j| j.dropped.iter().cloned().collect())
+        .unwrap_or_default();
+    let marked = mark(ctx, key, pending, None, &removed).await?;
+    if journal.is_some() {
+        journal::clear(objects.as_ref(), &shard).await?;
+    }
+    Ok(marked)
+}
+
+/// Deletes a shard none of whose entries is live or held, with one request.
+///
+/// Crash-safe like a rewrite: the big files its entries referenced are
+/// registered for collection and, when tombstones are pending, the journal
+/// names the dropped uids, before the delete; a crash after it leaves a
+/// missing shard whose tombstones the next run marks removed. Right before
+/// the delete the index is read again: a shard that changed since it was
+/// assessed (a packer added files) is a conflict, assessed again by the
+/// caller. The store has no conditional delete, so a packer publishing
+/// within the round trip between that re-read and the delete would lose its
+/// files (docs/CONCURRENCY.md).
+async fn delete_shard(
+    ctx: &Ctx<'_>,
+    key: &str,
+    pending: &[PendingTomb],
+    loaded: &LoadedIndex,
+    garbage: Garbage,
+    out: &mut ShardOutcome,
+) -> Result<()> {
+    out.entries_after = 0;
+    out.bytes_after = 0;
+    if ctx.opts.dry_run {
+        out.action = Action::WouldDelete;
+        return Ok(());
+    }
+    let (objects, shard) = shard_store(ctx, key)?;
+    bigfiles::register(objects.as_ref(), &garbage.big, key, shard.date).await?;
+    let generation = out.generation_before.unwrap_or(0);
+    if !pending.is_empty() {
+        let entry = RepackJournal {
+            generation: generation + 1,
+            dropped: garbage.drop.iter().cloned().collect(),
+        };
+        journal::write(objects.as_ref(), &shard, &entry).await?;
+    }
+    CrashPoint::BeforeDelete.check();
+    let now = ctx.store.load_index(key).await?;
+    let unchanged = now.as_ref().is_none_or(|n| {
+        n.object.etag == loaded.object.etag
+            && n.object.size == loaded.object.size
+            && n.index.trailer().map(|t| t.generation) == out.generation_before
+    });
+    if !unchanged {
+        return Err(RepackError::Conflict {
+            key: key.to_string(),
+        });
+    }
+    check_lease(ctx)?;
+    if now.is_some() {
+        objects.delete(key).await?;
+    }
+    CrashPoint::AfterDelete.check();
+    out.action = Action::Deleted;
+    let dropped = garbage.drop;
+    out.tombstones_marked = mark(ctx, key, pending, None, &dropped).await?;
+    journal::clear(objects.as_ref(), &shard).await?;
+    // Its checked record describes an object that no longer exists.
+    if let Some(tag) = ctx.checked.get(&shard) {
+        let record = StoreKey::Checked {
+            shard: shard.clone(),
+            tag: tag.clone(),
+        };
+        objects.delete(&record.to_string()).await?;
+    }
+    Ok(())
 }
 
 /// The shard holds none of the deleted files. Those a journal of a run that
@@ -492,8 +691,9 @@ fn decide(
     ctx: &Ctx<'_>,
     pending: &[PendingTomb],
     trigger: Trigger,
-    ratio: f64,
+    garbage: &Garbage,
 ) -> Option<&'static str> {
+    let ratio = garbage.ratio;
     let max_delay = i64::try_from(ctx.opts.max_delay.as_micros()).unwrap_or(i64::MAX);
     let overdue = pending
         .iter()
@@ -504,6 +704,9 @@ fn decide(
         Some("reindex")
     } else if trigger == Trigger::Recheck {
         Some("recheck")
+    } else if garbage.rule_expired {
+        // An expired file's day is its deadline: no waiting for garbage.
+        Some("retention_expired")
     } else if ratio >= ctx.opts.min_garbage_ratio {
         Some("garbage_ratio")
     } else if overdue {

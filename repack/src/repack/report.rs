@@ -18,6 +18,11 @@ pub enum Action {
     Deferred,
     /// The shard holds none of the deleted files; tombstones marked applied.
     NothingToRemove,
+    /// Nothing live or held was left in it: the shard object was deleted
+    /// (one request, no new generation).
+    Deleted,
+    /// Dry run: would have been deleted.
+    WouldDelete,
     Failed,
 }
 
@@ -25,8 +30,8 @@ pub enum Action {
 pub struct ShardOutcome {
     pub key: String,
     pub action: Action,
-    /// Why this action: `forced`, `garbage_ratio`, `max_delay`, `below_ratio`,
-    /// `max_bytes`, `no_shard`, …
+    /// Why this action: `forced`, `garbage_ratio`, `max_delay`,
+    /// `retention_expired`, `below_ratio`, `max_bytes`, `no_shard`, …
     pub reason: String,
     pub pending_tombstones: u64,
     pub oldest_pending_age_seconds: f64,
@@ -35,6 +40,8 @@ pub struct ShardOutcome {
     pub entries_before: u64,
     pub entries_after: u64,
     pub entries_dropped: u64,
+    /// Of those, dropped because a retention rule expired them (no tombstone).
+    pub entries_expired: u64,
     /// Dropped inline bytes / inline bytes (by entry count if nothing is inline).
     pub garbage_ratio: f64,
     pub bytes_before: u64,
@@ -58,6 +65,7 @@ impl ShardOutcome {
             entries_before: 0,
             entries_after: 0,
             entries_dropped: 0,
+            entries_expired: 0,
             garbage_ratio: 0.0,
             bytes_before: 0,
             bytes_after: 0,
@@ -82,15 +90,22 @@ pub struct RepackReport {
     /// Pending but covered by a legal hold: bytes kept on purpose.
     pub tombstones_held: u64,
     pub oldest_pending_age_seconds: f64,
+    /// The version of the retention rules applied, if the store has rules
+    /// that expire files.
+    pub retention_rules_version: Option<u64>,
     pub shards_considered: u64,
     pub shards_rewritten: u64,
+    /// Shards deleted whole (or, dry, to delete): nothing live was left.
+    pub shards_deleted: u64,
     pub shards_deferred: u64,
     pub shards_failed: u64,
     pub entries_dropped: u64,
+    /// Of those, expired by a retention rule.
+    pub entries_expired: u64,
     pub tombstones_marked: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,
-    /// Shard bytes before minus after, over rewritten shards.
+    /// Shard bytes before minus after, over rewritten and deleted shards.
     pub bytes_reclaimed: u64,
     /// Old data region read per second of run time.
     pub read_mb_per_second: f64,
@@ -103,15 +118,20 @@ impl RepackReport {
         self.shards_considered += 1;
         match s.action {
             Action::Rewritten | Action::WouldRewrite => self.shards_rewritten += 1,
+            Action::Deleted | Action::WouldDelete => self.shards_deleted += 1,
             Action::Deferred => self.shards_deferred += 1,
             Action::Failed => self.shards_failed += 1,
             Action::NothingToRemove => {}
         }
         self.entries_dropped += s.entries_dropped;
+        self.entries_expired += s.entries_expired;
         self.tombstones_marked += s.tombstones_marked;
         self.bytes_read += s.bytes_read;
         // A dry run reports what the rewrite would reclaim.
-        if matches!(s.action, Action::Rewritten | Action::WouldRewrite) {
+        if matches!(
+            s.action,
+            Action::Rewritten | Action::WouldRewrite | Action::Deleted | Action::WouldDelete
+        ) {
             self.bytes_written += s.bytes_after;
             self.bytes_reclaimed += s.bytes_before.saturating_sub(s.bytes_after);
         }
@@ -157,17 +177,25 @@ impl fmt::Display for RepackReport {
                 s.garbage_ratio * 100.0
             )?;
         }
-        let verb = if self.dry_run {
-            "to rewrite"
+        let (rewritten, deleted) = if self.dry_run {
+            ("to rewrite", "to delete")
         } else {
-            "rewritten"
+            ("rewritten", "deleted")
         };
         writeln!(
             f,
-            "shards:             {} {verb}, {} deferred, {} failed",
-            self.shards_rewritten, self.shards_deferred, self.shards_failed
+            "shards:             {} {rewritten}, {} {deleted}, {} deferred, {} failed",
+            self.shards_rewritten, self.shards_deleted, self.shards_deferred, self.shards_failed
         )?;
-        writeln!(f, "entries dropped:    {}", self.entries_dropped)?;
+        writeln!(
+            f,
+            "entries dropped:    {} ({} expired by retention rules{})",
+            self.entries_dropped,
+            self.entries_expired,
+            self.retention_rules_version
+                .map(|v| format!(", version {v}"))
+                .unwrap_or_default()
+        )?;
         writeln!(
             f,
             "space reclaimed:    {} shards + {} big files ({} objects)",

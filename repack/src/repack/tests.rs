@@ -665,3 +665,333 @@ async fn reindex_rewrites_large_flat_shards_only() {
     let r = repack(&store, &o, |_| {}).await.unwrap();
     assert_eq!(r.shards_rewritten, 0, "{r:#?}");
 }
+
+// ---- retention rules ---------------------------------------------------------
+
+/// Numeric uids starting with `prefix` that route to `shard` (n_bits 4).
+fn mates(shard: u64, prefix: &str, n: usize) -> Vec<String> {
+    (0..100_000u64)
+        .map(|i| format!("{prefix}{i:04}"))
+        .filter(|u| u.parse::<u64>().is_ok_and(|v| v % 16 == shard))
+        .take(n)
+        .collect()
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+/// Counts deletes and shard writes per key, and (once armed) publishes a
+/// packer's generation of `race_key` with one more file right before the
+/// second read of it: between the repacker's assessment and its re-check.
+#[derive(Debug)]
+struct Counting {
+    inner: MemoryStore,
+    deletes: std::sync::Mutex<Vec<String>>,
+    writers: std::sync::Mutex<Vec<String>>,
+    shard_gets: std::sync::atomic::AtomicU64,
+    race_key: Option<String>,
+    raced: AtomicBool,
+}
+
+impl Counting {
+    fn new(inner: MemoryStore, race_key: Option<String>) -> Self {
+        Self {
+            inner,
+            deletes: Default::default(),
+            writers: Default::default(),
+            shard_gets: Default::default(),
+            race_key,
+            raced: AtomicBool::new(false),
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectStore for Counting {
+    des_storage::forward_methods!(inner => describe, capabilities, head, put, list);
+
+    async fn get(&self, key: &str, opts: GetOptions) -> des_storage::Result<GetResult> {
+        if key.ends_with(".des") && !key.starts_with('_') {
+            let n = self.shard_gets.fetch_add(1, Ordering::SeqCst);
+            if self.race_key.as_deref() == Some(key)
+                && n == 1
+                && !self.raced.swap(true, Ordering::SeqCst)
+            {
+                publish_with_extra(&self.inner, key).await;
+            }
+        }
+        self.inner.get(key, opts).await
+    }
+    async fn put_writer(
+        &self,
+        key: &str,
+        opts: PutOptions,
+    ) -> des_storage::Result<Box<dyn ObjectWriter>> {
+        self.writers.lock().unwrap().push(key.to_string());
+        self.inner.put_writer(key, opts).await
+    }
+    async fn delete(&self, key: &str) -> des_storage::Result<()> {
+        self.deletes.lock().unwrap().push(key.to_string());
+        self.inner.delete(key).await
+    }
+}
+
+/// A packer's next generation of `key`: its files plus uid "20001" (shard 1).
+async fn publish_with_extra(mem: &MemoryStore, key: &str) {
+    let store = single(Arc::new(mem.clone())).await;
+    let loaded = store.load_index(key).await.unwrap().unwrap();
+    let des_format::AnyIndex::V3(ix) = &loaded.index else {
+        panic!()
+    };
+    let t = *ix.trailer();
+    let mut w = ShardWriter::new(
+        Vec::new(),
+        ShardIdent {
+            generation: t.generation + 1,
+            written_at: Timestamp::now(),
+            ..ShardIdent {
+                date: t.date,
+                shard_index: t.shard_index,
+                n_bits: t.n_bits,
+                generation: 0,
+                digest_alg: t.digest_alg,
+                written_at: Timestamp::now(),
+            }
+        },
+    )
+    .unwrap();
+    for l in loaded.index.located() {
+        let data = store.read_file(&loaded, &l).await.unwrap();
+        let e = NewEntry {
+            uid: l.uid.clone(),
+            created_at: l.created_at.unwrap(),
+            content_type: None,
+            meta: None,
+            codec: Codec::None,
+            orig_len: data.len() as u64,
+            digest: store.digest().digest(&data),
+        };
+        w.add_inline(e, &data).unwrap();
+    }
+    let extra = noise(99, 2000);
+    let e = NewEntry {
+        uid: "20001".into(),
+        created_at: ts("2024-05-17T12:00:00Z"),
+        content_type: None,
+        meta: None,
+        codec: Codec::None,
+        orig_len: extra.len() as u64,
+        digest: store.digest().digest(&extra),
+    };
+    w.add_inline(e, &extra).unwrap();
+    let (bytes, _) = w.finish().unwrap();
+    mem.put(key, Bytes::from(bytes), PutOptions::default())
+        .await
+        .unwrap();
+}
+
+/// "1…" uids live 30 days, "13…" are exempt, others have no rule.
+async fn set_rules(store: &DesStore) {
+    let rules = des_storage::retention::RetentionRules::from_toml(
+        "[[rule]]\nuid_prefix = \"1\"\nmax_age_days = 30\n\
+         [[rule]]\nuid_prefix = \"13\"\n",
+    )
+    .unwrap();
+    des_storage::retention::set(store, &rules, "test")
+        .await
+        .unwrap();
+}
+
+fn shard_key(store: &DesStore, uid: &str) -> String {
+    DesStore::shard_key(&store.locate(uid, ts("2024-05-17T10:00:00Z")).unwrap())
+}
+
+#[tokio::test]
+async fn expired_files_go_held_and_exempt_ones_stay() {
+    let mem = MemoryStore::new();
+    let counting = Arc::new(Counting::new(mem.clone(), None));
+    let store = single(counting.clone()).await;
+    // Shard 9: half expired (1…), one held, one exempt (13…), one without a rule (2…).
+    let expired = mates(9, "1", 3);
+    let held = mates(9, "17", 1);
+    let exempt = mates(9, "13", 1);
+    let norule = mates(9, "2", 1);
+    // Shard 3: every file expired. Shard 5: every file expired but one held.
+    let all_gone = mates(3, "1", 2);
+    let mostly = mates(5, "1", 2);
+    let keep5 = mates(5, "17", 1);
+    let mut files = Vec::new();
+    for (i, uid) in [
+        &expired, &held, &exempt, &norule, &all_gone, &mostly, &keep5,
+    ]
+    .into_iter()
+    .flatten()
+    .enumerate()
+    {
+        files.push(file(leak(uid.clone()), noise(2 * i as u64 + 1, 3000)));
+    }
+    write(&store, &files).await;
+    set_rules(&store).await;
+    crate::holds::place(&store, &crate::holds::Hold::new("case", "17", "legal"))
+        .await
+        .unwrap();
+    let f = |uid: &str| files.iter().find(|f| f.uid == uid).unwrap();
+
+    let mut dry = opts();
+    dry.dry_run = true;
+    let r = repack(&store, &dry, |_| {}).await.unwrap();
+    let deleted_key = shard_key(&store, &all_gone[0]);
+    let plan: Vec<_> = r
+        .shards
+        .iter()
+        .map(|s| (s.key.as_str(), s.action))
+        .collect();
+    assert!(
+        plan.contains(&(deleted_key.as_str(), Action::WouldDelete)),
+        "{r:#?}"
+    );
+    assert!(
+        counting.deletes.lock().unwrap().is_empty(),
+        "a dry run deletes nothing"
+    );
+
+    let r = repack(&store, &opts(), |_| {}).await.unwrap();
+    assert_eq!(r.shards_failed, 0, "{r:#?}");
+    assert_eq!(r.retention_rules_version, Some(1));
+    assert_eq!(r.shards_deleted, 1, "{r:#?}");
+    assert_eq!(r.shards_rewritten, 2, "{r:#?}");
+    assert_eq!(r.entries_expired, 3 + 2 + 2, "{r:#?}");
+    assert_eq!(r.entries_dropped, r.entries_expired, "no tombstones here");
+    let deleted = r.shards.iter().find(|s| s.key == deleted_key).unwrap();
+    assert_eq!(
+        (deleted.action, deleted.reason.as_str()),
+        (Action::Deleted, "retention_expired")
+    );
+    // The whole shard went with one request and was never rewritten.
+    let deletes = counting.deletes.lock().unwrap().clone();
+    assert_eq!(
+        deletes.iter().filter(|k| **k == deleted_key).count(),
+        1,
+        "{deletes:?}"
+    );
+    assert!(!counting.writers.lock().unwrap().contains(&deleted_key));
+    assert!(mem.head(&deleted_key).await.is_err());
+    for uid in expired.iter().chain(&all_gone).chain(&mostly) {
+        assert!(read(&store, f(uid)).await.is_none(), "{uid} expired");
+        assert!(
+            !raw_has(&mem, &f(uid).data[100..300]).await,
+            "{uid} bytes remain"
+        );
+    }
+    for uid in held.iter().chain(&exempt).chain(&norule).chain(&keep5) {
+        assert_eq!(
+            read(&store, f(uid)).await.unwrap(),
+            f(uid).data,
+            "{uid} kept"
+        );
+    }
+
+    // Nothing new: the next run loads no shard.
+    let before = counting.shard_gets.load(Ordering::SeqCst);
+    let r = repack(&store, &opts(), |_| {}).await.unwrap();
+    assert_eq!(r.shards_considered, 0, "{r:#?}");
+    assert_eq!(counting.shard_gets.load(Ordering::SeqCst), before);
+
+    // Releasing the hold frees its files for the next run.
+    assert!(crate::holds::release(&store, "case").await.unwrap());
+    let r = repack(&store, &opts(), |_| {}).await.unwrap();
+    assert_eq!(r.entries_expired, 2, "{r:#?}");
+    for uid in held.iter().chain(&keep5) {
+        assert!(
+            read(&store, f(uid)).await.is_none(),
+            "{uid} expired once released"
+        );
+    }
+    let keep5_key = shard_key(&store, &keep5[0]);
+    assert!(mem.head(&keep5_key).await.is_err(), "nothing left: deleted");
+    for uid in exempt.iter().chain(&norule) {
+        assert_eq!(
+            read(&store, f(uid)).await.unwrap(),
+            f(uid).data,
+            "{uid} kept"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_shard_packed_into_an_expired_date_is_picked_up() {
+    let mem = MemoryStore::new();
+    let store = single(Arc::new(mem.clone())).await;
+    let a = mates(4, "1", 1);
+    let b = mates(6, "2", 1);
+    let files = vec![
+        file(leak(a[0].clone()), noise(1, 2000)),
+        file(leak(b[0].clone()), noise(3, 2000)),
+    ];
+    write(&store, &files).await;
+    set_rules(&store).await;
+    let r = repack(&store, &opts(), |_| {}).await.unwrap();
+    assert_eq!((r.shards_deleted, r.shards_considered), (1, 2), "{r:#?}");
+    let r = repack(&store, &opts(), |_| {}).await.unwrap();
+    assert_eq!(r.shards_considered, 0, "{r:#?}");
+    // A late packer (a backfill) writes an expired file into an old date.
+    let late = mates(8, "1", 1);
+    write(&store, &[file(leak(late[0].clone()), noise(5, 2000))]).await;
+    let r = repack(&store, &opts(), |_| {}).await.unwrap();
+    assert_eq!(r.shards_considered, 1, "{r:#?}");
+    assert_eq!(r.shards[0].action, Action::Deleted, "{r:#?}");
+    // New rules: every shard of an expired date is looked at again.
+    let rules = des_storage::retention::RetentionRules::from_toml(
+        "[[rule]]\nuid_prefix = \"2\"\nmax_age_days = 36500\n",
+    )
+    .unwrap();
+    des_storage::retention::set(&store, &rules, "test")
+        .await
+        .unwrap();
+    let r = repack(&store, &opts(), |_| {}).await.unwrap();
+    assert_eq!(r.shards_considered, 0, "no date is 100 years old: {r:#?}");
+    let rules = des_storage::retention::RetentionRules::from_toml(
+        "[[rule]]\nuid_prefix = \"2\"\nmax_age_days = 1\n",
+    )
+    .unwrap();
+    des_storage::retention::set(&store, &rules, "test")
+        .await
+        .unwrap();
+    let r = repack(&store, &opts(), |_| {}).await.unwrap();
+    assert_eq!(r.retention_rules_version, Some(3));
+    assert_eq!((r.shards_deleted, r.entries_expired), (1, 1), "{r:#?}");
+    assert!(read(&store, &files[1]).await.is_none());
+}
+
+#[tokio::test]
+async fn a_shard_changed_before_its_delete_is_assessed_again() {
+    let mem = MemoryStore::new();
+    let plain = single(Arc::new(mem.clone())).await;
+    let gone = mates(1, "1", 2);
+    let files: Vec<File> = gone
+        .iter()
+        .enumerate()
+        .map(|(i, u)| file(leak(u.clone()), noise(2 * i as u64 + 1, 2000)))
+        .collect();
+    write(&plain, &files).await;
+    set_rules(&plain).await;
+    let key = shard_key(&plain, &gone[0]);
+    assert_eq!(
+        shard_key(&plain, "20001"),
+        key,
+        "the packer's file joins the shard"
+    );
+    let counting = Arc::new(Counting::new(mem.clone(), Some(key.clone())));
+    let store = single(counting.clone()).await;
+    let r = repack(&store, &opts(), |_| {}).await.unwrap();
+    assert!(counting.raced.load(Ordering::SeqCst), "the race fired");
+    assert_eq!(r.shards_failed, 0, "{r:#?}");
+    assert_eq!(r.shards[0].action, Action::Rewritten, "{r:#?}");
+    assert!(counting.deletes.lock().unwrap().iter().all(|k| *k != key));
+    let loaded = plain.load_index(&key).await.unwrap().unwrap();
+    assert!(loaded.find("20001").is_some(), "the packer's file survived");
+    for f in &files {
+        assert!(loaded.find(f.uid).is_none(), "{} expired", f.uid);
+    }
+}

@@ -26,6 +26,8 @@ use des_format::shard::AnyIndex;
 use des_packer::PackReport;
 use des_repack::holds::{HOLDS_PREFIX, Hold};
 use des_repack::repack::RepackReport;
+use des_storage::keys::RETENTION_KEY;
+use des_storage::retention::{self as rules_store, StoredRules};
 use des_storage::tombstones::{
     APPLIED_PREFIX, AppliedMarker, LOG_PREFIX, TombstoneLog, TombstoneSet, parse_name,
 };
@@ -162,6 +164,11 @@ pub struct Checker {
     gone: BTreeMap<Pair, (u64, String)>,
     /// Big files of deleted files seen gone after a repack.
     big_removed: BTreeSet<String>,
+    /// Files some stored version of the retention rules expired: from then
+    /// on they are deleted as if tombstoned (the repacker may remove them).
+    expired: BTreeSet<Pair>,
+    /// The retention rules in the store now.
+    rules: Option<StoredRules>,
     violations: Vec<Violation>,
     seen: BTreeSet<(String, String)>,
 }
@@ -218,6 +225,8 @@ impl Checker {
             reported: BTreeMap::new(),
             gone: BTreeMap::new(),
             big_removed: BTreeSet::new(),
+            expired: BTreeSet::new(),
+            rules: None,
             violations: Vec::new(),
             seen: BTreeSet::new(),
         })
@@ -274,6 +283,20 @@ impl Checker {
             .is_some_and(|c| c.loaded.find(uid).is_some())
     }
 
+    /// Tombstoned, or expired by some version of the retention rules.
+    fn deleted(&self, pair: &Pair) -> bool {
+        self.tombs.contains_key(pair) || self.expired.contains(pair)
+    }
+
+    /// Expired by the rules in the store now (holds aside), as the
+    /// repacker, which runs on the wall clock, decides.
+    fn expired_now(&self, pair: &Pair) -> bool {
+        let today = rules_store::today(Timestamp::now());
+        self.rules
+            .as_ref()
+            .is_some_and(|r| r.expired(&pair.0, pair.1, today))
+    }
+
     fn held_now(&self, pair: &Pair) -> bool {
         self.holds.values().any(|h| h.hold.covers(&pair.0, pair.1))
     }
@@ -304,6 +327,25 @@ impl Checker {
             self.on_marker(key, by, step);
         } else if key.starts_with(HOLDS_PREFIX) {
             self.on_hold(key, step);
+        } else if key == RETENTION_KEY {
+            self.on_rules(key, step);
+        }
+    }
+
+    /// New retention rules: the files they expire may go from now on.
+    fn on_rules(&mut self, key: &str, step: u64) {
+        match block_on(rules_store::load_from(&self.mem)) {
+            Ok(rules) => {
+                self.rules = rules;
+                let newly: Vec<Pair> = self
+                    .files
+                    .iter()
+                    .map(FileSpec::pair)
+                    .filter(|p| self.expired_now(p))
+                    .collect();
+                self.expired.extend(newly);
+            }
+            Err(e) => self.violate("retention rules unreadable", key, step, e.to_string()),
         }
     }
 
@@ -456,7 +498,7 @@ impl Checker {
             return;
         };
         let (pair, key, uid) = (f.pair(), f.shard_key.clone(), f.uid.clone());
-        let tombstoned = self.tombs.contains_key(&pair);
+        let tombstoned = self.deleted(&pair);
         let need_i1 = self.reported.contains_key(&pair) && !tombstoned;
         let covered = self.held_now(&pair);
         let protected = self.protected.contains(&pair);
@@ -595,10 +637,8 @@ impl Checker {
         self.reported.keys().find_map(|pair| {
             let f = self.files.get(*self.by_pair.get(pair)?)?;
             let big = f.big_key.clone()?;
-            (!self.tombs.contains_key(pair)
-                && self.holds_uid(&f.shard_key, &f.uid)
-                && self.exists(&big))
-            .then_some(big)
+            (!self.deleted(pair) && self.holds_uid(&f.shard_key, &f.uid) && self.exists(&big))
+                .then_some(big)
         })
     }
 
@@ -613,7 +653,7 @@ impl Checker {
                 .iter()
                 .filter(|u| {
                     let pair = ((*u).clone(), self.date_of(key));
-                    self.reported.contains_key(&pair) && !self.tombs.contains_key(&pair)
+                    self.reported.contains_key(&pair) && !self.deleted(&pair)
                 })
                 .collect();
             let older = history

@@ -148,7 +148,7 @@ impl Checker {
             j != i
                 && self.files.get(j).is_some_and(|g| {
                     let p = g.pair();
-                    !self.tombs.contains_key(&p) || self.held_now(&p)
+                    !self.deleted(&p) || self.held_now(&p)
                 })
         });
         if used || shared {
@@ -178,9 +178,16 @@ impl Checker {
     }
 
     /// After the final repack (max-delay 0, grace 0, nothing else running):
-    /// every tombstoned file not under a hold is gone, with its big file.
+    /// every tombstoned file, and every file the current retention rules
+    /// expire, not under a hold is gone, with its big file.
     pub fn final_check(&mut self, step: u64, by: &By) {
-        let pairs: Vec<Pair> = self.tombs.keys().cloned().collect();
+        let mut pairs: BTreeSet<Pair> = self.tombs.keys().cloned().collect();
+        pairs.extend(
+            self.files
+                .iter()
+                .map(FileSpec::pair)
+                .filter(|p| self.expired_now(p)),
+        );
         for pair in pairs {
             let Some(&i) = self.by_pair.get(&pair) else {
                 continue;

@@ -74,8 +74,9 @@ impl Engine {
                 self.event(
                     &by.name,
                     format!(
-                        "done: rewritten {}, failed {} {:?}, marked {}, big files deleted {:?}",
+                        "done: rewritten {}, deleted {}, failed {} {:?}, marked {}, big files deleted {:?}",
                         report.shards_rewritten,
+                        report.shards_deleted,
                         report.shards_failed,
                         failed,
                         report.tombstones_marked,
@@ -118,10 +119,7 @@ impl Engine {
             Outcome::Hold(r) => self.event(&by.name, format!("done: {r:?}")),
             Outcome::Retention(r) => {
                 let text = match r {
-                    Ok(rep) => format!(
-                        "done: {} tombstones created, {} held, failures {:?}",
-                        rep.tombstones_created, rep.held, rep.failures
-                    ),
+                    Ok(version) => format!("done: rules version {version} stored"),
                     Err(e) => format!("done: run failed: {e}"),
                 };
                 self.event(&by.name, text);

@@ -70,6 +70,6 @@ pub(super) fn job_text(job: &Job, scn: &Scenario) -> String {
             h.name, h.uid_prefix, h.date
         ),
         Job::ReleaseHold { name } => format!("release hold {name}"),
-        Job::Retention { prefix } => format!("retention: uids {prefix:?}* live 1 day"),
+        Job::Retention { prefix } => format!("retention rule: uids {prefix:?}* live 1 day"),
     }
 }

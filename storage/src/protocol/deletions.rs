@@ -1,4 +1,5 @@
-//! What a packer may add to a shard: never a deleted `(uid, day)`.
+//! What a packer may add to a shard: never a deleted `(uid, day)`, nor one
+//! a retention rule has expired (`crate::retention`) and no legal hold keeps.
 //!
 //! A tombstone is permanent. A packer re-running yesterday's input, or a
 //! business system sending a deleted file again, must not bring its bytes
@@ -15,10 +16,19 @@
 //! between a packer's refresh and its publish when the repacker found nothing
 //! to remove, is caught by the repacker's re-check of changed shards
 //! (`checked`).
+//!
+//! Retention rules and holds are read once, when the guard is loaded, and
+//! applied as of that day: a packer started before a rule was set may still
+//! pack files it expires; the repacker removes them from the changed shard
+//! at its next run.
 
 use std::sync::Mutex;
 
+use des_format::Timestamp;
+
 use crate::error::Result;
+use crate::holds::HoldSet;
+use crate::retention::{self, Cutoffs};
 use crate::store::DesStore;
 use crate::tombstones::{TombstoneLog, TombstoneSet};
 
@@ -27,16 +37,28 @@ use crate::tombstones::{TombstoneLog, TombstoneSet};
 pub struct DeletionGuard {
     log: TombstoneLog,
     set: Mutex<TombstoneSet>,
+    /// The retention rules as of the load's day, and the holds then.
+    expiry: Option<(Cutoffs, HoldSet)>,
 }
 
 impl DeletionGuard {
-    /// Reads the whole tombstone log once.
+    /// Reads the whole tombstone log once, and the retention rules and
+    /// legal holds. Rules that cannot be read are an error: packing files
+    /// they may expire would bring back what must be gone.
     pub async fn load(store: &DesStore) -> Result<Self> {
         let log = TombstoneLog::new(store);
         let set = TombstoneSet::load(&log).await?;
+        let expiry = match retention::load(store).await? {
+            Some(rules) if rules.rules.min_days().is_some() => {
+                let today = retention::today(Timestamp::now());
+                Some((rules.rules.cutoffs(today), HoldSet::load(store).await?))
+            }
+            _ => None,
+        };
         Ok(Self {
             log,
             set: Mutex::new(set),
+            expiry,
         })
     }
 
@@ -51,9 +73,16 @@ impl DeletionGuard {
         Ok(())
     }
 
-    /// Is `(uid, date)` deleted?
+    /// Is `(uid, date)` deleted, or expired by a retention rule and not held?
     pub fn is_deleted(&self, uid: &str, date: u32) -> bool {
-        self.lock().contains(uid, date)
+        self.lock().contains(uid, date) || self.is_expired(uid, date)
+    }
+
+    /// Is `(uid, date)` expired by a retention rule (and no hold keeps it)?
+    pub fn is_expired(&self, uid: &str, date: u32) -> bool {
+        self.expiry.as_ref().is_some_and(|(cutoffs, holds)| {
+            cutoffs.expired(uid, date) && holds.holding(uid, date).is_none()
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, TombstoneSet> {
@@ -105,6 +134,44 @@ mod tests {
                 .await
                 .unwrap()
                 .is_deleted("u1", day)
+        );
+    }
+
+    /// Files a retention rule expired are refused like deleted ones, unless
+    /// a legal hold keeps them.
+    #[tokio::test]
+    async fn expired_files_are_refused_unless_held() {
+        let (store, _) =
+            DesStore::open_or_create(Arc::new(MemoryStore::new()), CreateOptions::default())
+                .await
+                .unwrap();
+        let rules = crate::retention::RetentionRules::from_toml(
+            "[[rule]]\nuid_prefix = \"logs/\"\nmax_age_days = 30\n",
+        )
+        .unwrap();
+        crate::retention::set(&store, &rules, "tester")
+            .await
+            .unwrap();
+        let held = crate::holds::Hold::new("case", "logs/held", "legal");
+        let body = serde_json::to_vec(&held).unwrap();
+        store
+            .objects()
+            .put(
+                &held.key(),
+                bytes::Bytes::from(body),
+                crate::PutOptions::default(),
+            )
+            .await
+            .unwrap();
+        let guard = DeletionGuard::load(&store).await.unwrap();
+        assert!(guard.is_deleted("logs/a", 20240517));
+        assert!(guard.is_expired("logs/a", 20240517));
+        assert!(!guard.is_deleted("logs/held/a", 20240517), "held");
+        assert!(!guard.is_deleted("img/a", 20240517), "no rule");
+        let today = retention::today(Timestamp::now());
+        assert!(
+            !guard.is_deleted("logs/a", today),
+            "today's files are young"
         );
     }
 }
