@@ -16,6 +16,12 @@ pub enum CrashPoint {
     BeforeDelete,
     /// The shard deleted, its tombstones not yet marked.
     AfterDelete,
+    /// Tombstone compaction: a segment written, not yet read back.
+    CompactWritten,
+    /// A segment verified, nothing it merged deleted yet.
+    CompactVerified,
+    /// The merged small records deleted, their markers not yet.
+    CompactRecordsDeleted,
 }
 
 impl CrashPoint {
@@ -28,6 +34,20 @@ impl CrashPoint {
             Self::AfterMark => "after_mark",
             Self::BeforeDelete => "before_delete",
             Self::AfterDelete => "after_delete",
+            Self::CompactWritten => "compact_written",
+            Self::CompactVerified => "compact_verified",
+            Self::CompactRecordsDeleted => "compact_records_deleted",
+        }
+    }
+
+    /// The crash point of a compaction step, if any.
+    pub fn of_compaction(step: des_storage::tombstones::CompactStep) -> Option<Self> {
+        use des_storage::tombstones::CompactStep;
+        match step {
+            CompactStep::SegmentWritten => Some(Self::CompactWritten),
+            CompactStep::SegmentVerified => Some(Self::CompactVerified),
+            CompactStep::RecordsDeleted => Some(Self::CompactRecordsDeleted),
+            CompactStep::Done => None,
         }
     }
 

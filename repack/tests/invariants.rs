@@ -122,19 +122,31 @@ impl Setup {
         check_files(objects, &all, &gone);
     }
 
-    /// Every applied marker's outcome, by the uid in its name.
+    /// Every applied tombstone's outcome, by uid: from markers of small
+    /// records (per tombstone or per shard generation) and from segments.
     fn markers(&self) -> Vec<(String, String)> {
-        let dir = self.store.root().join("_tombstones_applied");
-        let mut out = Vec::new();
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let uid = des_storage::tombstones::parse_name(&name)
-                .and_then(|n| n.uid)
-                .unwrap();
-            let m: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
-            out.push((uid, m["outcome"].as_str().unwrap().to_string()));
-        }
+        let outcome = |o: des_storage::tombstones::AppliedOutcome| {
+            serde_json::to_value(o)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let mut out = rt().block_on(async {
+            let objects: std::sync::Arc<dyn des_storage::ObjectStore> =
+                std::sync::Arc::new(des_storage::LocalStore::new(self.store.root()).unwrap());
+            let store = des_storage::DesStore::open(objects).await.unwrap();
+            let log = des_storage::tombstones::TombstoneLog::new(&store);
+            let mut out = Vec::new();
+            for at in log.names_by_state().await.unwrap().1 {
+                let m = log.applied_marker(&at).await.unwrap().unwrap();
+                out.push((at.name.uid.clone().unwrap(), outcome(m.outcome)));
+            }
+            for r in log.segment_records().await.unwrap() {
+                out.push((r.tombstone.uid, outcome(r.applied.outcome)));
+            }
+            out
+        });
         out.sort();
         out
     }

@@ -302,10 +302,23 @@ fn shard_temp_files(root: &std::path::Path) -> std::collections::BTreeSet<String
     out
 }
 
+/// Marker files (per tombstone, or per shard generation in subdirectories).
 fn applied_markers(root: &std::path::Path) -> usize {
-    std::fs::read_dir(root.join(des_storage::tombstones::APPLIED_PREFIX))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    fn count(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    count(&e.path())
+                } else {
+                    1
+                }
+            })
+            .sum()
+    }
+    count(&root.join(des_storage::tombstones::APPLIED_PREFIX))
 }
 
 #[test]
@@ -903,4 +916,100 @@ fn batch_tools_take_the_store_from_des_store() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(json(&out)["tombstones_pending"], 1);
+}
+
+/// Kills the repacker (SIGABRT, no cleanup) at each step of the tombstone
+/// compaction that ends a run: every deletion stays visible to a fresh
+/// reader, none is pending, each is listed once, and a re-run finishes the
+/// compaction without merging anything twice.
+#[test]
+fn crashes_during_tombstone_compaction_lose_nothing() {
+    for point in [
+        "compact_written",
+        "compact_verified",
+        "compact_records_deleted",
+    ] {
+        let s = Local::build(standard_specs());
+        let deleted = ["file-06", "file-07", "big-b"];
+        for uid in deleted {
+            tombstone(&s, uid);
+        }
+        let root = s.root_str();
+        let crashed = bin("des-repack")
+            .args(["--store", &root, "--min-garbage-ratio", "0"])
+            .args(["--big-file-grace", "0s", "--lease-ttl", "1s", "--quiet"])
+            .env("DES_REPACK_CRASH_AT", point)
+            .output()
+            .unwrap();
+        assert!(!crashed.status.success(), "{point}: {}", describe(&crashed));
+        assert!(
+            String::from_utf8_lossy(&crashed.stderr).contains(point),
+            "{point}: {}",
+            describe(&crashed)
+        );
+        let check = |when: &str| {
+            rt().block_on(async {
+                let objects: std::sync::Arc<dyn des_storage::ObjectStore> =
+                    std::sync::Arc::new(des_storage::LocalStore::new(s.root()).unwrap());
+                let store = des_storage::DesStore::open(objects).await.unwrap();
+                let log = des_storage::tombstones::TombstoneLog::new(&store);
+                let set = des_storage::tombstones::TombstoneSet::load(&log)
+                    .await
+                    .unwrap();
+                for uid in deleted {
+                    let spec = s.spec(uid);
+                    assert!(set.contains_at(uid, spec.ts()), "{point} {when}: {uid}");
+                }
+                assert!(log.pending().await.unwrap().is_empty(), "{point} {when}");
+            });
+            let listed = tombstones(&s, &["--json", "list"]);
+            assert_eq!(listed.status.code(), Some(0), "{}", describe(&listed));
+            let listed = json(&listed);
+            for uid in deleted {
+                let n = listed
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|t| t["uid"] == uid)
+                    .count();
+                assert_eq!(n, 1, "{point} {when}: {listed:#}");
+            }
+        };
+        check("after the crash");
+        s.check_files(&deleted);
+        verify_clean(&s);
+
+        std::thread::sleep(Duration::from_millis(1100));
+        let out = repack(&s, &["--min-garbage-ratio", "0"]);
+        assert_eq!(out.status.code(), Some(0), "{point}: {}", describe(&out));
+        let r = json(&out);
+        assert_eq!(r["tombstones_pending"], 0, "{point}: {r:#}");
+        assert_eq!(r["tombstones_compacted"], 0, "{point}: {r:#}");
+        check("after a re-run");
+        assert_eq!(applied_markers(s.root()), 0, "{point}");
+        let segments = std::fs::read_dir(s.root().join("_tombstones/segments"))
+            .unwrap()
+            .count();
+        assert_eq!(segments, 1, "{point}");
+        let shown = tombstones(
+            &s,
+            &[
+                "--json",
+                "show",
+                "--uid",
+                "file-06",
+                "--created-at",
+                &s.spec("file-06").created_at,
+            ],
+        );
+        assert_eq!(shown.status.code(), Some(0), "{}", describe(&shown));
+        let shown = json(&shown);
+        assert_eq!(
+            shown["tombstones"].as_array().unwrap().len(),
+            1,
+            "{shown:#}"
+        );
+        assert_eq!(shown["tombstones"][0]["state"], "applied", "{shown:#}");
+        verify_clean(&s);
+    }
 }

@@ -114,18 +114,21 @@ fn weight(key: &str, ix: &Cached) -> u32 {
     u32::try_from(ix.loaded.heap_size() + key.len()).unwrap_or(u32::MAX)
 }
 
-/// A page of one version of a shard: a replaced shard has a new generation,
-/// so its pages are never mixed up with the old ones (which age out).
+/// A page of one version of a shard, named by generation and ETag: a shard
+/// deleted whole and packed again restarts at generation 1, so the
+/// generation alone could name an old version's page (which ages out).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct PageKey {
     shard: String,
     generation: u64,
+    etag: Option<String>,
     size: u64,
     page: usize,
 }
 
 fn page_weight(key: &PageKey, page: &Arc<Page>) -> u32 {
-    let bytes = page.heap_size() + key.shard.len() + std::mem::size_of::<PageKey>();
+    let etag = key.etag.as_ref().map_or(0, String::len);
+    let bytes = page.heap_size() + key.shard.len() + etag + std::mem::size_of::<PageKey>();
     u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
@@ -343,6 +346,7 @@ impl Retriever {
         let key = PageKey {
             shard: shard.key.clone(),
             generation: shard.generation(),
+            etag: shard.object.etag.clone(),
             size: shard.object.size,
             page: k,
         };

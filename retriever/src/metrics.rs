@@ -57,6 +57,7 @@ pub struct Metrics {
     pub corruption: IntCounter,
     pub http_requests: IntCounterVec,
     pub tombstones_known: IntGauge,
+    pub tombstones_segments: IntGauge,
     pub tombstones_appended: IntCounter,
     pub tombstones_poll_failures: IntCounter,
     pub retention_rules_version: IntGauge,
@@ -147,6 +148,11 @@ impl Metrics {
             "Deleted (uid, date) pairs this replica knows of.",
         )?;
         r.register(Box::new(tombstones_known.clone()))?;
+        let tombstones_segments = IntGauge::new(
+            "des_tombstones_segments",
+            "Tombstone segments (compacted applied deletions) this replica has read.",
+        )?;
+        r.register(Box::new(tombstones_segments.clone()))?;
         Ok(Self {
             http_connections: gauge(
                 &r,
@@ -270,6 +276,7 @@ impl Metrics {
                 &["route", "status"],
             )?,
             tombstones_known,
+            tombstones_segments,
             tombstones_appended: counter(
                 &r,
                 "des_tombstones_appended_total",

@@ -23,6 +23,7 @@ pub struct Deleted {
     /// One poll at a time, so two cannot apply cursors out of order.
     polling: tokio::sync::Mutex<()>,
     known: IntGauge,
+    segments: IntGauge,
     appended: IntCounter,
     poll_failures: IntCounter,
     /// Requests check tombstones before the hot cache, so its copy of a
@@ -49,6 +50,7 @@ impl Deleted {
             set: RwLock::new(set),
             polling: tokio::sync::Mutex::new(()),
             known: metrics.tombstones_known.clone(),
+            segments: metrics.tombstones_segments.clone(),
             appended: metrics.tombstones_appended.clone(),
             poll_failures: metrics.tombstones_poll_failures.clone(),
             hot,
@@ -78,8 +80,13 @@ impl Deleted {
     }
 
     fn update_gauge(&self) {
-        let n = self.read().len();
+        let (n, segments) = {
+            let set = self.read();
+            (set.len(), set.segments())
+        };
         self.known.set(i64::try_from(n).unwrap_or(i64::MAX));
+        self.segments
+            .set(i64::try_from(segments).unwrap_or(i64::MAX));
     }
 
     /// Is `(uid, the UTC day of created_at)` deleted?

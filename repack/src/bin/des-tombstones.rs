@@ -62,6 +62,9 @@ enum Cmd {
     /// Legal holds: files that must never be deleted while the hold exists.
     #[command(subcommand)]
     Hold(HoldCmd),
+    /// Merge applied tombstones into segments now (des-repack does this at
+    /// the end of every run). Takes the repacker's lease.
+    Compact,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -231,6 +234,19 @@ async fn run(cli: &Cli) -> Result<u8> {
         Cmd::Show(a) => show_file(cli, &store, &log, a).await,
         Cmd::Retention(r) => retention_cmd(cli, &store, r).await,
         Cmd::Hold(h) => hold(cli, &store, h).await,
+        Cmd::Compact => {
+            let lease = des_repack::lease::LeaseConfig::default();
+            let report = des_repack::repack::compact_tombstones(&store, lease).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "compacted: {} tombstones into {} segments, {} leftovers deleted",
+                    report.records_merged, report.segments_written, report.leftovers_deleted
+                );
+            }
+            Ok(0)
+        }
     }
 }
 

@@ -43,9 +43,8 @@ use des_format::{Compression, Timestamp};
 use des_storage::keys::{ShardKey, StoreKey};
 use des_storage::protocol::{RepackJournal, big_ref_ttl, checked, journal};
 use des_storage::retention::{self as rules_store, Cutoffs};
-use des_storage::tombstones::{AppliedMarker, AppliedOutcome, TombstoneLog};
+use des_storage::tombstones::{AppliedOutcome, TombstoneLog};
 use des_storage::{DesStore, Layout, LoadedIndex, ObjectMeta};
-use futures::StreamExt;
 use tokio::runtime::Handle;
 
 pub use report::{Action, RepackReport, ShardOutcome};
@@ -173,6 +172,34 @@ pub async fn repack(
     result
 }
 
+/// Merges applied tombstones into segments (what a run does at its end),
+/// under the repacker's lease: compaction must have a single writer.
+pub async fn compact_tombstones(
+    store: &DesStore,
+    lease: LeaseConfig,
+) -> Result<des_storage::tombstones::CompactReport> {
+    let lease = Lease::acquire(store.placement().stores(), &holder_id(), lease).await?;
+    let keeper = LeaseKeeper::start(lease);
+    let hook = |step| {
+        if let Some(point) = CrashPoint::of_compaction(step) {
+            point.check();
+        }
+    };
+    let result = TombstoneLog::new(store).compact_with(&hook).await;
+    let lost = keeper.lost().load(Ordering::SeqCst);
+    if let Err(e) = keeper.release().await {
+        eprintln!("des-tombstones: releasing the lease: {e}");
+    }
+    let report = result?;
+    if lost {
+        return Err(RepackError::LeaseLost {
+            key: crate::lease::LEASE_KEY.into(),
+            detail: "lost while compacting tombstones".into(),
+        });
+    }
+    Ok(report)
+}
+
 async fn run_locked(
     store: &DesStore,
     opts: &RepackOptions,
@@ -244,6 +271,15 @@ async fn run_locked(
     let holds = HoldSet::load(store).await?;
     report.big_files = bigfiles::collect(store, &holds, gc).await?;
     record_expiry_applied(&ctx, &holds, &report).await?;
+    if !opts.dry_run {
+        check_lease(&ctx)?;
+        let hook = |step| {
+            if let Some(point) = CrashPoint::of_compaction(step) {
+                point.check();
+            }
+        };
+        report.tombstones_compacted = ctx.log.compact_with(&hook).await?.records_merged;
+    }
     finish_counts(&ctx, &mut report).await?;
     report.duration_seconds = started.elapsed().as_secs_f64();
     report.read_mb_per_second = if report.duration_seconds > 0.0 {
@@ -791,8 +827,9 @@ async fn read_back(store: &DesStore, key: &str, r: &Rewritten) -> Result<()> {
 }
 
 /// Marks `pending` applied: those whose uid is in `removed` as removed in
-/// `generation`, the rest as absent from it. Returns how many markers were
-/// written.
+/// `generation`, the rest as absent from it. One batch marker per store
+/// (all of a shard's tombstones live in one store, so usually one object).
+/// Returns how many tombstones were marked.
 async fn mark(
     ctx: &Ctx<'_>,
     key: &str,
@@ -803,27 +840,26 @@ async fn mark(
     if ctx.opts.dry_run {
         return Ok(0);
     }
-    let writes = futures::stream::iter(pending)
-        .map(|p| {
-            let outcome = if removed.contains(&p.uid) {
-                AppliedOutcome::Removed
-            } else {
-                AppliedOutcome::Absent
-            };
-            let marker = AppliedMarker::new(key, generation, outcome);
-            async move { ctx.log.mark_applied(&p.at, &marker).await }
-        })
-        .buffer_unordered(MARK_CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await;
-    for w in writes {
-        w?;
+    let mut by_store: std::collections::BTreeMap<usize, Vec<(String, AppliedOutcome)>> =
+        std::collections::BTreeMap::new();
+    for p in pending {
+        let outcome = if removed.contains(&p.uid) {
+            AppliedOutcome::Removed
+        } else {
+            AppliedOutcome::Absent
+        };
+        by_store
+            .entry(p.at.store)
+            .or_default()
+            .push((p.at.name.name.clone(), outcome));
+    }
+    for (store, names) in by_store {
+        ctx.log
+            .mark_applied_batch(store, key, generation, &names)
+            .await?;
     }
     Ok(pending.len() as u64)
 }
-
-/// Markers written at once (small objects: latency-bound).
-const MARK_CONCURRENCY: usize = 16;
 
 /// Pending and held counts after the run, from a fresh listing.
 async fn finish_counts(ctx: &Ctx<'_>, report: &mut RepackReport) -> Result<()> {

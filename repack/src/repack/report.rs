@@ -103,6 +103,8 @@ pub struct RepackReport {
     /// Of those, expired by a retention rule.
     pub entries_expired: u64,
     pub tombstones_marked: u64,
+    /// Applied tombstones merged into a segment at the end of the run.
+    pub tombstones_compacted: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,
     /// Shard bytes before minus after, over rewritten and deleted shards.

@@ -52,6 +52,20 @@ pub async fn load(log: &TombstoneLog, holds: &HoldSet) -> Result<TombState> {
         total: (pending.len() + applied.len()) as u64,
         ..TombState::default()
     };
+    // Listed after the small records: a record compacted meanwhile is in
+    // one of these (the compaction writes before it deletes).
+    let n_bits = log.store().n_bits();
+    for seg in log.segment_lookups().await? {
+        state.total += seg.entries.len() as u64;
+        for e in &seg.entries {
+            if e.shard != u32::MAX {
+                state
+                    .routed
+                    .insert(ShardKey::new(e.date, e.shard, n_bits).to_string());
+            }
+        }
+        state.set.insert_segment(&seg);
+    }
     let mut pending_tombs = Vec::with_capacity(pending.len());
     let mut unnamed = Vec::new();
     for n in applied {

@@ -1,7 +1,10 @@
 //! Listing and showing tombstones.
 
 use des_format::Timestamp;
-use des_storage::tombstones::{AppliedMarker, DeleteReason, LoggedName, Tombstone, TombstoneLog};
+use des_storage::tombstones::{
+    AppliedMarker, DeleteReason, LOG_PREFIX, LoggedName, SegmentRecord, Tombstone, TombstoneLog,
+    parse_name,
+};
 use serde::Serialize;
 
 use crate::error::Result;
@@ -63,8 +66,57 @@ pub struct ListedTombstone {
     pub applied: Option<AppliedMarker>,
 }
 
-/// Tombstones matching `filter`, oldest logged first.
+/// Tombstones matching `filter`, oldest logged first: small log objects
+/// and, unless only pending ones are asked for, segments.
 pub async fn list(log: &TombstoneLog, filter: &ListFilter) -> Result<Vec<ListedTombstone>> {
+    let small = list_small(log, filter).await?;
+    if filter.state == Some(TombstoneState::Pending) {
+        return Ok(small);
+    }
+    let merged = log.segment_records().await?;
+    Ok(merge_segments(small, merged, filter))
+}
+
+/// Adds segment records passing `filter` (a record both still logged and
+/// merged, after a crashed compaction, is listed once).
+fn merge_segments(
+    mut out: Vec<ListedTombstone>,
+    merged: Vec<SegmentRecord>,
+    filter: &ListFilter,
+) -> Vec<ListedTombstone> {
+    let seen: std::collections::HashSet<String> = out.iter().map(|t| t.key.clone()).collect();
+    for r in merged {
+        let key = format!("{LOG_PREFIX}{}", r.name);
+        let Some(name) = parse_name(&r.name) else {
+            continue;
+        };
+        let at = LoggedName {
+            store: r.store,
+            name,
+        };
+        if seen.contains(&key)
+            || !filter.name_passes(&at, TombstoneState::Applied)
+            || !filter.record_passes(&r.tombstone)
+        {
+            continue;
+        }
+        out.push(ListedTombstone {
+            key,
+            logged_at: at.name.logged_at.to_rfc3339(),
+            state: TombstoneState::Applied,
+            tombstone: r.tombstone,
+            applied: Some(r.applied),
+        });
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    if let Some(l) = filter.limit {
+        out.truncate(l);
+    }
+    out
+}
+
+/// Tombstones still logged as small objects matching `filter`.
+async fn list_small(log: &TombstoneLog, filter: &ListFilter) -> Result<Vec<ListedTombstone>> {
     let (pending, applied) = log.names_by_state().await?;
     let mut names: Vec<(LoggedName, TombstoneState)> = pending
         .into_iter()
@@ -109,7 +161,7 @@ pub async fn show(log: &TombstoneLog, uid: &str, date: u32) -> Result<Vec<Listed
         date: Some(date),
         ..ListFilter::default()
     };
-    let mut found = list(log, &filter).await?;
+    let mut found = list_small(log, &filter).await?;
     for t in &mut found {
         if t.state == TombstoneState::Applied {
             let at = LoggedName {
@@ -124,5 +176,7 @@ pub async fn show(log: &TombstoneLog, uid: &str, date: u32) -> Result<Vec<Listed
             t.applied = log.applied_marker(&at).await?;
         }
     }
-    Ok(found)
+    // Only segments whose lookup section holds the pair are read in full.
+    let merged = log.segment_records_of(uid, date).await?;
+    Ok(merge_segments(found, merged, &filter))
 }

@@ -23,7 +23,7 @@ use crate::tombstones_cli::TombstoneState;
 #[derive(Debug, Clone, Copy)]
 struct Tomb {
     date: u32,
-    /// Marked applied (`_tombstones_applied/…`): bytes found in a shard
+    /// Marked applied (`_tombstones_applied/…`, or in a segment): bytes found in a shard
     /// then came back after the repacker removed them.
     applied: bool,
     logged_at: Timestamp,
@@ -75,6 +75,13 @@ impl Deleted {
                 let logged_at = t.at.name.logged_at;
                 out.add(store, t.tombstone.uid, t.tombstone.date, logged_at, applied);
             }
+        }
+        // Applied tombstones compacted into segments (details read in full:
+        // a batch tool, not a reader).
+        for r in log.segment_records().await? {
+            let logged_at = des_storage::tombstones::parse_name(&r.name)
+                .map_or(r.tombstone.deleted_at, |n| n.logged_at);
+            out.add(store, r.tombstone.uid, r.tombstone.date, logged_at, true);
         }
         match HoldSet::load(store).await {
             Ok(holds) => out.holds = Some(holds),

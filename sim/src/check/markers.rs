@@ -11,11 +11,13 @@ impl Checker {
             .and_then(parse_name)
             .and_then(|n| n.uid);
         let Some(uid) = uid else {
+            self.on_batch_marker(key, by, step);
             return;
         };
         match block_on(self.mem.get_range(key, ByteRange::All)) {
             Ok((_, body)) => match serde_json::from_slice::<AppliedMarker>(&body) {
                 Ok(marker) => {
+                    let incarnation = self.incarnation(&marker.shard_key);
                     self.markers.insert(
                         key.to_string(),
                         MarkerInfo {
@@ -23,6 +25,7 @@ impl Checker {
                             marker,
                             step,
                             by: by.name.clone(),
+                            incarnation,
                         },
                     );
                     self.check_marker(key, step);
@@ -34,6 +37,41 @@ impl Checker {
             Err(_) => {
                 self.markers.remove(key);
             }
+        }
+    }
+
+    /// A marker per shard generation: each name it lists is checked as a
+    /// marker of its own (`<key>#<name>`).
+    fn on_batch_marker(&mut self, key: &str, by: &By, step: u64) {
+        let prefix = format!("{key}#");
+        self.markers.retain(|k, _| !k.starts_with(&prefix));
+        let Ok((_, body)) = block_on(self.mem.get_range(key, ByteRange::All)) else {
+            return;
+        };
+        let batch = match serde_json::from_slice::<AppliedBatch>(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                self.violate("I6 applied marker does not parse", key, step, e.to_string());
+                return;
+            }
+        };
+        for (name, marker) in batch.markers() {
+            let Some(uid) = parse_name(name).and_then(|n| n.uid) else {
+                continue;
+            };
+            let mkey = format!("{prefix}{name}");
+            let incarnation = self.incarnation(&marker.shard_key);
+            self.markers.insert(
+                mkey.clone(),
+                MarkerInfo {
+                    uid,
+                    marker,
+                    step,
+                    by: by.name.clone(),
+                    incarnation,
+                },
+            );
+            self.check_marker(&mkey, step);
         }
     }
 
@@ -55,12 +93,13 @@ impl Checker {
             m.marker.outcome, m.uid, m.by, m.step
         );
         let uid = m.uid.clone();
+        let incarnation = m.incarnation;
         let holding: Vec<(String, u64)> = self
             .history
             .get(&shard)
             .into_iter()
             .flatten()
-            .filter(|v| v.generation == g && v.uids.contains(&uid))
+            .filter(|v| v.generation == g && v.incarnation == incarnation && v.uids.contains(&uid))
             .map(|v| (v.by.name.clone(), v.step))
             .collect();
         for (who, at) in holding {

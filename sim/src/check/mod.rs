@@ -29,7 +29,7 @@ use des_repack::repack::RepackReport;
 use des_storage::keys::RETENTION_KEY;
 use des_storage::retention::{self as rules_store, StoredRules};
 use des_storage::tombstones::{
-    APPLIED_PREFIX, AppliedMarker, LOG_PREFIX, TombstoneLog, TombstoneSet, parse_name,
+    APPLIED_PREFIX, AppliedBatch, AppliedMarker, LOG_PREFIX, TombstoneLog, TombstoneSet, parse_name,
 };
 use des_storage::{
     ByteRange, DesStore, ErrorKind, LoadedIndex, MemoryStore, ObjectStore, ObjectStoreExt,
@@ -84,6 +84,8 @@ impl By {
 struct Version {
     etag: String,
     generation: u64,
+    /// Bumped each time the shard object is deleted.
+    incarnation: u64,
     uids: BTreeSet<String>,
     big: BTreeSet<String>,
     by: By,
@@ -121,6 +123,9 @@ struct MarkerInfo {
     marker: AppliedMarker,
     step: u64,
     by: String,
+    /// The shard's incarnation when the marker was written: generations
+    /// start again at 1 after the repacker deletes a whole shard.
+    incarnation: u64,
 }
 
 struct HoldInfo {
@@ -151,6 +156,7 @@ pub struct Checker {
     /// Appended to every label in Garage mode, so its findings stay apart.
     suffix: &'static str,
     history: BTreeMap<String, Vec<Version>>,
+    incarnations: BTreeMap<String, u64>,
     current: BTreeMap<String, Current>,
     tombs: BTreeMap<Pair, TombInfo>,
     markers: BTreeMap<String, MarkerInfo>,
@@ -216,6 +222,7 @@ impl Checker {
             by_big,
             suffix: if garage { " [garage]" } else { "" },
             history: BTreeMap::new(),
+            incarnations: BTreeMap::new(),
             current: BTreeMap::new(),
             tombs: BTreeMap::new(),
             markers: BTreeMap::new(),
@@ -356,7 +363,9 @@ impl Checker {
             .unwrap_or_default();
         match block_on(self.des.load_index(key)) {
             Ok(None) => {
-                self.current.remove(key);
+                if self.current.remove(key).is_some() {
+                    *self.incarnations.entry(key.to_string()).or_default() += 1;
+                }
             }
             Err(e) => {
                 self.current.remove(key);
@@ -448,10 +457,12 @@ impl Checker {
         let bytes = block_on(self.mem.get_range(key, ByteRange::All))
             .map(|(_, b)| b)
             .unwrap_or_default();
+        let incarnation = self.incarnation(key);
         let history = self.history.entry(key.to_string()).or_default();
         history.push(Version {
             etag: loaded.object.etag.clone().unwrap_or_default(),
             generation,
+            incarnation,
             uids,
             big,
             by: by.clone(),
@@ -461,6 +472,10 @@ impl Checker {
         let version = history.len() - 1;
         self.current
             .insert(key.to_string(), Current { loaded, version });
+    }
+
+    fn incarnation(&self, key: &str) -> u64 {
+        self.incarnations.get(key).copied().unwrap_or(0)
     }
 
     /// I3, I6 (markers) and the files of one shard.

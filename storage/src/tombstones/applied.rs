@@ -1,15 +1,25 @@
 //! "Applied" markers: the repacker's proof that a tombstone's file is gone
-//! from its shard. One marker per tombstone, under [`APPLIED_PREFIX`] with
-//! the tombstone's own name, written only after the shard generation
-//! without the file is published. A crash before the marker leaves the
-//! tombstone pending, and the next run finds the file already gone and just
-//! writes the marker, so no object is ever read, modified and written back.
+//! from its shard, written only after the shard generation without the
+//! file is published. A crash before the marker leaves the tombstone
+//! pending, and the next run finds the file already gone and just writes
+//! the marker.
+//!
+//! Written today: one [`AppliedBatch`] per shard generation,
+//! `_tombstones_applied/<shard key>/<generation or "none">.json`, naming
+//! every log name it applied. A later run adding names to the same
+//! generation reads, merges and overwrites it: only the repacker writes
+//! markers, under its lease, and the union only grows.
+//! Still read: one [`AppliedMarker`] per tombstone under the tombstone's own
+//! name (stores written before batches).
+
+use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 use des_format::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::key::APPLIED_PREFIX;
+use super::key::parse_name;
 use super::log::{LoggedName, TombstoneLog, list_names};
 use crate::error::{Error, ErrorKind, Result};
 use crate::object::{ByteRange, ObjectStoreExt, PutMode, PutOptions};
@@ -52,7 +62,118 @@ impl AppliedMarker {
     }
 }
 
+/// Written to `_tombstones_applied/<shard key>/<generation or "none">.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedBatch {
+    pub shard_key: String,
+    /// The first published generation without the files; `None` when there
+    /// was no shard object at all.
+    pub generation: Option<u64>,
+    /// RFC 3339, of the latest write.
+    pub applied_at: String,
+    /// Log names (under `_tombstones/`) and what the repacker found.
+    pub names: BTreeMap<String, AppliedOutcome>,
+}
+
+impl AppliedBatch {
+    pub fn key(shard_key: &str, generation: Option<u64>) -> String {
+        let generation = generation.map_or_else(|| "none".to_string(), |g| g.to_string());
+        format!("{APPLIED_PREFIX}{shard_key}/{generation}.json")
+    }
+
+    /// The per-tombstone view of one of its names.
+    pub fn marker(&self, outcome: AppliedOutcome) -> AppliedMarker {
+        AppliedMarker {
+            shard_key: self.shard_key.clone(),
+            generation: self.generation,
+            outcome,
+            applied_at: self.applied_at.clone(),
+            big_files: Vec::new(),
+        }
+    }
+
+    /// Per-tombstone markers of every name.
+    pub fn markers(&self) -> impl Iterator<Item = (&String, AppliedMarker)> {
+        self.names.iter().map(|(n, o)| (n, self.marker(*o)))
+    }
+}
+
+/// Is `key` (under [`APPLIED_PREFIX`]) a batch rather than an old marker?
+fn is_batch_key(key: &str) -> bool {
+    key.strip_prefix(APPLIED_PREFIX)
+        .is_some_and(|n| n.contains('/') && n.ends_with(".json") && parse_name(n).is_none())
+}
+
 impl TombstoneLog {
+    /// Records in one object that `names` (log names in store `store`, all
+    /// routed to `shard_key`) are applied at `generation`. Idempotent.
+    pub async fn mark_applied_batch(
+        &self,
+        store: usize,
+        shard_key: &str,
+        generation: Option<u64>,
+        names: &[(String, AppliedOutcome)],
+    ) -> Result<()> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let objects = self.objects(store)?;
+        let key = AppliedBatch::key(shard_key, generation);
+        let mut batch = match objects.get_range(&key, ByteRange::All).await {
+            Ok((_, body)) => serde_json::from_slice::<AppliedBatch>(&body)
+                .map_err(|e| Error::corrupt(&key, e))?,
+            Err(e) if e.kind() == ErrorKind::NotFound => AppliedBatch {
+                shard_key: shard_key.to_string(),
+                generation,
+                applied_at: String::new(),
+                names: BTreeMap::new(),
+            },
+            Err(e) => return Err(e),
+        };
+        batch.applied_at = Timestamp::now().to_rfc3339();
+        batch.names.extend(names.iter().cloned());
+        let body = serde_json::to_vec(&batch).map_err(|e| Error::other("applied batch", e))?;
+        let put = PutOptions {
+            mode: PutMode::Overwrite,
+        };
+        objects.put(&key, Bytes::from(body), put).await?;
+        Ok(())
+    }
+
+    /// Every batch marker of store `store`, with its key.
+    pub async fn applied_batches(&self, store: usize) -> Result<Vec<(String, AppliedBatch)>> {
+        let objects = self.objects(store)?;
+        let mut out = Vec::new();
+        for meta in objects.list_all(APPLIED_PREFIX).await? {
+            if !is_batch_key(&meta.key) {
+                continue;
+            }
+            match objects.get_range(&meta.key, ByteRange::All).await {
+                Ok((_, body)) => out.push((
+                    meta.key.clone(),
+                    serde_json::from_slice(&body).map_err(|e| Error::corrupt(&meta.key, e))?,
+                )),
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Log name → marker, from the batches of store `store`.
+    pub(crate) async fn batch_markers(
+        &self,
+        store: usize,
+    ) -> Result<HashMap<String, AppliedMarker>> {
+        let mut out = HashMap::new();
+        for (_, batch) in self.applied_batches(store).await? {
+            for (name, marker) in batch.markers() {
+                out.insert(name.clone(), marker);
+            }
+        }
+        Ok(out)
+    }
+
     /// Records that `at` is applied. Idempotent (a re-run may write it again).
     pub async fn mark_applied(&self, at: &LoggedName, marker: &AppliedMarker) -> Result<()> {
         let body = serde_json::to_vec(marker).map_err(|e| Error::other("applied marker", e))?;
@@ -65,7 +186,8 @@ impl TombstoneLog {
         Ok(())
     }
 
-    /// The marker of `at`, if it was applied.
+    /// The marker of `at`, if it was applied: its own (old) marker, or its
+    /// entry in a batch. Not for segments (their records carry markers).
     pub async fn applied_marker(&self, at: &LoggedName) -> Result<Option<AppliedMarker>> {
         let key = at.name.applied_key();
         match self
@@ -76,7 +198,9 @@ impl TombstoneLog {
             Ok((_, body)) => serde_json::from_slice(&body)
                 .map(Some)
                 .map_err(|e| Error::corrupt(&key, e)),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                Ok(self.batch_markers(at.store).await?.remove(&at.name.name))
+            }
             Err(e) => Err(e),
         }
     }
@@ -89,6 +213,9 @@ impl TombstoneLog {
         for (i, objects) in self.stores().iter().enumerate() {
             for name in list_names(objects.as_ref(), APPLIED_PREFIX, None).await? {
                 applied.insert((i, name.name));
+            }
+            for (_, batch) in self.applied_batches(i).await? {
+                applied.extend(batch.names.into_keys().map(|n| (i, n)));
             }
         }
         Ok(all

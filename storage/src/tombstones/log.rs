@@ -43,6 +43,8 @@ pub struct LoggedTombstone {
 #[derive(Debug, Clone, Default)]
 pub struct LogCursor {
     stores: Vec<StoreCursor>,
+    /// Segments already read, as `(store, key)`.
+    pub(crate) segments: BTreeSet<(usize, String)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -159,7 +161,10 @@ impl TombstoneLog {
         let stores = self.stores();
         let now = Timestamp::now();
         let overlap = i64::try_from(self.overlap.as_micros()).unwrap_or(i64::MAX);
-        let mut next = LogCursor::default();
+        let mut next = LogCursor {
+            segments: cursor.segments.clone(),
+            ..LogCursor::default()
+        };
         let mut out = Vec::new();
         for (i, objects) in stores.iter().enumerate() {
             let mut sc = cursor.stores.get(i).cloned().unwrap_or_default();

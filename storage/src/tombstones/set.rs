@@ -6,16 +6,21 @@ use des_format::Timestamp;
 
 use super::log::{LogCursor, LoggedName, TombstoneLog};
 use super::record::Tombstone;
+use super::segment::{AppliedHashes, SegmentLookup, list_segments, read_lookup};
 use crate::error::Result;
 
-/// Every deleted `(uid, date)`. About 100 bytes per tombstone. Lookups by
-/// `&str` allocate nothing.
+/// Every deleted `(uid, date)`: tombstones still logged as small objects
+/// exactly (about 100 bytes each), those merged into segments as 64-bit
+/// hashes per day (8 bytes each). Lookups by `&str` allocate nothing.
 #[derive(Debug, Clone, Default)]
 pub struct TombstoneSet {
     /// Usually one date per uid; a short list beats a set of pairs, which
     /// would need an owned key per lookup.
     by_uid: HashMap<String, Vec<u32>>,
-    len: usize,
+    exact: usize,
+    /// From segments; never shrinks, like `by_uid`.
+    applied: AppliedHashes,
+    segments: usize,
     cursor: LogCursor,
 }
 
@@ -23,6 +28,8 @@ pub struct TombstoneSet {
 #[derive(Debug, Clone, Default)]
 pub struct SetUpdate {
     pub pairs: Vec<(String, u32)>,
+    /// Lookup sections of segments not read before.
+    pub segments: Vec<SegmentLookup>,
     pub cursor: LogCursor,
 }
 
@@ -40,7 +47,7 @@ impl TombstoneSet {
 
     /// Is the file `uid` of the UTC day `date` (`20240517`) deleted?
     pub fn contains(&self, uid: &str, date: u32) -> bool {
-        self.by_uid.get(uid).is_some_and(|d| d.contains(&date))
+        self.by_uid.get(uid).is_some_and(|d| d.contains(&date)) || self.applied.contains(uid, date)
     }
 
     /// Is the file `(uid, created_at)` deleted? Any time on that UTC day matches.
@@ -55,8 +62,37 @@ impl TombstoneSet {
             return false;
         }
         dates.push(date);
-        self.len += 1;
+        self.exact += 1;
         true
+    }
+
+    /// Adds the hashes of a segment's lookup section.
+    pub fn insert_segment(&mut self, segment: &SegmentLookup) {
+        self.applied.extend(&segment.entries);
+        self.segments += 1;
+    }
+
+    /// Segments read so far.
+    pub fn segments(&self) -> usize {
+        self.segments
+    }
+
+    /// Heap bytes held by the hashes of segments (the part that grows
+    /// with applied deletions): 8 per deletion plus a little per day.
+    pub fn applied_heap_bytes(&self) -> usize {
+        self.applied.heap_bytes()
+    }
+
+    /// Heap bytes held, estimated: exact entries (key, dates, table slot)
+    /// plus [`applied_heap_bytes`](Self::applied_heap_bytes).
+    pub fn heap_bytes(&self) -> usize {
+        let slot = std::mem::size_of::<(String, Vec<u32>)>() + 1;
+        let exact: usize = self
+            .by_uid
+            .iter()
+            .map(|(k, v)| k.capacity() + v.capacity() * 4)
+            .sum();
+        exact + self.by_uid.capacity() * slot + self.applied.heap_bytes()
     }
 
     /// Adds a tombstone just appended (so it takes effect before the next poll).
@@ -64,12 +100,14 @@ impl TombstoneSet {
         self.insert(&t.uid, t.date)
     }
 
+    /// Pairs known: exact ones plus distinct segment hashes (a pair both
+    /// still logged and already merged counts twice until the next load).
     pub fn len(&self) -> usize {
-        self.len
+        self.exact + self.applied.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     pub fn cursor(&self) -> &LogCursor {
@@ -81,7 +119,25 @@ impl TombstoneSet {
     /// Only names are listed; objects are read only for uids too long to
     /// be embedded in their names.
     pub async fn fetch_updates(log: &TombstoneLog, cursor: &LogCursor) -> Result<SetUpdate> {
-        let (names, cursor) = log.poll_names(cursor).await?;
+        // Small records first, segments second: compaction writes a
+        // segment before deleting what it merged, so a record missing from
+        // this listing is in a segment the next listing finds.
+        let (names, mut cursor) = log.poll_names(cursor).await?;
+        let mut segments = Vec::new();
+        for (store, objects) in log.stores().iter().enumerate() {
+            for key in list_segments(objects.as_ref()).await? {
+                if cursor.segments.contains(&(store, key.clone())) {
+                    continue;
+                }
+                let entries = read_lookup(objects.as_ref(), &key).await?;
+                cursor.segments.insert((store, key.clone()));
+                segments.push(SegmentLookup {
+                    store,
+                    key,
+                    entries,
+                });
+            }
+        }
         let (known, unnamed): (Vec<LoggedName>, Vec<LoggedName>) =
             names.into_iter().partition(|n| n.name.uid.is_some());
         let mut pairs: Vec<(String, u32)> = known
@@ -91,16 +147,25 @@ impl TombstoneSet {
         for logged in log.read_all(unnamed).await? {
             pairs.push((logged.tombstone.uid, logged.tombstone.date));
         }
-        Ok(SetUpdate { pairs, cursor })
+        Ok(SetUpdate {
+            pairs,
+            segments,
+            cursor,
+        })
     }
 
     /// Adds an update's pairs and adopts its cursor; returns how many were new.
     pub fn apply(&mut self, update: SetUpdate) -> usize {
-        let new = update
+        let mut new = update
             .pairs
             .iter()
             .filter(|(uid, date)| self.insert(uid, *date))
             .count();
+        for seg in &update.segments {
+            let before = self.applied.len();
+            self.insert_segment(seg);
+            new += self.applied.len() - before;
+        }
         self.cursor = update.cursor;
         new
     }
@@ -116,7 +181,9 @@ impl TombstoneSet {
 
     /// Re-lists the whole log (pairs already present are kept).
     pub async fn refresh_full(&mut self, log: &TombstoneLog) -> Result<usize> {
-        let update = Self::fetch_updates(log, &LogCursor::default()).await?;
+        let mut from = LogCursor::default();
+        from.segments = self.cursor.segments.clone();
+        let update = Self::fetch_updates(log, &from).await?;
         Ok(self.apply(update))
     }
 }

@@ -305,3 +305,207 @@ async fn foreign_objects_under_the_prefix_are_ignored() {
     let log = TombstoneLog::new(&store);
     assert!(log.list_all().await.unwrap().is_empty());
 }
+
+/// An old store (one record and one marker per tombstone) read, compacted,
+/// and read again: nothing lost, nothing pending twice; a re-run merges
+/// nothing twice.
+#[tokio::test]
+async fn old_store_is_compacted_without_losing_anything() {
+    let (store, mem) = store().await;
+    let log = TombstoneLog::new(&store);
+    for i in 0..20 {
+        let t = tomb(&format!("u{i}"), "2024-05-17T10:00:00Z");
+        log.append(&t).await.unwrap();
+    }
+    let before = TombstoneSet::load(&log).await.unwrap();
+    let (pending, _) = log.names_by_state().await.unwrap();
+    // Mark the first 15 applied the old way.
+    for at in &pending[..15] {
+        let marker = AppliedMarker::new("20240517/1.des", Some(3), AppliedOutcome::Removed);
+        log.mark_applied(at, &marker).await.unwrap();
+    }
+    let report = log.compact().await.unwrap();
+    assert_eq!((report.segments_written, report.records_merged), (1, 15));
+    let (pending, applied) = log.names_by_state().await.unwrap();
+    assert_eq!((pending.len(), applied.len()), (5, 0));
+    assert_eq!(mem.list_all(APPLIED_PREFIX).await.unwrap().len(), 0);
+    let after = TombstoneSet::load(&log).await.unwrap();
+    for i in 0..20 {
+        assert!(after.contains(&format!("u{i}"), 20240517), "u{i}");
+    }
+    assert!(!after.contains("u99", 20240517));
+    assert_eq!(after.segments(), 1);
+    // The old reader picks the segment up and keeps its exact entries.
+    let mut polled = before.clone();
+    polled.refresh(&log).await.unwrap();
+    assert_eq!(polled.segments(), 1);
+    assert!((0..20).all(|i| polled.contains(&format!("u{i}"), 20240517)));
+    // Details are in the segment.
+    let records = log.segment_records_of("u3", 20240517).await.unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].applied.generation, Some(3));
+    assert_eq!(log.compact().await.unwrap(), CompactReport::default());
+}
+
+/// A crash after the segment is written (records and markers still there):
+/// the next compaction deletes them instead of merging them again.
+#[tokio::test]
+async fn leftovers_of_a_crash_are_deleted_not_merged_twice() {
+    for crash_at in [
+        CompactStep::SegmentWritten,
+        CompactStep::SegmentVerified,
+        CompactStep::RecordsDeleted,
+    ] {
+        let (store, mem) = store().await;
+        let log = TombstoneLog::new(&store);
+        for i in 0..10 {
+            log.append(&tomb(&format!("u{i}"), "2024-05-17T10:00:00Z"))
+                .await
+                .unwrap();
+        }
+        let (pending, _) = log.names_by_state().await.unwrap();
+        for at in &pending {
+            let marker = AppliedMarker::new("20240517/1.des", Some(3), AppliedOutcome::Removed);
+            log.mark_applied(at, &marker).await.unwrap();
+        }
+        // A panicking hook stands in for the crash.
+        let crashed = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+            log.compact_with(&|step| assert_ne!(step, crash_at, "crash")),
+        ))
+        .await;
+        assert!(crashed.is_err(), "{crash_at:?}");
+        let seen = TombstoneSet::load(&log).await.unwrap();
+        assert!((0..10).all(|i| seen.contains(&format!("u{i}"), 20240517)));
+        assert!(log.pending().await.unwrap().is_empty(), "{crash_at:?}");
+        let report = log.compact().await.unwrap();
+        assert_eq!(report.segments_written, 0, "{crash_at:?}");
+        assert_eq!(mem.list_all(SEGMENT_PREFIX).await.unwrap().len(), 1);
+        assert_eq!(log.segment_records().await.unwrap().len(), 10);
+        assert!(log.list_all_names().await.unwrap().is_empty());
+        assert!(mem.list_all(APPLIED_PREFIX).await.unwrap().is_empty());
+    }
+}
+
+#[test]
+fn segment_round_trips_and_detects_corruption() {
+    let records: Vec<SegmentRecord> = (0..50)
+        .map(|i| SegmentRecord {
+            name: format!("20240601T080000{i:06}Z-20240517-uu{i}.json"),
+            store: 0,
+            tombstone: tomb(&format!("u{i}"), "2024-05-17T10:00:00Z"),
+            applied: AppliedMarker::new("20240517/1.des", None, AppliedOutcome::Absent),
+        })
+        .collect();
+    let body = encode_segment(&records, N_BITS).unwrap();
+    let (lookup, back) = decode_segment("k", &body).unwrap();
+    assert_eq!(back, records);
+    assert!(
+        lookup
+            .windows(2)
+            .all(|w| (w[0].date, w[0].hash) <= (w[1].date, w[1].hash))
+    );
+    let lookup_only = decode_lookup("k", &body[..16 + 50 * 16 + 4]).unwrap();
+    assert_eq!(lookup_only, lookup);
+    let mut bad = body.to_vec();
+    let last = bad.len() - 10;
+    bad[last] ^= 1;
+    assert!(decode_segment("k", &bad).is_err());
+    assert_eq!(pair_hash("u1", 20240517), pair_hash("u1", 20240517));
+    assert_ne!(pair_hash("u1", 20240517), pair_hash("u1", 20240518));
+}
+
+/// 1,000,000 applied deletions from segments: at most 16 heap bytes each.
+#[tokio::test]
+async fn reader_memory_per_applied_deletion_is_bounded() {
+    let (store, mem) = store().await;
+    let n = 1_000_000usize;
+    let per_segment = 100_000usize;
+    let start = std::time::Instant::now();
+    for s in 0..n / per_segment {
+        // Lookup sections only matter to readers; details are minimal.
+        let mut entries: Vec<(u32, u64)> = (0..per_segment)
+            .map(|i| {
+                let k = s * per_segment + i;
+                let date = 20240101 + u32::try_from(k % 28).unwrap();
+                (date, pair_hash(&format!("user-{k}"), date))
+            })
+            .collect();
+        entries.sort_unstable();
+        let mut out = Vec::new();
+        out.extend_from_slice(b"DESTSEG1");
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&u32::try_from(per_segment).unwrap().to_le_bytes());
+        for (d, h) in &entries {
+            out.extend_from_slice(&d.to_le_bytes());
+            out.extend_from_slice(&h.to_le_bytes());
+            out.extend_from_slice(&0u32.to_le_bytes());
+        }
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        let key = format!("{SEGMENT_PREFIX}20240601T0800000000{s:02}Z-00000000.seg");
+        mem.put(&key, Bytes::from(out), PutOptions::default())
+            .await
+            .unwrap();
+    }
+    let built = start.elapsed();
+    let start = std::time::Instant::now();
+    let set = TombstoneSet::load(&TombstoneLog::new(&store))
+        .await
+        .unwrap();
+    let loaded = start.elapsed();
+    assert_eq!(set.len(), n);
+    assert_eq!(set.segments(), n / per_segment);
+    assert!(set.contains("user-12345", 20240101 + 12345 % 28));
+    assert!(!set.contains("user-12345", 20240101 + 12346 % 28));
+    let per = set.heap_bytes() as f64 / n as f64;
+    eprintln!("built {built:?}, loaded {loaded:?}, {per:.2} heap bytes per deletion");
+    assert!(per <= 16.0, "{per} bytes per deletion");
+}
+
+/// Markers per shard generation: one object for many tombstones, read by
+/// `names_by_state` and `applied_marker`, merged on a second write, and
+/// deleted by compaction once its names are in a segment.
+#[tokio::test]
+async fn batch_markers_mark_many_and_are_compacted() {
+    let (store, mem) = store().await;
+    let log = TombstoneLog::new(&store);
+    for i in 0..3 {
+        log.append(&tomb(&format!("u{i}"), "2024-05-17T10:00:00Z"))
+            .await
+            .unwrap();
+    }
+    let (pending, _) = log.names_by_state().await.unwrap();
+    let name = |i: usize| pending[i].name.name.clone();
+    let store_of = pending[0].store;
+    log.mark_applied_batch(
+        store_of,
+        "20240517/1.des",
+        Some(4),
+        &[(name(0), AppliedOutcome::Removed)],
+    )
+    .await
+    .unwrap();
+    log.mark_applied_batch(
+        store_of,
+        "20240517/1.des",
+        Some(4),
+        &[(name(1), AppliedOutcome::Absent)],
+    )
+    .await
+    .unwrap();
+    let keys = mem.list_all(APPLIED_PREFIX).await.unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].key, "_tombstones_applied/20240517/1.des/4.json");
+    let (still, applied) = log.names_by_state().await.unwrap();
+    assert_eq!((still.len(), applied.len()), (1, 2));
+    let m = log.applied_marker(&pending[1]).await.unwrap().unwrap();
+    assert_eq!((m.generation, m.outcome), (Some(4), AppliedOutcome::Absent));
+    let report = log.compact().await.unwrap();
+    assert_eq!(report.records_merged, 2);
+    assert!(mem.list_all(APPLIED_PREFIX).await.unwrap().is_empty());
+    assert_eq!(log.pending().await.unwrap().len(), 1);
+    let set = TombstoneSet::load(&log).await.unwrap();
+    assert!((0..3).all(|i| set.contains(&format!("u{i}"), 20240517)));
+    let records = log.segment_records_of("u0", 20240517).await.unwrap();
+    assert_eq!(records[0].applied.outcome, AppliedOutcome::Removed);
+}
