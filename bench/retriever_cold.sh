@@ -27,6 +27,7 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-15}
 CONNECTIONS=${CONNECTIONS:-32}
 VERIFY_SAMPLE=${VERIFY_SAMPLE:-200} # files whose bytes every run checks
+RATE_SHARE=${RATE_SHARE:-0.5}  # fixed-rate runs: this share of nginx's saturation rps
 WORKERS=${WORKERS:-1}          # retriever workers = nginx worker_processes
 CREATED_AT=2024-05-17T10:00:00Z
 
@@ -103,8 +104,8 @@ start() { # name port: starts one server, fresh, on a cold page cache
     esac
 }
 
-run() { # round name paths: one measured run, its line appended to $work/results
-    local round=$1
+run() { # round name paths [rate [label]]: one measured run, its line appended to $work/results
+    local round=$1 rate=${4:-} label=${5:-$2}
     shift
     local port before_cpu before_reads line
     port=$(free_port)
@@ -116,13 +117,15 @@ run() { # round name paths: one measured run, its line appended to $work/results
     fi
     local verify=$work/verify-nginx
     [[ $1 == retriever ]] && verify=$work/verify-retriever
-    line=$(loadgen_result "$1" "http://127.0.0.1:$port" "$2" "$DURATION" "$verify")
+    line=$(loadgen_result "$label" "http://127.0.0.1:$port" "$2" "$DURATION" "$verify" "$rate")
     python3 - "round $round $line" "$DURATION" "$before_cpu" "$(cpu_of "${serving[@]}")" "$(getconf CLK_TCK)" \
         "$before_reads" "$(disk_reads)" <<'PY' | tee -a "$work/results"
 import sys
 line, secs, t0, t1, hz = sys.argv[1], float(sys.argv[2]), *map(int, sys.argv[3:6])
 (r0, s0), (r1, s1) = (map(int, a.split()) for a in sys.argv[6:8])
 n = float(line.split("rps=")[1].split()[0]) * secs
+# A fixed-rate run also has its 1 s warm-up inside the CPU and disk counts.
+n = float(line.split("rps=")[1].split()[0]) * (secs + (1 if "-fixed" in line.split()[2] else 0))
 print(f"{line} cpu_us_per_req={(t1 - t0) / hz * 1e6 / n:.1f} disk_reads_per_req={(r1 - r0) / n:.2f} "
       f"disk_kib_per_req={(s1 - s0) / 2 / n:.1f}")
 PY
@@ -132,11 +135,16 @@ PY
 }
 
 echo "measuring: $ROUNDS rounds of $DURATION s per server, $CONNECTIONS connections, $WORKERS server workers..." >&2
+paths_of() { if [[ $1 == retriever ]]; then echo "$work/paths-retriever"; else echo "$work/paths-nginx"; fi; }
 for round in $(seq 1 "$ROUNDS"); do
     for name in retriever nginx nginx-aio; do
-        paths="$work/paths-nginx"
-        [[ $name == retriever ]] && paths="$work/paths-retriever"
-        run "$round" "$name" "$paths"
+        run "$round" "$name" "$(paths_of "$name")"
+    done
+    # p99 at a rate every server sustains: RATE_SHARE of nginx's saturation rps this round.
+    rate=$(awk -v r="round $round" -v s="$RATE_SHARE" '$0 ~ "^" r " nginx " {
+        sub(/.*rps=/, ""); printf "%d\n", $1 * s }' "$work/results")
+    for name in retriever nginx nginx-aio; do
+        run "$round" "$name" "$(paths_of "$name")" "$rate" "$name-fixed"
     done
 done
 ratios "$work/results" retriever nginx nginx-aio

@@ -16,6 +16,8 @@
 #   repack     5. des-repack MB/s with 10 % and 50 % deleted
 #   micro      6. criterion micro-benchmarks of des-format
 #   staleness  7. delete staleness across retriever replicas
+#   coldscale 12. cold GETs from shards of 1k/10k/100k entries on Garage behind
+#                 a 10 ms latency proxy vs direct GETs of loose objects
 #
 # The synthetic set: bench/gen_synthetic.py /path/synth1m 1000000 42 (8.9 GB,
 # about 10 minutes), then SYNTH=/path/synth1m bench/run.sh.
@@ -25,7 +27,7 @@ cd "$(dirname "$0")/.."
 docs="$(rustc --print sysroot)/share/doc/rust/html"
 synth=${SYNTH:-}
 sections=("$@")
-[[ ${#sections[@]} -gt 0 ]] || sections=(pack retrieve cold s3 index repack micro staleness)
+[[ ${#sections[@]} -gt 0 ]] || sections=(pack retrieve cold s3 index repack micro staleness coldscale)
 
 banner() { printf '\n=== %s === %s, %s cores, load %s\n' "$1" "$(date -u +%FT%TZ)" "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)"; }
 have_synth() { [[ -n $synth && -d $synth ]]; }
@@ -75,6 +77,7 @@ for s in "${sections[@]}"; do
         repack) repack_bench ;;
         micro) cargo bench --locked -p des-format --bench format -- --warm-up-time 1 --measurement-time 3 ;;
         staleness) bench/delete_staleness.sh 10 5 ;;
+        coldscale) bench/cold_scale.sh ;;
         *) echo "unknown section $s (see the header of $0)" >&2; exit 2 ;;
     esac
 done

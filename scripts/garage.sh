@@ -100,6 +100,8 @@ RPC_SECRET=$(openssl rand -hex 32)
 ADMIN_TOKEN=$(openssl rand -hex 16)
 EOF
     fi
+    # The web endpoint came later: instances made before get a port now.
+    grep -q '^WEB_PORT=' "$dir/settings" || echo "WEB_PORT=$(free_port)" >>"$dir/settings"
     # shellcheck disable=SC1091
     source "$dir/settings"
     cat >"$dir/garage.toml" <<EOF
@@ -116,6 +118,13 @@ rpc_secret = "$RPC_SECRET"
 [s3_api]
 s3_region = "garage"
 api_bind_addr = "127.0.0.1:$S3_PORT"
+
+# Anonymous plain GETs of a bucket's objects once it is made a website
+# (garage bucket website --allow BUCKET), with "Host: BUCKET.web.garage":
+# bench/proxy_lib.sh measures a direct GET of a loose object with it.
+[s3_web]
+bind_addr = "127.0.0.1:$WEB_PORT"
+root_domain = ".web.garage"
 
 [admin]
 api_bind_addr = "127.0.0.1:$ADMIN_PORT"
