@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use des_bench_tools::units::{GRAMMAR, parse_duration, parse_rate, parse_size};
+use des_bench_tools::units::{GRAMMAR, RATES, parse_duration, parse_rate, parse_size};
 use des_bench_tools::{EXIT_CODES, proxy};
 
 /// A TCP proxy that delays every byte by DELAY in each direction (a round
@@ -14,7 +14,7 @@ use des_bench_tools::{EXIT_CODES, proxy};
 /// direction. Prints "listening HOST:PORT" on stdout once it accepts
 /// connections, then runs until killed.
 #[derive(Parser)]
-#[command(name = "des-latency-proxy", version, after_help = format!("{GRAMMAR}\n\n{EXIT_CODES}"))]
+#[command(name = "des-latency-proxy", version, after_help = format!("{GRAMMAR} {RATES}\n\n{EXIT_CODES}"))]
 struct Args {
     /// Address to listen on; port 0 picks a free port (printed on stdout).
     #[arg(long, default_value = "127.0.0.1:0")]
