@@ -15,3 +15,18 @@ pub mod units;
 /// Exit codes of both binaries (also in their `--help`).
 pub const EXIT_CODES: &str = "Exit codes: 0 ok; 1 the run failed (a failed check, an I/O or connection \
      error); 2 usage error (bad option or value, unreadable input file).";
+
+/// A runtime of `threads` threads; 1 (or 0) keeps the tool on one core, out
+/// of the way of what it measures.
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+}

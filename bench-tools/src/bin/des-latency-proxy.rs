@@ -51,16 +51,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let runtime = if args.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(args.threads)
-            .enable_all()
-            .build()?
-    };
+    let runtime = des_bench_tools::runtime(args.threads)?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&args.listen).await?;
         let mut config = proxy::Config::new(args.upstream, args.delay);

@@ -135,16 +135,7 @@ fn config(args: &Args) -> anyhow::Result<loadgen::Config> {
 
 /// Runs and prints; Ok(false) when the run failed its checks.
 fn run(args: &Args, config: loadgen::Config) -> anyhow::Result<bool> {
-    let runtime = if args.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(args.threads)
-            .enable_all()
-            .build()?
-    };
+    let runtime = des_bench_tools::runtime(args.threads)?;
     let report = runtime.block_on(loadgen::run(config))?;
     for f in &report.failures {
         eprintln!("des-loadgen: FAILED {f}");

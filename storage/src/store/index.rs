@@ -110,6 +110,19 @@ impl ShardVersion for OpenedShard {
     }
 }
 
+/// A shard replaced between our reads fails a later one's If-Match: start
+/// over once, from a fresh suffix read.
+async fn retry_if_replaced<T, F, Fut>(read: F) -> Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    match read().await {
+        Err(e) if e.kind() == ErrorKind::PreconditionFailed => read().await,
+        other => other,
+    }
+}
+
 /// The first read of a shard: its last `suffix_len` bytes, parsed.
 struct TailRead {
     object: ObjectMeta,
@@ -139,11 +152,7 @@ impl DesStore {
     /// index is larger than the suffix (or, for legacy shards, when the
     /// version cannot be told from the index alone). `Ok(None)` if no such shard.
     pub async fn load_index(&self, key: &str) -> Result<Option<LoadedIndex>> {
-        // A shard replaced between our two reads fails the second one's If-Match; start over once.
-        match self.load_index_once(key).await {
-            Err(e) if e.kind() == ErrorKind::PreconditionFailed => self.load_index_once(key).await,
-            other => other,
-        }
+        retry_if_replaced(|| self.load_index_once(key)).await
     }
 
     async fn load_index_once(&self, key: &str) -> Result<Option<LoadedIndex>> {
@@ -165,10 +174,7 @@ impl DesStore {
     /// caller with a page cache, via [`Self::read_page`]) reads one page per
     /// lookup. `Ok(None)` if no such shard.
     pub async fn open_shard(&self, key: &str) -> Result<Option<OpenedShard>> {
-        match self.open_shard_once(key).await {
-            Err(e) if e.kind() == ErrorKind::PreconditionFailed => self.open_shard_once(key).await,
-            other => other,
-        }
+        retry_if_replaced(|| self.open_shard_once(key)).await
     }
 
     async fn open_shard_once(&self, key: &str) -> Result<Option<OpenedShard>> {
