@@ -22,6 +22,10 @@ pub enum CrashPoint {
     CompactVerified,
     /// The merged small records deleted, their markers not yet.
     CompactRecordsDeleted,
+    /// Segments merged into one, written, not yet read back.
+    MergeWritten,
+    /// The merged segment verified, its inputs not yet deleted.
+    MergeVerified,
 }
 
 impl CrashPoint {
@@ -37,6 +41,8 @@ impl CrashPoint {
             Self::CompactWritten => "compact_written",
             Self::CompactVerified => "compact_verified",
             Self::CompactRecordsDeleted => "compact_records_deleted",
+            Self::MergeWritten => "merge_written",
+            Self::MergeVerified => "merge_verified",
         }
     }
 
@@ -47,6 +53,8 @@ impl CrashPoint {
             CompactStep::SegmentWritten => Some(Self::CompactWritten),
             CompactStep::SegmentVerified => Some(Self::CompactVerified),
             CompactStep::RecordsDeleted => Some(Self::CompactRecordsDeleted),
+            CompactStep::MergeWritten => Some(Self::MergeWritten),
+            CompactStep::MergeVerified => Some(Self::MergeVerified),
             CompactStep::Done => None,
         }
     }

@@ -786,6 +786,42 @@ fn batch_add_reports_bad_lines_and_is_idempotent() {
         .collect();
     assert_eq!(reasons.len(), 2);
     assert!(reasons.contains(&"gdpr") && reasons.contains(&"user_request"));
+    // One object for the batch (a bundle), not one per line.
+    let keys: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys[0], keys[1]);
+    assert!(keys[0].ends_with(".jsonl"), "{keys:?}");
+    let logged = std::fs::read_dir(s.root().join("_tombstones")).unwrap();
+    assert_eq!(
+        logged
+            .filter(|e| e.as_ref().unwrap().path().is_file())
+            .count(),
+        1
+    );
+    // Applied and compacted: the bundle goes, show explains from the segment.
+    let repacked = run("des-repack", &["--store", &root, "--max-delay", "0s"]);
+    assert_eq!(repacked.status.code(), Some(0), "{}", describe(&repacked));
+    let logged = std::fs::read_dir(s.root().join("_tombstones")).unwrap();
+    assert_eq!(
+        logged
+            .filter(|e| e.as_ref().unwrap().path().is_file())
+            .count(),
+        0
+    );
+    let shown = json(&run(
+        "des-tombstones",
+        &[
+            "--store", &root, "--json", "show", "--uid", "file-02", "--date", "20240517",
+        ],
+    ));
+    let found = &shown["tombstones"];
+    assert_eq!(found.as_array().unwrap().len(), 1, "{shown:#}");
+    assert_eq!(found[0]["state"], "applied");
+    assert!(found[0]["applied"]["shard_key"].is_string(), "{shown:#}");
     let missing = run(
         "des-tombstones",
         &[
@@ -1010,6 +1046,64 @@ fn crashes_during_tombstone_compaction_lose_nothing() {
             "{shown:#}"
         );
         assert_eq!(shown["tombstones"][0]["state"], "applied", "{shown:#}");
+        verify_clean(&s);
+    }
+}
+
+/// kill -9 (abort) while merging segments: every deletion stays visible and
+/// listed once, nothing looks pending, and the next run finishes the merge.
+#[test]
+fn crashes_while_merging_segments_lose_nothing() {
+    let fanin = des_storage::tombstones::MERGE_FANIN;
+    for point in ["merge_written", "merge_verified"] {
+        let s = Local::build(standard_specs());
+        let deleted: Vec<String> = (0..fanin).map(|i| format!("file-{:02}", i * 2)).collect();
+        // One segment per run: the last run's compaction fills tier 0.
+        for (i, uid) in deleted.iter().enumerate() {
+            tombstone(&s, uid);
+            let mut cmd = bin("des-repack");
+            cmd.args(["--store", &s.root_str(), "--min-garbage-ratio", "0"])
+                .args(["--lease-ttl", "1s", "--quiet"]);
+            if i + 1 == fanin {
+                cmd.env("DES_REPACK_CRASH_AT", point);
+            }
+            let out = cmd.output().unwrap();
+            assert_eq!(
+                out.status.success(),
+                i + 1 < fanin,
+                "{point}: {}",
+                describe(&out)
+            );
+        }
+        let segments = || {
+            std::fs::read_dir(s.root().join("_tombstones/segments"))
+                .unwrap()
+                .count()
+        };
+        assert_eq!(segments(), fanin + 1, "{point}: inputs and the merged one");
+        let check = |when: &str| {
+            let listed = json(&tombstones(&s, &["--json", "list"]));
+            for uid in &deleted {
+                let n = listed
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|t| t["uid"] == uid.as_str() && t["state"] == "applied")
+                    .count();
+                assert_eq!(n, 1, "{point} {when}: {uid} {listed:#}");
+            }
+            let pending = json(&tombstones(&s, &["--json", "list", "--state", "pending"]));
+            assert_eq!(pending.as_array().unwrap().len(), 0, "{point} {when}");
+        };
+        check("after the crash");
+        let refs: Vec<&str> = deleted.iter().map(String::as_str).collect();
+        s.check_files(&refs);
+        verify_clean(&s);
+        std::thread::sleep(Duration::from_millis(1100));
+        let out = repack(&s, &["--min-garbage-ratio", "0"]);
+        assert_eq!(out.status.code(), Some(0), "{point}: {}", describe(&out));
+        assert!(segments() <= 2, "{point}: {} segments", segments());
+        check("after a re-run");
         verify_clean(&s);
     }
 }

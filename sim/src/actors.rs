@@ -179,6 +179,9 @@ async fn delete(
         }
     };
     let log = TombstoneLog::new(&store);
+    if pairs.len() > 1 {
+        return delete_bundle(&log, pairs).await;
+    }
     let mut out = Vec::new();
     for (uid, date) in pairs {
         let appended = match Tombstone::for_date(&uid, date, DeleteReason::UserRequest, "sim") {
@@ -186,6 +189,32 @@ async fn delete(
             Err(e) => Err(e.to_string()),
         };
         out.push(((uid, date), appended));
+    }
+    out
+}
+
+/// Several pairs at once go as one bundle, as `des-tombstones add --file` logs them.
+async fn delete_bundle(
+    log: &TombstoneLog,
+    pairs: Vec<Pair>,
+) -> Vec<(Pair, Result<String, String>)> {
+    let mut out = Vec::new();
+    let mut valid = Vec::new();
+    for (uid, date) in pairs {
+        match Tombstone::for_date(&uid, date, DeleteReason::UserRequest, "sim") {
+            Ok(t) => valid.push(((uid, date), t)),
+            Err(e) => out.push(((uid, date), Err(e.to_string()))),
+        }
+    }
+    let ts: Vec<Tombstone> = valid.iter().map(|(_, t)| t.clone()).collect();
+    match log.append_bundle(&ts).await {
+        Ok(keys) => out.extend(
+            valid
+                .into_iter()
+                .map(|(p, _)| p)
+                .zip(keys.into_iter().map(Ok)),
+        ),
+        Err(e) => out.extend(valid.into_iter().map(|(p, _)| (p, Err(e.to_string())))),
     }
     out
 }

@@ -242,7 +242,9 @@ impl StoreKey {
             });
         }
         if let Some(name) = key.strip_prefix(LOG_PREFIX) {
-            return crate::tombstones::parse_name(name).map(|_| Self::Tombstone {
+            let logged = crate::tombstones::parse_name(name).is_some()
+                || crate::tombstones::parse_bundle_name(name).is_some();
+            return logged.then(|| Self::Tombstone {
                 name: name.to_string(),
             });
         }

@@ -92,6 +92,9 @@ pub struct RepackOptions {
     /// The packers' big-file ref TTL: refs younger than this keep their
     /// big file (`des_storage::protocol::bigrefs`).
     pub big_ref_ttl: Duration,
+    /// The run's clock (retention's "today", tombstone ages); `None` reads
+    /// the system clock. For simulations and benchmarks that replay days.
+    pub now: Option<Timestamp>,
 }
 
 impl Default for RepackOptions {
@@ -109,6 +112,7 @@ impl Default for RepackOptions {
             lease: LeaseConfig::default(),
             conflict_retries: 3,
             big_ref_ttl: big_ref_ttl(),
+            now: None,
         }
     }
 }
@@ -207,7 +211,7 @@ async fn run_locked(
     progress: &(impl Fn(Progress<'_>) + Send + Sync),
 ) -> Result<RepackReport> {
     let started = Instant::now();
-    let now = Timestamp::now();
+    let now = opts.now.unwrap_or_else(Timestamp::now);
     let log = TombstoneLog::new(store);
     let holds = HoldSet::load(store).await?;
     let state = state::load(&log, &holds).await?;

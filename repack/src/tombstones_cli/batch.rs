@@ -3,8 +3,9 @@
 use std::io::BufRead;
 
 use des_format::Timestamp;
-use des_storage::tombstones::{DeleteReason, Tombstone, TombstoneLog, TombstoneSet, parse_date};
-use futures::StreamExt;
+use des_storage::tombstones::{
+    DeleteReason, MAX_BUNDLE, Tombstone, TombstoneLog, TombstoneSet, parse_date,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{RepackError, Result};
@@ -153,9 +154,28 @@ async fn add_checked(
     r
 }
 
-/// Adds every line of a JSON Lines file, 16 at a time. Lines that fail to
-/// parse or to append are reported and do not stop the rest; pairs already
-/// deleted are skipped, so re-running a file is harmless.
+fn outcome(
+    line: u64,
+    t: &Tombstone,
+    outcome: AddOutcome,
+    key: Option<String>,
+    error: Option<String>,
+) -> AddResult {
+    AddResult {
+        line,
+        uid: Some(t.uid.clone()),
+        date: Some(t.date_dir()),
+        outcome,
+        key,
+        error,
+    }
+}
+
+/// Adds every line of a JSON Lines file, logged as bundles of up to
+/// [`MAX_BUNDLE`] tombstones (one object each). Lines that fail to parse
+/// are reported and do not stop the rest; a bundle that fails to write
+/// fails its lines only; pairs already deleted are skipped, so re-running
+/// a file is harmless.
 pub async fn add_batch(
     log: &TombstoneLog,
     input: impl BufRead,
@@ -197,27 +217,40 @@ pub async fn add_batch(
         if seen.insert(&t.uid, t.date) {
             unique.push((n, t));
         } else {
-            report.push(AddResult {
-                line: n,
-                uid: Some(t.uid.clone()),
-                date: Some(t.date_dir()),
-                outcome: AddOutcome::AlreadyDeleted,
-                key: None,
-                error: None,
-            });
+            report.push(outcome(n, &t, AddOutcome::AlreadyDeleted, None, None));
         }
     }
-    let parsed = unique;
-    let results = futures::stream::iter(parsed)
-        .map(|(n, t)| {
-            let deleted = &deleted;
-            async move { add_checked(log, deleted, &t, n).await }
+    let fresh: Vec<(u64, Tombstone)> = unique
+        .into_iter()
+        .filter(|(n, t)| {
+            let known = deleted.contains(&t.uid, t.date);
+            if known {
+                report.push(outcome(*n, t, AddOutcome::AlreadyDeleted, None, None));
+            }
+            !known
         })
-        .buffered(16)
-        .collect::<Vec<_>>()
-        .await;
-    for r in results {
-        report.push(r);
+        .collect();
+    // One object per bundle, not per line: a batch costs a few writes.
+    for chunk in fresh.chunks(MAX_BUNDLE) {
+        let ts: Vec<Tombstone> = chunk.iter().map(|(_, t)| t.clone()).collect();
+        match log.append_bundle(&ts).await {
+            Ok(keys) => {
+                for ((n, t), key) in chunk.iter().zip(keys) {
+                    report.push(outcome(*n, t, AddOutcome::Added, Some(key), None));
+                }
+            }
+            Err(e) => {
+                for (n, t) in chunk {
+                    report.push(outcome(
+                        *n,
+                        t,
+                        AddOutcome::Failed,
+                        None,
+                        Some(e.to_string()),
+                    ));
+                }
+            }
+        }
     }
     report.results.sort_by_key(|r| r.line);
     Ok(report)

@@ -55,8 +55,11 @@ impl ListFilter {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ListedTombstone {
-    /// The log object's key.
+    /// The log object's key: a bundle's for its members; for a tombstone
+    /// merged into a segment, `_tombstones/<name>`.
     pub key: String,
+    /// The tombstone's log name (a bundle member's differs from its key).
+    pub name: String,
     pub logged_at: String,
     pub state: TombstoneState,
     #[serde(flatten)]
@@ -77,14 +80,15 @@ pub async fn list(log: &TombstoneLog, filter: &ListFilter) -> Result<Vec<ListedT
     Ok(merge_segments(small, merged, filter))
 }
 
-/// Adds segment records passing `filter` (a record both still logged and
-/// merged, after a crashed compaction, is listed once).
+/// Adds segment records passing `filter`, each name once.
 fn merge_segments(
     mut out: Vec<ListedTombstone>,
     merged: Vec<SegmentRecord>,
     filter: &ListFilter,
 ) -> Vec<ListedTombstone> {
-    let seen: std::collections::HashSet<String> = out.iter().map(|t| t.key.clone()).collect();
+    // Names already listed: a record may be both logged and merged (after a
+    // crashed compaction), or in two segments (after a crashed merge).
+    let mut seen: std::collections::HashSet<String> = out.iter().map(|t| t.name.clone()).collect();
     for r in merged {
         let key = format!("{LOG_PREFIX}{}", r.name);
         let Some(name) = parse_name(&r.name) else {
@@ -94,7 +98,7 @@ fn merge_segments(
             store: r.store,
             name,
         };
-        if seen.contains(&key)
+        if !seen.insert(r.name.clone())
             || !filter.name_passes(&at, TombstoneState::Applied)
             || !filter.record_passes(&r.tombstone)
         {
@@ -102,13 +106,14 @@ fn merge_segments(
         }
         out.push(ListedTombstone {
             key,
+            name: r.name,
             logged_at: at.name.logged_at.to_rfc3339(),
             state: TombstoneState::Applied,
             tombstone: r.tombstone,
             applied: Some(r.applied),
         });
     }
-    out.sort_by(|a, b| a.key.cmp(&b.key));
+    out.sort_by(|a, b| a.name.cmp(&b.name));
     if let Some(l) = filter.limit {
         out.truncate(l);
     }
@@ -117,6 +122,18 @@ fn merge_segments(
 
 /// Tombstones still logged as small objects matching `filter`.
 async fn list_small(log: &TombstoneLog, filter: &ListFilter) -> Result<Vec<ListedTombstone>> {
+    Ok(list_small_at(log, filter)
+        .await?
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect())
+}
+
+/// [`list_small`], each with where it is logged.
+async fn list_small_at(
+    log: &TombstoneLog,
+    filter: &ListFilter,
+) -> Result<Vec<(LoggedName, ListedTombstone)>> {
     let (pending, applied) = log.names_by_state().await?;
     let mut names: Vec<(LoggedName, TombstoneState)> = pending
         .into_iter()
@@ -139,13 +156,15 @@ async fn list_small(log: &TombstoneLog, filter: &ListFilter) -> Result<Vec<Liste
                 .get(&logged.at)
                 .copied()
                 .unwrap_or(TombstoneState::Pending);
-            out.push(ListedTombstone {
+            let listed = ListedTombstone {
                 key: logged.at.name.log_key(),
+                name: logged.at.name.name.clone(),
                 logged_at: logged.at.name.logged_at.to_rfc3339(),
                 state,
                 tombstone: logged.tombstone,
                 applied: None,
-            });
+            };
+            out.push((logged.at, listed));
             if filter.limit.is_some_and(|l| out.len() >= l) {
                 return Ok(out);
             }
@@ -161,20 +180,12 @@ pub async fn show(log: &TombstoneLog, uid: &str, date: u32) -> Result<Vec<Listed
         date: Some(date),
         ..ListFilter::default()
     };
-    let mut found = list_small(log, &filter).await?;
-    for t in &mut found {
+    let mut found = Vec::new();
+    for (at, mut t) in list_small_at(log, &filter).await? {
         if t.state == TombstoneState::Applied {
-            let at = LoggedName {
-                store: log.objects_for(uid)?.0,
-                name: des_storage::tombstones::parse_name(
-                    t.key
-                        .strip_prefix(des_storage::tombstones::LOG_PREFIX)
-                        .unwrap_or(&t.key),
-                )
-                .ok_or_else(|| crate::RepackError::Invalid(format!("bad log key {}", t.key)))?,
-            };
             t.applied = log.applied_marker(&at).await?;
         }
+        found.push(t);
     }
     // Only segments whose lookup section holds the pair are read in full.
     let merged = log.segment_records_of(uid, date).await?;

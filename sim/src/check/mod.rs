@@ -29,7 +29,8 @@ use des_repack::repack::RepackReport;
 use des_storage::keys::RETENTION_KEY;
 use des_storage::retention::{self as rules_store, StoredRules};
 use des_storage::tombstones::{
-    APPLIED_PREFIX, AppliedBatch, AppliedMarker, LOG_PREFIX, TombstoneLog, TombstoneSet, parse_name,
+    APPLIED_PREFIX, AppliedBatch, AppliedMarker, LOG_PREFIX, Tombstone, TombstoneLog, TombstoneSet,
+    parse_bundle_name, parse_name,
 };
 use des_storage::{
     ByteRange, DesStore, ErrorKind, LoadedIndex, MemoryStore, ObjectStore, ObjectStoreExt,
@@ -633,18 +634,31 @@ impl Checker {
     }
 
     fn on_tomb(&mut self, key: &str, name: &str, step: u64, packers: &BTreeSet<ActorId>) {
-        let Some(n) = parse_name(name) else {
-            return;
+        let pairs = match parse_name(name) {
+            Some(n) => n.uid.map(|uid| vec![(uid, n.date)]).unwrap_or_default(),
+            None if parse_bundle_name(name).is_some() => self.bundle_pairs(key),
+            None => return,
         };
-        let Some(uid) = n.uid else {
+        if !self.exists(key) {
             return;
-        };
-        if self.exists(key) {
-            self.tombs.entry((uid, n.date)).or_insert(TombInfo {
+        }
+        for pair in pairs {
+            self.tombs.entry(pair).or_insert(TombInfo {
                 step,
                 packers: packers.clone(),
             });
         }
+    }
+
+    /// The pairs a bundle deletes (none while it cannot be read).
+    fn bundle_pairs(&self, key: &str) -> Vec<(String, u32)> {
+        let Ok((_, body)) = block_on(self.mem.get_range(key, ByteRange::All)) else {
+            return Vec::new();
+        };
+        body.split(|b| *b == b'\n')
+            .filter_map(|l| serde_json::from_slice::<Tombstone>(l).ok())
+            .map(|t| (t.uid, t.date))
+            .collect()
     }
 
     /// For the self-test: a big file that a reported, live file reads from.

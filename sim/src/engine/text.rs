@@ -5,9 +5,11 @@
 use super::*;
 
 /// A key with what differs from one run of a seed to the next masked:
-/// clock readings, and the random holder name in big-file ref keys.
+/// clock readings, the random holder name in big-file ref keys, and the
+/// checksum naming a tombstone bundle or segment (their bodies hold the
+/// clock's `deleted_at`).
 pub(super) fn mask_key(key: &str) -> String {
-    let key = mask_times(key);
+    let key = mask_crc(&mask_times(key));
     match key.strip_prefix(BIG_REFS_PREFIX) {
         Some(rest) => match rest.split_once('/') {
             Some((hex, _)) => format!("{BIG_REFS_PREFIX}{hex}/<holder>"),
@@ -15,6 +17,19 @@ pub(super) fn mask_key(key: &str) -> String {
         },
         None => key,
     }
+}
+
+fn mask_crc(key: &str) -> String {
+    for ext in [".jsonl", ".seg"] {
+        if let Some(stem) = key.strip_suffix(ext)
+            && key.starts_with("_tombstones/")
+            && let Some((head, crc)) = stem.rsplit_once('-')
+            && crc.len() == 8
+        {
+            return format!("{head}-<crc>{ext}");
+        }
+    }
+    key.to_string()
 }
 
 /// Replaces clock readings (`20240601T080000123456Z`) with `<time>`.

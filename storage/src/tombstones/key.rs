@@ -5,6 +5,11 @@
 //!
 //! `<YYYYMMDD>T<HHMMSS><ffffff>Z-<YYYYMMDD>-u<uid, percent-encoded>.json`, or
 //! `…-h<16 hex>.json` (a hash) when the encoded uid would not fit a file name.
+//!
+//! A bundle (many tombstones in one object, see `bundle.rs`) is
+//! `<time>-bundle-<count>-<crc32c 8 hex>.jsonl`; each member is named as if
+//! it were a record logged at the bundle's time, so markers and segments
+//! treat members and records alike.
 
 use des_format::Timestamp;
 
@@ -31,11 +36,19 @@ pub struct LogName {
     pub date: u32,
     /// `None` when the uid was too long to embed (read the object).
     pub uid: Option<String>,
+    /// For a member of a bundle: the bundle's name (the object holding it).
+    pub bundle: Option<String>,
 }
 
 impl LogName {
+    /// The object holding the tombstone: its own record, or its bundle.
     pub fn log_key(&self) -> String {
-        format!("{LOG_PREFIX}{}", self.name)
+        format!("{LOG_PREFIX}{}", self.object())
+    }
+
+    /// The name (under [`LOG_PREFIX`]) of the object holding the tombstone.
+    pub fn object(&self) -> &str {
+        self.bundle.as_deref().unwrap_or(&self.name)
     }
 
     pub fn applied_key(&self) -> String {
@@ -109,7 +122,43 @@ pub fn parse_name(name: &str) -> Option<LogName> {
         logged_at,
         date,
         uid,
+        bundle: None,
     })
+}
+
+const BUNDLE_EXT: &str = ".jsonl";
+
+/// The name of a bundle of `count` tombstones whose body has checksum `crc`.
+pub fn encode_bundle_name(logged_at: Timestamp, count: usize, crc: u32) -> String {
+    format!(
+        "{}-bundle-{count}-{crc:08x}{BUNDLE_EXT}",
+        format_time(logged_at)
+    )
+}
+
+/// What a bundle's name tells: when it was logged, how many tombstones it
+/// holds and the CRC32C of its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BundleName {
+    pub logged_at: Timestamp,
+    pub count: usize,
+    pub crc: u32,
+}
+
+/// Parses a bundle name (prefix removed); `None` for anything else.
+pub fn parse_bundle_name(name: &str) -> Option<BundleName> {
+    let stem = name.strip_suffix(BUNDLE_EXT)?;
+    let mut parts = stem.splitn(4, '-');
+    let (time, tag, count, crc) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if tag != "bundle" || crc.len() != 8 || !count.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let b = BundleName {
+        logged_at: parse_time(time)?,
+        count: count.parse().ok()?,
+        crc: u32::from_str_radix(crc, 16).ok()?,
+    };
+    (encode_bundle_name(b.logged_at, b.count, b.crc) == name).then_some(b)
 }
 
 fn unreserved(b: u8) -> bool {
@@ -188,6 +237,26 @@ mod tests {
         assert_eq!(parse_name(&name).unwrap().uid, None);
         for bad in ["x.json", "20240601T080000000000Z-20240517-q.json", "a-b-c"] {
             assert_eq!(parse_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn bundle_names_round_trip_and_are_not_record_names() {
+        let t = ts("2024-06-01T08:00:00.5Z");
+        let name = encode_bundle_name(t, 10_000, 0xdead_beef);
+        assert_eq!(name, "20240601T080000500000Z-bundle-10000-deadbeef.jsonl");
+        crate::object::check_key(&format!("{LOG_PREFIX}{name}")).unwrap();
+        let b = parse_bundle_name(&name).unwrap();
+        assert_eq!((b.logged_at, b.count, b.crc), (t, 10_000, 0xdead_beef));
+        assert_eq!(parse_name(&name), None);
+        for bad in [
+            "20240601T080000500000Z-bundle-10000-deadbeef.json",
+            "20240601T080000500000Z-bundle-x-deadbeef.jsonl",
+            "20240601T080000500000Z-bundle-010-deadbeef.jsonl",
+            "20240601T080000500000Z-bundle-1-dead.jsonl",
+            "20240601T080000500000Z-20240517-uabc.json",
+        ] {
+            assert_eq!(parse_bundle_name(bad), None, "{bad}");
         }
     }
 }

@@ -1,7 +1,7 @@
-//! The append-only tombstone log: one object per tombstone, written once
-//! with create-only semantics and never modified.
+//! The append-only tombstone log: one object per tombstone (or per bundle
+//! of them), written once with create-only semantics and never modified.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +9,10 @@ use bytes::Bytes;
 use des_format::{Timestamp, routing};
 use futures::{StreamExt, TryStreamExt};
 
-use super::key::{LOG_PREFIX, LogName, encode_name, format_time, lower_bound, parse_name};
+use super::bundle::{expand, read_bundle};
+use super::key::{
+    LOG_PREFIX, LogName, encode_name, format_time, lower_bound, parse_bundle_name, parse_name,
+};
 use super::record::Tombstone;
 use crate::error::{Error, ErrorKind, Result};
 use crate::object::{ByteRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions};
@@ -145,10 +148,15 @@ impl TombstoneLog {
     /// Reads one logged tombstone.
     pub async fn read(&self, at: &LoggedName) -> Result<Tombstone> {
         let key = at.name.log_key();
-        let (_, body) = self
-            .objects(at.store)?
-            .get_range(&key, ByteRange::All)
-            .await?;
+        let objects = self.objects(at.store)?;
+        if let Some(bundle) = &at.name.bundle {
+            return read_bundle(objects.as_ref(), bundle)
+                .await?
+                .into_iter()
+                .find(|t| t.date == at.name.date && at.name.uid.as_ref() == Some(&t.uid))
+                .ok_or_else(|| Error::corrupt(&key, format!("bundle lacks {}", at.name.name)));
+        }
+        let (_, body) = objects.get_range(&key, ByteRange::All).await?;
         let t: Tombstone = serde_json::from_slice(&body).map_err(|e| Error::corrupt(&key, e))?;
         if t.date != at.name.date || at.name.uid.as_ref().is_some_and(|u| *u != t.uid) {
             return Err(Error::corrupt(&key, "record does not match its name"));
@@ -171,12 +179,21 @@ impl TombstoneLog {
             let from = sc
                 .high
                 .map(|h| lower_bound(Timestamp::from_micros(h.micros().saturating_sub(overlap))));
-            for name in list_names(objects.as_ref(), LOG_PREFIX, from).await? {
-                if sc.recent.insert(name.name.clone()) {
-                    let capped = name.logged_at.min(now);
+            // `recent` holds object names, so a bundle listed again inside
+            // the overlap is not read again.
+            let mut fresh = Vec::new();
+            for name in list_raw(objects.as_ref(), LOG_PREFIX, from).await? {
+                let Some(logged_at) = logged_at_of(&name) else {
+                    continue;
+                };
+                if sc.recent.insert(name.clone()) {
+                    let capped = logged_at.min(now);
                     sc.high = Some(sc.high.map_or(capped, |h| h.max(capped)));
-                    out.push(LoggedName { store: i, name });
+                    fresh.push(name);
                 }
+            }
+            for name in expand(objects.as_ref(), fresh).await? {
+                out.push(LoggedName { store: i, name });
             }
             if let Some(h) = sc.high {
                 let keep = format_time(Timestamp::from_micros(h.micros().saturating_sub(overlap)));
@@ -214,9 +231,12 @@ impl TombstoneLog {
         Ok(self.poll_names(&LogCursor::default()).await?.0)
     }
 
-    /// Reads the records behind `names`; a tombstone removed meanwhile (by an
-    /// operator) is skipped.
+    /// Reads the records behind `names` (each bundle once); a tombstone
+    /// removed meanwhile (compacted, or by an operator) is skipped.
     pub async fn read_all(&self, names: Vec<LoggedName>) -> Result<Vec<LoggedTombstone>> {
+        let (members, names): (Vec<_>, Vec<_>) =
+            names.into_iter().partition(|n| n.name.bundle.is_some());
+        let mut out = self.read_members(members).await?;
         let read = futures::stream::iter(names)
             .map(|at| async move {
                 match self.read(&at).await {
@@ -227,17 +247,55 @@ impl TombstoneLog {
             })
             .buffered(FETCH_CONCURRENCY);
         let all: Vec<Option<LoggedTombstone>> = read.try_collect().await?;
-        Ok(all.into_iter().flatten().collect())
+        out.extend(all.into_iter().flatten());
+        Ok(out)
+    }
+
+    /// Members of bundles, grouped so each bundle is read once.
+    async fn read_members(&self, members: Vec<LoggedName>) -> Result<Vec<LoggedTombstone>> {
+        let mut groups: BTreeMap<(usize, String), Vec<LoggedName>> = BTreeMap::new();
+        for m in members {
+            let bundle = m.name.object().to_string();
+            groups.entry((m.store, bundle)).or_default().push(m);
+        }
+        let mut out = Vec::new();
+        for ((store, bundle), names) in groups {
+            let ts = match read_bundle(self.objects(store)?.as_ref(), &bundle).await {
+                Ok(ts) => ts,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let by_pair: HashMap<(&str, u32), &Tombstone> =
+                ts.iter().map(|t| ((t.uid.as_str(), t.date), t)).collect();
+            for at in names {
+                let uid = at.name.uid.as_deref().unwrap_or_default();
+                if let Some(t) = by_pair.get(&(uid, at.name.date)) {
+                    out.push(LoggedTombstone {
+                        tombstone: (*t).clone(),
+                        at,
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
-/// Parsed names under `prefix`, strictly after `start_after` when given.
-/// Objects whose names do not parse (not written by this module) are skipped.
-pub(crate) async fn list_names(
+/// When a record or bundle name (prefix removed) was logged; `None` for
+/// anything else under the prefix (segments, foreign objects).
+fn logged_at_of(name: &str) -> Option<Timestamp> {
+    parse_name(name)
+        .map(|n| n.logged_at)
+        .or_else(|| parse_bundle_name(name).map(|b| b.logged_at))
+}
+
+/// Names (prefix removed) of the objects under `prefix`, strictly after
+/// `start_after` when given.
+pub(crate) async fn list_raw(
     objects: &dyn ObjectStore,
     prefix: &str,
     start_after: Option<String>,
-) -> Result<Vec<LogName>> {
+) -> Result<Vec<String>> {
     let mut out = Vec::new();
     let mut after = start_after;
     loop {
@@ -246,11 +304,26 @@ pub(crate) async fn list_names(
             page.objects
                 .iter()
                 .filter_map(|m| m.key.strip_prefix(prefix))
-                .filter_map(parse_name),
+                .map(str::to_string),
         );
         match page.next_start_after {
             Some(n) => after = Some(n),
             None => return Ok(out),
         }
     }
+}
+
+/// Parsed names under `prefix`, strictly after `start_after` when given;
+/// under [`LOG_PREFIX`], bundles expanded into their members (a GET each).
+/// Objects whose names do not parse (not written by this module) are skipped.
+pub(crate) async fn list_names(
+    objects: &dyn ObjectStore,
+    prefix: &str,
+    start_after: Option<String>,
+) -> Result<Vec<LogName>> {
+    let raw = list_raw(objects, prefix, start_after).await?;
+    if prefix == LOG_PREFIX {
+        return expand(objects, raw).await;
+    }
+    Ok(raw.iter().filter_map(|n| parse_name(n)).collect())
 }

@@ -13,9 +13,10 @@
 //!
 //! ```text
 //! _tombstones/<logged time>-<YYYYMMDD>-u<uid>.json           one record per tombstone (until compacted)
+//! _tombstones/<logged time>-bundle-<count>-<crc>.jsonl       many tombstones in one object (until compacted)
 //! _tombstones_applied/<shard key>/<generation|none>.json     one marker per shard generation (batch)
 //! _tombstones_applied/<same name as the record>              one marker per tombstone (older stores; still read)
-//! _tombstones/segments/<newest logged time>-<crc 8 hex>.seg  applied tombstones, compacted
+//! _tombstones/segments/<newest logged time>-<crc 8 hex>.seg  applied tombstones, compacted (crc: the segment's last 4 bytes)
 //! ```
 //!
 //! Names begin with the writer's clock at append time
@@ -71,6 +72,11 @@
 //! A record never looks pending after compaction started: it is deleted
 //! before its marker.
 //!
+//! Bundles (`bundle.rs`) hold many tombstones in one object and take part
+//! member by member; a bundle is deleted once every member is merged.
+//! Segments are merged by size tier (`merge.rs`), so a store holds a few
+//! dozen of them however many runs compacted.
+//!
 //! # Reader memory
 //!
 //! [`TombstoneSet`] keeps small records exactly (about 100 bytes each) and
@@ -118,8 +124,14 @@
 //! ```
 
 mod applied;
+mod bundle;
+#[cfg(test)]
+mod bundle_tests;
 mod key;
 mod log;
+mod merge;
+#[cfg(test)]
+mod merge_tests;
 mod record;
 mod segment;
 mod set;
@@ -127,8 +139,13 @@ mod set;
 mod tests;
 
 pub use applied::{AppliedBatch, AppliedMarker, AppliedOutcome};
-pub use key::{APPLIED_PREFIX, LOG_PREFIX, LogName, format_time, parse_name};
+pub use bundle::MAX_BUNDLE;
+pub use key::{
+    APPLIED_PREFIX, BundleName, LOG_PREFIX, LogName, encode_bundle_name, format_time,
+    parse_bundle_name, parse_name,
+};
 pub use log::{DEFAULT_OVERLAP, LogCursor, LoggedName, LoggedTombstone, TombstoneLog};
+pub use merge::{MERGE_FANIN, TIER_BASE};
 pub use record::{DeleteReason, MAX_LABEL_LEN, Tombstone, parse_date, start_of_date};
 pub use segment::{
     CompactReport, CompactStep, LookupEntry, MAX_SEGMENT_RECORDS, SEGMENT_PREFIX, SegmentLookup,

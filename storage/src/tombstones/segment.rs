@@ -7,6 +7,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::applied::AppliedMarker;
+use super::bundle::fully_gone;
 use super::key::{APPLIED_PREFIX, LOG_PREFIX, LogName, format_time, parse_name};
 use super::log::{LoggedName, TombstoneLog, list_names};
 use super::record::Tombstone;
@@ -117,7 +118,7 @@ fn le_u64(b: &[u8], at: usize) -> Option<u64> {
 }
 
 /// Record count from a header, checked.
-fn header_count(key: &str, b: &[u8]) -> Result<usize> {
+pub(crate) fn header_count(key: &str, b: &[u8]) -> Result<usize> {
     if b.len() < HEADER_LEN || &b[..8] != MAGIC {
         return Err(Error::corrupt(key, "not a tombstone segment"));
     }
@@ -228,6 +229,10 @@ pub enum CompactStep {
     RecordsDeleted,
     /// Everything merged is deleted.
     Done,
+    /// Segments merged into a new one (see `merge.rs`), written only.
+    MergeWritten,
+    /// The merged segment is read back and verified; inputs not deleted yet.
+    MergeVerified,
 }
 
 /// What a compaction did.
@@ -237,6 +242,8 @@ pub struct CompactReport {
     pub records_merged: u64,
     /// Small records (and markers) already in a segment, deleted only.
     pub leftovers_deleted: u64,
+    /// Segments merged into bigger ones (and deleted).
+    pub segments_merged: u64,
 }
 
 /// Most records per segment (a bigger backlog makes several).
@@ -307,6 +314,8 @@ impl TombstoneLog {
         for (store, objects) in self.stores().iter().enumerate() {
             self.compact_store(store, objects.as_ref(), hook, &mut report)
                 .await?;
+            self.merge_segments(objects.as_ref(), hook, &mut report)
+                .await?;
         }
         Ok(report)
     }
@@ -363,72 +372,21 @@ impl TombstoneLog {
         }
         let (leftover, fresh): (Vec<&LogName>, Vec<&LogName>) =
             applied.into_iter().partition(|n| covered.contains(&n.name));
-        let mut gone: HashSet<String> = HashSet::new();
+        // Names merged (or found merged), and objects deleted: a bundle goes
+        // only once every member is merged.
+        let mut gone: HashSet<String> = leftover.iter().map(|n| n.name.clone()).collect();
+        let mut deleted: HashSet<String> = HashSet::new();
         for chunk in fresh.chunks(MAX_SEGMENT_RECORDS) {
-            let mut merged = Vec::with_capacity(chunk.len());
-            for n in chunk {
-                let at = LoggedName {
-                    store,
-                    name: (*n).clone(),
-                };
-                let tombstone = match self.read(&at).await {
-                    Ok(t) => t,
-                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e),
-                };
-                let applied = match from_batches.get(&n.name) {
-                    Some(m) => m.clone(),
-                    None => match self.applied_marker(&at).await? {
-                        Some(m) => m,
-                        None => continue,
-                    },
-                };
-                merged.push(SegmentRecord {
-                    name: n.name.clone(),
-                    store,
-                    tombstone,
-                    applied,
-                });
-            }
+            let merged = self.merge_records(store, chunk, &from_batches).await?;
             if merged.is_empty() {
                 continue;
             }
-            let newest = merged
-                .iter()
-                .filter_map(|r| parse_name(&r.name))
-                .map(|n| n.logged_at)
-                .max()
-                .map(format_time)
-                .unwrap_or_default();
-            let body = encode_segment(&merged, self.store().n_bits())?;
-            let crc = crc32c::crc32c(&body);
-            let key = format!("{SEGMENT_PREFIX}{newest}-{crc:08x}.seg");
-            let create = PutOptions {
-                mode: PutMode::Create,
-            };
-            match objects.put(&key, body.clone(), create).await {
-                Ok(_) => {}
-                // Same name, same checksum: the same content, written by
-                // an earlier attempt; the read-back below checks it.
-                Err(e) if e.kind() == ErrorKind::PreconditionFailed => {}
-                Err(e) => return Err(e),
-            }
+            let key = write_segment(objects, &merged, self.store().n_bits()).await?;
             hook(CompactStep::SegmentWritten);
-            let (_, back) = objects.get_range(&key, ByteRange::All).await?;
-            let (_, read) = decode_segment(&key, &back)?;
-            let names: HashSet<&str> = read.iter().map(|r| r.name.as_str()).collect();
-            if merged.iter().any(|r| !names.contains(r.name.as_str())) {
-                return Err(Error::corrupt(
-                    &key,
-                    "segment read back lacks merged records",
-                ));
-            }
+            verify_segment(objects, &key, &merged).await?;
             hook(CompactStep::SegmentVerified);
-            delete_all(
-                objects,
-                merged.iter().map(|r| format!("{LOG_PREFIX}{}", r.name)),
-            )
-            .await?;
+            gone.extend(merged.iter().map(|r| r.name.clone()));
+            delete_gone_objects(objects, &records, &gone, &mut deleted).await?;
             hook(CompactStep::RecordsDeleted);
             delete_all(
                 objects,
@@ -438,18 +396,12 @@ impl TombstoneLog {
                     .map(|r| format!("{APPLIED_PREFIX}{}", r.name)),
             )
             .await?;
-            gone.extend(merged.iter().map(|r| r.name.clone()));
             report.segments_written += 1;
             report.records_merged += merged.len() as u64;
         }
         // Left over by a crash after a segment was written: delete (record
         // first, then marker), never merge again.
-        delete_all(
-            objects,
-            leftover.iter().map(|n| format!("{LOG_PREFIX}{}", n.name)),
-        )
-        .await?;
-        gone.extend(leftover.iter().map(|n| n.name.clone()));
+        delete_gone_objects(objects, &records, &gone, &mut deleted).await?;
         let stale: Vec<String> = leftover
             .iter()
             .map(|n| &n.name)
@@ -459,11 +411,13 @@ impl TombstoneLog {
             .collect();
         report.leftovers_deleted += leftover.len() as u64;
         delete_all(objects, stale.into_iter()).await?;
-        // A batch goes once none of its names is still a small record.
-        let left: HashSet<&str> = recorded
+        // A batch goes once none of its names is still listed: a merged
+        // member of a bundle that is still there keeps its marker, or it
+        // would look pending again.
+        let left: HashSet<&str> = records
             .iter()
-            .copied()
-            .filter(|n| !gone.contains(*n))
+            .filter(|n| !deleted.contains(n.object()))
+            .map(|n| n.name.as_str())
             .collect();
         delete_all(
             objects,
@@ -476,6 +430,107 @@ impl TombstoneLog {
         hook(CompactStep::Done);
         Ok(())
     }
+}
+
+impl TombstoneLog {
+    /// The segment records of `chunk` (applied names of store `store`):
+    /// each bundle is read once; a name gone meanwhile is left out.
+    async fn merge_records(
+        &self,
+        store: usize,
+        chunk: &[&LogName],
+        from_batches: &HashMap<String, AppliedMarker>,
+    ) -> Result<Vec<SegmentRecord>> {
+        let names = chunk
+            .iter()
+            .map(|n| LoggedName {
+                store,
+                name: (*n).clone(),
+            })
+            .collect();
+        let mut merged = Vec::with_capacity(chunk.len());
+        for logged in self.read_all(names).await? {
+            let applied = match from_batches.get(&logged.at.name.name) {
+                Some(m) => m.clone(),
+                None => match self.applied_marker(&logged.at).await? {
+                    Some(m) => m,
+                    None => continue,
+                },
+            };
+            merged.push(SegmentRecord {
+                name: logged.at.name.name,
+                store,
+                tombstone: logged.tombstone,
+                applied,
+            });
+        }
+        Ok(merged)
+    }
+}
+
+/// Writes `merged` as a segment, create-only; returns its key.
+pub(crate) async fn write_segment(
+    objects: &dyn ObjectStore,
+    merged: &[SegmentRecord],
+    n_bits: u8,
+) -> Result<String> {
+    let newest = merged
+        .iter()
+        .filter_map(|r| parse_name(&r.name))
+        .map(|n| n.logged_at)
+        .max()
+        .map(format_time)
+        .unwrap_or_default();
+    let body = encode_segment(merged, n_bits)?;
+    // The checksum the segment ends with (a CRC over data followed by its
+    // own CRC is a constant, so that would name every segment alike).
+    let crc = le_u32(&body, body.len() - 4).unwrap_or_default();
+    let key = format!("{SEGMENT_PREFIX}{newest}-{crc:08x}.seg");
+    let create = PutOptions {
+        mode: PutMode::Create,
+    };
+    match objects.put(&key, body, create).await {
+        Ok(_) => Ok(key),
+        // Same name, same checksum: the same content, written by an
+        // earlier attempt; the caller's read-back checks it.
+        Err(e) if e.kind() == ErrorKind::PreconditionFailed => Ok(key),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads segment `key` back and checks it holds every record of `merged`.
+pub(crate) async fn verify_segment(
+    objects: &dyn ObjectStore,
+    key: &str,
+    merged: &[SegmentRecord],
+) -> Result<()> {
+    let (_, back) = objects.get_range(key, ByteRange::All).await?;
+    let (_, read) = decode_segment(key, &back)?;
+    let names: HashSet<&str> = read.iter().map(|r| r.name.as_str()).collect();
+    if merged.iter().any(|r| !names.contains(r.name.as_str())) {
+        return Err(Error::corrupt(
+            key,
+            "segment read back lacks merged records",
+        ));
+    }
+    Ok(())
+}
+
+/// Deletes every record or bundle all of whose names are in `gone` and
+/// that is not in `deleted` yet; adds them to `deleted`.
+async fn delete_gone_objects(
+    objects: &dyn ObjectStore,
+    records: &[LogName],
+    gone: &HashSet<String>,
+    deleted: &mut HashSet<String>,
+) -> Result<()> {
+    let now: Vec<String> = fully_gone(records, gone)
+        .into_iter()
+        .filter(|o| !deleted.contains(o))
+        .collect();
+    delete_all(objects, now.iter().map(|o| format!("{LOG_PREFIX}{o}"))).await?;
+    deleted.extend(now);
+    Ok(())
 }
 
 async fn delete_all(objects: &dyn ObjectStore, keys: impl Iterator<Item = String>) -> Result<()> {

@@ -72,7 +72,7 @@ impl TombstoneSet {
         self.segments += 1;
     }
 
-    /// Segments read so far.
+    /// Segments in the store as of the last poll (or inserted by hand).
     pub fn segments(&self) -> usize {
         self.segments
     }
@@ -124,13 +124,16 @@ impl TombstoneSet {
         // this listing is in a segment the next listing finds.
         let (names, mut cursor) = log.poll_names(cursor).await?;
         let mut segments = Vec::new();
+        // Segments merged away drop out of the cursor: what they held is in
+        // the merged segment, read when it first appeared.
+        let mut listed = std::collections::BTreeSet::new();
         for (store, objects) in log.stores().iter().enumerate() {
             for key in list_segments(objects.as_ref()).await? {
+                listed.insert((store, key.clone()));
                 if cursor.segments.contains(&(store, key.clone())) {
                     continue;
                 }
                 let entries = read_lookup(objects.as_ref(), &key).await?;
-                cursor.segments.insert((store, key.clone()));
                 segments.push(SegmentLookup {
                     store,
                     key,
@@ -138,6 +141,7 @@ impl TombstoneSet {
                 });
             }
         }
+        cursor.segments = listed;
         let (known, unnamed): (Vec<LoggedName>, Vec<LoggedName>) =
             names.into_iter().partition(|n| n.name.uid.is_some());
         let mut pairs: Vec<(String, u32)> = known
@@ -163,10 +167,11 @@ impl TombstoneSet {
             .count();
         for seg in &update.segments {
             let before = self.applied.len();
-            self.insert_segment(seg);
+            self.applied.extend(&seg.entries);
             new += self.applied.len() - before;
         }
         self.cursor = update.cursor;
+        self.segments = self.cursor.segments.len();
         new
     }
 
