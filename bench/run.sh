@@ -18,6 +18,9 @@
 #   staleness  7. delete staleness across retriever replicas
 #   coldscale 12. cold GETs from shards of 1k/10k/100k entries on Garage behind
 #                 a 10 ms latency proxy vs direct GETs of loose objects
+#   deletion  13. deletions at archive scale: 1M files over 100 days, a 30-day
+#                 rule, 100k deletions; requests per day vs the old approach,
+#                 tombstone memory, retriever start-up, GET p99
 #
 # The synthetic set: bench/gen_synthetic.py /path/synth1m 1000000 42 (8.9 GB,
 # about 10 minutes), then SYNTH=/path/synth1m bench/run.sh.
@@ -27,7 +30,7 @@ cd "$(dirname "$0")/.."
 docs="$(rustc --print sysroot)/share/doc/rust/html"
 synth=${SYNTH:-}
 sections=("$@")
-[[ ${#sections[@]} -gt 0 ]] || sections=(pack retrieve cold s3 index repack micro staleness coldscale)
+[[ ${#sections[@]} -gt 0 ]] || sections=(pack retrieve cold s3 index repack micro staleness coldscale deletion)
 
 banner() { printf '\n=== %s === %s, %s cores, load %s\n' "$1" "$(date -u +%FT%TZ)" "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)"; }
 have_synth() { [[ -n $synth && -d $synth ]]; }
@@ -78,6 +81,7 @@ for s in "${sections[@]}"; do
         micro) cargo bench --locked -p des-format --bench format -- --warm-up-time 1 --measurement-time 3 ;;
         staleness) bench/delete_staleness.sh 10 5 ;;
         coldscale) bench/cold_scale.sh ;;
+        deletion) bench/deletion_scale.sh ;;
         *) echo "unknown section $s (see the header of $0)" >&2; exit 2 ;;
     esac
 done

@@ -7,7 +7,10 @@
 //!   checks every status, verifies bodies against local files, and in
 //!   open-loop mode measures latency from the scheduled send time (no
 //!   coordinated omission).
+//! - [`deletion_scale`]: `des-deletion-scale`, deletions and retention over
+//!   simulated days with every storage request counted.
 
+pub mod deletion_scale;
 pub mod loadgen;
 pub mod proxy;
 pub mod units;

@@ -30,6 +30,20 @@ pub const MAX_DICT_PAYLOAD: u64 = 16 << 20;
 
 /// A dictionary id as written in keys, reports and on command lines: 8
 /// lowercase hex digits.
+/// A file's content class, which picks its dictionary (a packer trains one
+/// per class; `des-repack --recompress-dict auto` takes the class's latest):
+/// its name's extension (lowercased, at most 10 bytes), else its content
+/// type (lowercased), else the empty class.
+pub fn content_class(uid: &str, content_type: Option<&str>) -> String {
+    let name = uid.rsplit('/').next().unwrap_or(uid);
+    match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() && !ext.is_empty() && ext.len() <= 10 => {
+            format!(".{}", ext.to_ascii_lowercase())
+        }
+        _ => content_type.unwrap_or("").to_ascii_lowercase(),
+    }
+}
+
 pub fn id_hex(id: u32) -> String {
     format!("{id:08x}")
 }
@@ -273,6 +287,17 @@ pub fn train<S: AsRef<[u8]>>(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
+
+    #[test]
+    fn content_classes() {
+        assert_eq!(content_class("docs/a/index.HTML", None), ".html");
+        assert_eq!(content_class("scan-001", Some("Image/TIFF")), "image/tiff");
+        assert_eq!(content_class("dir.d/.hidden", None), "");
+        assert_eq!(
+            content_class("a.verylongextension", Some("text/x")),
+            "text/x"
+        );
+    }
 
     fn samples() -> Vec<Vec<u8>> {
         (0..400)

@@ -138,7 +138,7 @@ impl Sampler {
         if rec.size_hint.is_some_and(|n| n as usize > MAX_DICT_FILE) {
             return;
         }
-        let class = class_of(&rec.uid, rec.content_type.as_deref());
+        let class = dict::content_class(&rec.uid, rec.content_type.as_deref());
         if !self.classes.contains_key(&class) && self.classes.len() >= MAX_SAMPLED_CLASSES {
             return;
         }
@@ -328,7 +328,7 @@ impl Dictionaries {
             DictMode::Auto if !(64..=MAX_DICT_FILE).contains(&len) => None,
             DictMode::Auto => self
                 .lock()
-                .get(&class_of(uid, content_type))
+                .get(&dict::content_class(uid, content_type))
                 .cloned()
                 .flatten(),
         }
@@ -400,27 +400,12 @@ impl Dictionaries {
     }
 }
 
-/// A file's content class: its name's extension (lowercased), else its
-/// content type, else none.
-fn class_of(uid: &str, content_type: Option<&str>) -> String {
-    let name = uid.rsplit('/').next().unwrap_or(uid);
-    match name.rsplit_once('.') {
-        Some((stem, ext)) if !stem.is_empty() && !ext.is_empty() && ext.len() <= 10 => {
-            format!(".{}", ext.to_ascii_lowercase())
-        }
-        _ => content_type.unwrap_or("").to_ascii_lowercase(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn classes_and_modes() {
-        assert_eq!(class_of("docs/a/index.HTML", None), ".html");
-        assert_eq!(class_of("scan-001", Some("Image/TIFF")), "image/tiff");
-        assert_eq!(class_of("dir.d/.hidden", None), "");
+    fn modes() {
         assert_eq!("auto".parse(), Ok(DictMode::Auto));
         assert_eq!("off".parse(), Ok(DictMode::Off));
         assert_eq!("0000a0b1".parse(), Ok(DictMode::Id(0xa0b1)));

@@ -124,3 +124,120 @@ fn pack_verify_repack_with_a_dictionary_and_without_it() {
     let text = expect(&run("des-verify", &[s, "--quiet"]), 1);
     assert!(text.contains(&format!("_dicts/{id}")), "{text}");
 }
+
+/// Records alike enough for a dictionary of their own (the `.json` class).
+fn write_records(dir: &Path) {
+    for i in 0..800 {
+        let rec = format!(
+            "{{\"invoice\":{i},\"customer\":\"C-{}\",\"currency\":\"EUR\",\"lines\":[\
+             {{\"sku\":\"SKU-{}\",\"qty\":{},\"unit_price\":\"{}.99\"}}],\"status\":\"paid\"}}\n",
+            i % 97,
+            i % 31,
+            1 + i % 5,
+            i % 50
+        );
+        std::fs::write(dir.join(format!("r{i}.json")), rec.repeat(2 + i % 4)).unwrap();
+    }
+}
+
+/// The dictionary id (8 hex) each stored entry's zstd frame names, by uid
+/// (`None`: not compressed with a dictionary).
+fn frame_dicts(store: &Path) -> Vec<(String, Option<String>)> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let objects: std::sync::Arc<dyn des_storage::ObjectStore> =
+            std::sync::Arc::new(des_storage::LocalStore::new(store).unwrap());
+        let s = des_storage::DesStore::open(objects).await.unwrap();
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(store.join("20240517")).unwrap() {
+            let path = entry.unwrap().path();
+            let key = format!("20240517/{}", path.file_name().unwrap().to_str().unwrap());
+            let bytes = std::fs::read(&path).unwrap();
+            let loaded = s.load_index(&key).await.unwrap().unwrap();
+            for l in loaded.index.located() {
+                let des_format::shard::Source::InShard { offset } = l.source else {
+                    continue;
+                };
+                let stored = &bytes[offset as usize..(offset + l.stored_len) as usize];
+                let id = (l.codec == des_format::codec::Codec::ZstdDict)
+                    .then(|| des_format::dict::frame_dict_id(stored))
+                    .flatten()
+                    .map(des_format::dict::id_hex);
+                out.push((l.uid, id));
+            }
+        }
+        out
+    })
+}
+
+/// `--recompress-dict auto`: each entry moves to its own class's latest
+/// dictionary (pages to the `.html` one, records to the `.json` one).
+#[test]
+fn recompress_dict_auto_takes_each_entrys_class_dictionary() {
+    let src = tempfile::tempdir().unwrap();
+    write_pages(src.path());
+    write_records(src.path());
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().to_str().unwrap();
+    let d = src.path().to_str().unwrap();
+    let out = run(
+        "des-pack",
+        &[
+            "--dir",
+            d,
+            "--created-at",
+            "2024-05-17T10:00:00Z",
+            "--store",
+            s,
+            "--n-bits",
+            "4",
+            "--json",
+            "--quiet",
+            "--dict-sample",
+            "64K",
+            "--dict-size",
+            "8K",
+        ],
+    );
+    expect(&out, 0);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id_of = |class: &str| {
+        report["dictionaries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["class"] == class)
+            .and_then(|t| t["id"].as_str())
+            .unwrap_or_else(|| panic!("no {class} dictionary: {report:#}"))
+            .to_string()
+    };
+    let (html, json) = (id_of(".html"), id_of(".json"));
+    assert_ne!(html, json);
+    let every_shard: Vec<String> = (0..16).map(|i| format!("20240517/{i:X}")).collect();
+    let rewrite = |extra: &[&str]| {
+        let mut args = vec!["--store", s, "--quiet"];
+        args.extend_from_slice(extra);
+        for k in &every_shard {
+            args.extend_from_slice(&["--shard", k]);
+        }
+        run("des-repack", &args)
+    };
+    expect(&rewrite(&["--recompress", "zstd"]), 0);
+    assert!(frame_dicts(store.path()).iter().all(|(_, id)| id.is_none()));
+    expect(
+        &rewrite(&["--recompress", "auto", "--recompress-dict", "auto"]),
+        0,
+    );
+    let moved = frame_dicts(store.path());
+    assert_eq!(moved.len(), 1600);
+    for (uid, id) in &moved {
+        let want = if uid.ends_with(".html") { &html } else { &json };
+        assert_eq!(id.as_ref(), Some(want), "{uid}");
+    }
+    expect(&run("des-verify", &[s, "--quiet"]), 0);
+    // A bad value is a usage error.
+    expect(
+        &rewrite(&["--recompress", "auto", "--recompress-dict", "sometimes"]),
+        2,
+    );
+}

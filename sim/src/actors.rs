@@ -193,7 +193,7 @@ async fn delete(
     out
 }
 
-/// Several pairs at once go as one bundle, as `des-tombstones add --file` logs them.
+/// Several pairs at once go as one bundle, as `des-tombstones add --from` logs them.
 async fn delete_bundle(
     log: &TombstoneLog,
     pairs: Vec<Pair>,

@@ -242,6 +242,16 @@ impl Cutoffs {
         })
     }
 
+    /// Whether every file of `date`, whatever its uid, is expired: a
+    /// catch-all rule (empty prefix) exists and every rule expires `date`.
+    pub fn expires_all(&self, date: u32) -> bool {
+        self.rules.iter().any(|r| r.uid_prefix.is_empty())
+            && self
+                .rules
+                .iter()
+                .all(|r| r.last_expired.is_some_and(|last| date <= last))
+    }
+
     /// The newest date with expired files.
     pub fn newest_expired_date(&self) -> Option<u32> {
         self.rules.iter().filter_map(|r| r.last_expired).max()

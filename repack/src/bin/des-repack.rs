@@ -13,6 +13,7 @@ use des_repack::RepackError;
 use des_repack::lease::{DEFAULT_SETTLE, LeaseConfig};
 use des_repack::metrics::{JobStatus, RepackMetrics};
 use des_repack::open::open_store;
+use des_repack::repack::dicts::{ClassDicts, RecompressDict, RecompressDictArg};
 use des_repack::repack::{Progress, RepackOptions, RepackReport, repack};
 use des_storage::DesStore;
 use des_storage::cli::StoreArgs;
@@ -74,11 +75,12 @@ struct Cli {
     /// instead of copying their stored bytes.
     #[arg(long, value_name = "POLICY")]
     recompress: Option<String>,
-    /// With --recompress: compress with this stored dictionary (its id, hex)
-    /// where the policy says zstd, moving old entries to it.
-    #[arg(long, value_name = "ID", requires = "recompress",
-          value_parser = des_format::dict::parse_id)]
-    recompress_dict: Option<u32>,
+    /// With --recompress: where the policy says zstd, compress with this
+    /// stored dictionary (its id, hex), or with `auto` each entry's content
+    /// class's latest dictionary (plain zstd where the class has none),
+    /// moving old entries to dictionaries.
+    #[arg(long, value_name = "ID|auto", requires = "recompress")]
+    recompress_dict: Option<RecompressDictArg>,
     /// zstd level for --recompress.
     #[arg(long, default_value_t = des_format::codec::DEFAULT_ZSTD_LEVEL)]
     zstd_level: i32,
@@ -151,9 +153,15 @@ fn main() -> ExitCode {
                 return Err(e);
             }
         };
-        if let Some(id) = cli.recompress_dict {
-            opts.recompress_dict = Some(recompress_dict(&store, id, cli.zstd_level).await?);
-        }
+        opts.recompress_dict = match cli.recompress_dict {
+            Some(RecompressDictArg::Id(id)) => Some(RecompressDict::One(
+                recompress_dict(&store, id, cli.zstd_level).await?,
+            )),
+            Some(RecompressDictArg::Auto) => Some(RecompressDict::ByClass(std::sync::Arc::new(
+                ClassDicts::new(cli.zstd_level),
+            ))),
+            None => None,
+        };
         match &cli.schedule {
             Some(cron) => scheduled(&cli, store, opts, cron).await,
             None => Ok(once(&cli, &store, &opts, &mut RepackMetrics::default()).await),

@@ -24,6 +24,7 @@
 
 pub mod bigfiles;
 mod capture;
+pub mod dicts;
 mod expiry;
 mod recheck;
 pub mod report;
@@ -81,9 +82,10 @@ pub struct RepackOptions {
     pub dry_run: bool,
     /// Re-encode copied entries with this policy instead of copying them.
     pub recompress: Option<Compression>,
-    /// With `recompress`: where it says zstd, use this stored dictionary
-    /// (moves old entries to a dictionary, SPEC §6.7).
-    pub recompress_dict: Option<Arc<des_format::dict::EncoderDict>>,
+    /// With `recompress`: where it says zstd, use this stored dictionary,
+    /// or each entry's class's latest (moves old entries to a dictionary,
+    /// SPEC §6.7).
+    pub recompress_dict: Option<dicts::RecompressDict>,
     /// Age a dropped big file's candidate must reach before it is collected.
     pub big_file_grace: Duration,
     pub lease: LeaseConfig,

@@ -2,7 +2,8 @@
 //! version differs from the one last checked (`des_storage::protocol::
 //! checked`). One listing of the records per store, one listing of each
 //! date directory that holds such shards: the cost follows the number of
-//! days with deletions, not the number of tombstones.
+//! days with deletions that the retention rules keep, not the number of
+//! tombstones.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -32,6 +33,16 @@ pub(super) async fn changed(ctx: &Ctx<'_>, done: &HashSet<String>) -> Result<Vec
         let Some(shard) = ShardKey::parse(key, Some(n_bits)) else {
             continue;
         };
+        // A date the rules expire entirely is the expiry candidates' job
+        // (a changed shard of it is one); listing it here again would cost
+        // a LIST per day of deletions ever made, growing without end.
+        if ctx
+            .expiry
+            .as_ref()
+            .is_some_and(|e| e.cutoffs.expires_all(shard.date))
+        {
+            continue;
+        }
         let owner = ctx.store.objects_for_key(key)?;
         let pos = stores
             .iter()

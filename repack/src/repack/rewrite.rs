@@ -13,7 +13,6 @@ use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use des_format::dict::EncoderDict;
 use des_format::shard::{AnyIndex, Located};
 use des_format::v3::{self, EntryRef, ShardIdent, ShardWriter, Trailer};
 use des_format::{Codec, Compression, ContentDigest, Timestamp, codec};
@@ -42,7 +41,7 @@ pub struct RewriteInput {
     pub drop: HashSet<String>,
     pub recompress: Option<Compression>,
     /// The dictionary `recompress` compresses with, if any.
-    pub recompress_dict: Option<Arc<EncoderDict>>,
+    pub recompress_dict: Option<super::dicts::RecompressDict>,
     /// Raised when the lease is lost: publishing must not happen then.
     pub lease_lost: Arc<AtomicBool>,
 }
@@ -285,9 +284,13 @@ fn recompress<W: std::io::Write>(
     let data = Located::from_v3(e, input.store.digest())
         .decode_with(&stored, dict.as_deref())
         .map_err(|err| RepackError::shard(key, err))?;
-    let target = input.recompress_dict.as_deref();
-    let (codec, encoded) = codec::encode_with(policy, e.uid, e.content_type, &data, target)
-        .map_err(|err| RepackError::shard(key, err))?;
+    let target = match &input.recompress_dict {
+        Some(d) => handle.block_on(d.for_entry(&input.store, e.uid, e.content_type))?,
+        None => None,
+    };
+    let (codec, encoded) =
+        codec::encode_with(policy, e.uid, e.content_type, &data, target.as_deref())
+            .map_err(|err| RepackError::shard(key, err))?;
     let mut entry = e.to_new_entry();
     entry.codec = codec;
     w.add_inline(entry, &encoded)

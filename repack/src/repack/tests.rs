@@ -697,6 +697,8 @@ struct Counting {
     deletes: std::sync::Mutex<Vec<String>>,
     writers: std::sync::Mutex<Vec<String>>,
     shard_gets: std::sync::atomic::AtomicU64,
+    /// Prefixes listed.
+    lists: std::sync::Mutex<Vec<String>>,
     race_key: Option<String>,
     raced: AtomicBool,
 }
@@ -708,6 +710,7 @@ impl Counting {
             deletes: Default::default(),
             writers: Default::default(),
             shard_gets: Default::default(),
+            lists: Default::default(),
             race_key,
             raced: AtomicBool::new(false),
         }
@@ -716,7 +719,16 @@ impl Counting {
 
 #[async_trait]
 impl ObjectStore for Counting {
-    des_storage::forward_methods!(inner => describe, capabilities, head, put, list);
+    des_storage::forward_methods!(inner => describe, capabilities, head, put);
+
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> des_storage::Result<des_storage::ListPage> {
+        self.lists.lock().unwrap().push(prefix.to_string());
+        self.inner.list(prefix, start_after).await
+    }
 
     async fn get(&self, key: &str, opts: GetOptions) -> des_storage::Result<GetResult> {
         if key.ends_with(".des") && !key.starts_with('_') {
@@ -1001,4 +1013,41 @@ async fn a_shard_changed_before_its_delete_is_assessed_again() {
     for f in &files {
         assert!(loaded.find(f.uid).is_none(), "{} expired", f.uid);
     }
+}
+
+/// Deletions applied on a date the rules have since expired entirely are
+/// not re-checked by listing that date's directory on every run: the
+/// listings a run makes do not grow with the days deletions were made on.
+#[tokio::test]
+async fn expired_dates_are_not_listed_for_recheck() {
+    let mem = MemoryStore::new();
+    let counting = Arc::new(Counting::new(mem.clone(), None));
+    let store = single(counting.clone()).await;
+    let uids = mates(9, "1", 3);
+    let files: Vec<File> = uids
+        .iter()
+        .enumerate()
+        .map(|(i, u)| file(leak(u.clone()), noise(i as u64 + 1, 2000)))
+        .collect();
+    write(&store, &files).await;
+    delete(&store, &files[0]).await;
+    repack(&store, &opts(), |_| {}).await.unwrap();
+    let dir = "20240517/";
+    let listed_dir = || counting.lists.lock().unwrap().iter().any(|p| p == dir);
+    // Without rules the date is re-checked (its shard could change).
+    counting.lists.lock().unwrap().clear();
+    repack(&store, &opts(), |_| {}).await.unwrap();
+    assert!(listed_dir(), "{:?}", counting.lists.lock().unwrap());
+    // Every uid expires after 30 days: 2024-05-17 is long gone.
+    let rules = des_storage::retention::RetentionRules::from_toml(
+        "[[rule]]\nuid_prefix = \"\"\nmax_age_days = 30\n",
+    )
+    .unwrap();
+    des_storage::retention::set(&store, &rules, "test")
+        .await
+        .unwrap();
+    repack(&store, &opts(), |_| {}).await.unwrap();
+    counting.lists.lock().unwrap().clear();
+    repack(&store, &opts(), |_| {}).await.unwrap();
+    assert!(!listed_dir(), "{:?}", counting.lists.lock().unwrap());
 }

@@ -76,7 +76,10 @@ pub async fn list(log: &TombstoneLog, filter: &ListFilter) -> Result<Vec<ListedT
     if filter.state == Some(TombstoneState::Pending) {
         return Ok(small);
     }
-    let merged = log.segment_records().await?;
+    // Segments without an entry of the asked date are not read.
+    let merged = log
+        .segment_records_where(|e| filter.date.is_none_or(|d| d == e.date))
+        .await?;
     Ok(merge_segments(small, merged, filter))
 }
 

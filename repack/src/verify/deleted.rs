@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use des_format::Timestamp;
 use des_format::shard::AnyIndex;
-use des_storage::tombstones::{LoggedName, TombstoneLog};
+use des_storage::tombstones::{LoggedName, TombstoneLog, TombstoneSet};
 use des_storage::{DesStore, Result};
 
 use super::report::KeptDeletion;
@@ -26,14 +26,19 @@ struct Tomb {
     /// Marked applied (`_tombstones_applied/…`, or in a segment): bytes found in a shard
     /// then came back after the repacker removed them.
     applied: bool,
-    logged_at: Timestamp,
+    /// `None` for one merged into a segment, known by hash only.
+    logged_at: Option<Timestamp>,
 }
 
 /// Deletion state of a store, loaded once per run.
 #[derive(Debug)]
 pub struct Deleted {
-    /// Every tombstoned pair, applied or not, by uid (usually one date each).
+    /// Tombstones still logged as small objects, applied or not, by uid
+    /// (usually one date each).
     by_uid: HashMap<String, Vec<Tomb>>,
+    /// Applied tombstones merged into segments: 8 bytes each (a hash per
+    /// pair), so memory stays small however many deletions were applied.
+    merged: TombstoneSet,
     /// Pending tombstones per shard key.
     pub pending_by_shard: HashMap<String, u64>,
     pub pending_total: u64,
@@ -53,6 +58,7 @@ impl Deleted {
     pub fn empty(at: Timestamp) -> Self {
         Self {
             by_uid: HashMap::new(),
+            merged: TombstoneSet::new(),
             pending_by_shard: HashMap::new(),
             pending_total: 0,
             listed_at: at,
@@ -76,12 +82,9 @@ impl Deleted {
                 out.add(store, t.tombstone.uid, t.tombstone.date, logged_at, applied);
             }
         }
-        // Applied tombstones compacted into segments (details read in full:
-        // a batch tool, not a reader).
-        for r in log.segment_records().await? {
-            let logged_at = des_storage::tombstones::parse_name(&r.name)
-                .map_or(r.tombstone.deleted_at, |n| n.logged_at);
-            out.add(store, r.tombstone.uid, r.tombstone.date, logged_at, true);
+        // Applied tombstones compacted into segments: lookup sections only.
+        for seg in log.segment_lookups().await? {
+            out.merged.insert_segment(&seg);
         }
         match HoldSet::load(store).await {
             Ok(holds) => out.holds = Some(holds),
@@ -127,7 +130,7 @@ impl Deleted {
         let tomb = Tomb {
             date,
             applied,
-            logged_at,
+            logged_at: Some(logged_at),
         };
         let dates = self.by_uid.entry(uid).or_default();
         match dates.iter_mut().find(|t| t.date == date) {
@@ -142,10 +145,18 @@ impl Deleted {
     }
 
     fn tomb(&self, uid: &str, date: u32) -> Option<Tomb> {
-        self.by_uid
+        let logged = self
+            .by_uid
             .get(uid)
             .and_then(|d| d.iter().find(|t| t.date == date))
-            .copied()
+            .copied();
+        logged.or_else(|| {
+            self.merged.contains(uid, date).then_some(Tomb {
+                date,
+                applied: true,
+                logged_at: None,
+            })
+        })
     }
 
     /// What the loaded index of shard `key` holds of deleted files. Only the
@@ -171,13 +182,12 @@ impl Deleted {
             let Some(tomb) = tomb else { continue };
             out.deleted_entries += 1;
             let Some(holds) = &self.holds else { continue };
-            let age = self
-                .listed_at
-                .micros()
-                .saturating_sub(tomb.logged_at.micros())
-                .max(0);
+            let age = tomb
+                .logged_at
+                .map(|t| self.listed_at.micros().saturating_sub(t.micros()).max(0));
             let hold = holds.holding(e.uid, date).map(|h| h.name.clone());
-            if hold.is_none() && age <= max_delay {
+            // A merged tombstone was applied: its bytes came back, whatever its age.
+            if hold.is_none() && age.is_some_and(|a| a <= max_delay) {
                 // Within its deadline: the repacker still has time.
                 continue;
             }
@@ -190,8 +200,8 @@ impl Deleted {
                 } else {
                     TombstoneState::Pending
                 },
-                logged_at: tomb.logged_at.to_rfc3339(),
-                tombstone_age_seconds: u64::try_from(age / 1_000_000).unwrap_or(0),
+                logged_at: tomb.logged_at.map(Timestamp::to_rfc3339),
+                tombstone_age_seconds: age.map(|a| u64::try_from(a / 1_000_000).unwrap_or(0)),
                 hold,
             };
             if kept.hold.is_some() {

@@ -52,10 +52,12 @@ pub struct KeptDeletion {
     /// Of the file's oldest tombstone: `pending` (the repacker has not
     /// removed the bytes) or `applied` (it did, and they came back).
     pub tombstone_state: TombstoneState,
-    /// When that tombstone was logged (RFC 3339).
-    pub logged_at: String,
-    /// Its age when the log was read.
-    pub tombstone_age_seconds: u64,
+    /// When that tombstone was logged (RFC 3339); `null` for an applied
+    /// tombstone merged into a segment, which the verifier knows by hash
+    /// only (`des-tombstones show` has the record).
+    pub logged_at: Option<String>,
+    /// Its age when the log was read (`null` with `logged_at`).
+    pub tombstone_age_seconds: Option<u64>,
     /// The legal hold keeping the bytes (only for held files).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hold: Option<String>,

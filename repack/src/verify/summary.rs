@@ -125,13 +125,13 @@ fn kept(k: &KeptDeletion) -> String {
         crate::tombstones_cli::TombstoneState::Pending => "pending",
         crate::tombstones_cli::TombstoneState::Applied => "marked applied",
     };
+    let when = match (&k.logged_at, k.tombstone_age_seconds) {
+        (Some(at), Some(age)) => format!("logged {at} ({} ago)", human_duration(age)),
+        _ => "merged into a segment (des-tombstones show has the record)".to_string(),
+    };
     format!(
-        "{} uid={} date={}: tombstone {state}, logged {} ({} ago)",
-        k.key,
-        k.uid,
-        k.date,
-        k.logged_at,
-        human_duration(k.tombstone_age_seconds)
+        "{} uid={} date={}: tombstone {state}, {when}",
+        k.key, k.uid, k.date
     )
 }
 

@@ -365,3 +365,16 @@ fn newly_expired_dates_lie_between_two_days_cutoffs() {
     assert!(!now.newly_expired(&then, 20240211));
     assert!(!now.newly_expired(&now, 20240210), "same day: nothing new");
 }
+
+#[test]
+fn a_date_is_expired_for_all_only_under_a_catch_all_that_every_rule_shares() {
+    let all = rules("[[rule]]\nuid_prefix = \"\"\nmax_age_days = 30\n");
+    let c = all.cutoffs(20240312);
+    assert!(c.expires_all(20240210));
+    assert!(!c.expires_all(20240211));
+    // A prefix kept forever (logs/audit/) keeps every date partly alive.
+    assert!(!rules(POLICY).cutoffs(20440312).expires_all(20240101));
+    // Without a catch-all, uids matching no rule are never expired.
+    let some = rules("[[rule]]\nuid_prefix = \"logs/\"\nmax_age_days = 1\n");
+    assert!(!some.cutoffs(20240312).expires_all(20240101));
+}

@@ -3,28 +3,14 @@
 //! Bundles: many tombstones in one object, read, applied and compacted
 //! like records, the object deleted only once every member is merged.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use des_format::Timestamp;
 
+use super::tests::store;
 use super::*;
 use crate::MemoryStore;
 use crate::error::ErrorKind;
 use crate::object::{ObjectStore, ObjectStoreExt, PutOptions};
-use crate::store::{CreateOptions, DesStore};
-
-async fn store() -> (DesStore, MemoryStore) {
-    let mem = MemoryStore::new();
-    let create = CreateOptions {
-        n_bits: Some(4),
-        digest: None,
-    };
-    let (store, _) = DesStore::open_or_create(Arc::new(mem.clone()), create)
-        .await
-        .unwrap();
-    (store, mem)
-}
 
 fn tombs(n: usize) -> Vec<Tombstone> {
     let at = Timestamp::parse_rfc3339("2024-05-17T10:00:00Z").unwrap();

@@ -3,29 +3,16 @@
 //! Segment merging: the count stays bounded, nothing is lost or pending
 //! again, and a crash at either step is finished by the next compaction.
 
-use std::sync::Arc;
-
 use des_format::Timestamp;
 
+use super::tests::store;
 use super::*;
 use crate::MemoryStore;
 use crate::object::ObjectStoreExt;
-use crate::store::{CreateOptions, DesStore};
-
-async fn store() -> (DesStore, MemoryStore) {
-    let mem = MemoryStore::new();
-    let create = CreateOptions {
-        n_bits: Some(4),
-        digest: None,
-    };
-    let (store, _) = DesStore::open_or_create(Arc::new(mem.clone()), create)
-        .await
-        .unwrap();
-    (store, mem)
-}
 
 /// One compaction's worth: `n` tombstones logged, applied and compacted
-/// into one segment (merging disabled by `hook` panicking at the merge).
+/// into one segment, the compaction calling `hook` (one that panics
+/// stands in for a crash there).
 async fn one_segment(
     log: &TombstoneLog,
     run: usize,

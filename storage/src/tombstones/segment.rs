@@ -282,21 +282,32 @@ impl TombstoneLog {
     /// section holds its hash are read in full.
     pub async fn segment_records_of(&self, uid: &str, date: u32) -> Result<Vec<SegmentRecord>> {
         let hash = pair_hash(uid, date);
+        let records = self
+            .segment_records_where(|e| e.date == date && e.hash == hash)
+            .await?;
+        Ok(records
+            .into_iter()
+            .filter(|r| r.tombstone.uid == uid && r.tombstone.date == date)
+            .collect())
+    }
+
+    /// Records of the segments whose lookup section has an entry for which
+    /// `wanted` is true (so a query by date reads only segments holding
+    /// that date). Every record of such a segment is returned: filter them.
+    pub async fn segment_records_where(
+        &self,
+        wanted: impl Fn(&LookupEntry) -> bool,
+    ) -> Result<Vec<SegmentRecord>> {
         let mut out = Vec::new();
         for seg in self.segment_lookups().await? {
-            if !seg.entries.iter().any(|e| e.date == date && e.hash == hash) {
+            if !seg.entries.iter().any(&wanted) {
                 continue;
             }
             let (_, body) = self
                 .objects(seg.store)?
                 .get_range(&seg.key, ByteRange::All)
                 .await?;
-            out.extend(
-                decode_segment(&seg.key, &body)?
-                    .1
-                    .into_iter()
-                    .filter(|r| r.tombstone.uid == uid && r.tombstone.date == date),
-            );
+            out.extend(decode_segment(&seg.key, &body)?.1);
         }
         Ok(out)
     }

@@ -19,7 +19,8 @@ fn ts(s: &str) -> Timestamp {
     Timestamp::parse_rfc3339(s).unwrap()
 }
 
-async fn store() -> (DesStore, MemoryStore) {
+/// A store on memory (`n_bits` 4) and the memory behind it.
+pub(super) async fn store() -> (DesStore, MemoryStore) {
     let mem = MemoryStore::new();
     let (store, _) = DesStore::open_or_create(
         Arc::new(mem.clone()),
