@@ -29,8 +29,9 @@ pub fn dict_key(id: u32) -> String {
 
 /// Which dictionary a content class got last, and when: a hint that lets
 /// frequent small runs share a class's dictionary for a while instead of
-/// each training its own (`_dicts/classes/<hex of the class name>`,
-/// overwritten by each training; losing it only costs a retraining).
+/// each training its own (`_dicts/classes/<hex of the class name>`, `-`
+/// for the empty class; overwritten by each training; losing it only costs
+/// a retraining).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LatestDict {
     pub id: u32,
@@ -47,7 +48,13 @@ struct LatestJson {
 }
 
 fn latest_key(class: &str) -> String {
-    format!("{DICTS_PREFIX}classes/{}", hex::encode(class.as_bytes()))
+    // The empty class (no extension, no content type) would end the key in
+    // a slash, which no store accepts; `-` is no hex encoding of a class.
+    let name = match class {
+        "" => "-".to_string(),
+        c => hex::encode(c.as_bytes()),
+    };
+    format!("{DICTS_PREFIX}classes/{name}")
 }
 
 /// Default bound of a store handle's dictionary cache (prepared
@@ -302,4 +309,40 @@ async fn read_dictionary(
     // Two digests of a dictionary (at most `--dict-size`, 256 KiB by
     // default): well under a millisecond, fine on an async thread.
     Dictionary::parse(&object, id).map_err(|e| Error::format(&key, e))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Every class has its own record, the empty one (files without an
+    /// extension or content type) included.
+    #[tokio::test]
+    async fn each_class_keeps_its_latest_dictionary() {
+        let mem = crate::MemoryStore::new();
+        let create = crate::store::CreateOptions {
+            n_bits: Some(4),
+            digest: None,
+        };
+        let (store, _) = DesStore::open_or_create(Arc::new(mem), create)
+            .await
+            .unwrap();
+        let latest = |id| LatestDict {
+            id,
+            trained_at: std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000),
+            ratio_to_plain: 0.5,
+        };
+        for (class, id) in [("", 1), (".html", 2), ("text/plain", 3)] {
+            assert!(store.latest_dictionary(class).await.unwrap().is_none());
+            store
+                .set_latest_dictionary(class, &latest(id))
+                .await
+                .unwrap();
+        }
+        for (class, id) in [("", 1), (".html", 2), ("text/plain", 3)] {
+            let got = store.latest_dictionary(class).await.unwrap().unwrap();
+            assert_eq!((got.id, got.ratio_to_plain), (id, 0.5), "{class:?}");
+        }
+    }
 }
