@@ -42,28 +42,31 @@ fn write_pages(dir: &Path) {
     }
 }
 
+/// des-pack of `src` into `store` on 2024-05-17, n_bits 4, JSON report.
+fn pack_into(src: &Path, store: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "--dir",
+        src.to_str().unwrap(),
+        "--created-at",
+        "2024-05-17T10:00:00Z",
+        "--store",
+        store,
+        "--n-bits",
+        "4",
+        "--json",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    run("des-pack", &args)
+}
+
 #[test]
 fn pack_verify_repack_with_a_dictionary_and_without_it() {
     let src = tempfile::tempdir().unwrap();
     write_pages(src.path());
     let store = tempfile::tempdir().unwrap();
     let s = store.path().to_str().unwrap();
-    let pack = |extra: &[&str]| {
-        let mut args = vec![
-            "--dir",
-            src.path().to_str().unwrap(),
-            "--created-at",
-            "2024-05-17T10:00:00Z",
-            "--store",
-            s,
-            "--n-bits",
-            "4",
-            "--json",
-            "--quiet",
-        ];
-        args.extend_from_slice(extra);
-        run("des-pack", &args)
-    };
+    let pack = |extra: &[&str]| pack_into(src.path(), s, extra);
     let out = pack(&["--dict-sample", "64K", "--dict-size", "8K"]);
     expect(&out, 0);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -179,25 +182,10 @@ fn recompress_dict_auto_takes_each_entrys_class_dictionary() {
     write_records(src.path());
     let store = tempfile::tempdir().unwrap();
     let s = store.path().to_str().unwrap();
-    let d = src.path().to_str().unwrap();
-    let out = run(
-        "des-pack",
-        &[
-            "--dir",
-            d,
-            "--created-at",
-            "2024-05-17T10:00:00Z",
-            "--store",
-            s,
-            "--n-bits",
-            "4",
-            "--json",
-            "--quiet",
-            "--dict-sample",
-            "64K",
-            "--dict-size",
-            "8K",
-        ],
+    let out = pack_into(
+        src.path(),
+        s,
+        &["--dict-sample", "64K", "--dict-size", "8K"],
     );
     expect(&out, 0);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -19,6 +19,16 @@ fn ts(s: &str) -> Timestamp {
     Timestamp::parse_rfc3339(s).unwrap()
 }
 
+/// Runs a compaction that crashes (a panicking hook) at `step`; returns
+/// whether it did (`false`: it finished before reaching `step`).
+pub(super) async fn compact_crashing_at(log: &TombstoneLog, step: CompactStep) -> bool {
+    let hook = |at| assert_ne!(at, step, "crash");
+    let run = log.compact_with(&hook);
+    futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run))
+        .await
+        .is_err()
+}
+
 /// A store on memory (`n_bits` 4) and the memory behind it.
 pub(super) async fn store() -> (DesStore, MemoryStore) {
     let mem = MemoryStore::new();
@@ -369,12 +379,7 @@ async fn leftovers_of_a_crash_are_deleted_not_merged_twice() {
             let marker = AppliedMarker::new("20240517/1.des", Some(3), AppliedOutcome::Removed);
             log.mark_applied(at, &marker).await.unwrap();
         }
-        // A panicking hook stands in for the crash.
-        let crashed = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
-            log.compact_with(&|step| assert_ne!(step, crash_at, "crash")),
-        ))
-        .await;
-        assert!(crashed.is_err(), "{crash_at:?}");
+        assert!(compact_crashing_at(&log, crash_at).await, "{crash_at:?}");
         let seen = TombstoneSet::load(&log).await.unwrap();
         assert!((0..10).all(|i| seen.contains(&format!("u{i}"), 20240517)));
         assert!(log.pending().await.unwrap().is_empty(), "{crash_at:?}");
