@@ -150,7 +150,7 @@ impl Metrics {
         r.register(Box::new(tombstones_known.clone()))?;
         let tombstones_segments = IntGauge::new(
             "des_tombstones_segments",
-            "Tombstone segments (compacted applied deletions) this replica has read.",
+            "Tombstone segments (compacted applied deletions) in the store as of this replica's last poll.",
         )?;
         r.register(Box::new(tombstones_segments.clone()))?;
         Ok(Self {
