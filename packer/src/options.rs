@@ -57,6 +57,9 @@ pub struct PackOptions {
     /// `--source-root`: when not empty, only sources inside these
     /// directories / S3 prefixes are read; others fail per file.
     pub source_roots: SourceRoots,
+    /// The run's clock for retention (which files are already expired);
+    /// `None` reads the system clock. For replaying past days.
+    pub now: Option<des_format::Timestamp>,
 }
 
 impl Default for PackOptions {
@@ -77,6 +80,7 @@ impl Default for PackOptions {
             big_ref_ttl: des_storage::protocol::big_ref_ttl(),
             source_roots: SourceRoots::default(),
             dict: DictSettings::default(),
+            now: None,
         }
     }
 }

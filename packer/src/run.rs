@@ -76,7 +76,10 @@ pub fn pack_into(
     };
     let sources = SourceStores::new(opts.source_roots.clone());
     let deletions = handle
-        .block_on(DeletionGuard::load(&store))
+        .block_on(DeletionGuard::load_at(
+            &store,
+            opts.now.unwrap_or_else(des_format::Timestamp::now),
+        ))
         .context("reading the tombstone log")?;
     let holder = holder_id();
     let dicts = Dictionaries::new(opts.dict_settings(), opts.zstd_level(), &store, handle)

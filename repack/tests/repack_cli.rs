@@ -38,6 +38,24 @@ fn repack(s: &Local, extra: &[&str]) -> std::process::Output {
     run("des-repack", &args)
 }
 
+/// Runs des-repack on `s` (big-file grace 0, lease TTL 1 s, plus `extra`)
+/// made to abort at crash point `point`, and checks it did, there.
+fn repack_crashing_at(s: &Local, point: &str, extra: &[&str]) {
+    let crashed = bin("des-repack")
+        .args(["--store", &s.root_str(), "--big-file-grace", "0s"])
+        .args(["--lease-ttl", "1s", "--quiet"])
+        .args(extra)
+        .env("DES_REPACK_CRASH_AT", point)
+        .output()
+        .unwrap();
+    assert!(!crashed.status.success(), "{point}: {}", describe(&crashed));
+    assert!(
+        String::from_utf8_lossy(&crashed.stderr).contains(point),
+        "{point}: {}",
+        describe(&crashed)
+    );
+}
+
 fn verify_clean(s: &Local) {
     let out = run("des-verify", &[&s.root_str(), "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
@@ -244,19 +262,7 @@ fn crashes_at_every_step_lose_nothing_and_a_rerun_finishes() {
         for uid in deleted {
             tombstone(&s, uid);
         }
-        let root = s.root_str();
-        let crashed = bin("des-repack")
-            .args(["--store", &root, "--min-garbage-ratio", "0"])
-            .args(["--big-file-grace", "0s", "--lease-ttl", "1s", "--quiet"])
-            .env("DES_REPACK_CRASH_AT", point)
-            .output()
-            .unwrap();
-        assert!(!crashed.status.success(), "{point}: {}", describe(&crashed));
-        assert!(
-            String::from_utf8_lossy(&crashed.stderr).contains(point),
-            "{point}: {}",
-            describe(&crashed)
-        );
+        repack_crashing_at(&s, point, &["--min-garbage-ratio", "0"]);
         // Every live file survived, whichever generation is in place.
         let published = point != "before_publish";
         let gone: &[&str] = if published { &deleted[..1] } else { &[] };
@@ -671,26 +677,7 @@ fn crashes_around_a_whole_shard_delete_lose_nothing() {
             .filter(|u| u.starts_with("old/"))
             .collect();
         let expired: Vec<&str> = expired.iter().map(String::as_str).collect();
-        let root = s.root_str();
-        let crashed = bin("des-repack")
-            .args([
-                "--store",
-                &root,
-                "--big-file-grace",
-                "0s",
-                "--lease-ttl",
-                "1s",
-                "--quiet",
-            ])
-            .env("DES_REPACK_CRASH_AT", point)
-            .output()
-            .unwrap();
-        assert!(!crashed.status.success(), "{point}: {}", describe(&crashed));
-        assert!(
-            String::from_utf8_lossy(&crashed.stderr).contains(point),
-            "{point}: {}",
-            describe(&crashed)
-        );
+        repack_crashing_at(&s, point, &[]);
         // Every live file survived the crash; expired ones are intact or gone.
         let rt = rt();
         rt.block_on(async {
@@ -970,19 +957,7 @@ fn crashes_during_tombstone_compaction_lose_nothing() {
         for uid in deleted {
             tombstone(&s, uid);
         }
-        let root = s.root_str();
-        let crashed = bin("des-repack")
-            .args(["--store", &root, "--min-garbage-ratio", "0"])
-            .args(["--big-file-grace", "0s", "--lease-ttl", "1s", "--quiet"])
-            .env("DES_REPACK_CRASH_AT", point)
-            .output()
-            .unwrap();
-        assert!(!crashed.status.success(), "{point}: {}", describe(&crashed));
-        assert!(
-            String::from_utf8_lossy(&crashed.stderr).contains(point),
-            "{point}: {}",
-            describe(&crashed)
-        );
+        repack_crashing_at(&s, point, &["--min-garbage-ratio", "0"]);
         let check = |when: &str| {
             rt().block_on(async {
                 let objects: std::sync::Arc<dyn des_storage::ObjectStore> =
@@ -1061,19 +1036,12 @@ fn crashes_while_merging_segments_lose_nothing() {
         // One segment per run: the last run's compaction fills tier 0.
         for (i, uid) in deleted.iter().enumerate() {
             tombstone(&s, uid);
-            let mut cmd = bin("des-repack");
-            cmd.args(["--store", &s.root_str(), "--min-garbage-ratio", "0"])
-                .args(["--lease-ttl", "1s", "--quiet"]);
             if i + 1 == fanin {
-                cmd.env("DES_REPACK_CRASH_AT", point);
+                repack_crashing_at(&s, point, &["--min-garbage-ratio", "0"]);
+            } else {
+                let out = repack(&s, &["--min-garbage-ratio", "0"]);
+                assert_eq!(out.status.code(), Some(0), "{point}: {}", describe(&out));
             }
-            let out = cmd.output().unwrap();
-            assert_eq!(
-                out.status.success(),
-                i + 1 < fanin,
-                "{point}: {}",
-                describe(&out)
-            );
         }
         let segments = || {
             std::fs::read_dir(s.root().join("_tombstones/segments"))

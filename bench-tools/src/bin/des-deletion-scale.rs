@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use des_bench_tools::EXIT_CODES;
-use des_bench_tools::deletion_scale::counting::{CountingStore, HideRetention};
+use des_bench_tools::deletion_scale::counting::CountingStore;
 use des_bench_tools::deletion_scale::model;
 use des_bench_tools::deletion_scale::report::{self, OLD_LABEL};
 use des_bench_tools::deletion_scale::sim::{Sampled, Settings, Sim};
@@ -125,7 +125,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
         "{} already holds a store: give an empty --dir",
         args.dir.display()
     );
-    let pack_target = Target::single(Arc::new(HideRetention { inner: raw }));
+    // Packing is not counted: the packer writes to the store directly.
+    let pack_target = Target::single(raw);
     let mut sim = Sim::new(&settings, &rt, &store, &counting, &pack_target);
     let version = sim.set_retention()?;
     eprintln!(

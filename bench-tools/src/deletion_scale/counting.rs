@@ -1,6 +1,5 @@
-//! Object-store wrappers for the deletion benchmark: one that counts every
-//! request by kind (and the bytes written), one that hides the retention
-//! rules from the packer (see [`HideRetention`]).
+//! The deletion benchmark's object-store wrapper: counts every request by
+//! kind (and the bytes written).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,10 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use des_storage::keys::RETENTION_KEY;
 use des_storage::{
-    Error, GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore, ObjectWriter, PutOptions,
-    PutResult, Result,
+    GetOptions, GetResult, ListPage, ObjectMeta, ObjectStore, ObjectWriter, PutOptions, PutResult,
+    Result,
 };
 use serde::Serialize;
 
@@ -239,37 +237,5 @@ impl ObjectWriter for CountingWriter {
 
     async fn abort(self: Box<Self>) -> Result<()> {
         self.inner.abort().await
-    }
-}
-
-/// The store as the packer sees it in the simulation: without retention
-/// rules. The packer applies the rules as of the real clock (it has no
-/// other: `DeletionGuard::load` reads `Timestamp::now()`), so a simulated
-/// day 99 days ago would have every file refused as expired. On its
-/// simulated day a file is fresh, so hiding the rules from the packer is
-/// what the packer of that day would have seen; the repacker, the
-/// tombstone tools and the retriever see them.
-#[derive(Debug)]
-pub struct HideRetention {
-    pub inner: Arc<dyn ObjectStore>,
-}
-
-#[async_trait]
-impl ObjectStore for HideRetention {
-    des_storage::forward_methods!(inner => describe, capabilities, put, put_writer, delete, list,
-        sweep_leftovers);
-
-    async fn get(&self, key: &str, opts: GetOptions) -> Result<GetResult> {
-        if key == RETENTION_KEY {
-            return Err(Error::NotFound { key: key.into() });
-        }
-        self.inner.get(key, opts).await
-    }
-
-    async fn head(&self, key: &str) -> Result<ObjectMeta> {
-        if key == RETENTION_KEY {
-            return Err(Error::NotFound { key: key.into() });
-        }
-        self.inner.head(key).await
     }
 }

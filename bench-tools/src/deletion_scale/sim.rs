@@ -118,7 +118,7 @@ pub struct Sim<'a> {
     pub rt: &'a Runtime,
     pub store: &'a DesStore,
     pub counting: &'a CountingStore,
-    /// What the packer writes through (see `counting::HideRetention`).
+    /// What the packer writes through (uncounted).
     pub pack_target: &'a Target,
     pub model: Model,
     rng: StdRng,
@@ -187,6 +187,8 @@ impl<'a> Sim<'a> {
             n_bits: Some(self.settings.n_bits),
             compression: Compression::None,
             jobs: 2,
+            // The day's clock: its files are fresh under the rule then.
+            now: Some(self.model.noon(k)),
             ..PackOptions::default()
         };
         let input = Input::Dir {

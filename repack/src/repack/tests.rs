@@ -249,54 +249,8 @@ impl ObjectStore for RacingPacker {
         opts: PutOptions,
     ) -> des_storage::Result<Box<dyn ObjectWriter>> {
         if key == self.key && !self.fired.swap(true, Ordering::SeqCst) {
-            let store = single(Arc::new(self.inner.clone())).await;
-            let loaded = store.load_index(key).await.unwrap().unwrap();
-            let des_format::AnyIndex::V3(ix) = &loaded.index else {
-                panic!()
-            };
-            let mut t = *ix.trailer();
-            t.generation += 1;
-            // Rebuild the old entries plus one new file, as a packer would.
-            let mut w = ShardWriter::new(
-                Vec::new(),
-                ShardIdent {
-                    date: t.date,
-                    shard_index: t.shard_index,
-                    n_bits: t.n_bits,
-                    generation: t.generation,
-                    digest_alg: t.digest_alg,
-                    written_at: Timestamp::now(),
-                },
-            )
-            .unwrap();
-            for l in loaded.index.located() {
-                let data = store.read_file(&loaded, &l).await.unwrap();
-                let e = NewEntry {
-                    uid: l.uid.clone(),
-                    created_at: l.created_at.unwrap(),
-                    content_type: None,
-                    meta: None,
-                    codec: Codec::None,
-                    orig_len: data.len() as u64,
-                    digest: store.digest().digest(&data),
-                };
-                w.add_inline(e, &data).unwrap();
-            }
-            let e = NewEntry {
-                uid: "33".into(),
-                created_at: ts("2024-05-17T12:00:00Z"),
-                content_type: None,
-                meta: None,
-                codec: Codec::None,
-                orig_len: self.extra.len() as u64,
-                digest: store.digest().digest(&self.extra),
-            };
-            w.add_inline(e, &self.extra).unwrap();
-            let (bytes, _) = w.finish().unwrap();
-            self.inner
-                .put(key, Bytes::from(bytes), PutOptions::default())
-                .await
-                .unwrap();
+            // The old entries plus one new file, as a packer would publish.
+            publish_with_extra(&self.inner, key, "33", &self.extra).await;
         }
         self.inner.put_writer(key, opts).await
     }
@@ -737,7 +691,8 @@ impl ObjectStore for Counting {
                 && n == 1
                 && !self.raced.swap(true, Ordering::SeqCst)
             {
-                publish_with_extra(&self.inner, key).await;
+                // uid 20001 routes to shard 1.
+                publish_with_extra(&self.inner, key, "20001", &noise(99, 2000)).await;
             }
         }
         self.inner.get(key, opts).await
@@ -756,8 +711,8 @@ impl ObjectStore for Counting {
     }
 }
 
-/// A packer's next generation of `key`: its files plus uid "20001" (shard 1).
-async fn publish_with_extra(mem: &MemoryStore, key: &str) {
+/// A packer's next generation of `key`: its files plus `uid` holding `extra`.
+async fn publish_with_extra(mem: &MemoryStore, key: &str, uid: &str, extra: &[u8]) {
     let store = single(Arc::new(mem.clone())).await;
     let loaded = store.load_index(key).await.unwrap().unwrap();
     let des_format::AnyIndex::V3(ix) = &loaded.index else {
@@ -767,16 +722,12 @@ async fn publish_with_extra(mem: &MemoryStore, key: &str) {
     let mut w = ShardWriter::new(
         Vec::new(),
         ShardIdent {
+            date: t.date,
+            shard_index: t.shard_index,
+            n_bits: t.n_bits,
             generation: t.generation + 1,
+            digest_alg: t.digest_alg,
             written_at: Timestamp::now(),
-            ..ShardIdent {
-                date: t.date,
-                shard_index: t.shard_index,
-                n_bits: t.n_bits,
-                generation: 0,
-                digest_alg: t.digest_alg,
-                written_at: Timestamp::now(),
-            }
         },
     )
     .unwrap();
@@ -793,17 +744,16 @@ async fn publish_with_extra(mem: &MemoryStore, key: &str) {
         };
         w.add_inline(e, &data).unwrap();
     }
-    let extra = noise(99, 2000);
     let e = NewEntry {
-        uid: "20001".into(),
+        uid: uid.into(),
         created_at: ts("2024-05-17T12:00:00Z"),
         content_type: None,
         meta: None,
         codec: Codec::None,
         orig_len: extra.len() as u64,
-        digest: store.digest().digest(&extra),
+        digest: store.digest().digest(extra),
     };
-    w.add_inline(e, &extra).unwrap();
+    w.add_inline(e, extra).unwrap();
     let (bytes, _) = w.finish().unwrap();
     mem.put(key, Bytes::from(bytes), PutOptions::default())
         .await

@@ -16,20 +16,7 @@ impl Checker {
         };
         match block_on(self.mem.get_range(key, ByteRange::All)) {
             Ok((_, body)) => match serde_json::from_slice::<AppliedMarker>(&body) {
-                Ok(marker) => {
-                    let incarnation = self.incarnation(&marker.shard_key);
-                    self.markers.insert(
-                        key.to_string(),
-                        MarkerInfo {
-                            uid,
-                            marker,
-                            step,
-                            by: by.name.clone(),
-                            incarnation,
-                        },
-                    );
-                    self.check_marker(key, step);
-                }
+                Ok(marker) => self.record_marker(key.to_string(), uid, marker, by, step),
                 Err(e) => {
                     self.violate("I6 applied marker does not parse", key, step, e.to_string())
                 }
@@ -59,20 +46,29 @@ impl Checker {
             let Some(uid) = parse_name(name).and_then(|n| n.uid) else {
                 continue;
             };
-            let mkey = format!("{prefix}{name}");
-            let incarnation = self.incarnation(&marker.shard_key);
-            self.markers.insert(
-                mkey.clone(),
-                MarkerInfo {
-                    uid,
-                    marker,
-                    step,
-                    by: by.name.clone(),
-                    incarnation,
-                },
-            );
-            self.check_marker(&mkey, step);
+            self.record_marker(format!("{prefix}{name}"), uid, marker, by, step);
         }
+    }
+
+    /// Keeps marker `mkey` (of `uid`) as of `step` and checks it at once.
+    fn record_marker(
+        &mut self,
+        mkey: String,
+        uid: String,
+        marker: AppliedMarker,
+        by: &By,
+        step: u64,
+    ) {
+        let incarnation = self.incarnation(&marker.shard_key);
+        let info = MarkerInfo {
+            uid,
+            marker,
+            step,
+            by: by.name.clone(),
+            incarnation,
+        };
+        self.markers.insert(mkey.clone(), info);
+        self.check_marker(&mkey, step);
     }
 
     /// I6: a marker "applied at generation g" is only true if no version

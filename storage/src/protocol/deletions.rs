@@ -46,11 +46,17 @@ impl DeletionGuard {
     /// legal holds. Rules that cannot be read are an error: packing files
     /// they may expire would bring back what must be gone.
     pub async fn load(store: &DesStore) -> Result<Self> {
+        Self::load_at(store, Timestamp::now()).await
+    }
+
+    /// [`load`](Self::load), judging expiry on the UTC day of `now` (a
+    /// packer replaying past days, e.g. a benchmark).
+    pub async fn load_at(store: &DesStore, now: Timestamp) -> Result<Self> {
         let log = TombstoneLog::new(store);
         let set = TombstoneSet::load(&log).await?;
         let expiry = match retention::load(store).await? {
             Some(rules) if rules.rules.min_days().is_some() => {
-                let today = retention::today(Timestamp::now());
+                let today = retention::today(now);
                 Some((rules.rules.cutoffs(today), HoldSet::load(store).await?))
             }
             _ => None,
@@ -173,5 +179,10 @@ mod tests {
             !guard.is_deleted("logs/a", today),
             "today's files are young"
         );
+        // As of 2024-06-01, a file of 2024-05-17 is 15 days old: kept.
+        let then = Timestamp::parse_rfc3339("2024-06-01T12:00:00Z").unwrap();
+        let past = DeletionGuard::load_at(&store, then).await.unwrap();
+        assert!(!past.is_expired("logs/a", 20240517));
+        assert!(past.is_expired("logs/a", 20240501), "31 days old then");
     }
 }
