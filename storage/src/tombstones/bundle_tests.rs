@@ -151,19 +151,72 @@ async fn compacting_a_bundle_is_crash_safe() {
     }
 }
 
+/// Counts GETs of bundles.
+#[derive(Debug)]
+struct BundleGets {
+    inner: MemoryStore,
+    gets: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl crate::object::ObjectStore for BundleGets {
+    crate::forward_methods!(inner => describe, capabilities, head, put, put_writer, delete, list);
+
+    async fn get(
+        &self,
+        key: &str,
+        opts: crate::object::GetOptions,
+    ) -> crate::Result<crate::object::GetResult> {
+        if key.ends_with(".jsonl") {
+            self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inner.get(key, opts).await
+    }
+}
+
 /// A reader polling sees a bundle once, reads it once, and keeps seeing
 /// its members after they move into a segment.
 #[tokio::test]
 async fn polling_reads_a_bundle_once() {
-    let (store, _mem) = store().await;
+    let (_, mem) = store().await;
+    let counted = std::sync::Arc::new(BundleGets {
+        inner: mem,
+        gets: Default::default(),
+    });
+    let store = crate::DesStore::open(counted.clone()).await.unwrap();
     let log = TombstoneLog::new(&store);
     let mut set = TombstoneSet::load(&log).await.unwrap();
     log.append_bundle(&tombs(30)).await.unwrap();
     assert_eq!(set.refresh(&log).await.unwrap(), 30);
     assert_eq!(set.refresh(&log).await.unwrap(), 0);
+    let reads = || counted.gets.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(reads(), 1, "listed twice, read once");
     apply(&log, &log.pending().await.unwrap(), 2).await;
     log.compact().await.unwrap();
     set.refresh(&log).await.unwrap();
     assert_eq!(set.segments(), 1);
     assert!((0..30).all(|i| set.contains(&format!("u{i}"), 20240517)));
+}
+
+/// A query by date reads only the segments holding that date.
+#[tokio::test]
+async fn records_by_date_come_from_segments_holding_it() {
+    let (store, _) = store().await;
+    let log = TombstoneLog::new(&store);
+    let other = Timestamp::parse_rfc3339("2024-05-18T10:00:00Z").unwrap();
+    let late: Vec<Tombstone> = (0..7)
+        .map(|i| Tombstone::new(format!("v{i}"), other, DeleteReason::Gdpr, "tester"))
+        .collect();
+    for batch in [tombs(5), late] {
+        log.append_bundle(&batch).await.unwrap();
+        apply(&log, &log.pending().await.unwrap(), 2).await;
+        log.compact().await.unwrap();
+    }
+    assert_eq!(log.segment_lookups().await.unwrap().len(), 2);
+    let may17 = log
+        .segment_records_where(|e| e.date == 20240517)
+        .await
+        .unwrap();
+    assert_eq!(may17.len(), 5);
+    assert!(may17.iter().all(|r| r.tombstone.date == 20240517));
 }

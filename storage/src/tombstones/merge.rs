@@ -1,14 +1,13 @@
 //! Merging segments, so their number (what a reader's start-up reads)
-//! stays small however many runs compacted.
+//! follows the deletions they hold, not the runs that compacted them.
 //!
 //! Tiers by record count: tier 0 holds segments under [`TIER_BASE`]
 //! records, tier `t` under `TIER_BASE · FANIN^t`. When a tier holds
 //! [`MERGE_FANIN`] segments, its oldest `MERGE_FANIN` are merged into one
-//! (which lands in a higher tier), and so on up. A record is rewritten once
-//! per tier (about five times in its life), and a store holds at most
-//! `MERGE_FANIN - 1` segments per tier plus the full ones: a few dozen.
-//! Segments of the top tier are never merged (the result would pass
-//! [`MAX_SEGMENT_RECORDS`]).
+//! (in the same tier or a higher one), until no tier is full. A store
+//! holds at most `MERGE_FANIN - 1` segments per mergeable tier, plus the
+//! top tier's (65,536 records or more), which are never merged (the result
+//! could pass [`MAX_SEGMENT_RECORDS`]).
 //!
 //! Crash safety: the merged segment is written create-only, read back and
 //! checked to hold every input record before any input is deleted. A crash

@@ -74,8 +74,8 @@
 //!
 //! Bundles (`bundle.rs`) hold many tombstones in one object and take part
 //! member by member; a bundle is deleted once every member is merged.
-//! Segments are merged by size tier (`merge.rs`), so a store holds a few
-//! dozen of them however many runs compacted.
+//! Segments are merged by size tier (`merge.rs`), so their number follows
+//! deletions, not runs.
 //!
 //! # Reader memory
 //!

@@ -197,8 +197,8 @@ pub(crate) async fn list_segments(objects: &dyn ObjectStore) -> Result<Vec<Strin
     }
 }
 
-/// The header and lookup section of one segment: one ranged read, two
-/// when the lookup section is larger than [`FIRST_READ`].
+/// The header and lookup section of one segment: one ranged read, and a
+/// second for the rest when the lookup section is larger than [`FIRST_READ`].
 pub(crate) async fn read_lookup(objects: &dyn ObjectStore, key: &str) -> Result<Vec<LookupEntry>> {
     let first = ByteRange::Bounded {
         start: 0,
@@ -210,11 +210,15 @@ pub(crate) async fn read_lookup(objects: &dyn ObjectStore, key: &str) -> Result<
     if head.len() >= need {
         return decode_lookup(key, &head[..need]);
     }
+    // Only what the first read did not bring.
     let rest = ByteRange::Bounded {
-        start: 0,
+        start: head.len() as u64,
         end: need as u64,
     };
-    let (_, all) = objects.get_range(key, rest).await?;
+    let (_, tail) = objects.get_range(key, rest).await?;
+    let mut all = Vec::with_capacity(need);
+    all.extend_from_slice(&head);
+    all.extend_from_slice(&tail);
     decode_lookup(key, &all)
 }
 
@@ -575,12 +579,12 @@ impl AppliedHashes {
 
     /// Adds lookup entries; sorts, dedups and trims each touched day.
     pub fn extend(&mut self, entries: &[LookupEntry]) {
-        let mut touched: HashMap<u32, ()> = HashMap::new();
+        let mut touched = std::collections::BTreeSet::new();
         for e in entries {
             self.days.entry(e.date).or_default().push(e.hash);
-            touched.insert(e.date, ());
+            touched.insert(e.date);
         }
-        for date in touched.keys() {
+        for date in &touched {
             if let Some(v) = self.days.get_mut(date) {
                 v.sort_unstable();
                 v.dedup();
