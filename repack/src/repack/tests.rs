@@ -760,16 +760,22 @@ async fn publish_with_extra(mem: &MemoryStore, key: &str, uid: &str, extra: &[u8
         .unwrap();
 }
 
-/// "1…" uids live 30 days, "13…" are exempt, others have no rule.
-async fn set_rules(store: &DesStore) {
-    let rules = des_storage::retention::RetentionRules::from_toml(
-        "[[rule]]\nuid_prefix = \"1\"\nmax_age_days = 30\n\
-         [[rule]]\nuid_prefix = \"13\"\n",
-    )
-    .unwrap();
+/// Stores the retention rules `toml`.
+async fn set_rules_toml(store: &DesStore, toml: &str) {
+    let rules = des_storage::retention::RetentionRules::from_toml(toml).unwrap();
     des_storage::retention::set(store, &rules, "test")
         .await
         .unwrap();
+}
+
+/// "1…" uids live 30 days, "13…" are exempt, others have no rule.
+async fn set_rules(store: &DesStore) {
+    set_rules_toml(
+        store,
+        "[[rule]]\nuid_prefix = \"1\"\nmax_age_days = 30\n\
+         [[rule]]\nuid_prefix = \"13\"\n",
+    )
+    .await;
 }
 
 fn shard_key(store: &DesStore, uid: &str) -> String {
@@ -911,22 +917,14 @@ async fn a_shard_packed_into_an_expired_date_is_picked_up() {
     assert_eq!(r.shards_considered, 1, "{r:#?}");
     assert_eq!(r.shards[0].action, Action::Deleted, "{r:#?}");
     // New rules: every shard of an expired date is looked at again.
-    let rules = des_storage::retention::RetentionRules::from_toml(
+    set_rules_toml(
+        &store,
         "[[rule]]\nuid_prefix = \"2\"\nmax_age_days = 36500\n",
     )
-    .unwrap();
-    des_storage::retention::set(&store, &rules, "test")
-        .await
-        .unwrap();
+    .await;
     let r = repack(&store, &opts(), |_| {}).await.unwrap();
     assert_eq!(r.shards_considered, 0, "no date is 100 years old: {r:#?}");
-    let rules = des_storage::retention::RetentionRules::from_toml(
-        "[[rule]]\nuid_prefix = \"2\"\nmax_age_days = 1\n",
-    )
-    .unwrap();
-    des_storage::retention::set(&store, &rules, "test")
-        .await
-        .unwrap();
+    set_rules_toml(&store, "[[rule]]\nuid_prefix = \"2\"\nmax_age_days = 1\n").await;
     let r = repack(&store, &opts(), |_| {}).await.unwrap();
     assert_eq!(r.retention_rules_version, Some(3));
     assert_eq!((r.shards_deleted, r.entries_expired), (1, 1), "{r:#?}");
@@ -989,13 +987,7 @@ async fn expired_dates_are_not_listed_for_recheck() {
     repack(&store, &opts(), |_| {}).await.unwrap();
     assert!(listed_dir(), "{:?}", counting.lists.lock().unwrap());
     // Every uid expires after 30 days: 2024-05-17 is long gone.
-    let rules = des_storage::retention::RetentionRules::from_toml(
-        "[[rule]]\nuid_prefix = \"\"\nmax_age_days = 30\n",
-    )
-    .unwrap();
-    des_storage::retention::set(&store, &rules, "test")
-        .await
-        .unwrap();
+    set_rules_toml(&store, "[[rule]]\nuid_prefix = \"\"\nmax_age_days = 30\n").await;
     repack(&store, &opts(), |_| {}).await.unwrap();
     counting.lists.lock().unwrap().clear();
     repack(&store, &opts(), |_| {}).await.unwrap();
