@@ -26,6 +26,7 @@
 #   DAYS=10 FILES_PER_DAY=2000 DELETIONS=2000 STARTUP_DELETIONS=20000 bench/deletion_scale.sh
 #   KEEP=1 bench/deletion_scale.sh              # keep the work directory
 #   DES_RETRIEVER=/path/to/des-retriever bench/deletion_scale.sh   # a prebuilt retriever
+#   DES_TRACE_REQ=1 bench/deletion_scale.sh     # also print every counted request (stderr)
 #
 # Goals (deletion-scale issue): requests and objects written per day
 # proportional to shards touched, ≥ 100× fewer than the old approach;

@@ -308,8 +308,33 @@ fn shard_temp_files(root: &std::path::Path) -> std::collections::BTreeSet<String
     out
 }
 
-/// Marker files (per tombstone, or per shard generation in subdirectories).
+/// Marker files (per tombstone, per shard generation or per run, in
+/// subdirectories).
 fn applied_markers(root: &std::path::Path) -> usize {
+    files_under(root, des_storage::tombstones::APPLIED_PREFIX)
+}
+
+/// Distinct shards the journal objects of the store at `root` name (a
+/// journal being written, or unreadable, names none yet).
+fn journaled_shards(root: &std::path::Path) -> usize {
+    let run = root.join("_des/journal/_run");
+    let mut shards = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(run).into_iter().flatten().flatten() {
+        let Ok(body) = std::fs::read(entry.path()) else {
+            continue;
+        };
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body)
+            && let Some(m) = v["shards"].as_object()
+        {
+            shards.extend(m.keys().cloned());
+        }
+    }
+    shards.len()
+}
+
+/// Files under `prefix` of the store at `root`, at any depth (not the
+/// temporary files of writes under way).
+fn files_under(root: &std::path::Path, prefix: &str) -> usize {
     fn count(dir: &std::path::Path) -> usize {
         std::fs::read_dir(dir)
             .into_iter()
@@ -319,12 +344,17 @@ fn applied_markers(root: &std::path::Path) -> usize {
                 if e.file_type().is_ok_and(|t| t.is_dir()) {
                     count(&e.path())
                 } else {
-                    1
+                    let name = e.file_name();
+                    usize::from(
+                        !name
+                            .to_string_lossy()
+                            .starts_with(des_storage::local::TEMP_PREFIX),
+                    )
                 }
             })
             .sum()
     }
-    count(&root.join(des_storage::tombstones::APPLIED_PREFIX))
+    count(&root.join(prefix))
 }
 
 #[test]
@@ -369,13 +399,15 @@ fn sigkill_at_any_moment_never_loses_a_live_file() {
     let root = s.root_str();
     // Kill each run at a moment it is observed doing something: alternately
     // while a new shard generation is being written (its temp file exists)
-    // and right after it marked tombstones applied. Each killed run makes
-    // some progress, so the kills land at different steps.
+    // and right after it journaled a shard no run journaled before (so the
+    // shard before it is published, its tombstones marked only in memory).
+    // Each killed run makes some progress, so the kills land at different
+    // steps.
     let (mut kills, mut mid_write) = (0, 0);
     let mut finished = false;
     for i in 0..200 {
         let temps = shard_temp_files(s.root());
-        let markers = applied_markers(s.root());
+        let journaled = journaled_shards(s.root());
         let mut child = bin("des-repack")
             .args(["--store", &root, "--min-garbage-ratio", "0", "--quiet"])
             .args(["--lease-ttl", "300ms", "--big-file-grace", "0s"])
@@ -391,7 +423,7 @@ fn sigkill_at_any_moment_never_loses_a_live_file() {
                 break;
             }
             let writing = shard_temp_files(s.root()).difference(&temps).count() > 0;
-            if (i % 2 == 0 && writing) || (i % 2 == 1 && applied_markers(s.root()) > markers) {
+            if (i % 2 == 0 && writing) || (i % 2 == 1 && journaled_shards(s.root()) > journaled) {
                 // SIGKILL: no cleanup, no lease release.
                 child.kill().unwrap();
                 let _ = child.wait();

@@ -16,7 +16,8 @@
 //! _des/repack.lease                        the repacker's lease
 //! _des/gc/big/<hex>                        a big file registered for collection
 //! _des/big-refs/<hex>/<holder>             a packer's reference in flight to a big file
-//! _des/checked/<YYYYMMDD>/<HEX>/<tag>      the shard version a repack last checked
+//! _des/checked/versions.json               the shard versions a repack last checked (older stores:
+//!   _des/checked/<YYYYMMDD>/<HEX>/<tag>, one empty object per shard, folded into it)
 //! _des/journal/<YYYYMMDD>/<HEX>.json       a repack's intent to drop entries
 //! _des/.probe-<tag>                        a conditional-write probe
 //! ```

@@ -149,6 +149,10 @@ impl CountingStore {
     }
 
     fn note(&self, op: &str, key: &str) {
+        // For finding where requests go: every request, in order, on stderr.
+        if std::env::var_os("DES_TRACE_REQ").is_some() {
+            eprintln!("REQ {op} {key}");
+        }
         if let Ok(mut m) = self.counters.by_class.lock() {
             *m.entry(format!("{op} {}", key_class(key))).or_default() += 1;
         }

@@ -19,8 +19,6 @@
 //! holds; otherwise the next run looks at the same shards again. A lost or
 //! unreadable record only makes the next run look at every shard.
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
 use des_format::Timestamp;
 use des_storage::keys::{RETENTION_APPLIED_KEY, ShardKey};
@@ -70,21 +68,11 @@ pub(super) async fn load(store: &DesStore, holds: &HoldSet, today: u32) -> Resul
     }))
 }
 
-/// The rules to apply to one shard: re-read, so a rule loosened while a run
-/// goes on binds every shard the run starts after the change (as holds do).
-pub(super) async fn fresh(store: &DesStore, run: &Expiry) -> Result<Option<Cutoffs>> {
-    Ok(match rules_store::load(store).await? {
-        Some(s) if s.version == run.stored.version => Some(run.cutoffs.clone()),
-        Some(s) => Some(s.rules.cutoffs(run.cutoffs.today())),
-        None => None,
-    })
-}
-
 /// Shard keys to look at for expiry, in key order.
 pub(super) async fn candidates(
     store: &DesStore,
     expiry: &Expiry,
-    checked_versions: &HashMap<ShardKey, String>,
+    checked_versions: &super::recheck::Checked,
 ) -> Result<Vec<String>> {
     let Some(newest) = expiry.cutoffs.newest_expired_date() else {
         return Ok(Vec::new());

@@ -26,6 +26,7 @@ pub mod bigfiles;
 mod capture;
 pub mod dicts;
 mod expiry;
+mod journals;
 mod recheck;
 pub mod report;
 mod rewrite;
@@ -33,18 +34,18 @@ pub mod state;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use des_format::shard::{AnyIndex, Tail};
 use des_format::v3::{IndexLayout, TRAILER_LEN};
 use des_format::{Compression, Timestamp};
-use des_storage::keys::{ShardKey, StoreKey};
-use des_storage::protocol::{RepackJournal, big_ref_ttl, checked, journal};
+use des_storage::keys::ShardKey;
+use des_storage::protocol::{RepackJournal, big_ref_ttl};
 use des_storage::retention::{self as rules_store, Cutoffs};
-use des_storage::tombstones::{AppliedOutcome, TombstoneLog};
+use des_storage::tombstones::{AppliedOutcome, RunMarkers, TombstoneLog};
 use des_storage::{DesStore, Layout, LoadedIndex, ObjectMeta};
 use tokio::runtime::Handle;
 
@@ -61,6 +62,8 @@ use state::{PendingTomb, TombState};
 
 pub const DEFAULT_MIN_GARBAGE_RATIO: f64 = 0.2;
 pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(24 * 3600);
+/// The repacker's first read of a shard: its last this many bytes.
+const INDEX_READ: u64 = 4 << 20;
 pub const DEFAULT_BIG_FILE_GRACE: Duration = Duration::from_secs(3600);
 
 /// Non-exhaustive: start from `default()` and set fields.
@@ -133,13 +136,19 @@ struct Ctx<'a> {
     opts: &'a RepackOptions,
     lease_lost: Arc<AtomicBool>,
     now: Timestamp,
-    /// The shard versions last checked (`des_storage::protocol::checked`).
-    checked: HashMap<ShardKey, String>,
+    /// The shard versions last checked (`des_storage::protocol::checked`),
+    /// saved at the end of the run.
+    checked: Mutex<recheck::Checked>,
     /// The retention rules as of the run's start, if any expire files.
     expiry: Option<expiry::Expiry>,
     /// Some shard was processed under other rules or holds than the run
     /// chose its candidates with: its record must not say otherwise.
     expiry_stale: AtomicBool,
+    /// Tombstones applied this run, merged into segments at its end.
+    applied: Mutex<RunMarkers>,
+    /// Journal entries found and written; an object goes once `applied` is
+    /// merged (it proves its shards' tombstones removed until then).
+    journals: journals::RunJournals,
 }
 
 /// One run. `Err` when the run could not proceed at all (lease held, store
@@ -214,6 +223,16 @@ async fn run_locked(
 ) -> Result<RepackReport> {
     let started = Instant::now();
     let now = opts.now.unwrap_or_else(Timestamp::now);
+    let flat = if opts.reindex {
+        flat_shards(store).await?
+    } else {
+        Vec::new()
+    };
+    // A rewrite reads the whole index anyway: one suffix read that holds it
+    // (up to about 50,000 entries) saves a request per shard.
+    let store = &store
+        .clone()
+        .with_suffix_len(INDEX_READ.max(store.suffix_len()));
     let log = TombstoneLog::new(store);
     let holds = HoldSet::load(store).await?;
     let state = state::load(&log, &holds).await?;
@@ -226,7 +245,13 @@ async fn run_locked(
             + state.held.len() as u64,
         ..RepackReport::default()
     };
-    let checked = recheck::recorded(store).await?;
+    let checked = recheck::Checked::load(store).await?;
+    let pending_shards = state
+        .by_shard
+        .keys()
+        .filter_map(|k| ShardKey::parse(k, Some(store.n_bits())))
+        .collect();
+    let journals = journals::RunJournals::load(store, pending_shards).await?;
     let expiry = expiry::load(store, &holds, rules_store::today(now)).await?;
     let expiring = match &expiry {
         Some(e) => expiry::candidates(store, e, &checked).await?,
@@ -240,14 +265,11 @@ async fn run_locked(
         opts,
         lease_lost,
         now,
-        checked,
+        checked: Mutex::new(checked),
         expiry,
         expiry_stale: AtomicBool::new(false),
-    };
-    let flat = if opts.reindex {
-        flat_shards(store).await?
-    } else {
-        Vec::new()
+        applied: Mutex::default(),
+        journals,
     };
     let order = plan_order(&mut ctx, flat, expiring);
     progress(Progress::Planned {
@@ -279,12 +301,7 @@ async fn run_locked(
     record_expiry_applied(&ctx, &holds, &report).await?;
     if !opts.dry_run {
         check_lease(&ctx)?;
-        let hook = |step| {
-            if let Some(point) = CrashPoint::of_compaction(step) {
-                point.check();
-            }
-        };
-        report.tombstones_compacted = ctx.log.compact_with(&hook).await?.records_merged;
+        report.tombstones_compacted = compact_run(&ctx).await?;
     }
     finish_counts(&ctx, &mut report).await?;
     report.duration_seconds = started.elapsed().as_secs_f64();
@@ -294,6 +311,40 @@ async fn run_locked(
         0.0
     };
     Ok(report)
+}
+
+/// Merges the tombstones applied (this run's, from memory, and any others)
+/// into segments, then removes the journals that proved this run's.
+async fn compact_run(ctx: &Ctx<'_>) -> Result<u64> {
+    let hook = |step| {
+        if let Some(point) = CrashPoint::of_compaction(step) {
+            point.check();
+        }
+    };
+    let applied = std::mem::take(&mut *lock(&ctx.applied));
+    let merged = ctx.log.compact_applied(&applied, &hook).await?;
+    ctx.journals.clear_finished().await?;
+    let mut checked = std::mem::take(&mut *lock(&ctx.checked));
+    checked.save().await?;
+    Ok(merged.records_merged)
+}
+
+/// A poisoned lock only means another task panicked holding it; the data
+/// (append-only lists) is still sound.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The uids of `pending` in `dropped`: what a journal entry must name.
+fn tombstoned(pending: &[PendingTomb], dropped: &HashSet<String>) -> Vec<String> {
+    let mut uids: Vec<String> = pending
+        .iter()
+        .filter(|p| dropped.contains(&p.uid))
+        .map(|p| p.uid.clone())
+        .collect();
+    uids.sort();
+    uids.dedup();
+    uids
 }
 
 /// After a run that processed every expiry candidate, under the rules and
@@ -513,15 +564,17 @@ async fn try_process(
         .cloned()
         .collect();
     let pending = pending.as_slice();
+    // The rules as of the run's start: a rule change binds runs that start
+    // after it (a hold binds the next shard). Re-reading them here would
+    // cost a request per shard.
     let cutoffs = match &ctx.expiry {
         Some(e) => {
-            let fresh = expiry::fresh(ctx.store, e).await?;
-            // A hold placed and released within the run, or new rules,
-            // changed what this shard kept: the next run looks again.
-            if holds.fingerprint() != e.holds || fresh.as_ref() != Some(&e.cutoffs) {
+            // A hold placed and released within the run changed what this
+            // shard kept: the next run looks again.
+            if holds.fingerprint() != e.holds {
                 ctx.expiry_stale.store(true, Ordering::SeqCst);
             }
-            fresh
+            Some(e.cutoffs.clone())
         }
         None => None,
     };
@@ -575,7 +628,7 @@ async fn try_process(
             return Ok(());
         }
         *budget += loaded.object.size;
-        match rewrite_on_thread(ctx, loaded, garbage.drop).await {
+        match rewrite_on_thread(ctx, loaded, pending, garbage.drop).await {
             Err(RepackError::Conflict { .. }) => continue,
             Err(e) => return Err(e),
             Ok(r) => return finish_rewrite(ctx, key, pending, r, out).await,
@@ -595,15 +648,12 @@ async fn mark_without_shard(ctx: &Ctx<'_>, key: &str, pending: &[PendingTomb]) -
         return Ok(0);
     }
     let (objects, shard) = shard_store(ctx, key)?;
-    let journal = journal::read(objects.as_ref(), &shard).await?;
+    let journal = ctx.journals.entry(&objects, &shard).await;
     let removed: HashSet<String> = journal
-        .as_ref()
-        .map(|j| j.dropped.iter().cloned().collect())
+        .map(|j| j.dropped.into_iter().collect())
         .unwrap_or_default();
-    let marked = mark(ctx, key, pending, None, &removed).await?;
-    if journal.is_some() {
-        journal::clear(objects.as_ref(), &shard).await?;
-    }
+    let marked = mark(ctx, key, pending, None, &removed);
+    ctx.journals.done(&shard);
     Ok(marked)
 }
 
@@ -635,13 +685,11 @@ async fn delete_shard(
     let (objects, shard) = shard_store(ctx, key)?;
     bigfiles::register(objects.as_ref(), &garbage.big, key, shard.date).await?;
     let generation = out.generation_before.unwrap_or(0);
-    if !pending.is_empty() {
-        let entry = RepackJournal {
-            generation: generation + 1,
-            dropped: garbage.drop.iter().cloned().collect(),
-        };
-        journal::write(objects.as_ref(), &shard, &entry).await?;
-    }
+    let entry = RepackJournal {
+        generation: generation + 1,
+        dropped: tombstoned(pending, &garbage.drop),
+    };
+    ctx.journals.write(&objects, &shard, &entry).await?;
     CrashPoint::BeforeDelete.check();
     let now = ctx.store.load_index(key).await?;
     let unchanged = now.as_ref().is_none_or(|n| {
@@ -661,16 +709,10 @@ async fn delete_shard(
     CrashPoint::AfterDelete.check();
     out.action = Action::Deleted;
     let dropped = garbage.drop;
-    out.tombstones_marked = mark(ctx, key, pending, None, &dropped).await?;
-    journal::clear(objects.as_ref(), &shard).await?;
+    out.tombstones_marked = mark(ctx, key, pending, None, &dropped);
+    ctx.journals.done(&shard);
     // Its checked record describes an object that no longer exists.
-    if let Some(tag) = ctx.checked.get(&shard) {
-        let record = StoreKey::Checked {
-            shard: shard.clone(),
-            tag: tag.clone(),
-        };
-        objects.delete(&record.to_string()).await?;
-    }
+    lock(&ctx.checked).remove(&objects, &shard);
     Ok(())
 }
 
@@ -690,7 +732,7 @@ async fn nothing_to_remove(
     out.bytes_after = out.bytes_before;
     let generation = out.generation_before;
     let (objects, shard) = shard_store(ctx, key)?;
-    let journal = journal::read(objects.as_ref(), &shard).await?;
+    let journal = ctx.journals.entry(&objects, &shard).await;
     let mut removed = HashSet::new();
     let mut marked_in = generation;
     if let Some(j) = journal.filter(|j| generation.is_some_and(|g| g >= j.generation)) {
@@ -704,10 +746,11 @@ async fn nothing_to_remove(
         .iter()
         .cloned()
         .partition(|p| !removed.contains(&p.uid));
-    out.tombstones_marked = mark(ctx, key, &absent, generation, &HashSet::new()).await?
-        + mark(ctx, key, &gone, marked_in, &removed).await?;
-    journal::clear(objects.as_ref(), &shard).await?;
-    record_checked(ctx, objects.as_ref(), &shard, &loaded.object).await
+    out.tombstones_marked = mark(ctx, key, &absent, generation, &HashSet::new())
+        + mark(ctx, key, &gone, marked_in, &removed);
+    ctx.journals.done(&shard);
+    record_checked(ctx, &objects, &shard, &loaded.object);
+    Ok(())
 }
 
 /// The store holding `key` and the key parsed.
@@ -717,16 +760,17 @@ fn shard_store(ctx: &Ctx<'_>, key: &str) -> Result<(Arc<dyn des_storage::ObjectS
     Ok((ctx.store.objects_for_key(key)?, shard))
 }
 
-/// Records that `version` of the shard was checked against every tombstone.
-async fn record_checked(
+/// Records that `version` of the shard was checked against every tombstone
+/// (saved at the end of the run).
+fn record_checked(
     ctx: &Ctx<'_>,
-    objects: &dyn des_storage::ObjectStore,
+    objects: &Arc<dyn des_storage::ObjectStore>,
     shard: &ShardKey,
     version: &ObjectMeta,
-) -> Result<()> {
-    let old = ctx.checked.get(shard).map(String::as_str);
-    checked::record(objects, shard, &checked::version_tag(version), old).await?;
-    Ok(())
+) {
+    if !ctx.opts.dry_run {
+        lock(&ctx.checked).set(objects, shard, version);
+    }
 }
 
 fn decide(
@@ -761,8 +805,10 @@ fn decide(
 async fn rewrite_on_thread(
     ctx: &Ctx<'_>,
     loaded: LoadedIndex,
+    pending: &[PendingTomb],
     drop: HashSet<String>,
 ) -> Result<Rewritten> {
+    let key = loaded.key.clone();
     let input = RewriteInput {
         store: ctx.store.clone(),
         loaded,
@@ -770,6 +816,8 @@ async fn rewrite_on_thread(
         recompress: ctx.opts.recompress,
         recompress_dict: ctx.opts.recompress_dict.clone(),
         lease_lost: Arc::clone(&ctx.lease_lost),
+        journal: ctx.journals.writer(&ctx.store.objects_for_key(&key)?),
+        tombstoned: pending.iter().map(|p| p.uid.clone()).collect(),
     };
     let handle = Handle::current();
     tokio::task::spawn_blocking(move || rewrite::rewrite(&handle, &input))
@@ -784,7 +832,6 @@ async fn finish_rewrite(
     r: Rewritten,
     out: &mut ShardOutcome,
 ) -> Result<()> {
-    read_back(ctx.store, key, &r).await?;
     CrashPoint::AfterPublish.check();
     out.action = Action::Rewritten;
     out.generation_after = Some(r.generation);
@@ -793,58 +840,32 @@ async fn finish_rewrite(
     out.bytes_after = r.bytes_after;
     out.bytes_read = r.bytes_read;
     let dropped: HashSet<String> = r.dropped.iter().cloned().collect();
-    out.tombstones_marked = mark(ctx, key, pending, Some(r.generation), &dropped).await?;
+    out.tombstones_marked = mark(ctx, key, pending, Some(r.generation), &dropped);
     CrashPoint::AfterMark.check();
     let (objects, shard) = shard_store(ctx, key)?;
-    journal::clear(objects.as_ref(), &shard).await?;
+    ctx.journals.done(&shard);
     let published = ObjectMeta {
         key: key.to_string(),
         size: r.bytes_after,
         etag: r.etag.clone(),
     };
-    record_checked(ctx, objects.as_ref(), &shard, &published).await
-}
-
-/// Reads the published shard back: whatever generation is there now must
-/// not list a dropped file (a writer ignoring our generation would bring
-/// them back).
-async fn read_back(store: &DesStore, key: &str, r: &Rewritten) -> Result<()> {
-    let loaded = store
-        .load_index(key)
-        .await?
-        .ok_or_else(|| RepackError::shard(key, "vanished right after it was published"))?;
-    let generation = loaded.index.trailer().map_or(0, |t| t.generation);
-    if generation < r.generation {
-        return Err(RepackError::shard(
-            key,
-            format!(
-                "reads back generation {generation}, not the {} published",
-                r.generation
-            ),
-        ));
-    }
-    if let Some(uid) = r.dropped.iter().find(|u| loaded.find(u).is_some()) {
-        return Err(RepackError::shard(
-            key,
-            format!("deleted uid {uid:?} is back: a concurrent writer replaced the shard"),
-        ));
-    }
+    record_checked(ctx, &objects, &shard, &published);
     Ok(())
 }
 
 /// Marks `pending` applied: those whose uid is in `removed` as removed in
-/// `generation`, the rest as absent from it. One batch marker per store
-/// (all of a shard's tombstones live in one store, so usually one object).
-/// Returns how many tombstones were marked.
-async fn mark(
+/// `generation`, the rest as absent from it. In memory until the run's
+/// compaction merges them (a crash before leaves them pending, and the
+/// shard's journal proves which were removed). Returns how many were marked.
+fn mark(
     ctx: &Ctx<'_>,
     key: &str,
     pending: &[PendingTomb],
     generation: Option<u64>,
     removed: &HashSet<String>,
-) -> Result<u64> {
+) -> u64 {
     if ctx.opts.dry_run {
-        return Ok(0);
+        return 0;
     }
     let mut by_store: std::collections::BTreeMap<usize, Vec<(String, AppliedOutcome)>> =
         std::collections::BTreeMap::new();
@@ -859,12 +880,11 @@ async fn mark(
             .or_default()
             .push((p.at.name.name.clone(), outcome));
     }
+    let mut applied = lock(&ctx.applied);
     for (store, names) in by_store {
-        ctx.log
-            .mark_applied_batch(store, key, generation, &names)
-            .await?;
+        applied.add(store, key, generation, &names);
     }
-    Ok(pending.len() as u64)
+    pending.len() as u64
 }
 
 /// Pending and held counts after the run, from a fresh listing.

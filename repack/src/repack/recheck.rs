@@ -1,6 +1,6 @@
 //! Which shards to re-check: those some tombstone routes to whose current
 //! version differs from the one last checked (`des_storage::protocol::
-//! checked`). One listing of the records per store, one listing of each
+//! checked`). One read of the records per store, one listing of each
 //! date directory that holds such shards: the cost follows the number of
 //! days with deletions that the retention rules keep, not the number of
 //! tombstones.
@@ -9,19 +9,62 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use des_storage::keys::ShardKey;
-use des_storage::protocol::checked;
-use des_storage::{DesStore, ObjectStore, ObjectStoreExt};
+use des_storage::protocol::checked::{self, Versions};
+use des_storage::{DesStore, ObjectMeta, ObjectStore, ObjectStoreExt};
 
-use super::Ctx;
+use super::{Ctx, lock};
 use crate::error::Result;
 
-/// Every recorded (shard, tag), over all stores of the placement.
-pub(super) async fn recorded(store: &DesStore) -> Result<HashMap<ShardKey, String>> {
-    let mut out = HashMap::new();
-    for objects in store.placement().stores() {
-        out.extend(checked::recorded(objects.as_ref()).await?);
+/// The checked versions of every store of the placement (a shard's record
+/// lives in the store holding the shard).
+#[derive(Default)]
+pub(super) struct Checked {
+    stores: Vec<(Arc<dyn ObjectStore>, Versions)>,
+}
+
+impl Checked {
+    /// One listing (and one map read) per store.
+    pub async fn load(store: &DesStore) -> Result<Self> {
+        let mut stores = Vec::new();
+        for objects in store.placement().stores() {
+            let versions = Versions::load(objects.as_ref()).await?;
+            stores.push((objects, versions));
+        }
+        Ok(Self { stores })
     }
-    Ok(out)
+
+    pub fn get(&self, shard: &ShardKey) -> Option<&String> {
+        self.stores.iter().find_map(|(_, v)| v.get(shard))
+    }
+
+    fn of(&mut self, owner: &Arc<dyn ObjectStore>) -> Option<&mut Versions> {
+        self.stores
+            .iter_mut()
+            .find(|(o, _)| Arc::ptr_eq(o, owner))
+            .map(|(_, v)| v)
+    }
+
+    /// Records that this version of the shard was checked.
+    pub fn set(&mut self, owner: &Arc<dyn ObjectStore>, shard: &ShardKey, version: &ObjectMeta) {
+        if let Some(v) = self.of(owner) {
+            v.set(shard, checked::version_tag(version));
+        }
+    }
+
+    /// Forgets a shard whose object is gone.
+    pub fn remove(&mut self, owner: &Arc<dyn ObjectStore>, shard: &ShardKey) {
+        if let Some(v) = self.of(owner) {
+            v.remove(shard);
+        }
+    }
+
+    /// Writes each store's map that changed (one request each).
+    pub async fn save(&mut self) -> Result<()> {
+        for (objects, versions) in &mut self.stores {
+            versions.save(objects.as_ref()).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Shard keys to re-check, in key order; `done` were processed this run.
@@ -64,7 +107,7 @@ pub(super) async fn changed(ctx: &Ctx<'_>, done: &HashSet<String>) -> Result<Vec
             let Some(meta) = listed.get(&key) else {
                 continue;
             };
-            if ctx.checked.get(&shard) != Some(&checked::version_tag(meta)) {
+            if lock(&ctx.checked).get(&shard) != Some(&checked::version_tag(meta)) {
                 out.push(key);
             }
         }

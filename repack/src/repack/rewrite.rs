@@ -18,7 +18,8 @@ use des_format::v3::{self, EntryRef, ShardIdent, ShardWriter, Trailer};
 use des_format::{Codec, Compression, ContentDigest, Timestamp, codec};
 use des_storage::bridge::{BlockingStreamReader, SyncObjectWriter};
 use des_storage::keys::ShardKey;
-use des_storage::protocol::{PublishError, RepackJournal, ShardPublish, journal};
+use des_storage::protocol::journal::RunJournal;
+use des_storage::protocol::{PublishError, RepackJournal, ShardPublish};
 use des_storage::{ByteRange, DesStore, GetOptions, Layout, LoadedIndex, ObjectStore, PutOptions};
 use tokio::runtime::Handle;
 
@@ -44,6 +45,10 @@ pub struct RewriteInput {
     pub recompress_dict: Option<super::dicts::RecompressDict>,
     /// Raised when the lease is lost: publishing must not happen then.
     pub lease_lost: Arc<AtomicBool>,
+    /// Where the run journals what it drops.
+    pub journal: Option<Arc<RunJournal>>,
+    /// uids with a tombstone pending: the journal names those dropped.
+    pub tombstoned: HashSet<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -119,9 +124,16 @@ pub fn rewrite(handle: &Handle, input: &RewriteInput) -> Result<Rewritten> {
         .ok_or_else(|| RepackError::shard(key, "not a shard key"))?;
     let entry = RepackJournal {
         generation: ident.generation,
-        dropped: out.dropped.clone(),
+        dropped: out
+            .dropped
+            .iter()
+            .filter(|u| input.tombstoned.contains(*u))
+            .cloned()
+            .collect(),
     };
-    handle.block_on(journal::write(objects.as_ref(), &shard, &entry))?;
+    if let Some(journal) = input.journal.as_ref().filter(|_| !entry.dropped.is_empty()) {
+        handle.block_on(journal.add(&shard, &entry))?;
+    }
     CrashPoint::BeforePublish.check();
     if input.lease_lost.load(Ordering::SeqCst) {
         return Err(RepackError::LeaseLost {

@@ -21,12 +21,23 @@ pub(super) fn mask_key(key: &str) -> String {
 
 fn mask_crc(key: &str) -> String {
     for ext in [".jsonl", ".seg"] {
-        if let Some(stem) = key.strip_suffix(ext)
-            && key.starts_with("_tombstones/")
-            && let Some((head, crc)) = stem.rsplit_once('-')
+        let Some(stem) = key.strip_suffix(ext) else {
+            continue;
+        };
+        if !key.starts_with("_tombstones/") {
+            continue;
+        }
+        // A segment's name may end with its record count after the checksum.
+        let (stem, count) = match stem.rsplit_once('-') {
+            Some((s, n)) if ext == ".seg" && n.bytes().all(|b| b.is_ascii_digit()) => {
+                (s, format!("-{n}"))
+            }
+            _ => (stem, String::new()),
+        };
+        if let Some((head, crc)) = stem.rsplit_once('-')
             && crc.len() == 8
         {
-            return format!("{head}-<crc>{ext}");
+            return format!("{head}-<crc>{count}{ext}");
         }
     }
     key.to_string()

@@ -12,7 +12,7 @@
 //! Still read: one [`AppliedMarker`] per tombstone under the tombstone's own
 //! name (stores written before batches).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
 use des_format::Timestamp;
@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::key::APPLIED_PREFIX;
 use super::key::parse_name;
-use super::log::{LoggedName, TombstoneLog, list_names};
+use super::log::{LoggedName, TombstoneLog};
 use crate::error::{Error, ErrorKind, Result};
 use crate::object::{ByteRange, ObjectStoreExt, PutMode, PutOptions};
 
@@ -73,7 +73,22 @@ pub struct AppliedBatch {
     pub applied_at: String,
     /// Log names (under `_tombstones/`) and what the repacker found.
     pub names: BTreeMap<String, AppliedOutcome>,
+    /// A run's batch (`_tombstones_applied/_run/<time>.json`, `shard_key`
+    /// [`RUN_SHARD`]): where each name was applied. Readers that predate it
+    /// ignore it and still see every name applied.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub places: BTreeMap<String, Place>,
 }
+
+/// A name's shard and generation in a run's batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Place {
+    pub shard_key: String,
+    pub generation: Option<u64>,
+}
+
+/// The `shard_key` of a run's batch, whose names span shards.
+pub const RUN_SHARD: &str = "*";
 
 impl AppliedBatch {
     pub fn key(shard_key: &str, generation: Option<u64>) -> String {
@@ -94,7 +109,73 @@ impl AppliedBatch {
 
     /// Per-tombstone markers of every name.
     pub fn markers(&self) -> impl Iterator<Item = (&String, AppliedMarker)> {
-        self.names.iter().map(|(n, o)| (n, self.marker(*o)))
+        self.names.iter().map(|(n, o)| {
+            let mut m = self.marker(*o);
+            if let Some(p) = self.places.get(n) {
+                m.shard_key.clone_from(&p.shard_key);
+                m.generation = p.generation;
+            }
+            (n, m)
+        })
+    }
+}
+
+/// Markers a repack run holds in memory until its compaction merges them
+/// ([`TombstoneLog::compact_applied`]): log name → marker, per store.
+#[derive(Debug, Clone, Default)]
+pub struct RunMarkers(pub(crate) BTreeMap<usize, HashMap<String, AppliedMarker>>);
+
+impl RunMarkers {
+    /// Records that `names` (log names in store `store`, all routed to
+    /// `shard_key`) are applied at `generation`.
+    pub fn add(
+        &mut self,
+        store: usize,
+        shard_key: &str,
+        generation: Option<u64>,
+        names: &[(String, AppliedOutcome)],
+    ) {
+        let of_store = self.0.entry(store).or_default();
+        for (name, outcome) in names {
+            of_store.insert(
+                name.clone(),
+                AppliedMarker::new(shard_key, generation, *outcome),
+            );
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.values().map(HashMap::len).sum()
+    }
+
+    /// One store's markers as one batch, and the key to write it to.
+    pub(crate) fn batch(markers: &HashMap<String, AppliedMarker>) -> (String, AppliedBatch) {
+        let now = Timestamp::now();
+        let batch = AppliedBatch {
+            shard_key: RUN_SHARD.to_string(),
+            generation: None,
+            applied_at: now.to_rfc3339(),
+            names: markers
+                .iter()
+                .map(|(n, m)| (n.clone(), m.outcome))
+                .collect(),
+            places: markers
+                .iter()
+                .map(|(n, m)| {
+                    let place = Place {
+                        shard_key: m.shard_key.clone(),
+                        generation: m.generation,
+                    };
+                    (n.clone(), place)
+                })
+                .collect(),
+        };
+        let key = format!("{APPLIED_PREFIX}_run/{}.json", super::key::format_time(now));
+        (key, batch)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -127,6 +208,7 @@ impl TombstoneLog {
                 generation,
                 applied_at: String::new(),
                 names: BTreeMap::new(),
+                places: BTreeMap::new(),
             },
             Err(e) => return Err(e),
         };
@@ -142,10 +224,24 @@ impl TombstoneLog {
 
     /// Every batch marker of store `store`, with its key.
     pub async fn applied_batches(&self, store: usize) -> Result<Vec<(String, AppliedBatch)>> {
+        Ok(self.applied_state(store).await?.1)
+    }
+
+    /// From one listing of store `store`'s markers: the log names with a
+    /// marker of their own (stores written before batches), and every
+    /// batch with its key.
+    pub(crate) async fn applied_state(
+        &self,
+        store: usize,
+    ) -> Result<(HashSet<String>, Vec<(String, AppliedBatch)>)> {
         let objects = self.objects(store)?;
+        let mut own = HashSet::new();
         let mut out = Vec::new();
         for meta in objects.list_all(APPLIED_PREFIX).await? {
             if !is_batch_key(&meta.key) {
+                if let Some(n) = meta.key.strip_prefix(APPLIED_PREFIX).and_then(parse_name) {
+                    own.insert(n.name);
+                }
                 continue;
             }
             match objects.get_range(&meta.key, ByteRange::All).await {
@@ -157,7 +253,7 @@ impl TombstoneLog {
                 Err(e) => return Err(e),
             }
         }
-        Ok(out)
+        Ok((own, out))
     }
 
     /// Log name → marker, from the batches of store `store`.
@@ -209,12 +305,11 @@ impl TombstoneLog {
     /// from two listings per store.
     pub async fn names_by_state(&self) -> Result<(Vec<LoggedName>, Vec<LoggedName>)> {
         let all = self.list_all_names().await?;
-        let mut applied = std::collections::HashSet::new();
-        for (i, objects) in self.stores().iter().enumerate() {
-            for name in list_names(objects.as_ref(), APPLIED_PREFIX, None).await? {
-                applied.insert((i, name.name));
-            }
-            for (_, batch) in self.applied_batches(i).await? {
+        let mut applied = HashSet::new();
+        for i in 0..self.stores().len() {
+            let (own, batches) = self.applied_state(i).await?;
+            applied.extend(own.into_iter().map(|n| (i, n)));
+            for (_, batch) in batches {
                 applied.extend(batch.names.into_keys().map(|n| (i, n)));
             }
         }

@@ -19,8 +19,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use super::log::TombstoneLog;
 use super::segment::{
-    CompactReport, CompactStep, MAX_SEGMENT_RECORDS, SegmentRecord, decode_segment, header_count,
-    list_segments, verify_segment, write_segment,
+    CompactReport, CompactStep, MAX_SEGMENT_RECORDS, SegmentRecord, count_in_name, decode_segment,
+    header_count, list_segments, verify_segment, write_segment,
 };
 use crate::error::{ErrorKind, Result};
 use crate::object::{ByteRange, ObjectStore, ObjectStoreExt};
@@ -44,8 +44,12 @@ fn tier(count: usize) -> Option<u32> {
     None
 }
 
-/// The record count of a segment, from its header (one small ranged read).
+/// The record count of a segment: from its name, else from its header
+/// (one small ranged read).
 async fn segment_count(objects: &dyn ObjectStore, key: &str) -> Result<usize> {
+    if let Some(n) = count_in_name(key) {
+        return Ok(n);
+    }
     let head = ByteRange::Bounded { start: 0, end: 16 };
     let (_, b) = objects.get_range(key, head).await?;
     header_count(key, &b)
@@ -106,6 +110,15 @@ impl TombstoneLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_segment_name_carries_its_count_and_old_names_do_not() {
+        let new = "_tombstones/segments/20261206T063751622314Z-7a964e08-1000.seg";
+        assert_eq!(count_in_name(new), Some(1000));
+        let old = "_tombstones/segments/20261206T063751622314Z-7a964e08.seg";
+        assert_eq!(count_in_name(old), None);
+        assert_eq!(count_in_name("_tombstones/segments/x-y-z.seg"), None);
+    }
 
     #[test]
     fn tiers_grow_by_the_fan_in_and_stop_below_the_cap() {

@@ -8,7 +8,7 @@ use des_format::Timestamp;
 use super::tests::{compact_crashing_at, store};
 use super::*;
 use crate::MemoryStore;
-use crate::object::ObjectStoreExt;
+use crate::object::{ObjectStore, ObjectStoreExt};
 
 /// One compaction's worth: `n` tombstones logged, applied and compacted
 /// into one segment; the compaction crashes at `crash`, if given.
@@ -105,4 +105,34 @@ async fn a_crash_while_merging_loses_nothing_and_is_finished_next_time() {
             10
         ));
     }
+}
+
+/// Segments named before names carried their record count are asked their
+/// header, and merge with newer ones.
+#[tokio::test]
+async fn segments_with_old_names_merge_with_new_ones() {
+    let (store, mem) = store().await;
+    let log = TombstoneLog::new(&store);
+    for run in 0..MERGE_FANIN / 2 {
+        one_segment(&log, run, 20, None).await;
+    }
+    for meta in mem.list_all(SEGMENT_PREFIX).await.unwrap() {
+        let (_, body) = mem
+            .get_range(&meta.key, crate::ByteRange::All)
+            .await
+            .unwrap();
+        let stem = meta.key.strip_suffix(".seg").unwrap();
+        let old = format!("{}.seg", stem.rsplit_once('-').unwrap().0);
+        assert_ne!(old, meta.key);
+        mem.put(&old, body, crate::PutOptions::default())
+            .await
+            .unwrap();
+        mem.delete(&meta.key).await.unwrap();
+    }
+    for run in MERGE_FANIN / 2..MERGE_FANIN {
+        one_segment(&log, run, 20, None).await;
+    }
+    assert_eq!(segment_count(&mem).await, 1, "merged at the eighth");
+    let set = TombstoneSet::load(&log).await.unwrap();
+    assert!(all_seen(&set, MERGE_FANIN, 20));
 }

@@ -138,7 +138,7 @@ mod set;
 #[cfg(test)]
 mod tests;
 
-pub use applied::{AppliedBatch, AppliedMarker, AppliedOutcome};
+pub use applied::{AppliedBatch, AppliedMarker, AppliedOutcome, RunMarkers};
 pub use bundle::MAX_BUNDLE;
 pub use key::{
     APPLIED_PREFIX, BundleName, LOG_PREFIX, LogName, encode_bundle_name, format_time,

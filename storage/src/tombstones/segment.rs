@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::applied::AppliedMarker;
+use super::applied::{AppliedBatch, AppliedMarker, RunMarkers};
 use super::bundle::fully_gone;
 use super::key::{APPLIED_PREFIX, LOG_PREFIX, LogName, format_time, parse_name};
 use super::log::{LoggedName, TombstoneLog, list_names};
@@ -24,8 +24,10 @@ const VERSION: u32 = 1;
 const HEADER_LEN: usize = 16;
 /// Date u32, hash u64, shard index u32.
 const ENTRY_LEN: usize = 16;
-/// The first ranged read of a segment; larger lookup sections need a second.
-const FIRST_READ: u64 = 64 * 1024;
+/// The first ranged read of a segment: the whole lookup section of every
+/// segment a merge can still take (under 65,536 records, see `merge.rs`),
+/// so only top-tier segments need a second request.
+const FIRST_READ: u64 = (HEADER_LEN + 65_536 * ENTRY_LEN + 4) as u64;
 const ZSTD_LEVEL: i32 = 3;
 
 /// The 64-bit key of `(uid, date)` in lookup sections and readers: the
@@ -178,6 +180,18 @@ pub fn decode_segment(key: &str, b: &[u8]) -> Result<(Vec<LookupEntry>, Vec<Segm
     Ok((lookup, records))
 }
 
+/// The record count a segment's name carries, if it carries one
+/// (`<newest>-<crc>-<count>.seg`).
+pub(crate) fn count_in_name(key: &str) -> Option<usize> {
+    let stem = key.strip_prefix(SEGMENT_PREFIX)?.strip_suffix(".seg")?;
+    let mut parts = stem.split('-');
+    let (_, _, count) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    count.parse().ok()
+}
+
 /// Keys of every segment in `objects`, in name (time) order.
 pub(crate) async fn list_segments(objects: &dyn ObjectStore) -> Result<Vec<String>> {
     let mut out = Vec::new();
@@ -325,9 +339,25 @@ impl TombstoneLog {
 
     /// [`compact`](Self::compact), calling `hook` after each step.
     pub async fn compact_with(&self, hook: &(dyn Fn(CompactStep) + Sync)) -> Result<CompactReport> {
+        self.compact_applied(&RunMarkers::default(), hook).await
+    }
+
+    /// [`compact_with`](Self::compact_with), also merging the tombstones a
+    /// repack run applied and holds only in memory (`run`). Such a run
+    /// writes no marker per shard: the journal of each shard it rewrote
+    /// stays until this returns, so a crash before the segment is written
+    /// leaves the tombstones pending and the journal proving them removed.
+    /// Markers are written only for names whose record object (a bundle
+    /// with members still pending) outlives the compaction.
+    pub async fn compact_applied(
+        &self,
+        run: &RunMarkers,
+        hook: &(dyn Fn(CompactStep) + Sync),
+    ) -> Result<CompactReport> {
         let mut report = CompactReport::default();
         for (store, objects) in self.stores().iter().enumerate() {
-            self.compact_store(store, objects.as_ref(), hook, &mut report)
+            let in_run = run.0.get(&store).cloned().unwrap_or_default();
+            self.compact_store(store, objects.as_ref(), in_run, hook, &mut report)
                 .await?;
             self.merge_segments(objects.as_ref(), hook, &mut report)
                 .await?;
@@ -339,24 +369,24 @@ impl TombstoneLog {
         &self,
         store: usize,
         objects: &dyn ObjectStore,
+        in_run: HashMap<String, AppliedMarker>,
         hook: &(dyn Fn(CompactStep) + Sync),
         report: &mut CompactReport,
     ) -> Result<()> {
         // Records first, then markers: a marker exists only for a record
         // listed already (or one deleted by a compaction: an orphan).
         let records: Vec<LogName> = list_names(objects, LOG_PREFIX, None).await?;
-        let own: HashSet<String> = list_names(objects, APPLIED_PREFIX, None)
-            .await?
-            .into_iter()
-            .map(|n| n.name)
-            .collect();
-        let batches = self.applied_batches(store).await?;
+        let (own, mut batches) = self.applied_state(store).await?;
         let mut from_batches: HashMap<String, AppliedMarker> = HashMap::new();
         for (_, batch) in &batches {
             for (name, marker) in batch.markers() {
                 from_batches.insert(name.clone(), marker);
             }
         }
+        if let Some(run) = self.write_run_batch(objects, &in_run).await? {
+            batches.push(run);
+        }
+        from_batches.extend(in_run);
         let recorded: HashSet<&str> = records.iter().map(|n| n.name.as_str()).collect();
         let applied: Vec<&LogName> = records
             .iter()
@@ -448,6 +478,27 @@ impl TombstoneLog {
 }
 
 impl TombstoneLog {
+    /// Writes a run's markers as one batch before anything is merged: a
+    /// crash at any later step then leaves them marked, as markers written
+    /// per shard would. The batch goes with the others, once none of its
+    /// names is still a record.
+    async fn write_run_batch(
+        &self,
+        objects: &dyn ObjectStore,
+        in_run: &HashMap<String, AppliedMarker>,
+    ) -> Result<Option<(String, AppliedBatch)>> {
+        if in_run.is_empty() {
+            return Ok(None);
+        }
+        let (key, batch) = RunMarkers::batch(in_run);
+        let body = serde_json::to_vec(&batch).map_err(|e| Error::other("applied batch", e))?;
+        let put = PutOptions {
+            mode: PutMode::Overwrite,
+        };
+        objects.put(&key, Bytes::from(body), put).await?;
+        Ok(Some((key, batch)))
+    }
+
     /// The segment records of `chunk` (applied names of store `store`):
     /// each bundle is read once; a name gone meanwhile is left out.
     async fn merge_records(
@@ -500,7 +551,9 @@ pub(crate) async fn write_segment(
     // The checksum the segment ends with (a CRC over data followed by its
     // own CRC is a constant, so that would name every segment alike).
     let crc = le_u32(&body, body.len() - 4).unwrap_or_default();
-    let key = format!("{SEGMENT_PREFIX}{newest}-{crc:08x}.seg");
+    // The record count in the name lets merging pick segments from a
+    // listing alone (segments named before it are asked their header).
+    let key = format!("{SEGMENT_PREFIX}{newest}-{crc:08x}-{}.seg", merged.len());
     let create = PutOptions {
         mode: PutMode::Create,
     };
