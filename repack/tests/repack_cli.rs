@@ -314,22 +314,27 @@ fn applied_markers(root: &std::path::Path) -> usize {
     files_under(root, des_storage::tombstones::APPLIED_PREFIX)
 }
 
-/// Distinct shards the journal objects of the store at `root` name (a
-/// journal being written, or unreadable, names none yet).
-fn journaled_shards(root: &std::path::Path) -> usize {
-    let run = root.join("_des/journal/_run");
-    let mut shards = std::collections::BTreeSet::new();
-    for entry in std::fs::read_dir(run).into_iter().flatten().flatten() {
-        let Ok(body) = std::fs::read(entry.path()) else {
+/// Each shard file's inode: a publish renames a new file into place.
+fn shard_versions(root: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    for day in std::fs::read_dir(root).unwrap().flatten() {
+        let name = day.file_name().to_string_lossy().into_owned();
+        if name.len() != 8 || !name.bytes().all(|b| b.is_ascii_digit()) {
             continue;
-        };
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body)
-            && let Some(m) = v["shards"].as_object()
+        }
+        for f in std::fs::read_dir(day.path())
+            .into_iter()
+            .flatten()
+            .flatten()
         {
-            shards.extend(m.keys().cloned());
+            let file = f.file_name().to_string_lossy().into_owned();
+            if let (true, Ok(meta)) = (file.ends_with(".des"), f.metadata()) {
+                out.insert(format!("{name}/{file}"), meta.ino());
+            }
         }
     }
-    shards.len()
+    out
 }
 
 /// Files under `prefix` of the store at `root`, at any depth (not the
@@ -399,15 +404,14 @@ fn sigkill_at_any_moment_never_loses_a_live_file() {
     let root = s.root_str();
     // Kill each run at a moment it is observed doing something: alternately
     // while a new shard generation is being written (its temp file exists)
-    // and right after it journaled a shard no run journaled before (so the
-    // shard before it is published, its tombstones marked only in memory).
-    // Each killed run makes some progress, so the kills land at different
-    // steps.
+    // and right after it published one (its tombstones marked only in
+    // memory, proven by the journal). Each killed run makes some progress,
+    // so the kills land at different steps.
     let (mut kills, mut mid_write) = (0, 0);
     let mut finished = false;
     for i in 0..200 {
         let temps = shard_temp_files(s.root());
-        let journaled = journaled_shards(s.root());
+        let published = shard_versions(s.root());
         let mut child = bin("des-repack")
             .args(["--store", &root, "--min-garbage-ratio", "0", "--quiet"])
             .args(["--lease-ttl", "300ms", "--big-file-grace", "0s"])
@@ -423,7 +427,7 @@ fn sigkill_at_any_moment_never_loses_a_live_file() {
                 break;
             }
             let writing = shard_temp_files(s.root()).difference(&temps).count() > 0;
-            if (i % 2 == 0 && writing) || (i % 2 == 1 && journaled_shards(s.root()) > journaled) {
+            if (i % 2 == 0 && writing) || (i % 2 == 1 && shard_versions(s.root()) != published) {
                 // SIGKILL: no cleanup, no lease release.
                 child.kill().unwrap();
                 let _ = child.wait();

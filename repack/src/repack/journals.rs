@@ -3,7 +3,7 @@
 //! prove removed), the chunks this run writes before each publish, and which
 //! objects can go once the run's markers are merged.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use des_storage::keys::ShardKey;
@@ -62,6 +62,24 @@ impl RunJournals {
         }
         if let Some(run) = self.writer(owner) {
             run.add(shard, entry).await?;
+        }
+        Ok(())
+    }
+
+    /// Journals entries of shards of several stores (by position in the
+    /// placement): one request per store.
+    pub async fn write_many(&self, entries: Vec<(usize, ShardKey, RepackJournal)>) -> Result<()> {
+        let mut by_store: BTreeMap<usize, Vec<(ShardKey, RepackJournal)>> = BTreeMap::new();
+        for (pos, shard, entry) in entries
+            .into_iter()
+            .filter(|(_, _, e)| !e.dropped.is_empty())
+        {
+            by_store.entry(pos).or_default().push((shard, entry));
+        }
+        for (pos, entries) in by_store {
+            if let Some((_, _, run)) = self.stores.get(pos) {
+                run.add_many(&entries).await?;
+            }
         }
         Ok(())
     }

@@ -33,6 +33,7 @@ mod rewrite;
 pub mod state;
 #[cfg(test)]
 mod tests;
+mod window;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -277,15 +278,22 @@ async fn run_locked(
     });
     let mut budget = 0u64;
     let mut done = HashSet::new();
-    for (key, pending, trigger) in order {
-        let outcome = process_shard(&ctx, &key, &pending, trigger, &mut budget).await;
-        done.insert(key);
-        progress(Progress::ShardDone(&outcome));
-        report.add(outcome);
-        check_lease(&ctx)?;
+    let mut rest = order.as_slice();
+    while !rest.is_empty() {
+        let (mut ahead, taken) = window::read_ahead(&ctx, rest).await;
+        let (window, after) = rest.split_at(taken.min(rest.len()));
+        rest = after;
+        for (key, pending, trigger) in window {
+            let first = ahead.remove(key);
+            let outcome = process_shard(&ctx, key, pending, *trigger, &mut budget, first).await;
+            done.insert(key.clone());
+            progress(Progress::ShardDone(&outcome));
+            report.add(outcome);
+            check_lease(&ctx)?;
+        }
     }
     for key in recheck::changed(&ctx, &done).await? {
-        let outcome = process_shard(&ctx, &key, &[], Trigger::Recheck, &mut budget).await;
+        let outcome = process_shard(&ctx, &key, &[], Trigger::Recheck, &mut budget, None).await;
         progress(Progress::ShardDone(&outcome));
         report.add(outcome);
         check_lease(&ctx)?;
@@ -458,6 +466,7 @@ async fn process_shard(
     pending: &[PendingTomb],
     trigger: Trigger,
     budget: &mut u64,
+    first: Option<Option<LoadedIndex>>,
 ) -> ShardOutcome {
     let started = Instant::now();
     let mut out = ShardOutcome::new(key, Action::Failed, "error");
@@ -466,7 +475,7 @@ async fn process_shard(
         .iter()
         .map(|p| age_seconds(ctx.now, p.logged_at()))
         .fold(0.0, f64::max);
-    if let Err(e) = try_process(ctx, key, pending, trigger, budget, &mut out).await {
+    if let Err(e) = try_process(ctx, key, pending, trigger, budget, first, &mut out).await {
         out.action = Action::Failed;
         out.reason = "error".into();
         out.error = Some(e.to_string());
@@ -546,12 +555,15 @@ fn assess(
     })
 }
 
+/// `first`: the shard's index if it was read ahead (used by the first
+/// attempt only: a rebuild after a conflict reads it again).
 async fn try_process(
     ctx: &Ctx<'_>,
     key: &str,
     pending: &[PendingTomb],
     trigger: Trigger,
     budget: &mut u64,
+    mut first: Option<Option<LoadedIndex>>,
     out: &mut ShardOutcome,
 ) -> Result<()> {
     // Holds are read again for every shard: one placed while the run goes on
@@ -579,7 +591,11 @@ async fn try_process(
         None => None,
     };
     for _ in 0..=ctx.opts.conflict_retries {
-        let Some(loaded) = ctx.store.load_index(key).await? else {
+        let loaded = match first.take() {
+            Some(read) => read,
+            None => ctx.store.load_index(key).await?,
+        };
+        let Some(loaded) = loaded else {
             out.action = Action::NothingToRemove;
             out.reason = "no_shard".into();
             out.tombstones_marked = mark_without_shard(ctx, key, pending).await?;

@@ -144,17 +144,33 @@ impl RunJournal {
     }
 
     /// Durably records `j` for `shard` (one PUT) before its generation is
-    /// published.
+    /// published; nothing when an entry of this run already covers it.
     pub async fn add(&self, shard: &ShardKey, j: &RepackJournal) -> Result<()> {
+        self.add_many(&[(shard.clone(), j.clone())]).await
+    }
+
+    /// Records several entries with one PUT (a run reading ahead journals
+    /// what the shards it read will drop). Entries that one already written
+    /// covers (same generation, no uid it lacks) are left out.
+    pub async fn add_many(&self, entries: &[(ShardKey, RepackJournal)]) -> Result<()> {
         let mut st = self.state.lock().await;
+        let fresh: Vec<&(ShardKey, RepackJournal)> = entries
+            .iter()
+            .filter(|(s, j)| !st.entries.get(s).is_some_and(|old| covers(old, j)))
+            .collect();
+        if fresh.is_empty() {
+            return Ok(());
+        }
         if st.uids >= CHUNK_UIDS {
             st.seq += 1;
             st.chunk = Chunk::default();
             st.uids = 0;
         }
-        st.uids += j.dropped.len().max(1);
-        st.chunk.shards.insert(shard.to_string(), j.clone());
-        st.entries.insert(shard.clone(), j.clone());
+        for (shard, j) in fresh {
+            st.uids += j.dropped.len().max(1);
+            st.chunk.shards.insert(shard.to_string(), j.clone());
+            st.entries.insert(shard.clone(), j.clone());
+        }
         let key = format!("{}{}-{:04}.json", run_prefix(), st.started, st.seq);
         let body = serde_json::to_vec(&st.chunk).map_err(|e| Error::other("repack journal", e))?;
         let put = PutOptions {
@@ -188,6 +204,13 @@ impl RunJournal {
     pub async fn get(&self, shard: &ShardKey) -> Option<RepackJournal> {
         self.state.lock().await.entries.get(shard).cloned()
     }
+}
+
+/// Does `old` prove everything `new` would? Same generation, and every uid
+/// `new` names (a superset is fine: recovery only counts a named uid as
+/// removed once it is gone from the shard).
+fn covers(old: &RepackJournal, new: &RepackJournal) -> bool {
+    old.generation == new.generation && new.dropped.iter().all(|u| old.dropped.contains(u))
 }
 
 /// Deletes journal objects (a missing one is fine: a re-run after a crash).
@@ -248,6 +271,33 @@ mod tests {
         assert_eq!(run.finished(|_| true).await, done);
         clear(objects.as_ref(), &done).await.unwrap();
         assert!(mem.list_all(JOURNAL_PREFIX).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_entry_already_covered_costs_no_request() {
+        let mem = Arc::new(MemoryStore::new());
+        let objects: Arc<dyn ObjectStore> = mem.clone();
+        let run = RunJournal::new(Arc::clone(&objects));
+        let a = ShardKey::new(20240517, 0x5C, 8);
+        let b = ShardKey::new(20240517, 0x5D, 8);
+        run.add_many(&[
+            (a.clone(), entry(2, &["x", "y"])),
+            (b.clone(), entry(4, &["z"])),
+        ])
+        .await
+        .unwrap();
+        let key = &run.finished(|_| true).await[0];
+        let (before, _) = mem.get_range(key, ByteRange::All).await.unwrap();
+        // Fewer uids, same generation: covered, nothing written.
+        run.add(&a, &entry(2, &["x"])).await.unwrap();
+        let (same, _) = mem.get_range(key, ByteRange::All).await.unwrap();
+        assert_eq!(before.etag, same.etag);
+        // Another generation (a rebuild after a conflict): written.
+        run.add(&a, &entry(3, &["x"])).await.unwrap();
+        assert_eq!(run.get(&a).await, Some(entry(3, &["x"])));
+        let read = Journals::load(objects.as_ref()).await.unwrap();
+        assert_eq!(read.get(&a), Some(&entry(3, &["x"])));
+        assert_eq!(read.get(&b), Some(&entry(4, &["z"])));
     }
 
     #[tokio::test]
