@@ -347,6 +347,20 @@ fn a_hold_placed_after_registration_stops_big_file_clean_up() {
     s.assert_gone(&big);
 }
 
+/// Runs a repacker that dies right after its first publish: nothing is
+/// marked applied; returns once its lease has expired.
+fn crash_after_first_publish(s: &Setup) {
+    let crashed = bin("des-repack")
+        .args(["--store", &s.root(), "--max-delay", "0s", "--quiet"])
+        .args(["--lease-ttl", "1s"])
+        .env("DES_REPACK_CRASH_AT", "after_publish")
+        .output()
+        .unwrap();
+    assert!(!crashed.status.success(), "{}", describe(&crashed));
+    assert!(s.markers().is_empty());
+    std::thread::sleep(Duration::from_millis(1100));
+}
+
 /// Scenario 5b: a repacker killed between publishing and marking: the
 /// re-run records the file as removed (it was there), not as absent.
 #[test]
@@ -356,16 +370,7 @@ fn a_crash_between_publish_and_mark_keeps_the_proof_exact() {
     s.pack(&s.manifest("b", &specs));
     let victim = &specs[1];
     s.tombstone(victim);
-    let crashed = bin("des-repack")
-        .args(["--store", &s.root(), "--max-delay", "0s", "--quiet"])
-        .args(["--lease-ttl", "1s"])
-        .env("DES_REPACK_CRASH_AT", "after_publish")
-        .output()
-        .unwrap();
-    assert!(!crashed.status.success(), "{}", describe(&crashed));
-    assert!(s.markers().is_empty());
-    // The killed run's lease expires before the re-run.
-    std::thread::sleep(Duration::from_millis(1100));
+    crash_after_first_publish(&s);
     let r = s.repack(&[]);
     assert_eq!(r["tombstones_pending"], 0, "{r:#}");
     assert_eq!(s.markers(), vec![(victim.uid.clone(), "removed".into())]);
@@ -395,19 +400,11 @@ fn a_crash_after_a_read_ahead_keeps_every_proof_exact() {
     for v in &victims {
         s.tombstone(v);
     }
-    let crashed = bin("des-repack")
-        .args(["--store", &s.root(), "--max-delay", "0s", "--quiet"])
-        .args(["--lease-ttl", "1s"])
-        .env("DES_REPACK_CRASH_AT", "after_publish")
-        .output()
-        .unwrap();
-    assert!(!crashed.status.success(), "{}", describe(&crashed));
-    assert!(s.markers().is_empty());
+    crash_after_first_publish(&s);
     let chunks = std::fs::read_dir(s.store.root().join("_des/journal/_run"))
         .unwrap()
         .count();
     assert_eq!(chunks, 1, "one journal object for the window");
-    std::thread::sleep(Duration::from_millis(1100));
     let r = s.repack(&[]);
     assert_eq!(r["tombstones_pending"], 0, "{r:#}");
     let mut want: Vec<(String, String)> = victims

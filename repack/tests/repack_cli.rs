@@ -285,39 +285,9 @@ fn crashes_at_every_step_lose_nothing_and_a_rerun_finishes() {
     }
 }
 
-/// Temp files of shard uploads in progress (LocalStore writes a temp file
-/// in the shard's directory and renames it into place).
-fn shard_temp_files(root: &std::path::Path) -> std::collections::BTreeSet<String> {
-    let mut out = std::collections::BTreeSet::new();
-    for day in std::fs::read_dir(root).unwrap().flatten() {
-        let name = day.file_name().to_string_lossy().into_owned();
-        if name.len() != 8 || !name.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        for f in std::fs::read_dir(day.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let f = f.file_name().to_string_lossy().into_owned();
-            if f.starts_with(des_storage::local::TEMP_PREFIX) {
-                out.insert(format!("{name}/{f}"));
-            }
-        }
-    }
-    out
-}
-
-/// Marker files (per tombstone, per shard generation or per run, in
-/// subdirectories).
-fn applied_markers(root: &std::path::Path) -> usize {
-    files_under(root, des_storage::tombstones::APPLIED_PREFIX)
-}
-
-/// Each shard file's inode: a publish renames a new file into place.
-fn shard_versions(root: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
-    use std::os::unix::fs::MetadataExt;
-    let mut out = std::collections::BTreeMap::new();
+/// Every file in the store's date directories, as (`YYYYMMDD/name`, entry).
+fn shard_dir_files(root: &std::path::Path) -> Vec<(String, std::fs::DirEntry)> {
+    let mut out = Vec::new();
     for day in std::fs::read_dir(root).unwrap().flatten() {
         let name = day.file_name().to_string_lossy().into_owned();
         if name.len() != 8 || !name.bytes().all(|b| b.is_ascii_digit()) {
@@ -329,12 +299,40 @@ fn shard_versions(root: &std::path::Path) -> std::collections::BTreeMap<String, 
             .flatten()
         {
             let file = f.file_name().to_string_lossy().into_owned();
-            if let (true, Ok(meta)) = (file.ends_with(".des"), f.metadata()) {
-                out.insert(format!("{name}/{file}"), meta.ino());
-            }
+            out.push((format!("{name}/{file}"), f));
         }
     }
     out
+}
+
+/// Temp files of shard uploads in progress (LocalStore writes a temp file
+/// in the shard's directory and renames it into place).
+fn shard_temp_files(root: &std::path::Path) -> std::collections::BTreeSet<String> {
+    shard_dir_files(root)
+        .into_iter()
+        .filter(|(_, f)| {
+            f.file_name()
+                .to_string_lossy()
+                .starts_with(des_storage::local::TEMP_PREFIX)
+        })
+        .map(|(path, _)| path)
+        .collect()
+}
+
+/// Marker files (per tombstone, per shard generation or per run, in
+/// subdirectories).
+fn applied_markers(root: &std::path::Path) -> usize {
+    files_under(root, des_storage::tombstones::APPLIED_PREFIX)
+}
+
+/// Each shard file's inode: a publish renames a new file into place.
+fn shard_versions(root: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
+    use std::os::unix::fs::MetadataExt;
+    shard_dir_files(root)
+        .into_iter()
+        .filter(|(path, _)| path.ends_with(".des"))
+        .filter_map(|(path, f)| Some((path, f.metadata().ok()?.ino())))
+        .collect()
 }
 
 /// Files under `prefix` of the store at `root`, at any depth (not the

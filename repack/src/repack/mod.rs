@@ -3,12 +3,18 @@
 //! A run takes the store's lease, works out which shards hold files with
 //! pending tombstones, and for each one decides: rewrite it now (forced,
 //! enough garbage, or a tombstone older than `max_delay`), defer it, or just
-//! record that the files are already gone. A rewrite journals what it drops,
-//! publishes a new generation atomically, *then* marks the shard's
-//! tombstones applied, *then* (after a grace period, possibly in a later
-//! run) deletes big-file objects nothing references any more. A crash
-//! anywhere leaves the old or the new generation in place, both complete; a
-//! re-run finishes the job, and the journal keeps its proofs exact.
+//! record that the files are already gone. Shards are taken in windows: the
+//! indexes of a window are read ahead and what their rewrites drop is
+//! journaled in one request ([`window`]); each rewrite then publishes a new
+//! generation atomically, and the tombstones it applied are held in memory
+//! until the end of the run, where they are written as one batch marker and
+//! merged into a segment; only then do the journals go (then, after a grace
+//! period, possibly in a later run, big-file objects nothing references any
+//! more are deleted). A crash anywhere leaves the old or the new generation
+//! in place, both complete; a re-run finishes the job, and the journal
+//! keeps its proofs exact. A rewrite costs about five requests (index,
+//! data, upload, the legal-hold listing, a share of a journal write),
+//! whatever the number of files it drops.
 //!
 //! Then it re-checks every shard that some tombstone routes to and that
 //! changed since it was last checked (`des_storage::protocol::checked`): a

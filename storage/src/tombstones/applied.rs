@@ -4,13 +4,15 @@
 //! pending, and the next run finds the file already gone and just writes
 //! the marker.
 //!
-//! Written today: one [`AppliedBatch`] per shard generation,
-//! `_tombstones_applied/<shard key>/<generation or "none">.json`, naming
-//! every log name it applied. A later run adding names to the same
-//! generation reads, merges and overwrites it: only the repacker writes
-//! markers, under its lease, and the union only grows.
-//! Still read: one [`AppliedMarker`] per tombstone under the tombstone's own
-//! name (stores written before batches).
+//! Written today: one [`AppliedBatch`] per repack run,
+//! `_tombstones_applied/_run/<time>.json`, naming every log name the run
+//! applied with its shard and generation ([`RunMarkers`]; written by the
+//! run's compaction right before it merges them, so usually gone when the
+//! run ends). Still read: one batch per shard generation,
+//! `_tombstones_applied/<shard key>/<generation or "none">.json` (runs
+//! before run batches, and `mark_applied_batch`), and one [`AppliedMarker`]
+//! per tombstone under the tombstone's own name (stores written before
+//! batches). Only the repacker writes markers, under its lease.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 

@@ -14,9 +14,12 @@
 //! ```text
 //! _tombstones/<logged time>-<YYYYMMDD>-u<uid>.json           one record per tombstone (until compacted)
 //! _tombstones/<logged time>-bundle-<count>-<crc>.jsonl       many tombstones in one object (until compacted)
-//! _tombstones_applied/<shard key>/<generation|none>.json     one marker per shard generation (batch)
+//! _tombstones_applied/_run/<time>.json                       a repack run's markers, each name's shard and generation (batch)
+//! _tombstones_applied/<shard key>/<generation|none>.json     one marker per shard generation (batch; older runs, still read)
 //! _tombstones_applied/<same name as the record>              one marker per tombstone (older stores; still read)
-//! _tombstones/segments/<newest logged time>-<crc 8 hex>.seg  applied tombstones, compacted (crc: the segment's last 4 bytes)
+//! _tombstones/segments/<newest logged time>-<crc 8 hex>-<count>.seg
+//!                                                            applied tombstones, compacted (crc: the segment's last 4 bytes;
+//!                                                            count: its records; older names lack it)
 //! ```
 //!
 //! Names begin with the writer's clock at append time
@@ -25,8 +28,9 @@
 //! for a file name), so the set of deleted pairs is built from listings
 //! alone. Records are created once (`PutMode::Create`) and never rewritten:
 //! no record is shared between writers, so there is no read-modify-write.
-//! Batch markers are written only by the repacker, under its lease; a later
-//! run adding names to the same shard generation merges and overwrites.
+//! Batch markers are written only by the repacker, under its lease: a run
+//! holds the markers of what it applied in memory and writes them as one
+//! batch right before compacting them (its journal proves them until then).
 //!
 //! With zones, a tombstone lives in the store holding its shard
 //! (`DesStore::objects_for_shard(shard_index(uid))`), so each zone is
