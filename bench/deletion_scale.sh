@@ -26,7 +26,7 @@
 #   DAYS=10 FILES_PER_DAY=2000 DELETIONS=2000 STARTUP_DELETIONS=20000 bench/deletion_scale.sh
 #   KEEP=1 bench/deletion_scale.sh              # keep the work directory
 #   DES_RETRIEVER=/path/to/des-retriever bench/deletion_scale.sh   # a prebuilt retriever
-#   DES_TRACE_REQ=1 bench/deletion_scale.sh     # also print every counted request (stderr)
+#   TRACE_REQUESTS=1 bench/deletion_scale.sh    # also print every counted request (driver's stderr)
 #
 # Goals (deletion-scale issue): requests and objects written per day
 # proportional to shards touched, ≥ 100× fewer than the old approach;
@@ -77,10 +77,12 @@ loadgen_bin=${DES_LOADGEN:-$bin/des-loadgen}
 started=$SECONDS
 
 echo "== simulating $DAYS days of $FILES_PER_DAY files..." >&2
+trace=()
+if [[ -n "${TRACE_REQUESTS:-}" ]]; then trace=(--trace-requests); fi
 "$bin/des-deletion-scale" --dir "$work/store" --out "$work/out" --days "$DAYS" \
     --files-per-day "$FILES_PER_DAY" --deletions "$DELETIONS" --retention-days "$RETENTION_DAYS" \
     --n-bits "$N_BITS" --startup-deletions "$STARTUP_DELETIONS" --sample "$SAMPLE" --seed "$SEED" \
-    >"$work/driver.txt"
+    "${trace[@]}" >"$work/driver.txt"
 cat "$work/driver.txt"
 
 # The same store without any deletion loaded (the rule stays): hard links,

@@ -1109,3 +1109,72 @@ fn crashes_while_merging_segments_lose_nothing() {
         verify_clean(&s);
     }
 }
+
+/// A batch file longer than one chunk is read, logged and reported chunk by
+/// chunk (memory follows the chunk, not the file): one bundle per chunk,
+/// every line's result in line order, the counts over the whole file.
+#[test]
+fn a_batch_longer_than_a_chunk_is_logged_chunk_by_chunk() {
+    let s = Local::build(standard_specs());
+    let root = s.root_str();
+    let chunk = des_repack::tombstones_cli::CHUNK_LINES;
+    let total = 2 * chunk + 500;
+    let mut body = String::new();
+    for i in 0..total {
+        let line = match i {
+            // The pair of line 1 again, in the same chunk.
+            7 => "{\"uid\":\"many-0\",\"date\":\"20240517\"}".to_string(),
+            // A bad line in the last chunk.
+            _ if i == 2 * chunk + 3 => "not json".to_string(),
+            _ => format!("{{\"uid\":\"many-{i}\",\"date\":\"20240517\"}}"),
+        };
+        body.push_str(&line);
+        body.push('\n');
+    }
+    let file = s.aux("many.jsonl");
+    std::fs::write(&file, body).unwrap();
+    let args = [
+        "--store",
+        root.as_str(),
+        "--json",
+        "add",
+        "--from",
+        file.to_str().unwrap(),
+        "--reason",
+        "gdpr",
+        "--deleted-by",
+        "batch",
+    ];
+    let out = run("des-tombstones", &args);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let r = json(&out);
+    assert_eq!(r["added"], total - 2, "{}", r["failed"]);
+    assert_eq!(
+        (r["already_deleted"].as_u64(), r["failed"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let lines: Vec<u64> = r["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, (1..=total as u64).collect::<Vec<_>>());
+    let bundles = std::fs::read_dir(s.root().join("_tombstones"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().is_file())
+        .count();
+    assert_eq!(bundles, 3, "one bundle per chunk");
+    // Again, in human form: everything is already deleted.
+    let human: Vec<&str> = args[..2].iter().chain(&args[3..]).copied().collect();
+    let out = run("des-tombstones", &human);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.ends_with(&format!(
+            "0 added, {} already deleted, 1 failed\n",
+            total - 1
+        )),
+        "{}",
+        text.lines().last().unwrap_or_default()
+    );
+}

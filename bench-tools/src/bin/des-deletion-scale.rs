@@ -65,6 +65,9 @@ struct Args {
     /// One JSON summary on stdout (the table then goes to stderr).
     #[arg(long)]
     json: bool,
+    /// Print every counted request (`REQ <op> <key>`) on stderr, in order.
+    #[arg(long)]
+    trace_requests: bool,
 }
 
 fn main() -> ExitCode {
@@ -112,7 +115,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     // Two threads: the repacker's shard rewrites and the packer's jobs use both cores.
     let rt = des_bench_tools::runtime(2)?;
     let raw: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&args.dir)?);
-    let counting = CountingStore::new(Arc::clone(&raw));
+    let counting = CountingStore::new(Arc::clone(&raw)).traced(args.trace_requests);
     let create = CreateOptions {
         n_bits: Some(args.n_bits),
         digest: None,

@@ -129,6 +129,8 @@ impl Counts {
 pub struct CountingStore {
     inner: Arc<dyn ObjectStore>,
     counters: Arc<Counters>,
+    /// Print every request (`REQ <op> <key>`) on stderr.
+    trace: bool,
 }
 
 impl CountingStore {
@@ -136,7 +138,14 @@ impl CountingStore {
         Self {
             inner,
             counters: Arc::default(),
+            trace: false,
         }
+    }
+
+    /// Also prints every request on stderr.
+    pub fn traced(mut self, on: bool) -> Self {
+        self.trace = on;
+        self
     }
 
     /// Requests so far by "operation key-class".
@@ -150,7 +159,7 @@ impl CountingStore {
 
     fn note(&self, op: &str, key: &str) {
         // For finding where requests go: every request, in order, on stderr.
-        if std::env::var_os("DES_TRACE_REQ").is_some() {
+        if self.trace {
             eprintln!("REQ {op} {key}");
         }
         if let Ok(mut m) = self.counters.by_class.lock() {

@@ -12,8 +12,8 @@ use des_repack::holds::{self, Hold, HoldSet};
 use des_repack::open::open_store;
 use des_repack::retention::{self, Explanation};
 use des_repack::tombstones_cli::{
-    AddOutcome, AddReport, Defaults, ListFilter, ListedTombstone, TombstoneState, add_batch,
-    add_one, list, show,
+    AddOutcome, AddReport, AddResult, Defaults, ListFilter, ListedTombstone, TombstoneState,
+    add_batch_each, add_one, list, show,
 };
 use des_storage::DesStore;
 use des_storage::cli::StoreArgs;
@@ -418,11 +418,7 @@ async fn add(cli: &Cli, log: &TombstoneLog, a: &AddArgs) -> Result<u8> {
         ticket_id: a.ticket.clone(),
     };
     let report = match (&a.from, &a.uid) {
-        (Some(path), _) => {
-            let file =
-                std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-            add_batch(log, BufReader::new(file), &defaults, a.force).await?
-        }
+        (Some(path), _) => return add_from(cli, log, path, &defaults, a.force).await,
         (None, Some(uid)) => {
             let (Some(reason), Some(by)) = (defaults.reason, &defaults.deleted_by) else {
                 bail!("--reason and --deleted-by are required");
@@ -435,11 +431,7 @@ async fn add(cli: &Cli, log: &TombstoneLog, a: &AddArgs) -> Result<u8> {
             t.ticket_id.clone_from(&defaults.ticket_id);
             let mut report = AddReport::default();
             let r = add_one(log, &t, a.force).await?;
-            match r.outcome {
-                AddOutcome::Added => report.added += 1,
-                AddOutcome::AlreadyDeleted => report.already_deleted += 1,
-                AddOutcome::Failed => report.failed += 1,
-            }
+            report.count(&r);
             report.results.push(r);
             report
         }
@@ -447,27 +439,71 @@ async fn add(cli: &Cli, log: &TombstoneLog, a: &AddArgs) -> Result<u8> {
     };
     print(cli, &report, |out| {
         for r in &report.results {
-            let what = match (&r.uid, &r.date) {
-                (Some(u), Some(d)) => format!("{u} ({d})"),
-                _ => format!("line {}", r.line),
-            };
-            match r.outcome {
-                AddOutcome::Added => {
-                    writeln!(out, "deleted {what}: {}", r.key.as_deref().unwrap_or(""))?
-                }
-                AddOutcome::AlreadyDeleted => writeln!(out, "already deleted {what}")?,
-                AddOutcome::Failed => {
-                    writeln!(out, "FAILED {what}: {}", r.error.as_deref().unwrap_or(""))?
-                }
-            }
+            write_added(out, r)?;
         }
-        writeln!(
-            out,
-            "{} added, {} already deleted, {} failed",
-            report.added, report.already_deleted, report.failed
-        )
+        write_add_totals(out, &report)
     })?;
     Ok(u8::from(report.failed > 0))
+}
+
+/// `add --from`: each line's result is printed as its chunk is logged, so
+/// memory follows the chunk, not the file. With `--json`, the same document
+/// as a single add's (results, then the counts), written as it goes.
+async fn add_from(
+    cli: &Cli,
+    log: &TombstoneLog,
+    path: &std::path::Path,
+    defaults: &Defaults,
+    force: bool,
+) -> Result<u8> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut out = std::io::stdout();
+    if cli.json {
+        write!(out, "{{\"results\":[")?;
+    }
+    let mut first = true;
+    let report = add_batch_each(log, BufReader::new(file), defaults, force, |r| {
+        if !cli.json {
+            return write_added(&mut out, r);
+        }
+        if !first {
+            write!(out, ",")?;
+        }
+        first = false;
+        writeln!(out)?;
+        serde_json::to_writer(&mut out, r).map_err(std::io::Error::other)
+    })
+    .await?;
+    if cli.json {
+        writeln!(
+            out,
+            "\n],\"added\":{},\"already_deleted\":{},\"failed\":{}}}",
+            report.added, report.already_deleted, report.failed
+        )?;
+    } else {
+        write_add_totals(&mut out, &report)?;
+    }
+    Ok(u8::from(report.failed > 0))
+}
+
+fn write_added(out: &mut dyn Write, r: &AddResult) -> std::io::Result<()> {
+    let what = match (&r.uid, &r.date) {
+        (Some(u), Some(d)) => format!("{u} ({d})"),
+        _ => format!("line {}", r.line),
+    };
+    match r.outcome {
+        AddOutcome::Added => writeln!(out, "deleted {what}: {}", r.key.as_deref().unwrap_or("")),
+        AddOutcome::AlreadyDeleted => writeln!(out, "already deleted {what}"),
+        AddOutcome::Failed => writeln!(out, "FAILED {what}: {}", r.error.as_deref().unwrap_or("")),
+    }
+}
+
+fn write_add_totals(out: &mut dyn Write, report: &AddReport) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{} added, {} already deleted, {} failed",
+        report.added, report.already_deleted, report.failed
+    )
 }
 
 fn list_filter(a: &ListArgs) -> Result<ListFilter> {

@@ -104,13 +104,13 @@ pub struct AddReport {
 }
 
 impl AddReport {
-    fn push(&mut self, r: AddResult) {
+    /// Counts `r` (its outcome), without keeping it.
+    pub fn count(&mut self, r: &AddResult) {
         match r.outcome {
             AddOutcome::Added => self.added += 1,
             AddOutcome::AlreadyDeleted => self.already_deleted += 1,
             AddOutcome::Failed => self.failed += 1,
         }
-        self.results.push(r);
     }
 }
 
@@ -171,16 +171,43 @@ fn outcome(
     }
 }
 
+/// Lines read, parsed and logged at a time (one bundle's worth): what
+/// [`add_batch_each`] holds in memory, whatever the file's size.
+pub const CHUNK_LINES: usize = MAX_BUNDLE;
+
 /// Adds every line of a JSON Lines file, logged as bundles of up to
 /// [`MAX_BUNDLE`] tombstones (one object each). Lines that fail to parse
 /// are reported and do not stop the rest; a bundle that fails to write
 /// fails its lines only; pairs already deleted are skipped, so re-running
-/// a file is harmless.
+/// a file is harmless. Every line's result is in the report (see
+/// [`add_batch_each`] to stream them instead).
 pub async fn add_batch(
     log: &TombstoneLog,
     input: impl BufRead,
     defaults: &Defaults,
     force: bool,
+) -> Result<AddReport> {
+    let mut results = Vec::new();
+    let mut report = add_batch_each(log, input, defaults, force, |r| {
+        results.push(r.clone());
+        Ok(())
+    })
+    .await?;
+    report.results = results;
+    Ok(report)
+}
+
+/// [`add_batch`], handing each line's result to `each` (in line order) as
+/// its chunk of [`CHUNK_LINES`] lines is logged, so memory follows the
+/// chunk, not the file; the report returned has the counts only. A pair
+/// named twice within a chunk is logged once; further apart, twice
+/// (harmless: the repacker finds the second already applied).
+pub async fn add_batch_each(
+    log: &TombstoneLog,
+    input: impl BufRead,
+    defaults: &Defaults,
+    force: bool,
+    mut each: impl FnMut(&AddResult) -> std::io::Result<()>,
 ) -> Result<AddReport> {
     let deleted = if force {
         TombstoneSet::new()
@@ -188,70 +215,86 @@ pub async fn add_batch(
         TombstoneSet::load(log).await?
     };
     let mut report = AddReport::default();
-    let mut parsed = Vec::new();
-    for (i, line) in input.lines().enumerate() {
-        let n = i as u64 + 1;
-        let line = line.map_err(|e| RepackError::Invalid(format!("reading line {n}: {e}")))?;
-        if line.trim().is_empty() {
-            continue;
+    let mut lines = input.lines().enumerate();
+    loop {
+        let mut results = Vec::new();
+        let mut parsed = Vec::new();
+        let mut read = 0;
+        for (i, line) in lines.by_ref() {
+            let n = i as u64 + 1;
+            let line = line.map_err(|e| RepackError::Invalid(format!("reading line {n}: {e}")))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let t = serde_json::from_str::<BatchLine>(&line)
+                .map_err(|e| RepackError::Invalid(e.to_string()))
+                .and_then(|l| l.into_tombstone(defaults));
+            match t {
+                Ok(t) => parsed.push((n, t)),
+                Err(e) => results.push(AddResult {
+                    line: n,
+                    uid: None,
+                    date: None,
+                    outcome: AddOutcome::Failed,
+                    key: None,
+                    error: Some(e.to_string()),
+                }),
+            }
+            read += 1;
+            if read == CHUNK_LINES {
+                break;
+            }
         }
-        let t = serde_json::from_str::<BatchLine>(&line)
-            .map_err(|e| RepackError::Invalid(e.to_string()))
-            .and_then(|l| l.into_tombstone(defaults));
-        match t {
-            Ok(t) => parsed.push((n, t)),
-            Err(e) => report.push(AddResult {
-                line: n,
-                uid: None,
-                date: None,
-                outcome: AddOutcome::Failed,
-                key: None,
-                error: Some(e.to_string()),
-            }),
+        if read == 0 {
+            return Ok(report);
+        }
+        log_chunk(log, &deleted, parsed, &mut results).await;
+        results.sort_by_key(|r| r.line);
+        for r in &results {
+            report.count(r);
+            each(r).map_err(|e| RepackError::Invalid(format!("writing results: {e}")))?;
         }
     }
-    // One file may name a pair twice: log it once.
+}
+
+/// Logs one chunk's parsed lines not deleted yet as one bundle (per store);
+/// pushes every line's result.
+async fn log_chunk(
+    log: &TombstoneLog,
+    deleted: &TombstoneSet,
+    parsed: Vec<(u64, Tombstone)>,
+    results: &mut Vec<AddResult>,
+) {
+    // A pair named twice is logged once.
     let mut seen = TombstoneSet::new();
-    let mut unique = Vec::with_capacity(parsed.len());
+    let mut fresh = Vec::with_capacity(parsed.len());
     for (n, t) in parsed {
-        if seen.insert(&t.uid, t.date) {
-            unique.push((n, t));
+        if seen.insert(&t.uid, t.date) && !deleted.contains(&t.uid, t.date) {
+            fresh.push((n, t));
         } else {
-            report.push(outcome(n, &t, AddOutcome::AlreadyDeleted, None, None));
+            results.push(outcome(n, &t, AddOutcome::AlreadyDeleted, None, None));
         }
     }
-    let fresh: Vec<(u64, Tombstone)> = unique
-        .into_iter()
-        .filter(|(n, t)| {
-            let known = deleted.contains(&t.uid, t.date);
-            if known {
-                report.push(outcome(*n, t, AddOutcome::AlreadyDeleted, None, None));
+    if fresh.is_empty() {
+        return;
+    }
+    let ts: Vec<Tombstone> = fresh.iter().map(|(_, t)| t.clone()).collect();
+    match log.append_bundle(&ts).await {
+        Ok(keys) => {
+            for ((n, t), key) in fresh.iter().zip(keys) {
+                results.push(outcome(*n, t, AddOutcome::Added, Some(key), None));
             }
-            !known
-        })
-        .collect();
-    // One object per bundle, not per line: a batch costs a few writes.
-    for chunk in fresh.chunks(MAX_BUNDLE) {
-        let ts: Vec<Tombstone> = chunk.iter().map(|(_, t)| t.clone()).collect();
-        match log.append_bundle(&ts).await {
-            Ok(keys) => {
-                for ((n, t), key) in chunk.iter().zip(keys) {
-                    report.push(outcome(*n, t, AddOutcome::Added, Some(key), None));
-                }
-            }
-            Err(e) => {
-                for (n, t) in chunk {
-                    report.push(outcome(
-                        *n,
-                        t,
-                        AddOutcome::Failed,
-                        None,
-                        Some(e.to_string()),
-                    ));
-                }
+        }
+        Err(e) => {
+            for (n, t) in &fresh {
+                results.push(outcome(
+                    *n,
+                    t,
+                    AddOutcome::Failed,
+                    None,
+                    Some(e.to_string()),
+                ));
             }
         }
     }
-    report.results.sort_by_key(|r| r.line);
-    Ok(report)
 }

@@ -3,5 +3,8 @@
 mod batch;
 mod query;
 
-pub use batch::{AddOutcome, AddReport, AddResult, BatchLine, Defaults, add_batch, add_one};
+pub use batch::{
+    AddOutcome, AddReport, AddResult, BatchLine, CHUNK_LINES, Defaults, add_batch, add_batch_each,
+    add_one,
+};
 pub use query::{ListFilter, ListedTombstone, TombstoneState, list, show};
