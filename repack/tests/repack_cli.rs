@@ -774,18 +774,7 @@ fn batch_add_reports_bad_lines_and_is_idempotent() {
          not json\n",
     )
     .unwrap();
-    let args = [
-        "--store",
-        root.as_str(),
-        "--json",
-        "add",
-        "--from",
-        file.to_str().unwrap(),
-        "--reason",
-        "gdpr",
-        "--deleted-by",
-        "batch",
-    ];
+    let args = add_from_args(&root, &file);
     let out = run("des-tombstones", &args);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let r = json(&out);
@@ -1110,6 +1099,22 @@ fn crashes_while_merging_segments_lose_nothing() {
     }
 }
 
+/// `des-tombstones --json add --from FILE` with a reason and author.
+fn add_from_args<'a>(root: &'a str, file: &'a std::path::Path) -> [&'a str; 10] {
+    [
+        "--store",
+        root,
+        "--json",
+        "add",
+        "--from",
+        file.to_str().unwrap(),
+        "--reason",
+        "gdpr",
+        "--deleted-by",
+        "batch",
+    ]
+}
+
 /// A batch file longer than one chunk is read, logged and reported chunk by
 /// chunk (memory follows the chunk, not the file): one bundle per chunk,
 /// every line's result in line order, the counts over the whole file.
@@ -1133,18 +1138,7 @@ fn a_batch_longer_than_a_chunk_is_logged_chunk_by_chunk() {
     }
     let file = s.aux("many.jsonl");
     std::fs::write(&file, body).unwrap();
-    let args = [
-        "--store",
-        root.as_str(),
-        "--json",
-        "add",
-        "--from",
-        file.to_str().unwrap(),
-        "--reason",
-        "gdpr",
-        "--deleted-by",
-        "batch",
-    ];
+    let args = add_from_args(&root, &file);
     let out = run("des-tombstones", &args);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let r = json(&out);
