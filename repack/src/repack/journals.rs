@@ -3,7 +3,7 @@
 //! prove removed), the chunks this run writes before each publish, and which
 //! objects can go once the run's markers are merged.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use des_storage::keys::ShardKey;
@@ -50,35 +50,21 @@ impl RunJournals {
         self.of(owner).map(|(_, _, run)| Arc::clone(run))
     }
 
-    /// Journals `entry` for `shard` (nothing when it drops no tombstoned uid).
-    pub async fn write(
+    /// Journals entries of shards of several stores (each with the store
+    /// holding it): one request per store; nothing for an entry that drops
+    /// no tombstoned uid.
+    pub async fn write_many(
         &self,
-        owner: &Arc<dyn ObjectStore>,
-        shard: &ShardKey,
-        entry: &RepackJournal,
+        entries: &[(Arc<dyn ObjectStore>, ShardKey, RepackJournal)],
     ) -> Result<()> {
-        if entry.dropped.is_empty() {
-            return Ok(());
-        }
-        if let Some(run) = self.writer(owner) {
-            run.add(shard, entry).await?;
-        }
-        Ok(())
-    }
-
-    /// Journals entries of shards of several stores (by position in the
-    /// placement): one request per store.
-    pub async fn write_many(&self, entries: Vec<(usize, ShardKey, RepackJournal)>) -> Result<()> {
-        let mut by_store: BTreeMap<usize, Vec<(ShardKey, RepackJournal)>> = BTreeMap::new();
-        for (pos, shard, entry) in entries
-            .into_iter()
-            .filter(|(_, _, e)| !e.dropped.is_empty())
-        {
-            by_store.entry(pos).or_default().push((shard, entry));
-        }
-        for (pos, entries) in by_store {
-            if let Some((_, _, run)) = self.stores.get(pos) {
-                run.add_many(&entries).await?;
+        for (objects, _, run) in &self.stores {
+            let mine: Vec<(ShardKey, RepackJournal)> = entries
+                .iter()
+                .filter(|(owner, _, e)| Arc::ptr_eq(owner, objects) && !e.dropped.is_empty())
+                .map(|(_, shard, e)| (shard.clone(), e.clone()))
+                .collect();
+            if !mine.is_empty() {
+                run.add_many(&mine).await?;
             }
         }
         Ok(())

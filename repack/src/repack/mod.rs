@@ -343,8 +343,9 @@ async fn compact_run(ctx: &Ctx<'_>) -> Result<u64> {
     Ok(merged.records_merged)
 }
 
-/// A poisoned lock only means another task panicked holding it; the data
-/// (append-only lists) is still sound.
+/// A poisoned lock only means another task panicked holding it; what the
+/// locks guard (markers, checked versions, finished shards) is only ever
+/// added to or replaced whole, so it is still sound.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -711,7 +712,9 @@ async fn delete_shard(
         generation: generation + 1,
         dropped: tombstoned(pending, &garbage.drop),
     };
-    ctx.journals.write(&objects, &shard, &entry).await?;
+    ctx.journals
+        .write_many(&[(Arc::clone(&objects), shard.clone(), entry)])
+        .await?;
     CrashPoint::BeforeDelete.check();
     let now = ctx.store.load_index(key).await?;
     let unchanged = now.as_ref().is_none_or(|n| {
@@ -831,6 +834,7 @@ async fn rewrite_on_thread(
     drop: HashSet<String>,
 ) -> Result<Rewritten> {
     let key = loaded.key.clone();
+    let journaled = tombstoned(pending, &drop);
     let input = RewriteInput {
         store: ctx.store.clone(),
         loaded,
@@ -839,7 +843,7 @@ async fn rewrite_on_thread(
         recompress_dict: ctx.opts.recompress_dict.clone(),
         lease_lost: Arc::clone(&ctx.lease_lost),
         journal: ctx.journals.writer(&ctx.store.objects_for_key(&key)?),
-        tombstoned: pending.iter().map(|p| p.uid.clone()).collect(),
+        journaled,
     };
     let handle = Handle::current();
     tokio::task::spawn_blocking(move || rewrite::rewrite(&handle, &input))

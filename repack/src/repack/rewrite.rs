@@ -47,8 +47,8 @@ pub struct RewriteInput {
     pub lease_lost: Arc<AtomicBool>,
     /// Where the run journals what it drops.
     pub journal: Option<Arc<RunJournal>>,
-    /// uids with a tombstone pending: the journal names those dropped.
-    pub tombstoned: HashSet<String>,
+    /// The dropped uids with a tombstone pending: what the journal names.
+    pub journaled: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -122,16 +122,15 @@ pub fn rewrite(handle: &Handle, input: &RewriteInput) -> Result<Rewritten> {
     ))?;
     let shard = ShardKey::parse(key, Some(ident.n_bits))
         .ok_or_else(|| RepackError::shard(key, "not a shard key"))?;
-    let entry = RepackJournal {
-        generation: ident.generation,
-        dropped: out
-            .dropped
-            .iter()
-            .filter(|u| input.tombstoned.contains(*u))
-            .cloned()
-            .collect(),
-    };
-    if let Some(journal) = input.journal.as_ref().filter(|_| !entry.dropped.is_empty()) {
+    if let Some(journal) = input
+        .journal
+        .as_ref()
+        .filter(|_| !input.journaled.is_empty())
+    {
+        let entry = RepackJournal {
+            generation: ident.generation,
+            dropped: input.journaled.clone(),
+        };
         handle.block_on(journal.add(&shard, &entry))?;
     }
     CrashPoint::BeforePublish.check();

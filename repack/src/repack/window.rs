@@ -11,13 +11,14 @@
 //! from the shard, which only a rewrite of the repacker does.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use des_storage::LoadedIndex;
 use des_storage::keys::ShardKey;
 use des_storage::protocol::RepackJournal;
+use des_storage::{LoadedIndex, ObjectStore};
 
 use super::state::PendingTomb;
-use super::{Ctx, INDEX_READ, Trigger, assess, decide, tombstoned};
+use super::{Ctx, INDEX_READ, Trigger, assess, decide, shard_store, tombstoned};
 use crate::error::Result;
 use crate::holds::HoldSet;
 
@@ -60,7 +61,7 @@ async fn read(
     let holds = HoldSet::load(ctx.store).await?;
     let cutoffs = ctx.expiry.as_ref().map(|e| e.cutoffs.clone());
     let mut bytes = 0u64;
-    let mut entries: Vec<(usize, ShardKey, RepackJournal)> = Vec::new();
+    let mut entries: Vec<(Arc<dyn ObjectStore>, ShardKey, RepackJournal)> = Vec::new();
     for (key, pending, trigger) in items {
         if bytes >= MAX_BYTES {
             break;
@@ -83,10 +84,10 @@ async fn read(
             let dropped = tombstoned(&pending, &garbage.drop);
             let rewrites = decide(ctx, &pending, *trigger, &garbage).is_some();
             if rewrites && !dropped.is_empty() {
-                let (pos, shard) = owner(ctx, key)?;
+                let (owner, shard) = shard_store(ctx, key)?;
                 let generation = l.index.trailer().map_or(0, |t| t.generation) + 1;
                 entries.push((
-                    pos,
+                    owner,
                     shard,
                     RepackJournal {
                         generation,
@@ -97,19 +98,6 @@ async fn read(
         }
         out.insert(key.clone(), loaded);
     }
-    ctx.journals.write_many(entries).await?;
+    ctx.journals.write_many(&entries).await?;
     Ok((out, taken))
-}
-
-/// The position of the store holding `key` in the placement, and the key parsed.
-fn owner(ctx: &Ctx<'_>, key: &str) -> Result<(usize, ShardKey)> {
-    let (objects, shard) = super::shard_store(ctx, key)?;
-    let pos = ctx
-        .store
-        .placement()
-        .stores()
-        .iter()
-        .position(|s| std::sync::Arc::ptr_eq(s, &objects))
-        .unwrap_or(0);
-    Ok((pos, shard))
 }

@@ -104,11 +104,7 @@ impl Journals {
 
     /// Objects all of whose shards `done` says are finished with.
     pub fn finished(&self, done: impl Fn(&ShardKey) -> bool) -> Vec<String> {
-        self.objects
-            .iter()
-            .filter(|(_, shards)| shards.iter().all(&done))
-            .map(|(k, _)| k.clone())
-            .collect()
+        finished(&self.objects, done)
     }
 }
 
@@ -192,18 +188,22 @@ impl RunJournal {
 
     /// Chunks all of whose shards `done` says are finished with.
     pub async fn finished(&self, done: impl Fn(&ShardKey) -> bool) -> Vec<String> {
-        let st = self.state.lock().await;
-        st.written
-            .iter()
-            .filter(|(_, shards)| shards.iter().all(&done))
-            .map(|(k, _)| k.clone())
-            .collect()
+        finished(&self.state.lock().await.written, done)
     }
 
     /// The entry this run wrote for `shard`, if any.
     pub async fn get(&self, shard: &ShardKey) -> Option<RepackJournal> {
         self.state.lock().await.entries.get(shard).cloned()
     }
+}
+
+/// Keys of the objects (each with the shards it names) whose shards are all done.
+fn finished(objects: &[(String, Vec<ShardKey>)], done: impl Fn(&ShardKey) -> bool) -> Vec<String> {
+    objects
+        .iter()
+        .filter(|(_, shards)| shards.iter().all(&done))
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 /// Does `old` prove everything `new` would? Same generation, and every uid

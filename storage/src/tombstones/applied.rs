@@ -10,7 +10,7 @@
 //! run's compaction right before it merges them, so usually gone when the
 //! run ends). Still read: one batch per shard generation,
 //! `_tombstones_applied/<shard key>/<generation or "none">.json` (runs
-//! before run batches, and `mark_applied_batch`), and one [`AppliedMarker`]
+//! before run batches), and one [`AppliedMarker`]
 //! per tombstone under the tombstone's own name (stores written before
 //! batches). Only the repacker writes markers, under its lease.
 
@@ -24,7 +24,7 @@ use super::key::APPLIED_PREFIX;
 use super::key::parse_name;
 use super::log::{LoggedName, TombstoneLog};
 use crate::error::{Error, ErrorKind, Result};
-use crate::object::{ByteRange, ObjectStoreExt, PutMode, PutOptions};
+use crate::object::{ByteRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions};
 
 /// What the repacker found when it applied a tombstone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,10 +146,6 @@ impl RunMarkers {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.0.values().map(HashMap::len).sum()
-    }
-
     /// One store's markers as one batch, and the key to write it to.
     pub(crate) fn batch(markers: &HashMap<String, AppliedMarker>) -> (String, AppliedBatch) {
         let now = Timestamp::now();
@@ -175,10 +171,6 @@ impl RunMarkers {
         let key = format!("{APPLIED_PREFIX}_run/{}.json", super::key::format_time(now));
         (key, batch)
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Is `key` (under [`APPLIED_PREFIX`]) a batch rather than an old marker?
@@ -187,10 +179,27 @@ fn is_batch_key(key: &str) -> bool {
         .is_some_and(|n| n.contains('/') && n.ends_with(".json") && parse_name(n).is_none())
 }
 
+/// Writes `batch` to `key` (only the repacker writes markers, under its
+/// lease: overwriting is safe).
+pub(crate) async fn put_batch(
+    objects: &dyn ObjectStore,
+    key: &str,
+    batch: &AppliedBatch,
+) -> Result<()> {
+    let body = serde_json::to_vec(batch).map_err(|e| Error::other("applied batch", e))?;
+    let put = PutOptions {
+        mode: PutMode::Overwrite,
+    };
+    objects.put(key, Bytes::from(body), put).await?;
+    Ok(())
+}
+
 impl TombstoneLog {
     /// Records in one object that `names` (log names in store `store`, all
-    /// routed to `shard_key`) are applied at `generation`. Idempotent.
-    pub async fn mark_applied_batch(
+    /// routed to `shard_key`) are applied at `generation`, as repack runs
+    /// did before run batches: tests build older stores with it. Idempotent.
+    #[cfg(test)]
+    pub(crate) async fn mark_applied_batch(
         &self,
         store: usize,
         shard_key: &str,
@@ -216,12 +225,7 @@ impl TombstoneLog {
         };
         batch.applied_at = Timestamp::now().to_rfc3339();
         batch.names.extend(names.iter().cloned());
-        let body = serde_json::to_vec(&batch).map_err(|e| Error::other("applied batch", e))?;
-        let put = PutOptions {
-            mode: PutMode::Overwrite,
-        };
-        objects.put(&key, Bytes::from(body), put).await?;
-        Ok(())
+        put_batch(objects.as_ref(), &key, &batch).await
     }
 
     /// Every batch marker of store `store`, with its key.

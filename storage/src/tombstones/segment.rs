@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::applied::{AppliedBatch, AppliedMarker, RunMarkers};
+use super::applied::{AppliedBatch, AppliedMarker, RunMarkers, put_batch};
 use super::bundle::fully_gone;
 use super::key::{APPLIED_PREFIX, LOG_PREFIX, LogName, format_time, parse_name};
 use super::log::{LoggedName, TombstoneLog, list_names};
@@ -347,8 +347,8 @@ impl TombstoneLog {
     /// writes no marker per shard: the journal of each shard it rewrote
     /// stays until this returns, so a crash before the segment is written
     /// leaves the tombstones pending and the journal proving them removed.
-    /// Markers are written only for names whose record object (a bundle
-    /// with members still pending) outlives the compaction.
+    /// The run's markers are written as one batch before anything is
+    /// merged (see `write_run_batch`).
     pub async fn compact_applied(
         &self,
         run: &RunMarkers,
@@ -491,11 +491,7 @@ impl TombstoneLog {
             return Ok(None);
         }
         let (key, batch) = RunMarkers::batch(in_run);
-        let body = serde_json::to_vec(&batch).map_err(|e| Error::other("applied batch", e))?;
-        let put = PutOptions {
-            mode: PutMode::Overwrite,
-        };
-        objects.put(&key, Bytes::from(body), put).await?;
+        put_batch(objects, &key, &batch).await?;
         Ok(Some((key, batch)))
     }
 
