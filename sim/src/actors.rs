@@ -154,6 +154,9 @@ pub fn repack_options(spec: RepackSpec) -> RepackOptions {
         ttl: LEASE_TTL,
         settle: LEASE_SETTLE,
     };
+    // Before every shard: a refresh timed by the wall clock would make the
+    // requests of a seed differ from run to run.
+    opts.holds_refresh = Duration::ZERO;
     opts
 }
 

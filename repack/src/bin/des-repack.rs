@@ -88,6 +88,11 @@ struct Cli {
     /// reference was dropped.
     #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = parse_duration)]
     big_file_grace: Duration,
+    /// Read the legal holds again before a shard once the last read is this
+    /// old (0: before every shard). A hold placed during a run binds every
+    /// rewrite that starts this long after it.
+    #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = parse_duration)]
+    holds_refresh: Duration,
     /// Lease lifetime; renewed every third of it while running.
     #[arg(long, default_value = "15m", value_name = "DURATION", value_parser = parse_duration)]
     lease_ttl: Duration,
@@ -198,6 +203,7 @@ fn options(cli: &Cli) -> Result<RepackOptions> {
         .transpose()
         .map_err(|e| anyhow!("--recompress: {e}"))?;
     o.big_file_grace = cli.big_file_grace;
+    o.holds_refresh = cli.holds_refresh;
     o.lease = LeaseConfig {
         ttl: cli.lease_ttl,
         settle: DEFAULT_SETTLE,

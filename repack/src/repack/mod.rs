@@ -12,9 +12,10 @@
 //! period, possibly in a later run, big-file objects nothing references any
 //! more are deleted). A crash anywhere leaves the old or the new generation
 //! in place, both complete; a re-run finishes the job, and the journal
-//! keeps its proofs exact. A rewrite costs about five requests (index,
-//! data, upload, the legal-hold listing, a share of a journal write),
-//! whatever the number of files it drops.
+//! keeps its proofs exact. A rewrite costs about four requests (index,
+//! data, upload, a share of a journal write; the legal holds are listed
+//! again at most once per `holds_refresh`), whatever the number of files it
+//! drops.
 //!
 //! Then it re-checks every shard that some tombstone routes to and that
 //! changed since it was last checked (`des_storage::protocol::checked`): a
@@ -32,6 +33,7 @@ pub mod bigfiles;
 mod capture;
 pub mod dicts;
 mod expiry;
+mod holds_view;
 mod journals;
 mod recheck;
 pub mod report;
@@ -72,6 +74,7 @@ pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(24 * 3600);
 /// The repacker's first read of a shard: its last this many bytes.
 const INDEX_READ: u64 = 4 << 20;
 pub const DEFAULT_BIG_FILE_GRACE: Duration = Duration::from_secs(3600);
+pub const DEFAULT_HOLDS_REFRESH: Duration = Duration::from_secs(1);
 
 /// Non-exhaustive: start from `default()` and set fields.
 #[derive(Debug, Clone)]
@@ -107,6 +110,10 @@ pub struct RepackOptions {
     /// The run's clock (retention's "today", tombstone ages); `None` reads
     /// the system clock. For simulations and benchmarks that replay days.
     pub now: Option<Timestamp>,
+    /// Legal holds are read again before a shard once the last read is this
+    /// old (zero: before every shard); a hold binds every rewrite that
+    /// starts this long after it is placed (I5).
+    pub holds_refresh: Duration,
 }
 
 impl Default for RepackOptions {
@@ -125,6 +132,7 @@ impl Default for RepackOptions {
             conflict_retries: 3,
             big_ref_ttl: big_ref_ttl(),
             now: None,
+            holds_refresh: DEFAULT_HOLDS_REFRESH,
         }
     }
 }
@@ -156,6 +164,7 @@ struct Ctx<'a> {
     /// Journal entries found and written; an object goes once `applied` is
     /// merged (it proves its shards' tombstones removed until then).
     journals: journals::RunJournals,
+    holds: holds_view::HoldsView,
 }
 
 /// One run. `Err` when the run could not proceed at all (lease held, store
@@ -241,7 +250,7 @@ async fn run_locked(
         .clone()
         .with_suffix_len(INDEX_READ.max(store.suffix_len()));
     let log = TombstoneLog::new(store);
-    let holds = HoldSet::load(store).await?;
+    let (holds_view, holds) = holds_view::HoldsView::load(store, opts.holds_refresh).await?;
     let state = state::load(&log, &holds).await?;
     let mut report = RepackReport {
         store: store.describe(),
@@ -277,6 +286,7 @@ async fn run_locked(
         expiry_stale: AtomicBool::new(false),
         applied: Mutex::default(),
         journals,
+        holds: holds_view,
     };
     let order = plan_order(&mut ctx, flat, expiring);
     progress(Progress::Planned {
@@ -309,8 +319,8 @@ async fn run_locked(
         ref_ttl: opts.big_ref_ttl,
         dry_run: opts.dry_run,
     };
-    // Read again: a hold placed during the run keeps its big files too.
-    let holds = HoldSet::load(store).await?;
+    // A hold placed during the run keeps its big files too.
+    let holds = ctx.holds.current(store).await?;
     report.big_files = bigfiles::collect(store, &holds, gc).await?;
     record_expiry_applied(&ctx, &holds, &report).await?;
     if !opts.dry_run {
@@ -573,10 +583,10 @@ async fn try_process(
     mut first: Option<Option<LoadedIndex>>,
     out: &mut ShardOutcome,
 ) -> Result<()> {
-    // Holds are read again for every shard: one placed while the run goes on
-    // binds every shard the run starts after it (I5). A tombstone it covers
-    // stays pending, unmarked.
-    let holds = HoldSet::load(ctx.store).await?;
+    // Holds read again once `holds_refresh` old: one placed while the run
+    // goes on binds every shard the run starts that long after it (I5). A
+    // tombstone it covers stays pending, unmarked.
+    let holds = ctx.holds.current(ctx.store).await?;
     let pending: Vec<PendingTomb> = pending
         .iter()
         .filter(|p| holds.holding(&p.uid, p.date).is_none())

@@ -17,6 +17,8 @@ use des_storage::{
 
 use super::*;
 
+mod holds;
+
 const N_BITS: u8 = 4;
 
 struct File {

@@ -1,7 +1,7 @@
 //! Reading ahead: the indexes of the next shards to process are read first
 //! and what their rewrites will drop journaled in one request, instead of
 //! one journal write per shard. Each shard is then processed as before from
-//! its index in memory (holds are still re-read before each one, I5); a
+//! its index in memory (with the holds as of its start, I5); a
 //! rewrite whose drops the journal already covers writes no entry, and one
 //! that differs (a conflict rebuilt it on a newer generation) writes its
 //! own.
@@ -20,7 +20,6 @@ use des_storage::{LoadedIndex, ObjectStore};
 use super::state::PendingTomb;
 use super::{Ctx, INDEX_READ, Trigger, assess, decide, shard_store, tombstoned};
 use crate::error::Result;
-use crate::holds::HoldSet;
 
 /// Most shards read ahead at once.
 const MAX_SHARDS: usize = 64;
@@ -58,7 +57,7 @@ async fn read(
 ) -> Result<(ReadAhead, usize)> {
     let mut out = ReadAhead::new();
     let mut taken = 0;
-    let holds = HoldSet::load(ctx.store).await?;
+    let holds = ctx.holds.current(ctx.store).await?;
     let cutoffs = ctx.expiry.as_ref().map(|e| e.cutoffs.clone());
     let mut bytes = 0u64;
     let mut entries: Vec<(Arc<dyn ObjectStore>, ShardKey, RepackJournal)> = Vec::new();
