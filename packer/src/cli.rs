@@ -119,12 +119,13 @@ pub struct Args {
     /// compressible file
     #[arg(long, default_value = "auto", value_name = "auto|off|ID")]
     pub dict: DictMode,
-    /// Largest dictionary trained
+    /// Largest dictionary trained (smaller where the samples are fewer
+    /// than 32 bytes per dictionary byte)
     #[arg(long, default_value = "256K", value_name = "SIZE", value_parser = parse_size)]
     pub dict_size: u64,
     /// Bytes of sampled files a dictionary is trained on (read again before
-    /// packing; one extension's held in memory at a time)
-    #[arg(long, default_value = "16M", value_name = "SIZE", value_parser = parse_size)]
+    /// packing; held in memory for one extension per core at a time)
+    #[arg(long, default_value = "8M", value_name = "SIZE", value_parser = parse_size)]
     pub dict_sample: u64,
     /// Reuse an extension's latest dictionary (from any run) while it is
     /// younger than this; 0 retrains every run
