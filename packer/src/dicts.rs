@@ -7,9 +7,10 @@
 //! files each, and a dictionary is kept only if it pays: files held back
 //! from training must shrink by at least a tenth more than with plain zstd.
 //! A kept dictionary is written to the store before any file is compressed
-//! with it, so no shard is ever published before its dictionary. Every run
-//! trains anew, so content that drifts gets new dictionaries; old ones
-//! stay, as entries may use them.
+//! with it, so no shard is ever published before its dictionary. A class's
+//! dictionary is reused by later runs for `max_age`, then trained anew, so
+//! content that drifts gets new dictionaries; old ones stay, as entries may
+//! use them.
 //!
 //! Classes are trained side by side, one per core (zstd's trainer is
 //! single-threaded, and training is the part of such a run nothing else
@@ -96,6 +97,8 @@ const MIN_SAMPLES: usize = 64;
 const SAMPLE_BYTES_PER_DICT_BYTE: usize = 32;
 /// The smallest dictionary trained.
 const MIN_DICT: usize = 1 << 10;
+/// One sample in this many is held back to measure the gain.
+const HOLD_OUT: usize = 8;
 
 /// The size of dictionary to train on `training` bytes of samples, at most
 /// `max`.
@@ -104,8 +107,6 @@ fn dict_size(max: usize, training: usize) -> usize {
         .max(MIN_DICT)
         .min(max)
 }
-/// One sample in this many is held back to measure the gain.
-const HOLD_OUT: usize = 8;
 
 /// A trained dictionary, as the JSON report shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
