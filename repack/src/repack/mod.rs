@@ -594,8 +594,8 @@ async fn try_process(
         .collect();
     let pending = pending.as_slice();
     // The rules as of the run's start: a rule change binds runs that start
-    // after it (a hold binds the next shard). Re-reading them here would
-    // cost a request per shard.
+    // after it (a hold, the shards started `holds_refresh` after it).
+    // Re-reading them here would cost a request per shard.
     let cutoffs = match &ctx.expiry {
         Some(e) => {
             // A hold placed and released within the run changed what this
