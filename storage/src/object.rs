@@ -226,6 +226,25 @@ pub trait ObjectStoreExt: ObjectStore {
 
 impl<T: ObjectStore + ?Sized> ObjectStoreExt for T {}
 
+/// Deletes `keys` (16 at a time); one already gone is fine (a re-run after
+/// a crash, or another run's clean-up).
+pub async fn delete_all(
+    objects: &dyn ObjectStore,
+    keys: impl Iterator<Item = String>,
+) -> Result<()> {
+    let results = futures::stream::iter(keys)
+        .map(|k| async move {
+            match objects.delete(&k).await {
+                Err(e) if e.kind() == crate::error::ErrorKind::NotFound => Ok(()),
+                r => r,
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    results.into_iter().collect()
+}
+
 /// Keys are `/`-separated relative paths with no empty, `.` or `..` segments,
 /// so every backend maps them the same way and none can escape its root.
 pub fn check_key(key: &str) -> Result<()> {

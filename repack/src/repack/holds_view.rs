@@ -11,8 +11,19 @@ use std::time::{Duration, Instant};
 use des_storage::DesStore;
 use tokio::sync::Mutex;
 
+use super::state::PendingTomb;
 use crate::error::Result;
 use crate::holds::HoldSet;
+
+/// The tombstones of `pending` no hold covers: those a rewrite may apply
+/// (a held one stays pending, unmarked).
+pub(super) fn unheld(pending: &[PendingTomb], holds: &HoldSet) -> Vec<PendingTomb> {
+    pending
+        .iter()
+        .filter(|p| holds.holding(&p.uid, p.date).is_none())
+        .cloned()
+        .collect()
+}
 
 pub(super) struct HoldsView {
     refresh: Duration,

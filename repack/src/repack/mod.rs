@@ -346,7 +346,7 @@ async fn compact_run(ctx: &Ctx<'_>) -> Result<u64> {
         }
     };
     let applied = std::mem::take(&mut *lock(&ctx.applied));
-    let merged = ctx.log.compact_applied(&applied, &hook).await?;
+    let merged = ctx.log.compact_applied(applied, &hook).await?;
     ctx.journals.clear_finished().await?;
     let mut checked = std::mem::take(&mut *lock(&ctx.checked));
     checked.save().await?;
@@ -587,11 +587,7 @@ async fn try_process(
     // goes on binds every shard the run starts that long after it (I5). A
     // tombstone it covers stays pending, unmarked.
     let holds = ctx.holds.current(ctx.store).await?;
-    let pending: Vec<PendingTomb> = pending
-        .iter()
-        .filter(|p| holds.holding(&p.uid, p.date).is_none())
-        .cloned()
-        .collect();
+    let pending = holds_view::unheld(pending, &holds);
     let pending = pending.as_slice();
     // The rules as of the run's start: a rule change binds runs that start
     // after it (a hold, the shards started `holds_refresh` after it).

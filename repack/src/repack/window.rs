@@ -17,6 +17,7 @@ use des_storage::keys::ShardKey;
 use des_storage::protocol::RepackJournal;
 use des_storage::{LoadedIndex, ObjectStore};
 
+use super::holds_view::unheld;
 use super::state::PendingTomb;
 use super::{Ctx, INDEX_READ, Trigger, assess, decide, shard_store, tombstoned};
 use crate::error::Result;
@@ -72,11 +73,7 @@ async fn read(
         if let Some(l) = &loaded {
             let index_len = l.index.trailer().map_or(0, |t| t.index_len);
             bytes += l.object.size.min(INDEX_READ).max(index_len);
-            let pending: Vec<PendingTomb> = pending
-                .iter()
-                .filter(|p| holds.holding(&p.uid, p.date).is_none())
-                .cloned()
-                .collect();
+            let pending = unheld(pending, &holds);
             let Ok(garbage) = assess(ctx, &holds, cutoffs.as_ref(), l) else {
                 continue;
             };

@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::keys::{CHECKED_PREFIX, ShardKey, StoreKey};
-use crate::object::{ByteRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions};
+use crate::object::{
+    ByteRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, delete_all,
+};
 
 /// The tag of a shard object's current version.
 pub fn version_tag(meta: &ObjectMeta) -> String {
@@ -129,12 +131,7 @@ impl Versions {
             mode: PutMode::Overwrite,
         };
         objects.put(VERSIONS_KEY, Bytes::from(body), put).await?;
-        for key in std::mem::take(&mut self.legacy) {
-            match objects.delete(&key).await {
-                Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
-        }
+        delete_all(objects, std::mem::take(&mut self.legacy).into_iter()).await?;
         self.changed = false;
         Ok(())
     }

@@ -24,7 +24,7 @@ use tokio::sync::Mutex;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::keys::{JOURNAL_PREFIX, ShardKey, StoreKey};
-use crate::object::{ByteRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions};
+use crate::object::{ByteRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, delete_all};
 
 /// A chunk takes entries until it names this many uids (a few tens of KB).
 pub const CHUNK_UIDS: usize = 1000;
@@ -215,13 +215,7 @@ fn covers(old: &RepackJournal, new: &RepackJournal) -> bool {
 
 /// Deletes journal objects (a missing one is fine: a re-run after a crash).
 pub async fn clear(objects: &dyn ObjectStore, keys: &[String]) -> Result<()> {
-    for key in keys {
-        match objects.delete(key).await {
-            Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-    }
-    Ok(())
+    delete_all(objects, keys.iter().cloned()).await
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(

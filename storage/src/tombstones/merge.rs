@@ -22,8 +22,8 @@ use super::segment::{
     CompactReport, CompactStep, MAX_SEGMENT_RECORDS, SegmentRecord, count_in_name, decode_segment,
     header_count, list_segments, verify_segment, write_segment,
 };
-use crate::error::{ErrorKind, Result};
-use crate::object::{ByteRange, ObjectStore, ObjectStoreExt};
+use crate::error::Result;
+use crate::object::{ByteRange, ObjectStore, ObjectStoreExt, delete_all};
 
 /// Segments merged at once, and the growth from one tier to the next.
 pub const MERGE_FANIN: usize = 8;
@@ -97,13 +97,7 @@ impl TombstoneLog {
         hook(CompactStep::MergeWritten);
         verify_segment(objects, &merged, &records).await?;
         hook(CompactStep::MergeVerified);
-        for key in inputs.iter().filter(|k| **k != merged) {
-            match objects.delete(key).await {
-                Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
-        }
-        Ok(())
+        delete_all(objects, inputs.iter().filter(|k| **k != merged).cloned()).await
     }
 }
 

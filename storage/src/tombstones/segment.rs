@@ -12,7 +12,7 @@ use super::key::{APPLIED_PREFIX, LOG_PREFIX, LogName, format_time, parse_name};
 use super::log::{LoggedName, TombstoneLog, list_names};
 use super::record::Tombstone;
 use crate::error::{Error, ErrorKind, Result};
-use crate::object::{ByteRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions};
+use crate::object::{ByteRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, delete_all};
 
 /// Segments live under this prefix (inside [`LOG_PREFIX`]: `s` sorts after
 /// every digit, so time-ordered polls of the log list them last, and their
@@ -339,7 +339,7 @@ impl TombstoneLog {
 
     /// [`compact`](Self::compact), calling `hook` after each step.
     pub async fn compact_with(&self, hook: &(dyn Fn(CompactStep) + Sync)) -> Result<CompactReport> {
-        self.compact_applied(&RunMarkers::default(), hook).await
+        self.compact_applied(RunMarkers::default(), hook).await
     }
 
     /// [`compact_with`](Self::compact_with), also merging the tombstones a
@@ -351,12 +351,12 @@ impl TombstoneLog {
     /// merged (see `write_run_batch`).
     pub async fn compact_applied(
         &self,
-        run: &RunMarkers,
+        mut run: RunMarkers,
         hook: &(dyn Fn(CompactStep) + Sync),
     ) -> Result<CompactReport> {
         let mut report = CompactReport::default();
         for (store, objects) in self.stores().iter().enumerate() {
-            let in_run = run.0.get(&store).cloned().unwrap_or_default();
+            let in_run = run.0.remove(&store).unwrap_or_default();
             self.compact_store(store, objects.as_ref(), in_run, hook, &mut report)
                 .await?;
             self.merge_segments(objects.as_ref(), hook, &mut report)
@@ -595,21 +595,6 @@ async fn delete_gone_objects(
     delete_all(objects, now.iter().map(|o| format!("{LOG_PREFIX}{o}"))).await?;
     deleted.extend(now);
     Ok(())
-}
-
-async fn delete_all(objects: &dyn ObjectStore, keys: impl Iterator<Item = String>) -> Result<()> {
-    use futures::StreamExt;
-    let results = futures::stream::iter(keys)
-        .map(|k| async move {
-            match objects.delete(&k).await {
-                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-                r => r,
-            }
-        })
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await;
-    results.into_iter().collect()
 }
 
 /// Applied hashes per day, sorted: what a reader keeps of segments.
